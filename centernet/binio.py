@@ -1,0 +1,60 @@
+"""Raw float32 .bin tensors in the ais_bench layout (REFERENCE section 6).
+
+Input files are `<stem>.bin`; output i of input `<stem>.bin` is
+`OUT/NAME/<stem>_<i>.bin` (0 hm, 1 wh, 2 reg). Every write goes to a temporary
+name in the same folder and is renamed when complete, so an interrupted run
+never leaves a half file under the final name.
+"""
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+OUTPUT_NAMES = ("hm", "wh", "reg")  # the order of output1..3 / <stem>_0..2.bin
+
+
+def write_atomic(path, data: bytes):
+    """Write bytes to `path` via a temp file + rename (atomic on POSIX)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bin(path, array):
+    """Save an array as raw float32, C order, atomically."""
+    write_atomic(path, np.ascontiguousarray(array, dtype=np.float32).tobytes())
+
+
+def read_bin(path, shape):
+    """Read a raw float32 file that must hold exactly prod(shape) values."""
+    path = Path(path)
+    expected = int(np.prod(shape)) * 4
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    if size != expected:
+        raise UserError(f"{path}: {size} bytes, expected {expected} "
+                        f"(float32 {'x'.join(map(str, shape))}); truncated or from another model/size?")
+    return np.fromfile(path, dtype=np.float32).reshape(shape)
+
+
+def input_bins(folder):
+    """The `*.bin` files of a folder, in name order (as ais_bench reads them)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: input folder not found")
+    return sorted(p for p in folder.glob("*.bin") if p.is_file())
+
+
+def output_bin_path(out_dir, stem, index):
+    """ais_bench's name for output `index` of input `<stem>.bin`."""
+    return Path(out_dir) / f"{stem}_{index}.bin"

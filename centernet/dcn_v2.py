@@ -1,0 +1,164 @@
+"""Modulated deformable convolution (DCNv2) in plain PyTorch, with ONNX export.
+
+Semantics (REFERENCE section 3): for output pixel (h, w) and kernel tap
+k = 3*i + j, sample the input at
+    (h*stride - pad + i*dil + offset[2k], w*stride - pad + j*dil + offset[2k+1])
+by bilinear interpolation with zeros outside the image, weight the sample by
+mask[k], and convolve. No compiled extension: the sampling is one
+`grid_sample` call over all taps, the convolution one matmul.
+
+Export flavours (chosen with `export_flavour(...)` around torch.onnx.export):
+- "deformconv": ONNX `DeformConv` (opset 19), run by ONNX Runtime.
+- "ascend": Ascend ATC's `DeformableConv2D` (default domain, opset 11) with
+  27 offset channels packed [x shifts(9), y shifts(9), mask(9)].
+- "decompose": no custom node; the PyTorch forward is traced into standard
+  operators (GridSample + MatMul, opset 16+) for runtimes lacking DeformConv.
+"""
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FLAVOURS = ("deformconv", "ascend", "decompose")
+_flavour = "deformconv"
+
+
+@contextlib.contextmanager
+def export_flavour(name):
+    """Select how DCN layers appear in an ONNX export inside this block."""
+    global _flavour
+    if name not in FLAVOURS:
+        raise ValueError(f"unknown DCN export flavour {name!r}; choose from {FLAVOURS}")
+    previous, _flavour = _flavour, name
+    try:
+        yield
+    finally:
+        _flavour = previous
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def modulated_deform_conv2d(x, offset, mask, weight, bias, stride=1, padding=0, dilation=1):
+    """Reference-exact modulated deformable convolution (deformable_groups=1).
+
+    x: (N, C, H, W); offset: (N, 2*kh*kw, Ho, Wo) as (dy, dx) per tap;
+    mask: (N, kh*kw, Ho, Wo), already sigmoid-ed; weight: (O, C, kh, kw).
+    """
+    n, c, h, w = x.shape
+    out_c, _, kh, kw = weight.shape
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    dh, dw = _pair(dilation)
+    ho, wo = offset.shape[-2:]
+    taps = kh * kw
+
+    # Base sampling positions per tap and output pixel, in input pixels.
+    dtype, device = x.dtype, x.device
+    ky = (torch.arange(kh, device=device, dtype=dtype) * dh).repeat_interleave(kw)  # (taps,)
+    kx = (torch.arange(kw, device=device, dtype=dtype) * dw).repeat(kh)
+    oy = torch.arange(ho, device=device, dtype=dtype) * sh - ph
+    ox = torch.arange(wo, device=device, dtype=dtype) * sw - pw
+    off = offset.reshape(n, taps, 2, ho, wo)
+    py = ky.view(1, taps, 1, 1) + oy.view(1, 1, ho, 1) + off[:, :, 0]
+    px = kx.view(1, taps, 1, 1) + ox.view(1, 1, 1, wo) + off[:, :, 1]
+
+    # grid_sample with align_corners=False maps normalised g to pixel
+    # ((g + 1) * size - 1) / 2; invert that so pixel p is sampled exactly.
+    # padding_mode="zeros" makes every corner outside the image count as 0,
+    # which is DCNv2's border rule.
+    gx = (2 * px + 1) / w - 1
+    gy = (2 * py + 1) / h - 1
+    grid = torch.stack((gx, gy), dim=-1).reshape(n, taps * ho, wo, 2)
+    sampled = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # (N, C, taps*Ho, Wo) -> modulate -> columns (N, C*taps, Ho*Wo), c-major like weight.
+    sampled = sampled.reshape(n, c, taps, ho, wo) * mask.reshape(n, 1, taps, ho, wo)
+    cols = sampled.reshape(n, c * taps, ho * wo)
+    out = torch.matmul(weight.reshape(out_c, c * taps), cols)
+    if bias is not None:
+        out = out + bias.view(1, out_c, 1)
+    return out.reshape(n, out_c, ho, wo)
+
+
+class _DeformConvOp(torch.autograd.Function):
+    """Runs the PyTorch forward; exports as one ONNX node (DeformConv or DeformableConv2D)."""
+
+    @staticmethod
+    def forward(ctx, x, offset, mask, weight, bias, stride, padding, dilation):
+        # Compute untraced: the exporter only needs the output's value and
+        # shape here, and tracing the inner ops breaks its graph passes.
+        state = torch._C._get_tracing_state()
+        torch._C._set_tracing_state(None)
+        try:
+            return modulated_deform_conv2d(x, offset, mask, weight, bias, stride, padding, dilation)
+        finally:
+            torch._C._set_tracing_state(state)
+
+    @staticmethod
+    def symbolic(g, x, offset, mask, weight, bias, stride, padding, dilation):
+        kh, kw = weight.type().sizes()[2:] if weight.type().sizes() else (3, 3)
+        if _flavour == "ascend":
+            taps = kh * kw
+            # ATC wants [x shifts, y shifts, mask]; ours interleave (dy, dx) per tap.
+            order = [2 * k + 1 for k in range(taps)] + [2 * k for k in range(taps)]
+            idx = g.op("Constant", value_t=torch.tensor(order, dtype=torch.int64))
+            xy = g.op("Gather", offset, idx, axis_i=1)
+            packed = g.op("Concat", xy, mask, axis_i=1)
+            return g.op("DeformableConv2D", x, weight, packed, bias,
+                        strides_i=list(stride), pads_i=list(padding), dilations_i=list(dilation),
+                        groups_i=1, deformable_groups_i=1, data_format_s="NCHW", modulated_i=1)
+        return g.op("DeformConv", x, weight, offset, bias, mask,
+                    kernel_shape_i=[kh, kw], strides_i=list(stride),
+                    pads_i=[padding[0], padding[1], padding[0], padding[1]],
+                    dilations_i=list(dilation), group_i=1, offset_group_i=1)
+
+
+class DCN(nn.Module):
+    """Upstream's `DCN` layer: a conv predicting offsets and mask, then DCNv2.
+
+    Parameter names match upstream checkpoints: weight, bias,
+    conv_offset_mask.weight, conv_offset_mask.bias.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding,
+                 dilation=1, deformable_groups=1):
+        super().__init__()
+        if deformable_groups != 1:
+            raise ValueError("only deformable_groups=1 is implemented (what ctdet DLA-34 uses)")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
+        self.deformable_groups = deformable_groups
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels))
+        taps = self.kernel_size[0] * self.kernel_size[1]
+        self.conv_offset_mask = nn.Conv2d(in_channels, 3 * taps, self.kernel_size,
+                                          stride=self.stride, padding=self.padding, bias=True)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        # Upstream's init: uniform weights, zero bias, zero offsets/mask logits.
+        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        bound = 1.0 / math.sqrt(fan_in)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.zeros_(self.bias)
+        nn.init.zeros_(self.conv_offset_mask.weight)
+        nn.init.zeros_(self.conv_offset_mask.bias)
+
+    def offset_and_mask(self, x):
+        """Split conv_offset_mask's output into thirds o1, o2, m (upstream's chunk):
+        offset = cat(o1, o2) is simply the first two thirds, mask = sigmoid(m)."""
+        om = self.conv_offset_mask(x)
+        taps = self.kernel_size[0] * self.kernel_size[1]  # a constant, not a traced shape
+        return om[:, :2 * taps], torch.sigmoid(om[:, 2 * taps:])
+
+    def forward(self, x):
+        offset, mask = self.offset_and_mask(x)
+        if torch.onnx.is_in_onnx_export() and _flavour != "decompose":
+            return _DeformConvOp.apply(x, offset, mask, self.weight, self.bias,
+                                       self.stride, self.padding, self.dilation)
+        return modulated_deform_conv2d(x, offset, mask, self.weight, self.bias,
+                                       self.stride, self.padding, self.dilation)

@@ -1,0 +1,85 @@
+"""Test-time affine transform and input normalisation (REFERENCE section 1).
+
+The matrix is built exactly as upstream does, with cv2.getAffineTransform from
+three float32 point pairs: warpAffine works in fixed point, so a matrix that
+differs only in the last bits can move pixel values visibly.
+"""
+import cv2
+import numpy as np
+
+# Per-channel statistics in B, G, R order (the image is read by OpenCV).
+MEAN = np.array([0.40789654, 0.44719302, 0.47026115], dtype=np.float32)
+STD = np.array([0.28863828, 0.27408164, 0.27809835], dtype=np.float32)
+
+INPUT_SIZE = 512   # fixed-resolution input side (the recipe's mode)
+DOWN_RATIO = 4     # output stride of the network
+KEEP_RES_PAD = 31  # keep-resolution inputs are rounded up to a multiple of 32
+
+
+def _third_point(a, b):
+    """The point that makes a right angle at b with the segment a-b."""
+    d = a - b
+    return b + np.array([-d[1], d[0]], dtype=np.float32)
+
+
+def get_affine_transform(center, scale, output_size, inverse=False):
+    """2x3 matrix mapping the box of width scale[0] centred at `center` onto an
+    output of `output_size` = (width, height); `inverse` maps back.
+
+    `scale` is one number (a square) or (sx, sy); only its width matters, as
+    upstream. No rotation or shift: the test transform never uses them.
+    """
+    center = np.asarray(center, dtype=np.float32)
+    if np.ndim(scale) == 0:
+        scale = np.array([scale, scale], dtype=np.float32)
+    src_w = np.float32(scale[0])
+    dst_w, dst_h = output_size
+    src = np.zeros((3, 2), dtype=np.float32)
+    dst = np.zeros((3, 2), dtype=np.float32)
+    src[0] = center
+    src[1] = center + np.array([0, src_w * -0.5], dtype=np.float32)
+    dst[0] = [dst_w * 0.5, dst_h * 0.5]
+    dst[1] = np.array([dst_w * 0.5, dst_h * 0.5], np.float32) + np.array([0, dst_w * -0.5], np.float32)
+    src[2] = _third_point(src[0], src[1])
+    dst[2] = _third_point(dst[0], dst[1])
+    if inverse:
+        return cv2.getAffineTransform(dst, src)
+    return cv2.getAffineTransform(src, dst)
+
+
+def test_geometry(height, width, input_size=(INPUT_SIZE, INPUT_SIZE), keep_res=False):
+    """Centre, scale and (input_h, input_w) of upstream's test transform.
+
+    Fixed mode: c = (w/2, h/2), s = max(h, w) and the given input size.
+    Keep-resolution mode: input (h|31)+1 by (w|31)+1, c = (w//2, h//2),
+    s = (input_w, input_h), so the image is placed rather than scaled.
+    Returns (center float32[2], scale float or float32[2], (in_h, in_w)).
+    """
+    if keep_res:
+        in_h, in_w = (height | KEEP_RES_PAD) + 1, (width | KEEP_RES_PAD) + 1
+        center = np.array([width // 2, height // 2], dtype=np.float32)
+        scale = np.array([in_w, in_h], dtype=np.float32)
+    else:
+        in_h, in_w = input_size
+        center = np.array([width / 2.0, height / 2.0], dtype=np.float32)
+        scale = float(max(height, width))
+    return center, scale, (in_h, in_w)
+
+
+test_geometry.__test__ = False  # not a pytest test, despite the name
+
+
+def preprocess_image(image, center, scale, input_hw):
+    """BGR uint8 HxWx3 -> float32 1x3xHxW network input (warp, normalise, CHW)."""
+    in_h, in_w = input_hw
+    trans = get_affine_transform(center, scale, (in_w, in_h))
+    warped = cv2.warpAffine(image, trans, (in_w, in_h), flags=cv2.INTER_LINEAR)
+    # Upstream divides in float64 and casts at the end; so do we.
+    inp = ((warped / 255.0 - MEAN) / STD).astype(np.float32)
+    return np.ascontiguousarray(inp.transpose(2, 0, 1))[None]
+
+
+def transform_points(points, matrix):
+    """Apply a 2x3 affine matrix to an (N, 2) array of points."""
+    points = np.asarray(points, dtype=np.float64)
+    return points @ matrix[:, :2].T + matrix[:, 2]
