@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Inference with ais_bench's command line, on any backend (run_infer.sh calls this).
+
+    python CenterNet_infer.py --model CenterNet.onnx --input prep_dataset \\
+        --output result --output_dirname dumpout_bs1 --batchsize 1
+    python CenterNet_infer.py --model CenterNet.onnx --loop 20 --batchsize 4
+
+An .onnx model runs in ONNX Runtime and writes ais_bench's layout
+(OUT/NAME/<stem>_<i>.bin); an .om model is handed to `python -m ais_bench`
+with the same arguments.
+"""
+import argparse
+import os
+import subprocess
+import sys
+
+from centernet.errors import UserError, cli
+from centernet.infer import format_summary, run_folder, run_loop
+from centernet.runtime import PROVIDERS
+
+AIS_BENCH_HELP = ("ais_bench is not installed: it comes from Ascend's tool repository "
+                  "(https://gitee.com/ascend/tools, folder ais-bench_workload/tool/ais_bench), "
+                  "not from PyPI; install it with the CANN toolkit's Python")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="CenterNet .onnx (ONNX Runtime) or .om (ais_bench) model")
+    p.add_argument("--input", help="folder of <stem>.bin inputs; omit with --loop for pure throughput")
+    p.add_argument("--output", default="result", help="output root folder (default: %(default)s)")
+    p.add_argument("--output_dirname", default="dumpout",
+                   help="subfolder of --output for the <stem>_<i>.bin outputs (default: %(default)s)")
+    p.add_argument("--batchsize", type=int, default=1, help="images per batch (default: %(default)s)")
+    p.add_argument("--loop", type=int, default=None,
+                   help="pure inference mode: time this many batches of random input (default: off)")
+    p.add_argument("--device", choices=sorted(PROVIDERS), default="cpu",
+                   help="ONNX Runtime execution provider; cuda/tensorrt need onnxruntime-gpu "
+                        "(default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="ONNX Runtime intra-op threads, 0 = all physical cores (default: %(default)s)")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="input H W for models with a dynamic input size (default: the model's)")
+    return p.parse_args(argv)
+
+
+def run_ais_bench(argv):
+    """Hand an .om model to ais_bench with the caller's own arguments."""
+    try:
+        import ais_bench  # noqa: F401
+    except ImportError:
+        raise UserError(AIS_BENCH_HELP) from None
+    return subprocess.call([sys.executable, "-m", "ais_bench", *argv])
+
+
+@cli
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.model.endswith(".om"):
+        return run_ais_bench(argv)
+    if args.input is None and args.loop is None:
+        raise UserError("give --input DIR to infer files, or --loop N for pure throughput")
+    size = tuple(args.input_size) if args.input_size else None
+    if args.input is None:
+        summary = run_loop(args.model, loop=args.loop, batchsize=args.batchsize, device=args.device,
+                           threads=args.threads, input_size=size, progress=True)
+    else:
+        summary = run_folder(args.model, args.input, args.output, args.output_dirname,
+                             batchsize=args.batchsize, device=args.device, threads=args.threads,
+                             input_size=size)
+        print(f"outputs in {os.path.join(args.output, args.output_dirname)}")
+    print(format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Export ctdet_coco_dla_2x.pth to ONNX and check the file against PyTorch.
+
+    python CenterNet_pth2onnx.py ctdet_coco_dla_2x.pth CenterNet.onnx
+    python CenterNet_pth2onnx.py ctdet_coco_dla_2x.pth CenterNet_ascend.onnx --target ascend
+"""
+import argparse
+import sys
+import time
+
+from centernet.checkpoint import load_model
+from centernet.errors import UserError, cli
+from centernet.export import DCN_FORMS, TARGETS, check_export, count_ops, export_onnx
+
+CHECK_TOLERANCE = 1e-3  # max abs difference per output, ONNX vs PyTorch
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="upstream ctdet DLA-34 checkpoint (.pth)")
+    p.add_argument("output", help="ONNX file to write")
+    p.add_argument("--target", choices=TARGETS, default="onnxruntime",
+                   help="onnxruntime: opset 19 with DeformConv; ascend: opset 11 with ATC's "
+                        "DeformableConv2D (default: %(default)s)")
+    p.add_argument("--dcn", choices=DCN_FORMS, default="deformconv",
+                   help="how deformable convolutions appear for --target onnxruntime: one DeformConv "
+                        "node, or decomposed into GridSample + MatMul for runtimes without "
+                        "DeformConv (default: %(default)s)")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=(512, 512),
+                   help="fixed input height and width (default: 512 512)")
+    p.add_argument("--dynamic-size", action="store_true",
+                   help="make input height and width dynamic too (default: only the batch is)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip running the exported file against PyTorch (default: check)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="ONNX Runtime threads for the check, 0 = all cores (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+@cli
+def main(argv=None):
+    args = parse_args(argv)
+    model = load_model(args.checkpoint)
+    t0 = time.perf_counter()
+    proto = export_onnx(model, args.output, target=args.target, dcn=args.dcn,
+                        input_size=tuple(args.input_size), dynamic_size=args.dynamic_size)
+    ops = count_ops(proto)
+    dcn_nodes = ops.get("DeformConv", 0) + ops.get("DeformableConv2D", 0)
+    print(f"wrote {args.output} ({args.target}, opset {proto.opset_import[0].version}, "
+          f"{dcn_nodes} deformable conv nodes, {sum(ops.values())} nodes) "
+          f"in {time.perf_counter() - t0:.1f}s")
+    if args.no_check:
+        return 0
+    t0 = time.perf_counter()
+    diffs = check_export(model, proto, target=args.target, input_size=tuple(args.input_size),
+                         threads=args.threads)
+    for name, d in diffs.items():
+        print(f"check {name}: max abs diff vs PyTorch {d:.2e}")
+    worst = max(diffs.values())
+    if not worst <= CHECK_TOLERANCE:
+        raise UserError(f"{args.output}: exported graph differs from PyTorch by {worst:.2e} "
+                        f"(> {CHECK_TOLERANCE:g})")
+    print(f"check passed (<= {CHECK_TOLERANCE:g}) in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

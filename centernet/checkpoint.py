@@ -1,0 +1,105 @@
+"""Load upstream ctdet DLA-34 checkpoints (and write ones in the same layout).
+
+Upstream's `ctdet_coco_dla_2x.pth` is {'epoch': int, 'state_dict': {...}} with
+keys that may carry DataParallel's `module.` prefix, the backbone's unused
+ImageNet classifier `base.fc.*`, and BatchNorm `num_batches_tracked` entries
+that may be missing. Everything else must match the network key for key and
+shape for shape; otherwise this is not a ctdet DLA-34 checkpoint.
+"""
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .pose_dla_dcn import get_pose_net
+
+IGNORED_PREFIXES = ("base.fc.",)
+
+
+def _read(path):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError,
+            OSError, AttributeError, ImportError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+
+
+def _clip(keys, n=5):
+    keys = sorted(keys)
+    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def load_state_dict(model, path, log=print):
+    """Load `path` into `model` after the upstream-layout clean-up above."""
+    obj = _read(path)
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise UserError(f"{path}: not a ctdet DLA-34 checkpoint (no state_dict of tensors inside)")
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    ignored = [k for k in state if k.startswith(IGNORED_PREFIXES)]
+    if ignored:
+        log(f"{path}: ignoring {len(ignored)} backbone classifier entries ({_clip(ignored, 2)}), unused by the detector")
+    state = {k: v for k, v in state.items() if k not in ignored}
+
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+                 for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)}: {_clip(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)}: {_clip(unexpected)}")
+    if misshaped:
+        problems.append(f"wrong shape {len(misshaped)}: {_clip(misshaped, 3)}")
+    if problems:
+        raise UserError(f"{path}: not a ctdet DLA-34 checkpoint; " + "; ".join(problems))
+    # num_batches_tracked only matters for training; keep the model's own.
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def load_model(path, log=print):
+    """Build ctdet DLA-34 in eval mode and load an upstream checkpoint into it."""
+    return load_state_dict(get_pose_net(), path, log=log).eval()
+
+
+def save_upstream_checkpoint(model, path, epoch=140, seed=0):
+    """Save `model` the way upstream's zoo file is laid out: {'epoch', 'state_dict'},
+    `module.`-prefixed keys, a `base.fc` classifier, no num_batches_tracked.
+    For tests and the demo; the fc weights are random like any other."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {f"module.{k}": v.clone() for k, v in model.state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    state["module.base.fc.weight"] = torch.randn(1000, 512, 1, 1, generator=gen) * 0.01
+    state["module.base.fc.bias"] = torch.zeros(1000)
+    torch.save({"epoch": epoch, "state_dict": state}, path)
+
+
+def random_model(seed=0):
+    """A deterministic randomly initialised ctdet DLA-34 whose outputs are not
+    degenerate: non-trivial BN statistics and DCN offsets of a pixel or so,
+    so that tests exercise the deformable sampling for real."""
+    torch.manual_seed(seed)
+    model = get_pose_net()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
+                module.weight.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
+                module.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+            elif name.endswith("conv_offset_mask"):
+                module.weight.normal_(0, 0.02, generator=gen)
+                module.bias.normal_(0, 0.5, generator=gen)
+    return model.eval()

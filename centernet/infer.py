@@ -1,0 +1,142 @@
+"""ONNX Runtime inference over a folder of .bin inputs, in ais_bench's layout.
+
+`run_folder` reads every `*.bin` of a folder in name order, runs it in batches
+(a partial last batch included) and writes output i of `<stem>.bin` to
+`OUT/NAME/<stem>_<i>.bin`, exactly as `python -m ais_bench` does for an .om
+model. `run_loop` is ais_bench's pure-throughput mode (`--loop N`). Both report
+throughput and latency and write them to `OUT/NAME_summary.json` (run_folder)
+or return them (run_loop).
+"""
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .binio import input_bins, output_bin_path, read_bin, write_atomic, write_bin
+from .errors import UserError
+from .runtime import make_session, run_session
+
+
+def model_input_shape(session, input_size=None):
+    """(batch or None, 3, H, W) of the session's input; `input_size` (H, W)
+    fills dynamic spatial dims and must agree with static ones."""
+    shape = session.get_inputs()[0].shape
+    batch = shape[0] if isinstance(shape[0], int) else None
+    hw = []
+    for dim, given in zip(shape[2:], input_size or (None, None)):
+        if isinstance(dim, int):
+            if given is not None and given != dim:
+                raise UserError(f"--input-size {input_size} does not match the model's fixed input {shape[2:]}")
+            hw.append(dim)
+        elif given is None:
+            raise UserError("the model has a dynamic input size; give --input-size H W")
+        else:
+            hw.append(int(given))
+    return batch, (shape[1] if isinstance(shape[1], int) else 3, *hw)
+
+
+def latency_stats(batch_seconds, images):
+    """Throughput and per-batch latency figures (milliseconds)."""
+    t = np.asarray(batch_seconds, dtype=np.float64)
+    total = float(t.sum())
+    return {
+        "images": int(images),
+        "batches": int(len(t)),
+        "infer_seconds": round(total, 4),
+        "fps": round(images / total, 3) if total > 0 else None,
+        "latency_ms_mean": round(float(t.mean()) * 1e3, 3) if len(t) else None,
+        "latency_ms_p50": round(float(np.percentile(t, 50)) * 1e3, 3) if len(t) else None,
+        "latency_ms_p99": round(float(np.percentile(t, 99)) * 1e3, 3) if len(t) else None,
+    }
+
+
+def _run_batch(session, batch, static_batch):
+    n = len(batch)
+    if static_batch is not None and n != static_batch:
+        # A static-batch model (like an .om) gets its last batch zero-padded.
+        batch = np.concatenate([batch, np.zeros((static_batch - n, *batch.shape[1:]), batch.dtype)])
+    t0 = time.perf_counter()
+    outputs = run_session(session, batch)
+    return [o[:n] for o in outputs], time.perf_counter() - t0
+
+
+def run_folder(model, input_dir, output_root, output_dirname, batchsize=1, device="cpu",
+               threads=0, input_size=None, progress=True, session=None):
+    """Infer every `<stem>.bin` of `input_dir`; returns the summary dict."""
+    if batchsize < 1:
+        raise UserError(f"--batchsize must be >= 1, got {batchsize}")
+    files = input_bins(input_dir)
+    if not files:
+        raise UserError(f"{input_dir}: no .bin files to infer")
+    session = session or make_session(model, device=device, threads=threads)
+    static_batch, chw = model_input_shape(session, input_size)
+    if static_batch is not None and batchsize != static_batch:
+        raise UserError(f"{model}: the model has a fixed batch of {static_batch}; use --batchsize {static_batch}")
+    out_dir = Path(output_root) / output_dirname
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    batches = [files[i:i + batchsize] for i in range(0, len(files), batchsize)]
+    timings = []
+    start = time.perf_counter()
+    # Read the next batch and write the last outputs on worker threads while
+    # the current batch runs: numpy file I/O releases the GIL.
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        read = lambda paths: np.stack([read_bin(p, chw) for p in paths])  # noqa: E731
+        pending = reader.submit(read, batches[0])
+        writes = []
+        bar = tqdm(total=len(files), unit="img", desc="infer", disable=not progress)
+        for i, paths in enumerate(batches):
+            data = pending.result()
+            if i + 1 < len(batches):
+                pending = reader.submit(read, batches[i + 1])
+            outputs, seconds = _run_batch(session, data, static_batch)
+            timings.append(seconds)
+            writes.append(writer.submit(_write_outputs, out_dir, paths, outputs))
+            bar.update(len(paths))
+        for w in writes:
+            w.result()
+        bar.close()
+    summary = latency_stats(timings, len(files))
+    summary.update(model=str(model), batchsize=batchsize, device=device, threads=threads,
+                   wall_seconds=round(time.perf_counter() - start, 3), output=str(out_dir))
+    write_atomic(Path(output_root) / f"{output_dirname}_summary.json",
+                 (json.dumps(summary, indent=2) + "\n").encode())
+    return summary
+
+
+def _write_outputs(out_dir, paths, outputs):
+    for j, path in enumerate(paths):
+        for i, out in enumerate(outputs):
+            write_bin(output_bin_path(out_dir, path.stem, i), out[j])
+
+
+def run_loop(model, loop=20, batchsize=1, device="cpu", threads=0, input_size=None, warmup=2,
+             session=None, progress=False):
+    """Pure inference throughput on random input: `loop` timed batches after
+    `warmup` untimed ones. Returns the summary dict."""
+    session = session or make_session(model, device=device, threads=threads)
+    static_batch, chw = model_input_shape(session, input_size)
+    if static_batch is not None:
+        batchsize = static_batch
+    x = np.random.default_rng(0).standard_normal((batchsize, *chw)).astype(np.float32)
+    for _ in range(warmup):
+        run_session(session, x)
+    timings = []
+    for _ in tqdm(range(loop), desc=f"bs{batchsize}", disable=not progress):
+        t0 = time.perf_counter()
+        run_session(session, x)
+        timings.append(time.perf_counter() - t0)
+    summary = latency_stats(timings, loop * batchsize)
+    summary.update(model=str(model), batchsize=batchsize, device=device, threads=threads, loop=loop)
+    return summary
+
+
+def format_summary(summary):
+    """One human line: throughput and latency."""
+    return (f"{summary['images']} images in {summary['infer_seconds']:.2f}s of inference: "
+            f"{summary['fps']} fps, latency per batch of {summary['batchsize']} "
+            f"mean {summary['latency_ms_mean']} ms, p50 {summary['latency_ms_p50']} ms, "
+            f"p99 {summary['latency_ms_p99']} ms")

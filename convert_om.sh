@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Compile the Ascend-target ONNX into one offline model per batch size with ATC.
+#
+#   bash convert_om.sh CenterNet_ascend.onnx                      # soc from npu-smi, batch 1
+#   bash convert_om.sh CenterNet_ascend.onnx --batchsizes "1 4 8 16 32" --soc_version Ascend310P3
+#
+# Writes <prefix>_bs<B>.om for each batch size (prefix defaults to CenterNet).
+# Needs the CANN toolkit: its set_env.sh is sourced when present.
+set -euo pipefail
+
+usage() {
+  cat <<'USAGE'
+usage: convert_om.sh MODEL.onnx [options]
+  --soc_version NAME   chip, e.g. Ascend310P3 (default: read from `npu-smi info`)
+  --batchsizes "B..."  batch sizes to compile, space separated (default: "1")
+  --output_prefix P    writes P_bs<B>.om (default: CenterNet)
+  --input-size H W     input height and width (default: 512 512)
+  --log LEVEL          atc log level: debug|info|warning|error (default: error)
+  -h, --help           this text
+Environment: ASCEND_SET_ENV (default /usr/local/Ascend/ascend-toolkit/set_env.sh).
+USAGE
+}
+
+die() { echo "error: $*" >&2; exit 2; }
+
+model=""; soc=""; batchsizes="1"; prefix="CenterNet"; height=512; width=512; log=error
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --soc_version) soc="${2:?--soc_version needs a value}"; shift 2 ;;
+    --soc_version=*) soc="${1#*=}"; shift ;;
+    --batchsizes) batchsizes="${2:?--batchsizes needs a value}"; shift 2 ;;
+    --batchsizes=*) batchsizes="${1#*=}"; shift ;;
+    --output_prefix) prefix="${2:?--output_prefix needs a value}"; shift 2 ;;
+    --output_prefix=*) prefix="${1#*=}"; shift ;;
+    --input-size) height="${2:?--input-size needs H W}"; width="${3:?--input-size needs H W}"; shift 3 ;;
+    --log) log="${2:?--log needs a value}"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    -*) usage >&2; die "unknown option $1" ;;
+    *) [ -z "$model" ] || die "one model only (got $model and $1)"; model="$1"; shift ;;
+  esac
+done
+[ -n "$model" ] || { usage >&2; die "no ONNX model given"; }
+[ -f "$model" ] || die "$model: file not found (export it with: python CenterNet_pth2onnx.py ctdet_coco_dla_2x.pth $model --target ascend)"
+for b in $batchsizes; do
+  [[ "$b" =~ ^[1-9][0-9]*$ ]] || die "batch size '$b' is not a positive integer"
+done
+[[ "$height" =~ ^[1-9][0-9]*$ && "$width" =~ ^[1-9][0-9]*$ ]] || die "--input-size needs two positive integers"
+
+set_env="${ASCEND_SET_ENV:-/usr/local/Ascend/ascend-toolkit/set_env.sh}"
+if [ -f "$set_env" ]; then
+  # shellcheck disable=SC1090
+  source "$set_env"
+fi
+command -v atc >/dev/null 2>&1 || die "atc not found: install the CANN toolkit and source its set_env.sh (looked for $set_env)"
+
+if [ -z "$soc" ]; then
+  command -v npu-smi >/dev/null 2>&1 || die "no --soc_version given and npu-smi not found to read the chip name"
+  chip="$(npu-smi info | grep -oE '\b(310|910)[A-Za-z0-9]*' | head -n 1 || true)"
+  [ -n "$chip" ] || die "could not read the chip name from 'npu-smi info'; pass --soc_version (e.g. Ascend310P3)"
+  soc="Ascend$chip"
+fi
+
+for b in $batchsizes; do
+  out="${prefix}_bs${b}"
+  echo "atc: $model -> $out.om (batch $b, $soc)"
+  atc --framework=5 --model="$model" --output="$out" --input_format=NCHW \
+      --input_shape="actual_input:${b},3,${height},${width}" --log="$log" --soc_version="$soc"
+done

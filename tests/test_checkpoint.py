@@ -1,0 +1,80 @@
+"""Loading checkpoints in upstream's layout, and refusing everything else clearly."""
+import pytest
+import torch
+
+from centernet.checkpoint import load_model, load_state_dict
+from centernet.errors import UserError
+from centernet.pose_dla_dcn import get_pose_net
+
+
+def test_upstream_layout_loads_exactly(random_ctdet, upstream_checkpoint, capsys):
+    raw = torch.load(upstream_checkpoint, weights_only=True)
+    keys = raw["state_dict"].keys()
+    assert set(raw) == {"epoch", "state_dict"}
+    assert all(k.startswith("module.") for k in keys) and "module.base.fc.weight" in keys
+    assert not any(k.endswith("num_batches_tracked") for k in keys)
+
+    model = load_model(upstream_checkpoint)
+    assert "ignoring 2 backbone classifier entries" in capsys.readouterr().out
+    ours, ref = model.state_dict(), random_ctdet.state_dict()
+    for k, v in ref.items():
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(ours[k], v), k
+    assert not model.training
+
+
+def test_bare_state_dict_without_prefix(random_ctdet, tmp_path):
+    path = tmp_path / "bare.pth"
+    torch.save(random_ctdet.state_dict(), path)
+    model = load_state_dict(get_pose_net(), path, log=lambda *_: None)
+    assert torch.equal(model.hm[2].weight, random_ctdet.hm[2].weight)
+
+
+def _error(path):
+    with pytest.raises(UserError) as e:
+        load_model(path, log=lambda *_: None)
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg
+    return msg
+
+
+def test_missing_file(tmp_path):
+    assert "not found" in _error(tmp_path / "nope.pth")
+
+
+def test_not_a_checkpoint(tmp_path):
+    path = tmp_path / "junk.pth"
+    path.write_bytes(b"\x80\x04 this is not a pickle at all")
+    assert "not a readable PyTorch checkpoint" in _error(path)
+
+
+def test_truncated_checkpoint(upstream_checkpoint, tmp_path):
+    path = tmp_path / "cut.pth"
+    path.write_bytes(upstream_checkpoint.read_bytes()[:100000])
+    assert "not a readable PyTorch checkpoint" in _error(path)
+
+
+def test_wrong_architecture(random_ctdet, tmp_path):
+    state = {k: v for k, v in random_ctdet.state_dict().items()}
+    state.pop("hm.2.weight")
+    state["wh.2.weight"] = torch.zeros(4, 256, 1, 1)
+    state["extra.layer.weight"] = torch.zeros(1)
+    path = tmp_path / "other.pth"
+    torch.save({"state_dict": state}, path)
+    msg = _error(path)
+    assert "not a ctdet DLA-34 checkpoint" in msg
+    assert "missing 1: hm.2.weight" in msg and "unexpected 1: extra.layer.weight" in msg
+    assert "wh.2.weight (4, 256, 1, 1) != (2, 256, 1, 1)" in msg
+
+
+def test_resnet_like_checkpoint_lists_first_keys(tmp_path):
+    path = tmp_path / "resnet.pth"
+    torch.save({"state_dict": {f"layer{i}.weight": torch.zeros(1) for i in range(20)}}, path)
+    msg = _error(path)
+    assert "unexpected 20" in msg and "(+15 more)" in msg
+
+
+def test_not_a_state_dict(tmp_path):
+    path = tmp_path / "list.pth"
+    torch.save([1, 2, 3], path)
+    assert "no state_dict" in _error(path)

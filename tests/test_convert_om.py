@@ -1,0 +1,86 @@
+"""convert_om.sh cannot compile here: check its arguments and the exact atc
+command lines it runs, with stub `atc` and `npu-smi` first on PATH."""
+import os
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+
+NPU_SMI_INFO = """\
++-------------------+-----------------+------------------------------------------------------+
+| NPU     Name      | Health          | Power(W)     Temp(C)           Hugepages-Usage(page) |
+| Chip    Device    | Bus-Id          | AICore(%)    Memory-Usage(MB)                        |
++===================+=================+======================================================+
+| 0       310P3     | OK              | 15.8         42                0    / 0              |
+| 0       0         | 0000:82:00.0    | 0            1074 / 21534                            |
++===================+=================+======================================================+
+"""
+
+
+@pytest.fixture
+def stubs(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "atc.log"
+    (bin_dir / "atc").write_text(f'#!/bin/sh\necho "$@" >> "{log}"\n')
+    (bin_dir / "npu-smi").write_text(f"#!/bin/sh\ncat <<'EOF'\n{NPU_SMI_INFO}EOF\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    model = tmp_path / "CenterNet_ascend.onnx"
+    model.write_bytes(b"onnx")
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}",
+               ASCEND_SET_ENV=str(tmp_path / "no_set_env.sh"))
+    return tmp_path, model, log, env
+
+
+def convert(*args, env, cwd):
+    return subprocess.run(["bash", str(ROOT / "convert_om.sh"), *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=cwd)
+
+
+def test_one_atc_call_per_batch_size(stubs):
+    tmp, model, log, env = stubs
+    r = convert(model, "--batchsizes", "1 4", "--soc_version", "Ascend910B", env=env, cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    assert log.read_text().splitlines() == [
+        f"--framework=5 --model={model} --output=CenterNet_bs{b} --input_format=NCHW "
+        f"--input_shape=actual_input:{b},3,512,512 --log=error --soc_version=Ascend910B"
+        for b in (1, 4)]
+
+
+def test_soc_version_read_from_npu_smi(stubs):
+    tmp, model, log, env = stubs
+    r = convert(model, "--output_prefix", "out/cn", "--input-size", 384, 640, env=env, cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    assert log.read_text().split() == [
+        "--framework=5", f"--model={model}", "--output=out/cn_bs1", "--input_format=NCHW",
+        "--input_shape=actual_input:1,3,384,640", "--log=error", "--soc_version=Ascend310P3"]
+
+
+def test_set_env_is_sourced(stubs):
+    tmp, model, log, env = stubs
+    set_env = tmp / "set_env.sh"
+    set_env.write_text(f'echo sourced > "{tmp}/sourced"\n')
+    r = convert(model, "--soc_version", "Ascend310P3", env=dict(env, ASCEND_SET_ENV=str(set_env)), cwd=tmp)
+    assert r.returncode == 0 and (tmp / "sourced").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    ((), "no ONNX model given"),
+    (("missing.onnx",), "missing.onnx: file not found"),
+    (("{model}", "--batchsizes", "1 x"), "batch size 'x' is not a positive integer"),
+    (("{model}", "--bogus"), "unknown option --bogus"),
+])
+def test_argument_errors(stubs, args, message):
+    tmp, model, log, env = stubs
+    r = convert(*[a.format(model=model) for a in args], env=env, cwd=tmp)
+    assert r.returncode == 2 and message in r.stderr
+    assert not log.exists()
+
+
+def test_missing_atc_is_explained(stubs):
+    tmp, model, log, env = stubs
+    (tmp / "bin" / "atc").unlink()
+    r = convert(model, "--soc_version", "Ascend310P3", env=dict(env, PATH=f"{tmp / 'bin'}:/usr/bin:/bin"), cwd=tmp)
+    assert r.returncode == 2 and "atc not found: install the CANN toolkit" in r.stderr

@@ -1,0 +1,103 @@
+"""run_infer.sh: ais_bench's command line and file layout on ONNX Runtime."""
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from centernet.binio import write_bin
+from centernet.infer import run_loop
+from conftest import ROOT
+
+PARITY = 2e-3  # max abs difference, ONNX Runtime vs our PyTorch model, per output
+
+
+def run_infer(*args, env=None):
+    return subprocess.run(["bash", str(ROOT / "run_infer.sh"), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("prep_dataset")
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for stem in ("000000000139", "000000000285", "000000000632"):
+        arrays[stem] = rng.standard_normal((3, 512, 512)).astype(np.float32)
+        write_bin(folder / f"{stem}.bin", arrays[stem])
+    return folder, arrays
+
+
+@pytest.fixture(scope="module")
+def reference(random_ctdet, inputs):
+    _, arrays = inputs
+    with torch.no_grad():
+        outs = random_ctdet(torch.from_numpy(np.stack(list(arrays.values()))))
+    return {stem: [o[i].numpy() for o in outs] for i, stem in enumerate(arrays)}
+
+
+@pytest.mark.parametrize("batchsize", [1, 2])  # 2: three images, so a partial last batch
+def test_outputs_match_pytorch_in_ais_bench_layout(ctdet_onnx, inputs, reference, tmp_path, batchsize):
+    folder, _ = inputs
+    name = f"dumpout_bs{batchsize}"
+    r = run_infer("--model", ctdet_onnx, "--input", folder, "--output", tmp_path,
+                  "--output_dirname", name, "--batchsize", batchsize, "--threads", 2)
+    assert r.returncode == 0, r.stderr
+    assert "fps" in r.stdout and "p99" in r.stdout
+    out_dir = tmp_path / name
+    expected_files = {f"{stem}_{i}.bin" for stem in reference for i in range(3)}
+    assert {p.name for p in out_dir.iterdir()} == expected_files
+    shapes = [(80, 128, 128), (2, 128, 128), (2, 128, 128)]
+    for stem, ref in reference.items():
+        for i, (shape, r_out) in enumerate(zip(shapes, ref)):
+            got = np.fromfile(out_dir / f"{stem}_{i}.bin", dtype=np.float32)
+            assert got.size == np.prod(shape)
+            assert np.abs(got.reshape(shape) - r_out).max() <= PARITY, (stem, i)
+    summary = json.loads((tmp_path / f"{name}_summary.json").read_text())
+    assert summary["images"] == 3 and summary["batches"] == (3 if batchsize == 1 else 2)
+    assert summary["fps"] > 0 and summary["latency_ms_p50"] > 0
+
+
+def test_wrong_size_bin_is_named(ctdet_onnx, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_bin(folder / "a.bin", np.zeros((3, 512, 512)))
+    write_bin(folder / "b.bin", np.zeros((3, 512, 100)))
+    r = run_infer("--model", ctdet_onnx, "--input", folder, "--output", tmp_path / "out",
+                  "--output_dirname", "d")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "b.bin" in r.stderr and "bytes, expected 3145728" in r.stderr
+
+
+def test_loop_mode(ctdet_onnx):
+    s = run_loop(ctdet_onnx, loop=2, batchsize=2, threads=2, warmup=1)
+    assert s["images"] == 4 and s["batches"] == 2 and s["fps"] > 0
+
+
+def test_empty_input_and_missing_model(ctdet_onnx, tmp_path):
+    r = run_infer("--model", ctdet_onnx, "--input", tmp_path, "--output", tmp_path / "o")
+    assert r.returncode == 2 and "no .bin files" in r.stderr
+    r = run_infer("--model", tmp_path / "none.onnx", "--loop", 1)
+    assert r.returncode == 2 and "model file not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_om_model_without_ais_bench_says_where_it_comes_from(tmp_path):
+    r = run_infer("--model", tmp_path / "CenterNet_bs1.om", "--input", tmp_path, "--output", tmp_path)
+    assert r.returncode == 2 and "ais_bench is not installed" in r.stderr and "gitee.com/ascend/tools" in r.stderr
+
+
+def test_om_model_hands_the_same_arguments_to_ais_bench(tmp_path):
+    # A stub ais_bench package records the command line it was given.
+    stub = tmp_path / "stub" / "ais_bench"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("")
+    (stub / "__main__.py").write_text(
+        "import sys, pathlib\npathlib.Path(sys.argv[-1] + '.args').write_text(' '.join(sys.argv[1:]))\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "stub"))
+    args = ["--model", "CenterNet_bs1.om", "--input", "prep", "--output", "result",
+            "--output_dirname", str(tmp_path / "rec")]
+    r = run_infer(*args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "rec.args").read_text() == " ".join(args)
