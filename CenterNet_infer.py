@@ -40,6 +40,8 @@ def parse_args(argv=None):
                    help="ONNX Runtime intra-op threads, 0 = all physical cores (default: %(default)s)")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="input H W for models with a dynamic input size (default: the model's)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="resume: leave out inputs whose outputs are already complete (default: redo all)")
     return p.parse_args(argv)
 
 
@@ -67,7 +69,7 @@ def main(argv=None):
     else:
         summary = run_folder(args.model, args.input, args.output, args.output_dirname,
                              batchsize=args.batchsize, device=args.device, threads=args.threads,
-                             input_size=size)
+                             input_size=size, skip_existing=args.skip_existing)
         print(f"outputs in {os.path.join(args.output, args.output_dirname)}")
     print(format_summary(summary))
     return 0

@@ -63,9 +63,19 @@ def _run_batch(session, batch, static_batch):
     return [o[:n] for o in outputs], time.perf_counter() - t0
 
 
+def _outputs_complete(out_dir, stem, sizes):
+    return all(output_bin_path(out_dir, stem, i).is_file()
+               and output_bin_path(out_dir, stem, i).stat().st_size == size
+               for i, size in enumerate(sizes))
+
+
 def run_folder(model, input_dir, output_root, output_dirname, batchsize=1, device="cpu",
-               threads=0, input_size=None, progress=True, session=None):
-    """Infer every `<stem>.bin` of `input_dir`; returns the summary dict."""
+               threads=0, input_size=None, progress=True, session=None, skip_existing=False):
+    """Infer every `<stem>.bin` of `input_dir`; returns the summary dict.
+
+    skip_existing: leave out inputs whose outputs are all there with the right
+    size (outputs are written atomically, so those are complete): a re-run
+    after an interruption resumes instead of starting over."""
     if batchsize < 1:
         raise UserError(f"--batchsize must be >= 1, got {batchsize}")
     files = input_bins(input_dir)
@@ -77,6 +87,13 @@ def run_folder(model, input_dir, output_root, output_dirname, batchsize=1, devic
         raise UserError(f"{model}: the model has a fixed batch of {static_batch}; use --batchsize {static_batch}")
     out_dir = Path(output_root) / output_dirname
     out_dir.mkdir(parents=True, exist_ok=True)
+    skipped = 0
+    if skip_existing:
+        sizes = [int(np.prod(o.shape[1:])) * 4 for o in _output_shapes(session, chw)]
+        todo = [p for p in files if not _outputs_complete(out_dir, p.stem, sizes)]
+        skipped, files = len(files) - len(todo), todo
+    if not files:
+        return {"images": 0, "skipped": skipped, "output": str(out_dir)}
 
     batches = [files[i:i + batchsize] for i in range(0, len(files), batchsize)]
     timings = []
@@ -101,10 +118,19 @@ def run_folder(model, input_dir, output_root, output_dirname, batchsize=1, devic
         bar.close()
     summary = latency_stats(timings, len(files))
     summary.update(model=str(model), batchsize=batchsize, device=device, threads=threads,
-                   wall_seconds=round(time.perf_counter() - start, 3), output=str(out_dir))
+                   skipped=skipped, wall_seconds=round(time.perf_counter() - start, 3), output=str(out_dir))
     write_atomic(Path(output_root) / f"{output_dirname}_summary.json",
                  (json.dumps(summary, indent=2) + "\n").encode())
     return summary
+
+
+def _output_shapes(session, chw):
+    """Output shapes for one image: run a batch of 1 only if the graph's
+    output dims are symbolic (they are for dynamic-size exports)."""
+    shapes = [o.shape for o in session.get_outputs()]
+    if all(isinstance(d, int) for s in shapes for d in s[1:]):
+        return [np.empty((1, *s[1:]), dtype=np.float32) for s in shapes]
+    return run_session(session, np.zeros((1, *chw), dtype=np.float32))
 
 
 def _write_outputs(out_dir, paths, outputs):
@@ -136,7 +162,10 @@ def run_loop(model, loop=20, batchsize=1, device="cpu", threads=0, input_size=No
 
 def format_summary(summary):
     """One human line: throughput and latency."""
+    if not summary["images"]:
+        return f"nothing to do: all {summary.get('skipped', 0)} inputs already have outputs"
+    skipped = f" ({summary['skipped']} already done, skipped)" if summary.get("skipped") else ""
     return (f"{summary['images']} images in {summary['infer_seconds']:.2f}s of inference: "
             f"{summary['fps']} fps, latency per batch of {summary['batchsize']} "
             f"mean {summary['latency_ms_mean']} ms, p50 {summary['latency_ms_p50']} ms, "
-            f"p99 {summary['latency_ms_p99']} ms")
+            f"p99 {summary['latency_ms_p99']} ms{skipped}")

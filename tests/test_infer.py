@@ -101,3 +101,21 @@ def test_om_model_hands_the_same_arguments_to_ais_bench(tmp_path):
     r = run_infer(*args, env=env)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "rec.args").read_text() == " ".join(args)
+
+
+def test_skip_existing_resumes(ctdet_onnx, inputs, reference, tmp_path):
+    folder, _ = inputs
+    args = ["--model", ctdet_onnx, "--input", folder, "--output", tmp_path, "--output_dirname", "d",
+            "--batchsize", 2, "--skip-existing"]
+    assert run_infer(*args).returncode == 0
+    stem = next(iter(reference))
+    (tmp_path / "d" / f"{stem}_1.bin").unlink()
+    (tmp_path / "d" / f"{stem}_2.bin").write_bytes(b"half")  # as if cut off mid-write
+    r = run_infer(*args)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "d_summary.json").read_text())
+    assert summary["images"] == 1 and summary["skipped"] == 2 and "2 already done" in r.stdout
+    got = np.fromfile(tmp_path / "d" / f"{stem}_2.bin", dtype=np.float32).reshape(2, 128, 128)
+    assert np.abs(got - reference[stem][2]).max() <= PARITY
+    r = run_infer(*args)
+    assert r.returncode == 0 and "nothing to do" in r.stdout
