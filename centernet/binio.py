@@ -15,8 +15,8 @@ from .errors import UserError
 OUTPUT_NAMES = ("hm", "wh", "reg")  # the order of output1..3 / <stem>_0..2.bin
 
 
-def write_atomic(path, data: bytes):
-    """Write bytes to `path` via a temp file + rename (atomic on POSIX)."""
+def write_atomic(path, data):
+    """Write bytes (or any buffer) to `path` via a temp file + rename (atomic on POSIX)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -30,7 +30,8 @@ def write_atomic(path, data: bytes):
 
 def write_bin(path, array):
     """Save an array as raw float32, C order, atomically."""
-    write_atomic(path, np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    # The array's own buffer is written: no copy for float32 C-order input.
+    write_atomic(path, np.ascontiguousarray(array, dtype=np.float32).data)
 
 
 def read_bin(path, shape):

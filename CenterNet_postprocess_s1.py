@@ -1,0 +1,82 @@
+"""Decode ais_bench output bins into COCO detections (recipe step: postprocess 1).
+
+    python CenterNet_postprocess_s1.py --bin_data_path=./result/dumpout_bs1/ --dataset=./data
+
+For every image of the annotation file reads <stem>_0.bin (hm), _1 (wh),
+_2 (reg), decodes the top 100 detections and maps them back onto the image;
+writes them as COCO results JSON (default save/results.json).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from centernet.coco import (class_category_ids, default_annotation_file, default_category_ids, load_annotations,
+                            write_results)
+from centernet.decode import (decode_bins_to_coco, images_from_annotations, images_from_meta, load_meta_file,
+                              split_missing)
+from centernet.errors import UserError, cli
+
+
+@cli
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--bin_data_path", default="./result/dumpout_bs1/",
+                        help="folder of ais_bench outputs <stem>_0.bin, _1.bin, _2.bin")
+    parser.add_argument("--dataset", default="./data", help="dataset root holding coco/annotations/")
+    parser.add_argument("--annotations", default=None,
+                        help="annotation file; None means DATASET/coco/annotations/instances_val2017.json")
+    parser.add_argument("--meta", default=None,
+                        help="prep_dataset/meta.json: take the images and their geometry from it instead of "
+                             "the annotation file (which then only supplies image ids, if present)")
+    parser.add_argument("--input-size", nargs=2, type=int, default=[512, 512], metavar=("H", "W"),
+                        help="network input height and width (without --meta); output maps are 1/4 of it")
+    parser.add_argument("--output", default="save/results.json", help="COCO results JSON to write")
+    parser.add_argument("--K", type=int, default=100, help="detections per image")
+    parser.add_argument("--batch-size", type=int, default=8, help="images decoded together")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="skip images without output bins (with a warning) instead of failing")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    if args.K < 1 or args.batch_size < 1:
+        raise UserError("--K and --batch-size must be at least 1")
+    if min(args.input_size) <= 0 or any(v % 4 for v in args.input_size):
+        raise UserError(f"--input-size {args.input_size[0]} {args.input_size[1]}: "
+                        f"height and width must be positive multiples of 4 (the output stride)")
+    bin_dir = Path(args.bin_data_path)
+    if not bin_dir.is_dir():
+        raise UserError(f"{bin_dir}: output bin folder not found")
+    ann_path = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset)
+
+    if args.meta:
+        meta = load_meta_file(args.meta)
+        annotations = load_annotations(ann_path) if ann_path.is_file() else None
+        category_ids = (class_category_ids(annotations, source=str(ann_path)) if annotations
+                        else default_category_ids())
+        images = images_from_meta(meta, annotations, source=args.meta)
+    else:
+        annotations = load_annotations(ann_path)
+        category_ids = class_category_ids(annotations, source=str(ann_path))
+        images = images_from_annotations(annotations, tuple(args.input_size))
+        if not images:
+            raise UserError(f"{ann_path}: no images listed")
+
+    present, missing = split_missing(bin_dir, images)
+    if missing:
+        names = ", ".join(f"{im.stem}_*.bin" for im in missing[:3])
+        what = f"{bin_dir}: no output bins for {len(missing)} of {len(images)} images (e.g. {names})"
+        if not present:
+            raise UserError(what + "; wrong --bin_data_path?")
+        if not args.allow_missing:
+            raise UserError(what + "; finish inference or pass --allow-missing to skip them")
+        print(f"warning: {what}; skipped (they count as missed in the evaluation)", file=sys.stderr)
+
+    results = decode_bins_to_coco(bin_dir, present, category_ids, K=args.K, batch_size=args.batch_size,
+                                  progress=not args.no_progress)
+    write_results(args.output, results)
+    print(f"{len(results)} detections of {len(present)} images -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

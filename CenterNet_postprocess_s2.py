@@ -1,0 +1,59 @@
+"""Evaluate COCO results with pycocotools (recipe step: postprocess 2).
+
+    python CenterNet_postprocess_s2.py --dataset=./data
+
+Prints COCOeval's 12-line bbox summary and a per-class AP table, and writes
+the numbers to run_eval_result/metrics.json (fractions 0..1).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from centernet.binio import write_atomic
+from centernet.coco import (coco_from_dataset, default_annotation_file, evaluate_coco, format_per_class_table,
+                            load_annotations, load_results)
+from centernet.decode import load_meta_file
+from centernet.errors import UserError, cli
+
+
+@cli
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--dataset", default="./data", help="dataset root holding coco/annotations/")
+    parser.add_argument("--annotations", default=None,
+                        help="annotation file; None means DATASET/coco/annotations/instances_val2017.json")
+    parser.add_argument("--results", default="save/results.json", help="COCO results JSON to evaluate")
+    parser.add_argument("--resultfolder", default="run_eval_result", help="folder for metrics.json")
+    parser.add_argument("--meta", default=None,
+                        help="prep_dataset/meta.json: evaluate only the images it lists (e.g. after "
+                             "CenterNet_preprocess.py --limit); None means every annotated image")
+    args = parser.parse_args(argv)
+    ann_path = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset)
+
+    annotations = load_annotations(ann_path, require_annotations=True)
+    img_ids = None
+    if args.meta:
+        listed = set(load_meta_file(args.meta)["images"])
+        img_ids = [img["id"] for img in annotations["images"] if Path(img["file_name"]).name in listed]
+        if not img_ids:
+            raise UserError(f"{args.meta}: none of its images are in {ann_path}")
+    results = load_results(args.results)
+    covered = {r.get("image_id") for r in results if isinstance(r, dict)}
+    wanted = set(img_ids) if img_ids is not None else {img["id"] for img in annotations["images"]}
+    metrics = evaluate_coco(coco_from_dataset(annotations), results, img_ids=img_ids, results_source=args.results)
+    if len(covered & wanted) < len(wanted):
+        print(f"warning: {args.results} has detections for {len(covered & wanted)} of the {len(wanted)} evaluated "
+              f"images; the others count as missed", file=sys.stderr)
+    print()
+    print(format_per_class_table(metrics["per_class"]))
+    out_dir = Path(args.resultfolder)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1).encode("utf-8"))
+    print(f"\nAP {100 * metrics['AP']:.1f} (IoU .50:.95) -> {out_dir / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Images -> network input bins (recipe step: preprocessing).
+
+    python CenterNet_preprocess.py data/coco/val2017 prep_dataset
+
+Writes prep_dataset/<stem>.bin (1x3x512x512 float32) for every image and
+prep_dataset/meta.json (size, centre, scale of each image). Re-running skips
+finished bins; unreadable images are reported and make the exit status 1.
+"""
+import argparse
+import sys
+
+from centernet.errors import UserError, cli
+from centernet.preprocess import preprocess_folder
+
+
+@cli
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("src_dir", help="folder of images (jpg, jpeg, png, bmp)")
+    parser.add_argument("dst_dir", help="output folder for <stem>.bin and meta.json")
+    parser.add_argument("--input-size", nargs=2, type=int, default=[512, 512], metavar=("H", "W"),
+                        help="network input height and width")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes; None means one per core")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="only the first N images by file name; None means all")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    if min(args.input_size) <= 0 or any(v % 4 for v in args.input_size):
+        raise UserError(f"--input-size {args.input_size[0]} {args.input_size[1]}: "
+                        f"height and width must be positive multiples of 4 (the output stride)")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers {args.workers}: must be at least 1")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit {args.limit}: must be at least 1")
+    summary = preprocess_folder(args.src_dir, args.dst_dir, tuple(args.input_size), args.workers,
+                                progress=not args.no_progress, limit=args.limit)
+    print(f"{summary['converted']} converted, {summary['skipped']} already done, "
+          f"{len(summary['failed'])} failed, of {summary['total']} images -> {args.dst_dir}")
+    if summary["failed"]:
+        print(f"error: {len(summary['failed'])} of {summary['total']} images failed (listed above); "
+              f"the others were converted", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

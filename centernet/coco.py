@@ -1,0 +1,297 @@
+"""COCO 2017 annotations, class mapping, results JSON and evaluation
+(REFERENCE sections 4 and 5).
+
+Class index j of the network's 80 heatmap channels is the j-th smallest
+category id of the annotation file (ids 1..90 with gaps). Every problem with a
+user's file is a UserError naming the file and what is wrong with it.
+"""
+import contextlib
+import io
+import json
+import math
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .binio import write_atomic
+from .errors import UserError
+
+NUM_CLASSES = 80
+
+# (id, name, supercategory) of the COCO 2017 detection categories, in id order.
+COCO_CATEGORIES = [
+    (1, "person", "person"), (2, "bicycle", "vehicle"), (3, "car", "vehicle"),
+    (4, "motorcycle", "vehicle"), (5, "airplane", "vehicle"), (6, "bus", "vehicle"),
+    (7, "train", "vehicle"), (8, "truck", "vehicle"), (9, "boat", "vehicle"),
+    (10, "traffic light", "outdoor"), (11, "fire hydrant", "outdoor"),
+    (13, "stop sign", "outdoor"), (14, "parking meter", "outdoor"), (15, "bench", "outdoor"),
+    (16, "bird", "animal"), (17, "cat", "animal"), (18, "dog", "animal"),
+    (19, "horse", "animal"), (20, "sheep", "animal"), (21, "cow", "animal"),
+    (22, "elephant", "animal"), (23, "bear", "animal"), (24, "zebra", "animal"),
+    (25, "giraffe", "animal"), (27, "backpack", "accessory"), (28, "umbrella", "accessory"),
+    (31, "handbag", "accessory"), (32, "tie", "accessory"), (33, "suitcase", "accessory"),
+    (34, "frisbee", "sports"), (35, "skis", "sports"), (36, "snowboard", "sports"),
+    (37, "sports ball", "sports"), (38, "kite", "sports"), (39, "baseball bat", "sports"),
+    (40, "baseball glove", "sports"), (41, "skateboard", "sports"),
+    (42, "surfboard", "sports"), (43, "tennis racket", "sports"), (44, "bottle", "kitchen"),
+    (46, "wine glass", "kitchen"), (47, "cup", "kitchen"), (48, "fork", "kitchen"),
+    (49, "knife", "kitchen"), (50, "spoon", "kitchen"), (51, "bowl", "kitchen"),
+    (52, "banana", "food"), (53, "apple", "food"), (54, "sandwich", "food"),
+    (55, "orange", "food"), (56, "broccoli", "food"), (57, "carrot", "food"),
+    (58, "hot dog", "food"), (59, "pizza", "food"), (60, "donut", "food"),
+    (61, "cake", "food"), (62, "chair", "furniture"), (63, "couch", "furniture"),
+    (64, "potted plant", "furniture"), (65, "bed", "furniture"),
+    (67, "dining table", "furniture"), (70, "toilet", "furniture"), (72, "tv", "electronic"),
+    (73, "laptop", "electronic"), (74, "mouse", "electronic"), (75, "remote", "electronic"),
+    (76, "keyboard", "electronic"), (77, "cell phone", "electronic"),
+    (78, "microwave", "appliance"), (79, "oven", "appliance"), (80, "toaster", "appliance"),
+    (81, "sink", "appliance"), (82, "refrigerator", "appliance"), (84, "book", "indoor"),
+    (85, "clock", "indoor"), (86, "vase", "indoor"), (87, "scissors", "indoor"),
+    (88, "teddy bear", "indoor"), (89, "hair drier", "indoor"), (90, "toothbrush", "indoor"),
+]
+
+# The 12 numbers of COCOeval.summarize(), in its order.
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
+              "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def default_annotation_file(dataset_dir):
+    """The recipe's layout: DATA/coco/annotations/instances_val2017.json."""
+    return Path(dataset_dir) / "coco" / "annotations" / "instances_val2017.json"
+
+
+def _is_number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _load_json(path, what):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not valid JSON (not UTF-8 text)") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def load_annotations(path, require_annotations=False):
+    """Read and check a COCO instances file; returns the parsed dict.
+
+    Checks what decoding needs (images with id, file_name, width, height;
+    categories with id and name) and, with `require_annotations`, what
+    COCOeval needs of every annotation (image_id, category_id, bbox, area,
+    iscrowd).
+    """
+    data = _load_json(path, "annotation file")
+    validate_annotations(data, path, require_annotations)
+    return data
+
+
+def validate_annotations(data, source, require_annotations=False):
+    """Raise UserError (naming `source`) if `data` is not a usable COCO dict."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: not a COCO annotation file (top level is not an object)")
+    for key in ("images", "categories") + (("annotations",) if require_annotations else ()):
+        if not isinstance(data.get(key), list):
+            raise UserError(f"{source}: not a COCO annotation file (no '{key}' list)")
+    for i, img in enumerate(data["images"]):
+        if not isinstance(img, dict):
+            raise UserError(f"{source}: images[{i}] is not an object")
+        for key, ok in (("id", _is_int), ("file_name", lambda v: isinstance(v, str) and v),
+                        ("width", lambda v: _is_int(v) and v > 0),
+                        ("height", lambda v: _is_int(v) and v > 0)):
+            if not ok(img.get(key)):
+                raise UserError(f"{source}: images[{i}] has a missing or invalid '{key}' ({img.get(key)!r})")
+    ids = [img["id"] for img in data["images"]]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"{source}: duplicate image ids")
+    for i, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")) or not isinstance(cat.get("name"), str):
+            raise UserError(f"{source}: categories[{i}] needs an integer 'id' and a 'name'")
+    if not data["categories"]:
+        raise UserError(f"{source}: no categories")
+    if require_annotations:
+        image_ids, cat_ids = set(ids), {c["id"] for c in data["categories"]}
+        for i, ann in enumerate(data["annotations"]):
+            if not isinstance(ann, dict):
+                raise UserError(f"{source}: annotations[{i}] is not an object")
+            bbox = ann.get("bbox")
+            if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
+                raise UserError(f"{source}: annotations[{i}] has a missing or invalid 'bbox' ({bbox!r})")
+            for key in ("id", "image_id", "category_id", "iscrowd"):
+                if not _is_int(ann.get(key)):
+                    raise UserError(f"{source}: annotations[{i}] has a missing or invalid '{key}' ({ann.get(key)!r})")
+            if not _is_number(ann.get("area")):
+                raise UserError(f"{source}: annotations[{i}] has a missing or invalid 'area' ({ann.get('area')!r})")
+            if ann["image_id"] not in image_ids:
+                raise UserError(f"{source}: annotations[{i}] names image id {ann['image_id']}, not in 'images'")
+            if ann["category_id"] not in cat_ids:
+                raise UserError(f"{source}: annotations[{i}] names category id {ann['category_id']}, "
+                                f"not in 'categories'")
+
+
+def class_category_ids(data, num_classes=NUM_CLASSES, source="annotations"):
+    """Category id of each class index: index j -> the j-th smallest id."""
+    ids = sorted(c["id"] for c in data["categories"])
+    if len(ids) != num_classes:
+        raise UserError(f"{source}: {len(ids)} categories, the model has {num_classes} classes")
+    return ids
+
+
+def class_names(data):
+    """Category names in class-index order (sorted by category id)."""
+    return [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
+
+
+def default_category_ids():
+    """The COCO 2017 ids, for decoding without an annotation file."""
+    return [cid for cid, _, _ in COCO_CATEGORIES]
+
+
+def stable_image_id(stem):
+    """Image id for a file that no annotation names: int(stem) for COCO-style
+    numeric names (000000397133 -> 397133), else a CRC32 of the stem, which is
+    the same on every run and machine."""
+    return int(stem) if stem.isdigit() else zlib.crc32(stem.encode("utf-8")) & 0x7FFFFFFF
+
+
+def write_results(path, results):
+    """Write a COCO results list as JSON, atomically, creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(results, separators=(",", ":")).encode("utf-8"))
+
+
+def load_results(path):
+    """Read a COCO results JSON file (a list of detections)."""
+    data = _load_json(path, "results file")
+    if not isinstance(data, list):
+        raise UserError(f"{path}: not a COCO results file (top level is not a list)")
+    return data
+
+
+def validate_results(results, source, image_ids, category_ids):
+    """Raise UserError (naming `source`) unless every entry is a well-formed
+    bbox detection of a known image and category."""
+    if not results:
+        raise UserError(f"{source}: no detections (empty results)")
+    image_ids, category_ids = set(image_ids), set(category_ids)
+    unknown_images = set()
+    for i, det in enumerate(results):
+        if not isinstance(det, dict):
+            raise UserError(f"{source}: entry {i} is not an object")
+        if not _is_int(det.get("image_id")):
+            raise UserError(f"{source}: entry {i} has a missing or invalid 'image_id' ({det.get('image_id')!r})")
+        if not _is_int(det.get("category_id")):
+            raise UserError(f"{source}: entry {i} has a missing or invalid 'category_id' ({det.get('category_id')!r})")
+        bbox = det.get("bbox")
+        # A negative width or height is legal: upstream does not clamp the
+        # size head, and such a box simply overlaps nothing.
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
+            raise UserError(f"{source}: entry {i} has a missing or invalid 'bbox' "
+                            f"({bbox!r}; want [x, y, width, height] numbers)")
+        if not _is_number(det.get("score")):
+            raise UserError(f"{source}: entry {i} has a missing or invalid 'score' ({det.get('score')!r})")
+        if det["image_id"] not in image_ids:
+            unknown_images.add(det["image_id"])
+        if det["category_id"] not in category_ids:
+            raise UserError(f"{source}: entry {i} has category id {det['category_id']}, "
+                            f"which the annotation file does not define")
+    if unknown_images:
+        first = ", ".join(map(str, sorted(unknown_images)[:5]))
+        raise UserError(f"{source}: {len(unknown_images)} image id(s) not in the annotation file "
+                        f"(e.g. {first}); results from another dataset or annotation file?")
+
+
+def coco_from_dataset(data):
+    """A pycocotools COCO object over an already-loaded dict (no re-read)."""
+    from pycocotools.coco import COCO
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def per_class_ap(coco_eval):
+    """AP (IoU .50:.95, all areas, 100 dets) of each category id; NaN where the
+    category has no ground truth in the evaluated images."""
+    precision = coco_eval.eval["precision"]  # [iou, recall, class, area, maxdets]
+    out = {}
+    for k, cat_id in enumerate(coco_eval.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        p = p[p > -1]
+        out[cat_id] = float(p.mean()) if p.size else float("nan")
+    return out
+
+
+def evaluate_coco(annotations, results, img_ids=None, verbose=True, results_source="results"):
+    """COCOeval(gt, dt, "bbox") of detections against ground truth.
+
+    annotations: path of an instances JSON, a loaded dict, or a pycocotools
+    COCO. results: path of a results JSON or a list of entries (not modified).
+    img_ids: evaluate only these images (default: every annotated image, as
+    upstream; images without detections count as missed). verbose prints
+    pycocotools' progress and its 12-line summary.
+
+    Returns {"AP": .., ..., "ARl": .. (fractions 0..1; -1, as pycocotools
+    reports it, where no ground truth falls in that area range),
+    "per_class": {name: AP, or None where the class has no ground truth},
+    "num_images": n}.
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if isinstance(annotations, COCO):
+        gt = annotations
+        validate_annotations(gt.dataset, "annotations", require_annotations=True)
+    else:
+        if isinstance(annotations, dict):
+            data = annotations
+            validate_annotations(data, "annotations", require_annotations=True)
+        else:
+            data = load_annotations(annotations, require_annotations=True)
+        gt = coco_from_dataset(data)
+    if isinstance(results, (str, Path)):
+        results_source = str(results)
+        results = load_results(results)
+    validate_results(results, results_source, gt.getImgIds(), gt.getCatIds())
+
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        # loadRes adds fields to the entries it is given: hand it copies.
+        dt = gt.loadRes([dict(r) for r in results])
+        coco_eval = COCOeval(gt, dt, "bbox")
+        if img_ids is not None:
+            coco_eval.params.imgIds = sorted(img_ids)
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    metrics = {name: float(v) for name, v in zip(STAT_NAMES, coco_eval.stats)}
+    names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
+    metrics["per_class"] = {names[cid]: (None if np.isnan(ap) else ap)
+                            for cid, ap in per_class_ap(coco_eval).items()}
+    metrics["num_images"] = len(coco_eval.params.imgIds)
+    return metrics
+
+
+def format_per_class_table(per_class):
+    """Per-class AP table, best first; classes without ground truth listed last."""
+    scored = sorted(((ap, name) for name, ap in per_class.items() if ap is not None), key=lambda t: (-t[0], t[1]))
+    width = max([len(n) for _, n in scored] + [5])
+    lines = [f"{'class':<{width}}  AP (IoU .50:.95)"]
+    lines += [f"{name:<{width}}  {100 * ap:6.2f}" for ap, name in scored]
+    missing = sorted(name for name, ap in per_class.items() if ap is None)
+    if missing:
+        lines.append(f"no ground truth in the evaluated images, skipped ({len(missing)}): " + ", ".join(missing))
+    return "\n".join(lines)

@@ -1,0 +1,247 @@
+"""Images -> fixed-size network input bins (REFERENCE section 1).
+
+Every image of a folder becomes `<stem>.bin`: the 1x3xHxW float32 input of the
+fixed-resolution test transform. A re-run skips bins that are complete (right
+size, with a meta.json entry); every write is temp + rename, so an interrupted
+run loses nothing finished. meta.json records each image's size and the
+centre/scale of its transform, so decoding needs no image.
+"""
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .binio import write_atomic, write_bin
+from .errors import UserError
+from .transforms import INPUT_SIZE, MEAN, STD, get_affine_transform, test_geometry
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+META_NAME = "meta.json"
+META_SAVE_INTERVAL_S = 10.0  # how often meta.json is refreshed during a run
+
+# (v / 255 - mean) / std for every uint8 v and channel, computed exactly as
+# upstream does per pixel (float64, then cast), so a table lookup gives the
+# same float32 bits at a fraction of the cost.
+_NORMALISE_LUT = ((np.arange(256, dtype=np.float64)[None, :] / 255.0 - MEAN[:, None]) / STD[:, None]).astype(np.float32)
+_NORMALISE_LUT_ROWS = [np.ascontiguousarray(row).reshape(1, 256) for row in _NORMALISE_LUT]
+
+
+def list_images(src_dir):
+    """Image files of a folder (jpg, jpeg, png, bmp, any case), in name order."""
+    src_dir = Path(src_dir)
+    if not src_dir.is_dir():
+        raise UserError(f"{src_dir}: image folder not found")
+    images = sorted(p for p in src_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not images:
+        raise UserError(f"{src_dir}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+    stems = {}
+    for p in images:
+        if p.stem in stems:
+            raise UserError(f"{src_dir}: {stems[p.stem].name} and {p.name} would both become {p.stem}.bin; "
+                            f"rename one")
+        stems[p.stem] = p
+    return images
+
+
+def _size_text(nbytes):
+    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
+
+
+def bin_nbytes(input_size):
+    """Bytes of one input bin: 1x3xHxW float32."""
+    return 3 * input_size[0] * input_size[1] * 4
+
+
+def normalise_to_chw(warped, out=None):
+    """uint8 HxWx3 BGR -> float32 1x3xHxW, (x/255 - mean)/std per channel."""
+    if out is None:
+        out = np.empty((1, 3) + warped.shape[:2], np.float32)
+    # cv2.LUT with a float32 table gives float32: a vectorised lookup
+    # written straight into the CHW planes.
+    for ch, plane in enumerate(cv2.split(warped)):
+        cv2.LUT(plane, _NORMALISE_LUT_ROWS[ch], dst=out[0, ch])
+    return out
+
+
+def preprocess_array(image, input_size=(INPUT_SIZE, INPUT_SIZE), out=None, warp_buffer=None):
+    """BGR uint8 image -> (1x3xHxW float32 input, meta entry dict).
+    `out` and `warp_buffer` (in_h x in_w x 3 uint8) may be reused arrays."""
+    height, width = image.shape[:2]
+    center, scale, (in_h, in_w) = test_geometry(height, width, input_size)
+    trans = get_affine_transform(center, scale, (in_w, in_h))
+    warped = cv2.warpAffine(image, trans, (in_w, in_h), dst=warp_buffer, flags=cv2.INTER_LINEAR)
+    meta = {"width": width, "height": height, "center": [float(center[0]), float(center[1])],
+            "scale": float(scale), "input_size": [in_h, in_w]}
+    return normalise_to_chw(warped, out), meta
+
+
+# Per-process scratch arrays by input size: fresh multi-MB arrays for every
+# image cost more in page faults than the arithmetic does.
+_scratch = {}
+
+
+def preprocess_file(src_path, dst_path, input_size=(INPUT_SIZE, INPUT_SIZE)):
+    """Convert one image file to its bin. Returns (meta entry, None) or
+    (None, error message) for an unreadable image."""
+    src_path = Path(src_path)
+    image = cv2.imread(str(src_path), cv2.IMREAD_COLOR)
+    if image is None:
+        return None, f"{src_path}: cannot read or decode the image (corrupt, empty or not an image)"
+    key = tuple(input_size)
+    if key not in _scratch:
+        _scratch[key] = (np.empty((1, 3) + key, np.float32), np.empty(key + (3,), np.uint8))
+    out, warp_buffer = _scratch[key]
+    tensor, meta = preprocess_array(image, input_size, out, warp_buffer)
+    write_bin(dst_path, tensor)
+    return meta, None
+
+
+def _worker_init():
+    # One OpenCV thread per process: the pool supplies the parallelism.
+    cv2.setNumThreads(1)
+    # Ctrl-C is the parent's to handle; it stops handing out work.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_pool(jobs, workers, handle):
+    """Run _worker over jobs in `workers` spawned processes, calling handle()
+    on each result as it arrives. spawn, not fork: forking a process that has
+    started threads (torch, OpenMP, a BLAS) can deadlock the children."""
+    import multiprocessing
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+    # Jobs go out in chunks: one round trip per image through the parent
+    # would leave workers idle whenever the busy cores delay the parent.
+    size = max(1, min(16, len(jobs) // (workers * 4)))
+    try:
+        futures = [pool.submit(_worker_chunk, jobs[i:i + size]) for i in range(0, len(jobs), size)]
+        for future in as_completed(futures):
+            for result in future.result():
+                handle(result)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _worker(job):
+    src, dst, input_size = job
+    try:
+        meta, err = preprocess_file(src, dst, input_size)
+    except OSError as e:  # e.g. the disk filled up
+        meta, err = None, f"{dst}: cannot write ({e.strerror})"
+    except cv2.error as e:  # e.g. an image too large for OpenCV's limits
+        meta, err = None, f"{src}: OpenCV cannot process the image ({e.err})"
+    return Path(src).name, meta, err
+
+
+def _worker_chunk(jobs):
+    return [_worker(job) for job in jobs]
+
+
+def load_meta(path):
+    """Existing meta.json as a dict, or an empty one if there is none."""
+    path = Path(path)
+    if not path.exists():
+        return {"images": {}}
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path}: not valid JSON; delete it and re-run to rebuild it") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("images"), dict):
+        raise UserError(f"{path}: not a preprocessing meta file (no 'images' object); delete it and re-run")
+    return meta
+
+
+def save_meta(path, meta):
+    write_atomic(path, json.dumps(meta, indent=1, sort_keys=True).encode("utf-8"))
+
+
+def _is_complete(dst, nbytes, entry, input_size):
+    try:
+        size = dst.stat().st_size
+    except FileNotFoundError:
+        return False
+    return size == nbytes and entry is not None and list(entry.get("input_size", [])) == list(input_size)
+
+
+def preprocess_folder(src_dir, dst_dir, input_size=(INPUT_SIZE, INPUT_SIZE), workers=None, progress=True,
+                      log=None, limit=None):
+    """Convert every image of src_dir to dst_dir/<stem>.bin, plus dst_dir/meta.json.
+
+    workers: processes (default: all cores; 1 runs in this process).
+    limit: only the first `limit` images by file name.
+    log(line): where warnings and per-image errors go (default: stderr,
+    through tqdm so the bar stays intact).
+    Returns {"total", "converted", "skipped", "failed": [(file name, message)],
+    "meta_path"}. A failed image does not stop the others.
+    """
+    input_size = (int(input_size[0]), int(input_size[1]))
+    if log is None:
+        def log(line):
+            tqdm.write(line, file=sys.stderr)
+    images = list_images(src_dir)[:limit]
+    dst_dir = Path(dst_dir)
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    meta_path = dst_dir / META_NAME
+    meta = load_meta(meta_path)
+    entries = meta["images"]
+    nbytes = bin_nbytes(input_size)
+
+    todo = [p for p in images if not _is_complete(dst_dir / f"{p.stem}.bin", nbytes, entries.get(p.name), input_size)]
+    need = len(todo) * nbytes
+    free = shutil.disk_usage(dst_dir).free
+    if need > free:
+        log(f"warning: {dst_dir}: {len(todo)} bins need {_size_text(need)} but only {_size_text(free)} is free "
+            f"(COCO val2017 at 512x512 needs 15.7 GB)")
+
+    summary = {"total": len(images), "converted": 0, "skipped": len(images) - len(todo), "failed": [],
+               "meta_path": meta_path}
+    meta["input_size"] = list(input_size)
+    jobs = [(str(p), str(dst_dir / f"{p.stem}.bin"), input_size) for p in todo]
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = max(1, min(int(workers), len(jobs) or 1))
+
+    bar = tqdm(total=len(images), initial=summary["skipped"], desc="preprocess", unit="img", disable=not progress)
+    last_save = time.monotonic()
+    done = set()
+
+    def handle(result):
+        nonlocal last_save
+        name, entry, err = result
+        done.add(name)
+        if err:
+            summary["failed"].append((name, err))
+            entries.pop(name, None)
+            log(f"error: {err}")
+        else:
+            entries[name] = entry
+            summary["converted"] += 1
+        bar.update(1)
+        if time.monotonic() - last_save > META_SAVE_INTERVAL_S:
+            save_meta(meta_path, meta)
+            last_save = time.monotonic()
+
+    try:
+        if workers > 1 and len(jobs) > 1:
+            try:
+                _run_pool(jobs, workers, handle)
+            except BrokenProcessPool:
+                # e.g. the calling program cannot be re-imported by spawned
+                # children (an interactive session): finish here instead.
+                log("warning: worker processes could not run; continuing in this process")
+        for job in jobs:
+            if Path(job[0]).name not in done:
+                handle(_worker(job))
+    finally:
+        bar.close()
+        # Also on Ctrl-C: the bins finished so far keep their entries.
+        save_meta(meta_path, meta)
+    return summary

@@ -1,0 +1,78 @@
+"""Shared test fixtures: the repository on sys.path, a small synthetic COCO
+dataset, and a runner for the top-level scripts."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# Small images of varied shape (width, height) keep the suite fast.
+SMALL_SIZES = [(160, 120), (96, 144), (128, 128), (200, 90), (64, 64), (150, 100)]
+
+
+@pytest.fixture(scope="session")
+def synthetic_coco(tmp_path_factory):
+    """A 6-image synthetic dataset in the recipe layout (read-only for tests:
+    copy before modifying). Returns make_synthetic_coco's dict plus the
+    loaded annotations under "dataset"."""
+    from centernet.synthetic import make_synthetic_coco
+    info = make_synthetic_coco(tmp_path_factory.mktemp("synth") / "data", num_images=6, seed=0,
+                               image_sizes=SMALL_SIZES, max_objects=4)
+    info["dataset"] = json.loads(Path(info["annotation_file"]).read_text())
+    return info
+
+
+def _run_script(script, *args, cwd):
+    """Run a top-level script in a fresh interpreter; returns CompletedProcess."""
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def run_script():
+    return _run_script
+
+
+def assert_one_line_error(proc, *fragments):
+    """A user error: exit status 2, one 'error:' line on stderr naming the
+    given fragments, and no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for frag in fragments:
+        assert frag in lines[0], (frag, lines[0])
+
+
+@pytest.fixture(scope="session")
+def ctdet_onnx(random_ctdet, tmp_path_factory):
+    """`random_ctdet` exported with the default target (512x512, DeformConv)."""
+    from centernet.export import export_onnx
+    path = tmp_path_factory.mktemp("onnx") / "CenterNet.onnx"
+    export_onnx(random_ctdet, path)
+    return path
+
+
+PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def random_ctdet():
+    """A deterministic random ctdet DLA-34 with non-trivial BN stats and DCN offsets."""
+    from centernet.checkpoint import random_model
+    return random_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def upstream_checkpoint(random_ctdet, tmp_path_factory):
+    """`random_ctdet` saved in the zoo file's layout: {'epoch', 'state_dict'},
+    module.-prefixed keys, base.fc present, num_batches_tracked missing."""
+    from centernet.checkpoint import save_upstream_checkpoint
+    path = tmp_path_factory.mktemp("weights") / "ctdet_coco_dla_2x.pth"
+    save_upstream_checkpoint(random_ctdet, path)
+    return path

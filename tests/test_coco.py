@@ -1,0 +1,167 @@
+"""centernet.coco and CenterNet_postprocess_s2.py: class mapping, results
+files, COCOeval wrapper against hand-worked cases, and one-line errors."""
+import json
+import shutil
+
+import pytest
+
+from centernet.coco import (COCO_CATEGORIES, STAT_NAMES, class_category_ids, class_names, evaluate_coco,
+                            load_annotations, stable_image_id, write_results)
+from centernet.errors import UserError
+from conftest import assert_one_line_error
+
+
+def test_coco_categories_are_the_80_ids_with_gaps():
+    ids = [c[0] for c in COCO_CATEGORIES]
+    assert len(ids) == 80 and len({c[1] for c in COCO_CATEGORIES}) == 80
+    assert sorted(set(range(1, 91)) - set(ids)) == [12, 26, 29, 30, 45, 66, 68, 69, 71, 83]
+    assert COCO_CATEGORIES[0][1] == "person" and COCO_CATEGORIES[-1][1] == "toothbrush"
+
+
+def test_class_index_is_jth_smallest_category_id():
+    cats = [{"id": cid, "name": name} for cid, name, _ in COCO_CATEGORIES]
+    data = {"images": [], "categories": cats[::-1]}  # order in the file must not matter
+    ids = class_category_ids(data)
+    assert ids[0] == 1 and ids[11] == 13 and ids[79] == 90 and ids == sorted(ids)
+    assert class_names(data)[11] == "stop sign"
+    with pytest.raises(UserError, match="79 categories"):
+        class_category_ids({"images": [], "categories": cats[1:]})
+
+
+def test_stable_image_id():
+    assert stable_image_id("000000397133") == 397133
+    assert stable_image_id("holiday") == stable_image_id("holiday") != stable_image_id("holiday2")
+    assert 0 <= stable_image_id("holiday") < 2 ** 31
+
+
+def tiny_gt():
+    """Two images; image 1 has a person and a car, image 2 one person."""
+    cats = [{"id": cid, "name": name} for cid, name, _ in COCO_CATEGORIES]
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 80], "area": 3200.0, "iscrowd": 0},
+        {"id": 2, "image_id": 1, "category_id": 3, "bbox": [60, 20, 50, 30], "area": 1500.0, "iscrowd": 0},
+        {"id": 3, "image_id": 2, "category_id": 1, "bbox": [5, 5, 20, 20], "area": 400.0, "iscrowd": 0},
+    ]
+    images = [{"id": 1, "file_name": "a.jpg", "width": 128, "height": 128},
+              {"id": 2, "file_name": "b.jpg", "width": 64, "height": 48}]
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+def det(image_id, cat, bbox, score):
+    return {"image_id": image_id, "category_id": cat, "bbox": bbox, "score": score}
+
+
+def test_ground_truth_as_detections_scores_one():
+    gt = tiny_gt()
+    results = [det(a["image_id"], a["category_id"], a["bbox"], 0.9) for a in gt["annotations"]]
+    m = evaluate_coco(gt, results, verbose=False)
+    assert set(STAT_NAMES) <= set(m)
+    assert m["AP"] == pytest.approx(1.0) and m["AP50"] == pytest.approx(1.0) and m["AR100"] == pytest.approx(1.0)
+    assert m["per_class"]["person"] == pytest.approx(1.0) and m["per_class"]["car"] == pytest.approx(1.0)
+    assert m["per_class"]["dog"] is None  # no ground truth
+    assert results[0] == det(1, 1, [10, 10, 40, 80], 0.9)  # the caller's list is not modified
+
+
+def test_negative_size_boxes_are_legal_and_match_nothing():
+    # An untrained (or unlucky) size head gives negative widths; upstream
+    # passes them to COCOeval unchanged, where they overlap no ground truth.
+    gt = tiny_gt()
+    results = [det(a["image_id"], a["category_id"], a["bbox"], 0.9) for a in gt["annotations"]]
+    results.append(det(1, 1, [30.0, 30.0, -2.5, -0.5], 0.1))  # lowest score: precision stays 1
+    m = evaluate_coco(gt, results, verbose=False)
+    assert m["AP"] == pytest.approx(1.0)
+
+
+def test_hand_worked_precision_recall():
+    """Persons: a false positive outscores both true positives, so precision
+    is 1/2 at recall 1/2 and 2/3 at recall 1; COCO's interpolated precision
+    is then 2/3 at every recall level, so person AP = 2/3 at every IoU. Cars:
+    one box with IoU 19/30 = 0.633 counts at IoU thresholds .50, .55, .60
+    only: AP 3/10."""
+    gt = tiny_gt()
+    results = [
+        det(1, 1, [80, 80, 20, 20], 0.95),    # false positive
+        det(1, 1, [10, 10, 40, 80], 0.9),     # exact
+        det(2, 1, [5, 5, 20, 20], 0.8),       # exact
+        det(1, 3, [60, 20, 50, 19], 0.7),     # IoU 950/1500
+    ]
+    m = evaluate_coco(gt, results, verbose=False)
+    assert m["per_class"]["person"] == pytest.approx(2 / 3, abs=1e-9)
+    assert m["per_class"]["car"] == pytest.approx(3 / 10, abs=1e-9)
+    assert m["AP"] == pytest.approx((2 / 3 + 3 / 10) / 2, abs=1e-9)
+    assert m["AP50"] == pytest.approx((2 / 3 + 1) / 2, abs=1e-9)
+    assert m["AP75"] == pytest.approx((2 / 3 + 0) / 2, abs=1e-9)
+
+
+def test_write_results_is_atomic_and_makes_the_folder(tmp_path):
+    path = tmp_path / "save" / "results.json"
+    write_results(path, [det(1, 1, [1.0, 2.0, 3.0, 4.0], 0.123456789012345)])
+    assert json.loads(path.read_text())[0]["score"] == 0.123456789012345  # full precision
+    assert [p.name for p in path.parent.iterdir()] == ["results.json"]
+
+
+def test_annotation_file_errors(tmp_path):
+    with pytest.raises(UserError, match="missing.json: annotation file not found"):
+        load_annotations(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [')
+    with pytest.raises(UserError, match=r"bad.json: not valid JSON \(.* line 1"):
+        load_annotations(bad)
+    bad.write_text('{"images": [{"id": 1, "file_name": "a.jpg", "width": 0, "height": 5}], "categories": []}')
+    with pytest.raises(UserError, match=r"images\[0\] has a missing or invalid 'width'"):
+        load_annotations(bad)
+    gt = tiny_gt()
+    del gt["annotations"][1]["area"]
+    bad.write_text(json.dumps(gt))
+    load_annotations(bad)  # decoding does not need annotations
+    with pytest.raises(UserError, match=r"annotations\[1\] has a missing or invalid 'area'"):
+        load_annotations(bad, require_annotations=True)
+
+
+@pytest.fixture
+def eval_dir(tmp_path, synthetic_coco):
+    """data/ from the synthetic set and save/results.json = its ground truth."""
+    shutil.copytree(synthetic_coco["root"], tmp_path / "data")
+    results = [det(a["image_id"], a["category_id"], a["bbox"], 0.5) for a in synthetic_coco["dataset"]["annotations"]]
+    write_results(tmp_path / "save" / "results.json", results)
+    return tmp_path
+
+
+def test_s2_writes_metrics_and_prints_summary(eval_dir, run_script):
+    proc = run_script("CenterNet_postprocess_s2.py", "--dataset=./data", cwd=eval_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("Average Precision") == 6 and proc.stdout.count("Average Recall") == 6
+    assert "no ground truth in the evaluated images, skipped" in proc.stdout
+    metrics = json.loads((eval_dir / "run_eval_result" / "metrics.json").read_text())
+    for key in STAT_NAMES:
+        assert 0 <= metrics[key] <= 1 or metrics[key] == -1
+    assert metrics["AP"] == pytest.approx(1.0)
+    assert len(metrics["per_class"]) == 80
+    proc = run_script("CenterNet_postprocess_s2.py", "--dataset=./data", "--results=save/results.json",
+                      "--resultfolder=other", cwd=eval_dir)
+    assert proc.returncode == 0 and (eval_dir / "other" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("content,fragments", [
+    ("[]", ["no detections"]),
+    ("{\"a\": 1}", ["top level is not a list"]),
+    ("[{\"image_id\": 1", ["not valid JSON"]),
+    ("[{\"image_id\": 5, \"category_id\": 1, \"bbox\": [1, 2, 3], \"score\": 0.5}]", ["entry 0", "'bbox'"]),
+    ("[{\"image_id\": 5, \"category_id\": 1, \"bbox\": [1, 2, 3, 4]}]", ["entry 0", "'score'"]),
+    ("[{\"image_id\": 424242424, \"category_id\": 1, \"bbox\": [1, 2, 3, 4], \"score\": 0.5}]",
+     ["1 image id(s) not in the annotation file", "424242424"]),
+    ("[{\"image_id\": IMG, \"category_id\": 12, \"bbox\": [1, 2, 3, 4], \"score\": 0.5}]", ["category id 12"]),
+])
+def test_s2_bad_results_are_one_line_errors(eval_dir, run_script, synthetic_coco, content, fragments):
+    content = content.replace("IMG", str(synthetic_coco["dataset"]["images"][0]["id"]))
+    (eval_dir / "save" / "results.json").write_text(content)
+    proc = run_script("CenterNet_postprocess_s2.py", "--dataset=./data", cwd=eval_dir)
+    assert_one_line_error(proc, "save/results.json", *fragments)
+    assert not (eval_dir / "run_eval_result" / "metrics.json").exists()
+
+
+def test_s2_missing_files_are_one_line_errors(eval_dir, run_script):
+    assert_one_line_error(run_script("CenterNet_postprocess_s2.py", "--dataset=./nodata", cwd=eval_dir),
+                          "nodata/coco/annotations/instances_val2017.json", "not found")
+    assert_one_line_error(run_script("CenterNet_postprocess_s2.py", "--dataset=./data", "--results=none.json",
+                                     cwd=eval_dir), "none.json", "not found")
