@@ -18,6 +18,7 @@ usage: bash run_all.sh [options]
   --data DIR         dataset root with coco/val2017 and coco/annotations/instances_val2017.json
                      (default: ./data)
   --demo             run on generated data and random weights instead (AP means nothing)
+  --demo-images N    number of generated images for the demo (default: 24)
   --batchsize B      inference batch size (default: 1)
   --backend NAME     onnxruntime | ascend (default: onnxruntime)
   --device NAME      ONNX Runtime device: cpu | cuda | tensorrt (default: cpu)
@@ -35,13 +36,14 @@ USAGE
 
 die() { echo "error: $*" >&2; exit 2; }
 
-weights=""; data=""; demo=0; batchsize=1; backend=onnxruntime; device=cpu; threads=0
+weights=""; data=""; demo=0; demo_images=24; batchsize=1; backend=onnxruntime; device=cpu; threads=0
 workdir=""; limit=""; stream=0; soc=""; keep=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --weights) weights="${2:?}"; shift 2 ;;
     --data) data="${2:?}"; shift 2 ;;
     --demo) demo=1; shift ;;
+    --demo-images) demo_images="${2:?}"; shift 2 ;;
     --batchsize) batchsize="${2:?}"; shift 2 ;;
     --backend) backend="${2:?}"; shift 2 ;;
     --device) device="${2:?}"; shift 2 ;;
@@ -83,7 +85,7 @@ fi
 if [ "$demo" = 1 ]; then
   workdir="${workdir:-./work/demo}"
   echo "== DEMO: a smoke test on generated images with random weights; its AP means nothing =="
-  "$PY" -m centernet.demo "$workdir"
+  "$PY" -m centernet.demo "$workdir" --images "$demo_images"
   data="$workdir/data"; weights="$workdir/ctdet_demo.pth"
   ann="$data/coco/annotations/instances_val2017.json"; images="$data/coco/val2017"
 fi

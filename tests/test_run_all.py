@@ -1,0 +1,80 @@
+"""run_all.sh end to end: the demo pipeline on a handful of images."""
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from centernet.coco import STAT_NAMES
+from conftest import ROOT
+
+N = 3
+
+
+def run_all(*args, cwd):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(["bash", str(ROOT / "run_all.sh"), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("run_all") / "work"
+    r = run_all("--demo", "--demo-images", N, "--workdir", work, "--batchsize", 2, "--keep",
+                "--threads", 2, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return work, r
+
+
+def test_every_stage_reported(demo_run):
+    _, r = demo_run
+    assert "DEMO" in r.stdout and "AP means nothing" in r.stdout
+    for stage in ("preprocess", "export", "infer", "postprocess_s1", "postprocess_s2"):
+        assert f"== {stage} done in" in r.stdout
+    assert "| AP |" in r.stdout  # the final table
+
+
+def test_every_stage_output(demo_run):
+    work, _ = demo_run
+    ann = json.loads((work / "data/coco/annotations/instances_val2017.json").read_text())
+    stems = sorted(img["file_name"].rsplit(".", 1)[0] for img in ann["images"])
+    assert len(stems) == N
+    prep = work / "prep_dataset"
+    assert sorted(p.stem for p in prep.glob("*.bin")) == stems
+    assert all(p.stat().st_size == 3 * 512 * 512 * 4 for p in prep.glob("*.bin"))
+    assert set(json.loads((prep / "meta.json").read_text())["images"]) == {i["file_name"] for i in ann["images"]}
+    dump = work / "result" / "dumpout_bs2"
+    for stem in stems:
+        sizes = [(dump / f"{stem}_{i}.bin").stat().st_size for i in range(3)]
+        assert sizes == [80 * 128 * 128 * 4, 2 * 128 * 128 * 4, 2 * 128 * 128 * 4]
+    results = json.loads((work / "save" / "results.json").read_text())
+    per_image = np.bincount([d["image_id"] for d in results])
+    assert sorted(per_image[per_image > 0].tolist()) == [100] * N
+    metrics = json.loads((work / "run_eval_result" / "metrics.json").read_text())
+    assert set(STAT_NAMES) <= set(metrics) and "per_class" in metrics
+
+
+def test_rerun_resumes(demo_run):
+    work, _ = demo_run
+    r = run_all("--demo", "--demo-images", N, "--workdir", work, "--batchsize", 2, "--keep",
+                "--threads", 2, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "export: " in r.stdout and "is up to date" in r.stdout
+    assert f"0 converted, {N} already done" in r.stdout
+    assert "nothing to do" in r.stdout
+
+
+def test_missing_weights_says_what_to_fetch_then_runs_demo(tmp_path):
+    r = run_all("--weights", tmp_path / "none.pth", "--data", tmp_path / "nodata", "--demo-images", 2,
+                "--workdir", tmp_path / "w", "--threads", 2, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "ctdet_coco_dla_2x.pth" in r.stdout and "MODEL_ZOO" in r.stdout
+    assert "val2017.zip" in r.stdout and "annotations_trainval2017.zip" in r.stdout
+    assert "Running the demo instead" in r.stdout and "| AP |" in r.stdout
+    assert not (tmp_path / "w" / "prep_dataset").exists()  # cleaned up without --keep
+
+
+def test_bad_option(tmp_path):
+    r = run_all("--backend", "tpu", cwd=tmp_path)
+    assert r.returncode == 2 and "--backend must be onnxruntime or ascend" in r.stderr

@@ -1,0 +1,51 @@
+"""The streaming evaluation gives the staged pipeline's detections exactly."""
+import json
+import shutil
+
+from centernet.coco import class_category_ids, load_annotations
+from centernet.decode import decode_bins_to_coco, images_from_meta, load_meta_file
+from centernet.infer import run_folder
+from centernet.preprocess import preprocess_folder
+from centernet.stream import stream_detections
+from conftest import assert_one_line_error
+
+
+def test_stream_equals_staged(synthetic_coco, ctdet_onnx, tmp_path):
+    ann = synthetic_coco["annotation_file"]
+    data = load_annotations(ann)
+    cats = class_category_ids(data)
+    # Staged: bins on disk, ais_bench layout, s1's decoder.
+    prep = tmp_path / "prep"
+    preprocess_folder(synthetic_coco["images_dir"], prep, workers=1, progress=False)
+    run_folder(ctdet_onnx, prep, tmp_path / "result", "dump", batchsize=2, threads=2, progress=False)
+    images = images_from_meta(load_meta_file(prep / "meta.json"), data)
+    staged = decode_bins_to_coco(tmp_path / "result" / "dump", images, cats, progress=False)
+    # Streaming: same images, same batch size, nothing on disk.
+    streamed, ids, errors, stats = stream_detections(ctdet_onnx, synthetic_coco["images_dir"], ann,
+                                                     batchsize=2, threads=2, progress=False)
+    assert not errors and sorted(ids) == sorted(im["id"] for im in data["images"])
+    assert len(streamed) == 100 * len(ids)
+    key = lambda r: (r["image_id"], -r["score"], r["category_id"], r["bbox"])  # noqa: E731
+    assert sorted(streamed, key=key) == sorted(staged, key=key)
+    assert stats["end_to_end_fps"] > 0 and stats["fps"] > 0
+
+
+def test_eval_script_limit_and_corrupt_image(synthetic_coco, ctdet_onnx, tmp_path, run_script):
+    data_root = tmp_path / "data"
+    shutil.copytree(synthetic_coco["root"], data_root)
+    first = sorted((data_root / "coco" / "val2017").iterdir())[0]
+    first.write_bytes(b"not a jpeg")
+    r = run_script("CenterNet_eval.py", "--model", ctdet_onnx, "--dataset", data_root, "--limit", 2,
+                   "--threads", 2, "--output", tmp_path / "res.json", "--resultfolder", tmp_path / "ev",
+                   "--no-progress", cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert f"{first}: cannot read or decode the image" in r.stderr and "Traceback" not in r.stderr
+    results = json.loads((tmp_path / "res.json").read_text())
+    assert len(results) == 100 and len({d["image_id"] for d in results}) == 1
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["num_images"] == 2  # the unreadable one counts, as missed
+
+
+def test_eval_script_missing_annotations(ctdet_onnx, tmp_path, run_script):
+    r = run_script("CenterNet_eval.py", "--model", ctdet_onnx, "--dataset", tmp_path / "nowhere", cwd=tmp_path)
+    assert_one_line_error(r, "instances_val2017.json")
