@@ -12,9 +12,10 @@ from pathlib import Path
 
 from centernet.coco import (class_category_ids, default_annotation_file, default_category_ids, load_annotations,
                             write_results)
-from centernet.decode import (decode_bins_to_coco, images_from_annotations, images_from_meta, load_meta_file,
+from centernet.decode import (decode_bins_to_coco, images_from_annotations, images_from_meta,
                               split_missing)
 from centernet.errors import UserError, cli
+from centernet.preprocess import load_meta
 
 
 @cli
@@ -49,7 +50,7 @@ def main(argv=None):
     ann_path = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset)
 
     if args.meta:
-        meta = load_meta_file(args.meta)
+        meta = load_meta(args.meta)
         annotations = load_annotations(ann_path) if ann_path.is_file() else None
         category_ids = (class_category_ids(annotations, source=str(ann_path)) if annotations
                         else default_category_ids())

@@ -13,7 +13,7 @@ from pathlib import Path
 from centernet.binio import write_atomic
 from centernet.coco import (coco_from_dataset, default_annotation_file, evaluate_coco, format_per_class_table,
                             load_annotations, load_results)
-from centernet.decode import load_meta_file
+from centernet.preprocess import load_meta
 from centernet.errors import UserError, cli
 
 
@@ -35,7 +35,7 @@ def main(argv=None):
     annotations = load_annotations(ann_path, require_annotations=True)
     img_ids = None
     if args.meta:
-        listed = set(load_meta_file(args.meta)["images"])
+        listed = set(load_meta(args.meta)["images"])
         img_ids = [img["id"] for img in annotations["images"] if Path(img["file_name"]).name in listed]
         if not img_ids:
             raise UserError(f"{args.meta}: none of its images are in {ann_path}")

@@ -5,7 +5,6 @@ decode_ctdet restates upstream's ctdet_decode in numpy over a batch: sigmoid,
 map. map_boxes_to_image undoes the test transform. decode_bins_to_coco runs
 both over a folder of ais_bench output bins and yields COCO results entries.
 """
-import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -229,19 +228,6 @@ def images_from_meta(meta, annotations=None, source="meta.json"):
     if not out:
         raise UserError(f"{source}: no images listed")
     return out
-
-
-def load_meta_file(path):
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: meta file not found (written by CenterNet_preprocess.py)")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{path}: not valid JSON") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("images"), dict):
-        raise UserError(f"{path}: not a preprocessing meta file (no 'images' object)")
-    return meta
 
 
 def split_missing(bin_dir, images):

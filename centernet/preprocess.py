@@ -145,17 +145,21 @@ def _worker_chunk(jobs):
     return [_worker(job) for job in jobs]
 
 
-def load_meta(path):
-    """Existing meta.json as a dict, or an empty one if there is none."""
+def load_meta(path, missing_ok=False):
+    """A meta.json written by preprocessing, as a dict; with missing_ok, an
+    empty one if the file does not exist yet."""
     path = Path(path)
-    if not path.exists():
-        return {"images": {}}
+    if not path.is_file():
+        if missing_ok:
+            return {"images": {}}
+        raise UserError(f"{path}: meta file not found (written by CenterNet_preprocess.py)")
+    rebuild = "CenterNet_preprocess.py rebuilds it if you delete it"
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{path}: not valid JSON; delete it and re-run to rebuild it") from None
+        raise UserError(f"{path}: not valid JSON ({rebuild})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("images"), dict):
-        raise UserError(f"{path}: not a preprocessing meta file (no 'images' object); delete it and re-run")
+        raise UserError(f"{path}: not a preprocessing meta file, no 'images' object ({rebuild})")
     return meta
 
 
@@ -190,7 +194,7 @@ def preprocess_folder(src_dir, dst_dir, input_size=(INPUT_SIZE, INPUT_SIZE), wor
     dst_dir = Path(dst_dir)
     dst_dir.mkdir(parents=True, exist_ok=True)
     meta_path = dst_dir / META_NAME
-    meta = load_meta(meta_path)
+    meta = load_meta(meta_path, missing_ok=True)
     entries = meta["images"]
     nbytes = bin_nbytes(input_size)
 

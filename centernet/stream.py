@@ -7,7 +7,6 @@ the ones the staged scripts produce (same tensors, same session, same
 decoder), and the results JSON has the same format.
 """
 import os
-import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor

@@ -3,9 +3,9 @@ import json
 import shutil
 
 from centernet.coco import class_category_ids, load_annotations
-from centernet.decode import decode_bins_to_coco, images_from_meta, load_meta_file
+from centernet.decode import decode_bins_to_coco, images_from_meta
 from centernet.infer import run_folder
-from centernet.preprocess import preprocess_folder
+from centernet.preprocess import load_meta, preprocess_folder
 from centernet.stream import stream_detections
 from conftest import assert_one_line_error
 
@@ -18,7 +18,7 @@ def test_stream_equals_staged(synthetic_coco, ctdet_onnx, tmp_path):
     prep = tmp_path / "prep"
     preprocess_folder(synthetic_coco["images_dir"], prep, workers=1, progress=False)
     run_folder(ctdet_onnx, prep, tmp_path / "result", "dump", batchsize=2, threads=2, progress=False)
-    images = images_from_meta(load_meta_file(prep / "meta.json"), data)
+    images = images_from_meta(load_meta(prep / "meta.json"), data)
     staged = decode_bins_to_coco(tmp_path / "result" / "dump", images, cats, progress=False)
     # Streaming: same images, same batch size, nothing on disk.
     streamed, ids, errors, stats = stream_detections(ctdet_onnx, synthetic_coco["images_dir"], ann,
