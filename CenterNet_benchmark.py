@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Pure-inference throughput of ctdet DLA-34 on every backend present, in one run.
+
+    python CenterNet_benchmark.py                      # batch 1 4 8 16 32, all backends present
+    python CenterNet_benchmark.py --quick              # batch 1 4, fewer loops
+    python CenterNet_benchmark.py --batchsizes 1 --profile --ort-sweep  # why ONNX Runtime is as fast as it is
+    python CenterNet_benchmark.py --weights ctdet_coco_dla_2x.pth --batchsizes 1 --loop 20
+
+Backends: ONNX Runtime CPU (CUDA and TensorRT when onnxruntime-gpu is
+installed), our PyTorch model in eager mode, OpenVINO when installed (on the
+decomposed-DCN export). All use the same thread count and the same input;
+warm-up batches are not timed. Prints a markdown table (fps, ms per image,
+p50/p99 latency per batch, GFLOP/s and its fraction of the machine's sgemm
+ceiling measured in the same run, speed-up over eager PyTorch) and writes it
+as JSON with the machine's description.
+
+On 2 cores at 512x512 with ONNX Runtime, PyTorch and OpenVINO, the default
+run takes about 6 minutes (every row needs at least a warm-up and a timed
+batch, and eager PyTorch needs ~55 s per batch of 32), --quick under one.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from centernet.benchmark import BACKENDS, DEFAULT_BACKENDS, format_table, run_benchmark, usable_cores, write_json
+from centernet.errors import UserError, cli
+
+DEFAULT_WEIGHTS = "ctdet_coco_dla_2x.pth"
+QUICK = {"batchsizes": [1, 4], "loop": 4}
+FULL = {"batchsizes": [1, 4, 8, 16, 32], "loop": 8}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default=None,
+                   help=f"upstream checkpoint; without it {DEFAULT_WEIGHTS} is used if present, else "
+                        "deterministic random weights (speed barely depends on the values) "
+                        f"(default: {DEFAULT_WEIGHTS} or random)")
+    p.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(DEFAULT_BACKENDS),
+                   help="backends to measure; those not installed are skipped; onnxruntime-cpu-decompose "
+                        "(ONNX Runtime on the decomposed-DCN graph) only runs when named "
+                        f"(default: {' '.join(DEFAULT_BACKENDS)})")
+    p.add_argument("--batchsizes", type=int, nargs="+", default=None,
+                   help=f"batch sizes, the recipe's table (default: {' '.join(map(str, FULL['batchsizes']))}; "
+                        f"--quick: {' '.join(map(str, QUICK['batchsizes']))})")
+    p.add_argument("--loop", type=int, default=None,
+                   help="timed batches at batch 1; batch B times ceil(LOOP/B) batches, at least one "
+                        f"(default: {FULL['loop']}; --quick: {QUICK['loop']})")
+    p.add_argument("--eager-max-batch", type=int, default=4,
+                   help="largest batch for the pytorch-eager rows, 0 = every batch size; eager is "
+                        "slow at large batches (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed batches before each row's timed ones (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"threads for every backend and the sgemm ceiling (default: all usable cores, "
+                        f"here {usable_cores()})")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=(512, 512),
+                   help="input height and width (default: 512 512)")
+    p.add_argument("--quick", action="store_true",
+                   help="smaller default batch sizes and loop, for a first look (default: off)")
+    p.add_argument("--workdir", default="work/benchmark",
+                   help="folder for the exported models and the JSON (default: %(default)s)")
+    p.add_argument("--onnx", default=None,
+                   help="DeformConv ONNX file for the onnxruntime rows instead of exporting one; it must "
+                        "hold the same weights and input size (default: export to --workdir)")
+    p.add_argument("--onnx-decompose", default=None,
+                   help="decomposed-DCN ONNX file for the openvino row instead of exporting one "
+                        "(default: export to --workdir)")
+    p.add_argument("--sgemm-size", type=int, default=3072,
+                   help="side of the square fp32 matrices of the sgemm ceiling (default: %(default)s)")
+    p.add_argument("--profile", action="store_true",
+                   help="also print ONNX Runtime CPU's time per operator type at the first batch size, "
+                        "with the GFLOP/s of Conv / DeformConv / ConvTranspose (default: off)")
+    p.add_argument("--ort-sweep", action="store_true",
+                   help="also time ONNX Runtime CPU with each session-option variant and on the "
+                        "decomposed-DCN graph at the first batch size, about a minute (default: off)")
+    p.add_argument("--json", default=None,
+                   help="where to write the results as JSON (default: WORKDIR/benchmark.json)")
+    args = p.parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    args.batchsizes = args.batchsizes or preset["batchsizes"]
+    args.loop = args.loop or preset["loop"]
+    args.json = args.json or str(Path(args.workdir) / "benchmark.json")
+    return args
+
+
+def load_weights(path):
+    """(model, description) for --weights, the default checkpoint if present, or random weights."""
+    from centernet.checkpoint import load_model, random_model
+    if path is None and Path(DEFAULT_WEIGHTS).is_file():
+        path = DEFAULT_WEIGHTS
+    if path is None:
+        return random_model(seed=0), "random (random_model(seed=0): no checkpoint given or found)"
+    if not Path(path).is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    return load_model(path, log=lambda msg: None), str(path)
+
+
+@cli
+def main(argv=None):
+    args = parse_args(argv)
+    start = time.perf_counter()
+    model, weights = load_weights(args.weights)
+    print(f"weights: {weights}")
+    result = run_benchmark(model, weights, backends=args.backends, batchsizes=args.batchsizes,
+                           loop=args.loop, threads=args.threads, input_size=tuple(args.input_size),
+                           workdir=args.workdir, onnx=args.onnx, onnx_decompose=args.onnx_decompose,
+                           warmup=args.warmup, sgemm_n=args.sgemm_size, profile=args.profile,
+                           sweep=args.ort_sweep, eager_max_batch=args.eager_max_batch)
+    print()
+    print(format_table(result))
+    write_json(result, args.json)
+    print(f"\nwrote {args.json} ({time.perf_counter() - start:.0f}s in all)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,586 @@
+"""Pure-inference throughput of ctdet DLA-34 on every backend present, side by side.
+
+One run measures, on the same thread count and the same random input:
+- each backend (ONNX Runtime CPU, and CUDA / TensorRT when onnxruntime-gpu is
+  installed; our PyTorch model in eager mode; OpenVINO when installed, on the
+  decomposed-DCN export since it cannot load ONNX DeformConv) at each batch
+  size: warm-up batches untimed, then timed batches -> fps, ms per image,
+  p50 / p99 latency per batch (for the GPU providers a batch's time includes
+  copying the input in and the outputs out, as in real use);
+- the network's FLOPs, counted by hooks on the convolutions (a multiply-add
+  is 2 FLOPs), so every row also says what GFLOP/s it sustains;
+- the machine's fp32 ceiling: the best of a large square sgemm in PyTorch,
+  NumPy and ONNX Runtime on the same threads; each row's GFLOP/s is also
+  given as a fraction of it;
+- how much CPU other processes took while each row ran (a shared machine
+  skews timings; such rows are flagged rather than silently trusted).
+"""
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .binio import write_atomic
+from .dcn_v2 import DCN
+from .errors import UserError
+from .infer import latency_stats
+
+REFERENCE_GFLOP_512 = 66.2  # REFERENCE section 2: ~66 GFLOP per 512x512 image
+# Flag a row when other processes used more than this share of the CPUs: with
+# every core busy, a small share already costs a lot (threads wait at barriers).
+BUSY_FLAG = 0.05
+
+ORT_DEVICES = {"onnxruntime-cpu": "cpu", "onnxruntime-cuda": "cuda", "onnxruntime-tensorrt": "tensorrt"}
+# Measured when present, in this order; "onnxruntime-cpu-decompose" (ONNX Runtime
+# on the decomposed graph, to compare DCN graph forms) only when asked for.
+DEFAULT_BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "pytorch-eager",
+                    "openvino-cpu")
+BACKENDS = DEFAULT_BACKENDS + ("onnxruntime-cpu-decompose",)
+TABLE_COLUMNS = ("backend", "batch", "fps", "ms/image", "p50 ms", "p99 ms", "GFLOP/s",
+                 "of sgemm", "x eager")
+
+
+# --- FLOPs -------------------------------------------------------------------
+
+def count_flops(model, input_size=(512, 512)):
+    """FLOPs of one forward pass on one image of `input_size` (H, W), counting a
+    multiply-add as 2 and only the products of convolutions, deformable
+    convolutions, transposed convolutions and linear layers (BatchNorm, ReLU,
+    biases and the bilinear sampling are left out, as usual).
+    Returns {"total": int, "by_type": {module type: int}}."""
+    by_type = {}
+
+    def add(kind, flops):
+        by_type[kind] = by_type.get(kind, 0) + int(flops)
+
+    def hook(module, inputs, output):
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            add("Conv2d", 2 * output.numel() * (module.in_channels // module.groups) * kh * kw)
+        elif isinstance(module, nn.ConvTranspose2d):
+            # Each input pixel is scattered through the kernel to out/groups channels.
+            kh, kw = module.kernel_size
+            add("ConvTranspose2d", 2 * inputs[0].numel() * (module.out_channels // module.groups) * kh * kw)
+        elif isinstance(module, nn.Linear):
+            add("Linear", 2 * output.numel() * module.in_features)
+        elif isinstance(module, DCN):
+            # The deformable 3x3 itself; its conv_offset_mask is a Conv2d, hooked on its own.
+            kh, kw = module.kernel_size
+            add("DCN", 2 * output.numel() * module.in_channels * kh * kw)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, DCN))]
+    try:
+        with torch.inference_mode():
+            model.eval()(torch.zeros(1, 3, *input_size))
+    finally:
+        for h in handles:
+            h.remove()
+    return {"total": sum(by_type.values()), "by_type": by_type}
+
+
+# --- the machine -------------------------------------------------------------
+
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def library_versions():
+    versions = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__}
+    for name in ("onnx", "onnxruntime", "openvino"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = None
+    return versions
+
+
+def machine_info(threads):
+    info = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "usable_cpus": usable_cores(),
+            "threads": threads, "platform": platform.platform(), "versions": library_versions()}
+    try:
+        import onnxruntime as ort
+        info["onnxruntime_providers"] = ort.get_available_providers()
+    except ImportError:
+        pass
+    return info
+
+
+class CpuShare:
+    """Share of the machine's CPU time that *other* processes used between
+    start() and stop() (from /proc/stat minus this process's own CPU time);
+    None where /proc/stat is missing."""
+
+    def start(self):
+        self._t0 = (time.perf_counter(), self._machine_busy(), self._own())
+        return self
+
+    def stop(self):
+        wall0, busy0, own0 = self._t0
+        wall, busy, own = time.perf_counter() - wall0, self._machine_busy(), self._own()
+        if busy is None or busy0 is None or wall <= 0:
+            return None
+        other = (busy - busy0) - (own - own0)
+        return round(min(1.0, max(0.0, other / (wall * (os.cpu_count() or 1)))), 3)
+
+    @staticmethod
+    def _own():
+        t = os.times()  # children: the NumPy sgemm runs in one
+        return t.user + t.system + t.children_user + t.children_system
+
+    @staticmethod
+    def _machine_busy():
+        try:
+            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        except OSError:
+            return None
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+        # steal: time the hypervisor gave our virtual CPUs to someone else.
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _best_seconds(fn, repeats):
+    fn()  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+_NUMPY_SGEMM = """
+import sys, time, numpy as np
+n, repeats = int(sys.argv[1]), int(sys.argv[2])
+a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+a @ b
+best = float("inf")
+for _ in range(repeats):
+    t0 = time.perf_counter()
+    a @ b
+    best = min(best, time.perf_counter() - t0)
+print(best)
+"""
+
+
+def sgemm_ceiling(threads, n=3072, repeats=3):
+    """GFLOP/s of an n x n fp32 matrix product (2 n^3 FLOPs), best of `repeats`,
+    in PyTorch, NumPy (its BLAS, in a child process so its thread count can be
+    set) and ONNX Runtime (MLAS, what ONNX Runtime's convolutions use), all on
+    `threads` threads. "ceiling" is the best of them."""
+    flops = 2.0 * n ** 3
+    result = {"n": n, "threads": threads}
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        result["torch"] = round(flops / _best_seconds(lambda: torch.mm(a, b), repeats) / 1e9, 1)
+    finally:
+        torch.set_num_threads(previous)
+
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads))
+    proc = subprocess.run([sys.executable, "-c", _NUMPY_SGEMM, str(n), str(repeats)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    result["numpy"] = round(flops / float(proc.stdout.split()[-1]) / 1e9, 1) if proc.returncode == 0 else None
+
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        result["onnxruntime"] = None
+    else:
+        b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["a", "b"], ["c"])], "sgemm",
+            [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])],
+            [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+            [numpy_helper.from_array(b, "b")])
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+        proto.ir_version = 9
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+        result["onnxruntime"] = round(flops / _best_seconds(lambda: session.run(None, {"a": a}), repeats) / 1e9, 1)
+
+    result["ceiling"] = max(v for k, v in result.items() if k in ("torch", "numpy", "onnxruntime") and v)
+    return result
+
+
+# --- backends ----------------------------------------------------------------
+
+def backend_unavailable(name):
+    """Why backend `name` cannot run here, or None when it can."""
+    if name in ORT_DEVICES or name == "onnxruntime-cpu-decompose":
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return "onnxruntime is not installed"
+        from .runtime import PROVIDERS
+        provider = PROVIDERS[ORT_DEVICES.get(name, "cpu")][0]
+        if provider not in ort.get_available_providers():
+            return f"this onnxruntime has no {provider} (install onnxruntime-gpu)"
+        return None
+    if name == "openvino-cpu":
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return "openvino is not installed (optional: pip install openvino)"
+        return None
+    if name == "pytorch-eager":
+        return None
+    raise UserError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+
+
+def needs_graph(name):
+    """Which export a backend runs: "deformconv", "decompose" or None (PyTorch)."""
+    if name in ORT_DEVICES:
+        return "deformconv"
+    if name in ("openvino-cpu", "onnxruntime-cpu-decompose"):
+        return "decompose"
+    return None
+
+
+class _OrtRunner:
+    def __init__(self, path, device, threads):
+        from .runtime import make_session, run_session
+        self.session = make_session(path, device=device, threads=threads)
+        self._run = run_session
+
+    def runner(self, batch):
+        return lambda x: self._run(self.session, x)
+
+
+class _TorchRunner:
+    def __init__(self, model, threads):
+        self.model, self.threads = model.eval(), threads
+
+    def runner(self, batch):
+        def run(x):
+            previous = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+            try:
+                with torch.inference_mode():
+                    return self.model(torch.from_numpy(x))
+            finally:
+                torch.set_num_threads(previous)
+        return run
+
+
+class _OpenVinoRunner:
+    def __init__(self, path, threads):
+        import openvino as ov
+        self.core, self.path, self.threads = ov.Core(), str(path), threads
+
+    def runner(self, batch):
+        model = self.core.read_model(self.path)
+        # A static shape per batch lets OpenVINO plan its memory once.
+        model.reshape({model.inputs[0].get_any_name(): [batch, *model.inputs[0].get_partial_shape()[1:].to_shape()]})
+        compiled = self.core.compile_model(model, "CPU", {
+            "INFERENCE_NUM_THREADS": self.threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+            # fp32 like every other row (a bf16-capable CPU would otherwise get bf16).
+            "INFERENCE_PRECISION_HINT": "f32"})
+        request = compiled.create_infer_request()
+        return lambda x: request.infer({0: x})
+
+
+def make_runner(name, model, graphs, threads):
+    if name in ORT_DEVICES:
+        return _OrtRunner(graphs["deformconv"], ORT_DEVICES[name], threads)
+    if name == "onnxruntime-cpu-decompose":
+        return _OrtRunner(graphs["decompose"], "cpu", threads)
+    if name == "openvino-cpu":
+        return _OpenVinoRunner(graphs["decompose"], threads)
+    return _TorchRunner(model, threads)
+
+
+def loops_for(batch, loop):
+    """Timed batches at batch size `batch`: `loop` at batch 1, scaled down so
+    every row times about `loop` images, at least one batch."""
+    return max(1, math.ceil(loop / batch))
+
+
+def time_batches(run, x, loops, warmup=1):
+    """Seconds per batch of `loops` timed calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        run(x)
+    seconds = []
+    for _ in range(loops):
+        t0 = time.perf_counter()
+        run(x)
+        seconds.append(time.perf_counter() - t0)
+    return seconds
+
+
+def ort_profile(path, threads, x, runs=3, flops_by_type=None):
+    """Per-operator-type time of ONNX Runtime CPU on input `x`, from ONNX Runtime's
+    own profiler over `runs` runs after one untimed warm-up, with the GFLOP/s of
+    the operator types that carry the network's FLOPs. Rows sorted by time."""
+    import tempfile
+
+    from .runtime import make_session
+    # Operator type in a DeformConv export -> the counter's module type.
+    flop_source = {"Conv": "Conv2d", "DeformConv": "DCN", "ConvTranspose": "ConvTranspose2d"}
+    with tempfile.TemporaryDirectory() as tmp:
+        session = make_session(path, threads=threads, profile_prefix=str(Path(tmp) / "ort"))
+        name = session.get_inputs()[0].name
+        for _ in range(runs + 1):
+            session.run(None, {name: x})
+        trace = json.loads(Path(session.end_profiling()).read_text())
+    model_runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in trace if e.get("name") == "model_run")
+    warm_end = model_runs[0][1]  # the warm-up run's events are left out
+    micros = {}
+    for event in trace:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= warm_end:
+            op = event["args"]["op_name"]
+            micros[op] = micros.get(op, 0) + event["dur"]
+    total = sum(micros.values())
+    rows = []
+    for op, us in sorted(micros.items(), key=lambda kv: -kv[1]):
+        ms = us / 1e3 / runs
+        row = {"op": op, "ms": round(ms, 2), "share": round(us / total, 3)}
+        flops = (flops_by_type or {}).get(flop_source.get(op))
+        if flops:
+            row["gflops"] = round(flops * len(x) / (ms / 1e3) / 1e9, 1)
+        rows.append(row)
+    return rows
+
+
+# Session option variants tried against make_session's defaults (--ort-sweep).
+ORT_VARIANTS = {
+    "default (optimization all)": {},
+    "optimization extended": {"optimization": "extended"},
+    "optimization basic": {"optimization": "basic"},
+    "no memory arena": {"options": {"enable_cpu_mem_arena": False}},
+    "no memory pattern": {"options": {"enable_mem_pattern": False}},
+    "no spinning": {"options": {"session.intra_op.allow_spinning": "0"}},
+    "parallel execution": {"options": {"execution_mode": "parallel"}},
+    "denormals as zero": {"options": {"session.set_denormal_as_zero": "1"}},
+}
+
+
+def ort_sweep(graphs, threads, x, rounds=3, runs=3, variants=None, log=print):
+    """Median ms per batch of each ORT_VARIANTS entry on the DeformConv graph, and
+    of the default options on the decomposed graph when given. Variants take
+    turns for `rounds` rounds of `runs` runs (plus one warm-up each), so slow
+    spells of a shared machine hit them all alike; each variant keeps its best
+    round. `variants`: names of ORT_VARIANTS to try (default: all; the first is
+    the baseline). Returns rows {variant, graph, ms, vs_default}."""
+    from .runtime import make_session
+    cases = [(name, "deformconv", ORT_VARIANTS[name]) for name in (variants or ORT_VARIANTS)]
+    if "decompose" in graphs:
+        cases.append(("default, decomposed DCN graph", "decompose", {}))
+    best = {}
+    for r in range(rounds):
+        for name, form, kw in cases:
+            session = make_session(graphs[form], threads=threads, **kw)
+            input_name = session.get_inputs()[0].name
+            session.run(None, {input_name: x})
+            seconds = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                session.run(None, {input_name: x})
+                seconds.append(time.perf_counter() - t0)
+            best[name] = min(best.get(name, math.inf), float(np.median(seconds)))
+            del session
+        log(f"ort sweep round {r + 1}/{rounds} done")
+    base = best[cases[0][0]]
+    return [{"variant": name, "graph": form, "ms": round(best[name] * 1e3, 1),
+             "vs_default": round(base / best[name], 3)} for name, form, _ in cases]
+
+
+def format_sweep(rows):
+    lines = ["| ONNX Runtime variant | graph | ms per batch | speed vs default |", "|---|---|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['graph']} | {r['ms']:.1f} | {r['vs_default']:.2f}x |")
+    return "\n".join(lines)
+
+
+def format_profile(rows, limit=12):
+    lines = ["| op type | ms per batch | share | GFLOP/s |", "|---|---:|---:|---:|"]
+    for r in rows[:limit]:
+        lines.append(f"| {r['op']} | {r['ms']:.1f} | {r['share']:.0%} | {r.get('gflops', '')} |")
+    return "\n".join(lines)
+
+
+# --- the benchmark -----------------------------------------------------------
+
+def export_graphs(model, forms, workdir, input_size, log=print, given=None):
+    """ONNX files for each DCN form in `forms`: the given path, else exported to `workdir`."""
+    from .export import export_onnx
+    given = given or {}
+    paths = {}
+    for form in forms:
+        if given.get(form):
+            if not Path(given[form]).is_file():
+                raise UserError(f"{given[form]}: ONNX file not found")
+            paths[form] = Path(given[form])
+            continue
+        path = Path(workdir) / f"ctdet_{input_size[0]}x{input_size[1]}_{form}.onnx"
+        t0 = time.perf_counter()
+        export_onnx(model, path, dcn=form, input_size=input_size)
+        log(f"exported {path} ({form}) in {time.perf_counter() - t0:.1f}s")
+        paths[form] = path
+    return paths
+
+
+def run_benchmark(model, weights, backends=DEFAULT_BACKENDS, batchsizes=(1, 4, 8, 16, 32), loop=8,
+                  threads=None, input_size=(512, 512), workdir="work/benchmark", onnx=None,
+                  onnx_decompose=None, warmup=1, sgemm_n=3072, profile=False, sweep=False,
+                  eager_max_batch=4, log=print):
+    """Measure every available backend in `backends` at every batch size
+    (eager PyTorch only up to `eager_max_batch`, 0 = all: at batch 32 one of
+    its batches takes about a minute on 2 cores).
+    profile: also ONNX Runtime CPU's time per operator type at the first batch size;
+    sweep: also ONNX Runtime CPU with each of ORT_VARIANTS and on the decomposed graph.
+    Returns the result dict (machine, flops, sgemm, rows, skipped, ...)."""
+    threads = int(threads or usable_cores())
+    if threads < 1:
+        raise UserError(f"--threads must be >= 1, got {threads}")
+    if loop < 1:
+        raise UserError(f"--loop must be >= 1, got {loop}")
+    if not batchsizes or min(batchsizes) < 1:
+        raise UserError(f"--batchsizes must be >= 1, got {list(batchsizes)}")
+    input_size = tuple(int(v) for v in input_size)
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+
+    skipped, present = {}, []
+    for name in dict.fromkeys(backends):
+        why = backend_unavailable(name)
+        if why:
+            skipped[name] = why
+            log(f"skipping {name}: {why}")
+        else:
+            present.append(name)
+
+    flops = count_flops(model, input_size)
+    reference = REFERENCE_GFLOP_512 * input_size[0] * input_size[1] / 512 ** 2
+    log(f"counted {flops['total'] / 1e9:.2f} GFLOP per {input_size[0]}x{input_size[1]} image "
+        f"(REFERENCE: {REFERENCE_GFLOP_512} at 512x512, {reference:.2f} scaled to this size)")
+
+    forms = list(dict.fromkeys(f for f in map(needs_graph, present) if f))
+    if (profile or sweep) and backend_unavailable("onnxruntime-cpu") is None:
+        forms = list(dict.fromkeys(forms + ["deformconv"] + (["decompose"] if sweep else [])))
+    graphs = export_graphs(model, forms, workdir, input_size, log=log,
+                           given={"deformconv": onnx, "decompose": onnx_decompose})
+
+    log(f"sgemm ceiling: {sgemm_n}x{sgemm_n} fp32 matrix product on {threads} threads ...")
+    sgemm = sgemm_ceiling(threads, n=sgemm_n)
+    log("sgemm GFLOP/s: " + ", ".join(f"{k} {sgemm[k]}" for k in ("torch", "numpy", "onnxruntime")))
+
+    runners, rows = {}, []
+    rng = np.random.default_rng(0)
+    # Batch-major order: every backend sees the machine in the same period.
+    for batch in batchsizes:
+        x = rng.standard_normal((batch, 3, *input_size), dtype=np.float32)
+        for name in present:
+            if name == "pytorch-eager" and eager_max_batch and batch > eager_max_batch:
+                continue
+            if name not in runners:
+                runners[name] = make_runner(name, model, graphs, threads)
+            loops = loops_for(batch, loop)
+            share = CpuShare().start()
+            seconds = time_batches(runners[name].runner(batch), x, loops, warmup=warmup)
+            other = share.stop()
+            stats = latency_stats(seconds, loops * batch)
+            per_image = sum(seconds) / stats["images"]  # unrounded, unlike stats["fps"]
+            gflops = flops["total"] / per_image / 1e9
+            row = {"backend": name, "batch": batch, "loops": loops, "images": stats["images"],
+                   "fps": round(1 / per_image, 3), "ms_per_image": round(per_image * 1e3, 2),
+                   "latency_ms_p50": stats["latency_ms_p50"], "latency_ms_p99": stats["latency_ms_p99"],
+                   "gflops": round(gflops, 2), "of_sgemm": round(gflops / sgemm["ceiling"], 3),
+                   "other_cpu": other}
+            rows.append(row)
+            log(f"{name} batch {batch}: {row['fps']} fps, {row['ms_per_image']} ms/image"
+                + (f"  (other processes used {other:.0%} of the CPUs)" if other and other > BUSY_FLAG else ""))
+    eager = {r["batch"]: r["fps"] for r in rows if r["backend"] == "pytorch-eager"}
+    for r in rows:
+        r["x_eager"] = round(r["fps"] / eager[r["batch"]], 2) if r["batch"] in eager else None
+
+    runners.clear()  # free the backends' memory before the extras
+
+    result = {"machine": machine_info(threads), "weights": weights, "input_size": list(input_size),
+              "threads": threads, "loop": loop, "warmup": warmup, "eager_max_batch": eager_max_batch,
+              "flops_per_image": flops["total"], "flops_by_type": flops["by_type"],
+              "reference_flops_per_image": round(reference * 1e9),
+              "sgemm_gflops": sgemm, "models": {k: str(v) for k, v in graphs.items()},
+              "rows": rows, "skipped": skipped}
+    if "deformconv" in graphs and (profile or sweep):
+        x = rng.standard_normal((batchsizes[0], 3, *input_size), dtype=np.float32)
+        if profile:
+            log(f"profiling onnxruntime-cpu at batch {batchsizes[0]} ...")
+            result["ort_profile"] = {"batch": batchsizes[0], "ops": ort_profile(
+                graphs["deformconv"], threads, x, flops_by_type=flops["by_type"])}
+        if sweep:
+            log(f"sweeping onnxruntime-cpu session options at batch {batchsizes[0]} ...")
+            result["ort_sweep"] = {"batch": batchsizes[0], "variants": ort_sweep(graphs, threads, x, log=log)}
+    return result
+
+
+def format_table(result):
+    """The result as a markdown table with a short header."""
+    m = result["machine"]
+    h, w = result["input_size"]
+    s = result["sgemm_gflops"]
+    lines = [
+        f"machine: {m['cpu']}, {m['usable_cpus']} usable CPUs, {result['threads']} threads per backend",
+        f"weights: {result['weights']}",
+        f"input {h}x{w}: {result['flops_per_image'] / 1e9:.2f} GFLOP per image counted "
+        f"(REFERENCE {result['reference_flops_per_image'] / 1e9:.2f}); "
+        f"warm-up {result['warmup']} batch, then ~{result['loop']} images timed per row",
+        f"fp32 sgemm ceiling {s['ceiling']} GFLOP/s ({s['n']}x{s['n']}: torch {s['torch']}, "
+        f"numpy {s['numpy']}, onnxruntime {s['onnxruntime']})",
+        "",
+        "| " + " | ".join(TABLE_COLUMNS) + " |",
+        "|" + "|".join("---" if c == "backend" else "---:" for c in TABLE_COLUMNS) + "|",
+    ]
+    busy = False
+    for r in result["rows"]:
+        flag = ""
+        if r["other_cpu"] is not None and r["other_cpu"] > BUSY_FLAG:
+            flag, busy = " *", True
+        x_eager = f"{r['x_eager']:.2f}x" if r["x_eager"] is not None else "-"
+        lines.append(f"| {r['backend']}{flag} | {r['batch']} | {r['fps']:.3f} | {r['ms_per_image']:.1f} | "
+                     f"{r['latency_ms_p50']:.1f} | {r['latency_ms_p99']:.1f} | {r['gflops']:.1f} | "
+                     f"{r['of_sgemm']:.0%} | {x_eager} |")
+    if busy:
+        lines.append("")
+        lines.append(f"* other processes used more than {BUSY_FLAG:.0%} of the CPUs during this row: "
+                     "its numbers are low; rerun on a quiet machine")
+    for name, why in result["skipped"].items():
+        lines.append(f"skipped {name}: {why}")
+    if "ort_profile" in result:
+        lines += ["", f"onnxruntime-cpu time per operator type, batch {result['ort_profile']['batch']} "
+                      "(ONNX Runtime's profiler):", "", format_profile(result["ort_profile"]["ops"])]
+    if "ort_sweep" in result:
+        lines += ["", f"onnxruntime-cpu session options and DCN graph forms, batch {result['ort_sweep']['batch']} "
+                      "(best round's median):", "", format_sweep(result["ort_sweep"]["variants"])]
+    return "\n".join(lines)
+
+
+def write_json(result, path):
+    write_atomic(path, (json.dumps(result, indent=2) + "\n").encode())
