@@ -22,18 +22,11 @@ from tqdm import tqdm
 
 from .binio import write_atomic, write_bin
 from .errors import UserError
-from .transforms import INPUT_SIZE, MEAN, STD, get_affine_transform, test_geometry
+from .transforms import INPUT_SIZE, preprocess_image, test_geometry
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 META_NAME = "meta.json"
 META_SAVE_INTERVAL_S = 10.0  # how often meta.json is refreshed during a run
-
-# (v / 255 - mean) / std for every uint8 v and channel, computed exactly as
-# upstream does per pixel (float64, then cast), so a table lookup gives the
-# same float32 bits at a fraction of the cost.
-_NORMALISE_LUT = ((np.arange(256, dtype=np.float64)[None, :] / 255.0 - MEAN[:, None]) / STD[:, None]).astype(np.float32)
-_NORMALISE_LUT_ROWS = [np.ascontiguousarray(row).reshape(1, 256) for row in _NORMALISE_LUT]
-
 
 def list_images(src_dir):
     """Image files of a folder (jpg, jpeg, png, bmp, any case), in name order."""
@@ -61,27 +54,14 @@ def bin_nbytes(input_size):
     return 3 * input_size[0] * input_size[1] * 4
 
 
-def normalise_to_chw(warped, out=None):
-    """uint8 HxWx3 BGR -> float32 1x3xHxW, (x/255 - mean)/std per channel."""
-    if out is None:
-        out = np.empty((1, 3) + warped.shape[:2], np.float32)
-    # cv2.LUT with a float32 table gives float32: a vectorised lookup
-    # written straight into the CHW planes.
-    for ch, plane in enumerate(cv2.split(warped)):
-        cv2.LUT(plane, _NORMALISE_LUT_ROWS[ch], dst=out[0, ch])
-    return out
-
-
 def preprocess_array(image, input_size=(INPUT_SIZE, INPUT_SIZE), out=None, warp_buffer=None):
     """BGR uint8 image -> (1x3xHxW float32 input, meta entry dict).
     `out` and `warp_buffer` (in_h x in_w x 3 uint8) may be reused arrays."""
     height, width = image.shape[:2]
     center, scale, (in_h, in_w) = test_geometry(height, width, input_size)
-    trans = get_affine_transform(center, scale, (in_w, in_h))
-    warped = cv2.warpAffine(image, trans, (in_w, in_h), dst=warp_buffer, flags=cv2.INTER_LINEAR)
     meta = {"width": width, "height": height, "center": [float(center[0]), float(center[1])],
             "scale": float(scale), "input_size": [in_h, in_w]}
-    return normalise_to_chw(warped, out), meta
+    return preprocess_image(image, center, scale, (in_h, in_w), out, warp_buffer), meta
 
 
 # Per-process scratch arrays by input size: fresh multi-MB arrays for every

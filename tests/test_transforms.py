@@ -3,8 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
-from centernet.transforms import (MEAN, STD, get_affine_transform, preprocess_image, test_geometry,
-                                  transform_points)
+from centernet.transforms import (MEAN, STD, get_affine_transform, normalise_to_chw, preprocess_image,
+                                  test_geometry, transform_points)
 
 SIZES = [(640, 480), (480, 640), (500, 375), (333, 500), (161, 97), (97, 161), (1, 1), (3, 700)]  # (w, h)
 
@@ -116,3 +116,12 @@ def test_warp_agrees_with_float_bilinear_sampling_on_a_smooth_image():
     # Outside the image the input is the normalised zero.
     outside = (x < -1) | (y < -1) | (x > width) | (y > height)
     np.testing.assert_allclose(got[outside], np.broadcast_to(-MEAN / STD, got[outside].shape), rtol=0, atol=1e-6)
+
+
+def test_lookup_table_normalisation_is_bitwise_upstreams_formula():
+    img = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    img[0, :3] = [[0, 0, 0], [255, 255, 255], [128, 1, 254]]
+    mean = np.array([0.40789654, 0.44719302, 0.47026115], dtype=np.float32)
+    std = np.array([0.28863828, 0.27408164, 0.27809835], dtype=np.float32)
+    upstream = ((img / 255. - mean) / std).astype(np.float32).transpose(2, 0, 1)[None]
+    np.testing.assert_array_equal(normalise_to_chw(img), upstream)
