@@ -31,7 +31,9 @@ from torch import nn
 from .binio import write_atomic
 from .dcn_v2 import DCN
 from .errors import UserError
-from .infer import latency_stats
+from .export import ORT_MAX_IR_VERSION, export_onnx
+from .infer import latency_stats, time_batches
+from .runtime import PROVIDERS, make_session, run_session
 
 REFERENCE_GFLOP_512 = 66.2  # REFERENCE section 2: ~66 GFLOP per 512x512 image
 # Flag a row when other processes used more than this share of the CPUs: with
@@ -208,7 +210,7 @@ def sgemm_ceiling(threads, n=3072, repeats=3):
     result["numpy"] = round(flops / float(proc.stdout.split()[-1]) / 1e9, 1) if proc.returncode == 0 else None
 
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
         from onnx import TensorProto, helper, numpy_helper
     except ImportError:
         result["onnxruntime"] = None
@@ -220,10 +222,8 @@ def sgemm_ceiling(threads, n=3072, repeats=3):
             [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
             [numpy_helper.from_array(b, "b")])
         proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
-        proto.ir_version = 9
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        proto.ir_version = ORT_MAX_IR_VERSION
+        session = make_session(proto.SerializeToString(), threads=threads)
         a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
         result["onnxruntime"] = round(flops / _best_seconds(lambda: session.run(None, {"a": a}), repeats) / 1e9, 1)
 
@@ -240,7 +240,6 @@ def backend_unavailable(name):
             import onnxruntime as ort
         except ImportError:
             return "onnxruntime is not installed"
-        from .runtime import PROVIDERS
         provider = PROVIDERS[ORT_DEVICES.get(name, "cpu")][0]
         if provider not in ort.get_available_providers():
             return f"this onnxruntime has no {provider} (install onnxruntime-gpu)"
@@ -267,12 +266,10 @@ def needs_graph(name):
 
 class _OrtRunner:
     def __init__(self, path, device, threads):
-        from .runtime import make_session, run_session
         self.session = make_session(path, device=device, threads=threads)
-        self._run = run_session
 
     def runner(self, batch):
-        return lambda x: self._run(self.session, x)
+        return lambda x: run_session(self.session, x)
 
 
 class _TorchRunner:
@@ -324,25 +321,12 @@ def loops_for(batch, loop):
     return max(1, math.ceil(loop / batch))
 
 
-def time_batches(run, x, loops, warmup=1):
-    """Seconds per batch of `loops` timed calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        run(x)
-    seconds = []
-    for _ in range(loops):
-        t0 = time.perf_counter()
-        run(x)
-        seconds.append(time.perf_counter() - t0)
-    return seconds
-
-
 def ort_profile(path, threads, x, runs=3, flops_by_type=None):
     """Per-operator-type time of ONNX Runtime CPU on input `x`, from ONNX Runtime's
     own profiler over `runs` runs after one untimed warm-up, with the GFLOP/s of
     the operator types that carry the network's FLOPs. Rows sorted by time."""
     import tempfile
 
-    from .runtime import make_session
     # Operator type in a DeformConv export -> the counter's module type.
     flop_source = {"Conv": "Conv2d", "DeformConv": "DCN", "ConvTranspose": "ConvTranspose2d"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -390,7 +374,6 @@ def ort_sweep(graphs, threads, x, rounds=3, runs=3, variants=None, log=print):
     spells of a shared machine hit them all alike; each variant keeps its best
     round. `variants`: names of ORT_VARIANTS to try (default: all; the first is
     the baseline). Returns rows {variant, graph, ms, vs_default}."""
-    from .runtime import make_session
     cases = [(name, "deformconv", ORT_VARIANTS[name]) for name in (variants or ORT_VARIANTS)]
     if "decompose" in graphs:
         cases.append(("default, decomposed DCN graph", "decompose", {}))
@@ -431,7 +414,6 @@ def format_profile(rows, limit=12):
 
 def export_graphs(model, forms, workdir, input_size, log=print, given=None):
     """ONNX files for each DCN form in `forms`: the given path, else exported to `workdir`."""
-    from .export import export_onnx
     given = given or {}
     paths = {}
     for form in forms:

@@ -139,6 +139,18 @@ def _write_outputs(out_dir, paths, outputs):
             write_bin(output_bin_path(out_dir, path.stem, i), out[j])
 
 
+def time_batches(run, x, loops, warmup=1, progress=False, desc="loop"):
+    """Seconds per call of `loops` timed calls run(x) after `warmup` untimed ones."""
+    for _ in range(warmup):
+        run(x)
+    seconds = []
+    for _ in tqdm(range(loops), desc=desc, disable=not progress):
+        t0 = time.perf_counter()
+        run(x)
+        seconds.append(time.perf_counter() - t0)
+    return seconds
+
+
 def run_loop(model, loop=20, batchsize=1, device="cpu", threads=0, input_size=None, warmup=2,
              session=None, progress=False):
     """Pure inference throughput on random input: `loop` timed batches after
@@ -148,13 +160,8 @@ def run_loop(model, loop=20, batchsize=1, device="cpu", threads=0, input_size=No
     if static_batch is not None:
         batchsize = static_batch
     x = np.random.default_rng(0).standard_normal((batchsize, *chw)).astype(np.float32)
-    for _ in range(warmup):
-        run_session(session, x)
-    timings = []
-    for _ in tqdm(range(loop), desc=f"bs{batchsize}", disable=not progress):
-        t0 = time.perf_counter()
-        run_session(session, x)
-        timings.append(time.perf_counter() - t0)
+    timings = time_batches(lambda batch: run_session(session, batch), x, loop, warmup=warmup,
+                           progress=progress, desc=f"bs{batchsize}")
     summary = latency_stats(timings, loop * batchsize)
     summary.update(model=str(model), batchsize=batchsize, device=device, threads=threads, loop=loop)
     return summary

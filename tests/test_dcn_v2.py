@@ -9,7 +9,7 @@ from onnx import helper, TensorProto
 from onnx.reference import ReferenceEvaluator
 
 from centernet.dcn_v2 import DCN, export_flavour, modulated_deform_conv2d
-from centernet.export import ascend_to_deformconv
+from centernet.export import ORT_MAX_IR_VERSION, ascend_to_deformconv
 from centernet.runtime import make_session
 
 TOL = 1e-4  # max abs error, float32 sampling + a 27-term sum per channel
@@ -90,7 +90,7 @@ def export_layer(dcn, flavour, opset, shape):
                           input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "y": {0: "n", 2: "h", 3: "w"}})
     proto = onnx.load_from_string(buf.getvalue())
-    proto.ir_version = min(proto.ir_version, 9)
+    proto.ir_version = min(proto.ir_version, ORT_MAX_IR_VERSION)
     return proto
 
 
