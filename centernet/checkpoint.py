@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .pose_dla_dcn import get_pose_net
+from pose_dla_dcn import get_pose_net
 
 IGNORED_PREFIXES = ("base.fc.",)
 

@@ -16,7 +16,7 @@ import torch
 from onnx import helper, numpy_helper
 
 from .binio import write_atomic
-from .dcn_v2 import export_flavour
+from dcn_v2 import export_flavour
 from .errors import UserError
 from .runtime import make_session, run_session
 

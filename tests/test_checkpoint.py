@@ -4,7 +4,7 @@ import torch
 
 from centernet.checkpoint import load_model, load_state_dict
 from centernet.errors import UserError
-from centernet.pose_dla_dcn import get_pose_net
+from pose_dla_dcn import get_pose_net
 
 
 def test_upstream_layout_loads_exactly(random_ctdet, upstream_checkpoint, capsys):

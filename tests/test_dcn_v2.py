@@ -8,7 +8,7 @@ import torch
 from onnx import helper, TensorProto
 from onnx.reference import ReferenceEvaluator
 
-from centernet.dcn_v2 import DCN, export_flavour, modulated_deform_conv2d
+from dcn_v2 import DCN, export_flavour, modulated_deform_conv2d
 from centernet.export import ORT_MAX_IR_VERSION, ascend_to_deformconv
 from centernet.runtime import make_session
 

@@ -1,8 +1,8 @@
 """The network's layout is upstream's: key names, shapes, outputs."""
 import torch
 
-from centernet.dcn_v2 import DCN
-from centernet.pose_dla_dcn import get_pose_net
+from dcn_v2 import DCN
+from pose_dla_dcn import get_pose_net
 
 # Keys named in REFERENCE section 2, with the shapes upstream's modules give them.
 UPSTREAM_KEYS = {

@@ -1,18 +1,17 @@
 """CenterNet's DLA-34 + DCNv2 network ("pose_dla_dcn"), without downloads.
 
-Module and parameter names match upstream's checkpoints exactly (REFERENCE
-section 2), e.g. base.level2.tree1.conv1.weight, dla_up.ida_0.proj_1.conv.weight,
+Module and parameter names match upstream's checkpoints exactly, e.g.
+base.level2.tree1.conv1.weight, dla_up.ida_0.proj_1.conv.weight,
 ida_up.node_2.conv.bias, hm.2.bias. The ImageNet classifier `base.fc` is not
 built: the detector never uses it. The forward returns the raw head outputs
-(no sigmoid), in the order of `heads`.
+(no sigmoid), in the order of `heads`. Needs torch and dcn_v2.py (beside it).
 """
 import math
 
-import numpy as np
 import torch
 from torch import nn
 
-from .dcn_v2 import DCN
+from dcn_v2 import DCN
 
 BN_MOMENTUM = 0.1
 DEFAULT_HEADS = {"hm": 80, "wh": 2, "reg": 2}
@@ -198,11 +197,11 @@ class DLAUp(nn.Module):
         self.startp = startp
         in_channels = list(channels)
         channels = list(channels)
-        scales = np.array(scales, dtype=int)
+        scales = [int(s) for s in scales]
         for i in range(len(channels) - 1):
             j = -i - 2
-            setattr(self, f"ida_{i}", IDAUp(channels[j], in_channels[j:], scales[j:] // scales[j]))
-            scales[j + 1:] = scales[j]
+            setattr(self, f"ida_{i}", IDAUp(channels[j], in_channels[j:], [s // scales[j] for s in scales[j:]]))
+            scales[j + 1:] = [scales[j]] * len(scales[j + 1:])
             in_channels[j + 1:] = [channels[j] for _ in channels[j + 1:]]
 
     def forward(self, layers):
@@ -220,7 +219,7 @@ class DLASeg(nn.Module):
     def __init__(self, heads, down_ratio=4, head_conv=256, last_level=5, final_kernel=1):
         super().__init__()
         assert down_ratio in (2, 4, 8, 16)
-        self.first_level = int(np.log2(down_ratio))
+        self.first_level = int(math.log2(down_ratio))
         self.last_level = last_level
         self.base = dla34()
         channels = self.base.channels

@@ -1,10 +1,17 @@
 """Modulated deformable convolution (DCNv2) in plain PyTorch, with ONNX export.
 
-Semantics (REFERENCE section 3): for output pixel (h, w) and kernel tap
-k = 3*i + j, sample the input at
+A drop-in replacement for upstream CenterNet's compiled DCNv2 extension: copy
+this one file over src/lib/models/networks/DCNv2/dcn_v2.py and nothing needs
+to be compiled. `DCNv2` and `DCN` have upstream's constructors and parameter
+names, work on CPU and GPU, and have gradients (training runs too). Needs
+torch only.
+
+Semantics (DCNv2, Zhu et al. 2019, as upstream's kernel computes it): for
+output pixel (h, w) and kernel tap k = kw*i + j, sample the input at
     (h*stride - pad + i*dil + offset[2k], w*stride - pad + j*dil + offset[2k+1])
-by bilinear interpolation with zeros outside the image, weight the sample by
-mask[k], and convolve. No compiled extension: the sampling is one
+(offset channel 2k is the vertical shift, 2k+1 the horizontal one) by
+bilinear interpolation in which every corner outside the image counts as 0,
+multiply the sample by mask[k], and convolve. The sampling is one
 `grid_sample` call over all taps, the convolution one matmul.
 
 Export flavours (chosen with `export_flavour(...)` around torch.onnx.export):
@@ -186,7 +193,43 @@ class _DeformConvOp(torch.autograd.Function):
                     dilations_i=list(dilation), group_i=1, offset_group_i=1)
 
 
-class DCN(nn.Module):
+class DCNv2(nn.Module):
+    """Modulated deformable convolution with the offsets and mask given:
+    forward(input, offset, mask). Upstream's constructor and parameter names
+    (weight, bias); only deformable_groups=1, which every upstream model uses."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding,
+                 dilation=1, deformable_groups=1):
+        super().__init__()
+        if deformable_groups != 1:
+            raise ValueError("only deformable_groups=1 is implemented (what CenterNet uses)")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
+        self.deformable_groups = deformable_groups
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        # Upstream's init: uniform weights, zero bias.
+        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        bound = 1.0 / math.sqrt(fan_in)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, input, offset, mask):
+        if torch.onnx.is_in_onnx_export() and _flavour != "decompose":
+            return _DeformConvOp.apply(input, offset, mask, self.weight, self.bias,
+                                       self.stride, self.padding, self.dilation)
+        if torch.onnx.is_in_onnx_export() and _static_size:
+            return decomposed_deform_conv2d_static(input, offset, mask, self.weight, self.bias,
+                                                   self.stride, self.padding, self.dilation)
+        return modulated_deform_conv2d(input, offset, mask, self.weight, self.bias,
+                                       self.stride, self.padding, self.dilation)
+
+
+class DCN(DCNv2):
     """Upstream's `DCN` layer: a conv predicting offsets and mask, then DCNv2.
 
     Parameter names match upstream checkpoints: weight, bias,
@@ -195,26 +238,15 @@ class DCN(nn.Module):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride, padding,
                  dilation=1, deformable_groups=1):
-        super().__init__()
-        if deformable_groups != 1:
-            raise ValueError("only deformable_groups=1 is implemented (what ctdet DLA-34 uses)")
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = _pair(kernel_size)
-        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
-        self.deformable_groups = deformable_groups
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
-        self.bias = nn.Parameter(torch.empty(out_channels))
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding,
+                         dilation, deformable_groups)
         taps = self.kernel_size[0] * self.kernel_size[1]
         self.conv_offset_mask = nn.Conv2d(in_channels, 3 * taps, self.kernel_size,
                                           stride=self.stride, padding=self.padding, bias=True)
-        self.reset_parameters()
+        self.init_offset()
 
-    def reset_parameters(self):
-        # Upstream's init: uniform weights, zero bias, zero offsets/mask logits.
-        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-        bound = 1.0 / math.sqrt(fan_in)
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.zeros_(self.bias)
+    def init_offset(self):
+        # Upstream's init: zero offsets and mask logits (mask 0.5 everywhere).
         nn.init.zeros_(self.conv_offset_mask.weight)
         nn.init.zeros_(self.conv_offset_mask.bias)
 
@@ -225,13 +257,6 @@ class DCN(nn.Module):
         taps = self.kernel_size[0] * self.kernel_size[1]  # a constant, not a traced shape
         return om[:, :2 * taps], torch.sigmoid(om[:, 2 * taps:])
 
-    def forward(self, x):
-        offset, mask = self.offset_and_mask(x)
-        if torch.onnx.is_in_onnx_export() and _flavour != "decompose":
-            return _DeformConvOp.apply(x, offset, mask, self.weight, self.bias,
-                                       self.stride, self.padding, self.dilation)
-        if torch.onnx.is_in_onnx_export() and _static_size:
-            return decomposed_deform_conv2d_static(x, offset, mask, self.weight, self.bias,
-                                                   self.stride, self.padding, self.dilation)
-        return modulated_deform_conv2d(x, offset, mask, self.weight, self.bias,
-                                       self.stride, self.padding, self.dilation)
+    def forward(self, input):
+        offset, mask = self.offset_and_mask(input)
+        return super().forward(input, offset, mask)
