@@ -10,9 +10,7 @@ import time
 
 from centernet.checkpoint import load_model
 from centernet.errors import UserError, cli
-from centernet.export import DCN_FORMS, TARGETS, check_export, count_ops, export_onnx
-
-CHECK_TOLERANCE = 1e-3  # max abs difference per output, ONNX vs PyTorch
+from centernet.export import CHECK_TOLERANCE, DCN_FORMS, TARGETS, check_export, count_ops, export_onnx
 
 
 def parse_args(argv=None):
