@@ -70,8 +70,10 @@ def main(argv=None):
                        keep_res=args.keep_res, input_size=args.input_size, device=args.device,
                        threads=args.threads, names_file=args.names, limit=args.limit,
                        progress=not args.no_progress)
-    done = f"{summary['images']} image(s)" + (f" and {summary['videos']} video(s)" if summary["videos"] else "")
-    print(f"annotated {done} -> {summary['output']}/; detections in {summary['json']}")
+    counts = [f"{n} {what}{'s' if n != 1 else ''}" for n, what in ((summary["images"], "image"),
+                                                                  (summary["videos"], "video")) if n]
+    print(f"annotated {' and '.join(counts) or 'nothing'} -> {summary['output']}/; "
+          f"detections in {summary['json']}")
     if summary["errors"]:
         print(f"error: {len(summary['errors'])} input(s) could not be read (named above); the others are done",
               file=sys.stderr)

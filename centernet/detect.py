@@ -283,11 +283,11 @@ def summary_text(dets, thresh, best=None, top=4):
     """'3 above 0.30: 2 person, 1 dog' or 'none above 0.30 (best: cat 0.21)'."""
     if not dets:
         hint = f" (best: {best[0]} {best[1]:.2f})" if best else ""
-        return f"none above {thresh:.2f}{hint}"
+        return f"none above {thresh:g}{hint}"
     counts = Counter(d["class"] for d in dets).most_common()
     shown = ", ".join(f"{n} {name}" for name, n in counts[:top])
     more = f", +{len(counts) - top} more classes" if len(counts) > top else ""
-    return f"{len(dets)} above {thresh:.2f}: {shown}{more}"
+    return f"{len(dets)} above {thresh:g}: {shown}{more}"
 
 
 def write_image(path, image):
@@ -446,7 +446,7 @@ class DemoRun:
         self.videos += 1
         top = ", ".join(f"{name} {n / frames:.1f}" for name, n in per_class.most_common(4))
         self.log(f"{path.name} ({width}x{height}, {frames} frames, {fps:g} fps): "
-                 f"{sum(per_class.values()) / frames:.1f} objects per frame above {self.thresh:.2f}"
+                 f"{sum(per_class.values()) / frames:.1f} objects per frame above {self.thresh:g}"
                  + (f" (per frame: {top})" if top else "") + f" -> {final}")
 
     def document(self):
@@ -480,7 +480,7 @@ def run_demo(inputs, model, output="demo_out", thresh=VIS_THRESH, keep_res=False
         log_error(line)
     detector = open_detector(model, keep_res=keep_res, input_size=input_size, device=device, threads=threads,
                              names=names, cache_fallback=output, log=log)
-    log(f"input: {detector.mode}; showing detections with score >= {thresh:.2f}")
+    log(f"input: {detector.mode}; showing detections with score >= {thresh:g}")
     run = DemoRun(detector, output, thresh=thresh, progress=progress, model_name=model, log=log,
                   log_error=log_error)
     run.errors = list(errors)

@@ -70,8 +70,10 @@ def plot_pr_curves(metrics, path):
     if not drawn:
         ax.text(0.5, 0.5, "no ground truth in the evaluated images", ha="center", va="center",
                 transform=ax.transAxes)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
+    # A little room below 0 and beyond 1: precision is 0 past the highest
+    # recall reached, and a curve on the axis line would be hidden.
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision (interpolated, mean over classes)")
     n = metrics.get("num_images")
@@ -108,7 +110,7 @@ def plot_per_class_ap(metrics, path):
         ax.barh(ys, aps, height=0.75, color="#4c72b0", zorder=2)
         ax.set_yticks(list(ys), names, fontsize=8)
         ax.set_ylim(len(scored) - 0.5, -0.5)  # best at the top
-        right = max(aps) if max(aps) > 0 else 1
+        right = max(10.0, max(aps))  # percent; an all-zero run still gets a readable axis
         for y, v in zip(ys, aps):
             ax.text(v + right * 0.01, y, f"{v:.1f}", va="center", fontsize=7, zorder=4,
                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.8})

@@ -55,11 +55,11 @@ class Style:
 
 
 def style_for(height, width):
-    """Sizes that look alike at any resolution: text about 2% of the image's
-    geometric-mean side (at least 10 pixels high), strokes about a third of a
+    """Sizes that look alike at any resolution: text about 2.2% of the image's
+    geometric-mean side (at least 11 pixels high), strokes about a third of a
     percent (at least 1 pixel)."""
     side = float(np.sqrt(height * width))
-    text_px = max(10.0, 0.02 * side)
+    text_px = max(11.0, 0.022 * side)
     font_scale = text_px / _FONT_CAP_HEIGHT
     return Style(thickness=max(1, int(round(side / 320))),
                  font_scale=font_scale,

@@ -182,7 +182,7 @@ def test_bad_inputs_named_one_line_each_others_done(synthetic_coco, small_onnx, 
     assert sorted(p.name for p in out.iterdir()) == sorted([p.name for p in good] + ["detections.json"])
     # a line per image on the terminal, then where everything is
     for p in good:
-        assert sum(ln.startswith(p.name) and "above 0.30" in ln for ln in r.stdout.splitlines()) == 1
+        assert sum(ln.startswith(p.name) and "above 0.3" in ln for ln in r.stdout.splitlines()) == 1
     assert f"detections in {out / 'detections.json'}" in r.stdout
 
 
