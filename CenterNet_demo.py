@@ -75,7 +75,7 @@ def main(argv=None):
     print(f"annotated {' and '.join(counts) or 'nothing'} -> {summary['output']}/; "
           f"detections in {summary['json']}")
     if summary["errors"]:
-        print(f"error: {len(summary['errors'])} input(s) could not be read (named above); the others are done",
+        print(f"error: {len(summary['errors'])} input(s) skipped (named above); the others are done",
               file=sys.stderr)
         return 1
     return 0

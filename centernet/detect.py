@@ -473,6 +473,10 @@ def run_demo(inputs, model, output="demo_out", thresh=VIS_THRESH, keep_res=False
         raise UserError(f"--limit {limit}: must be at least 1")
     if not inputs:
         raise UserError("no inputs: give image files, folders of images or videos")
+    for p in map(Path, inputs):
+        if p.is_dir() and Path(output).resolve() == p.resolve():
+            raise UserError(f"--output {output} is an input folder: the annotated copies would replace the "
+                            "originals; choose another folder")
     names = load_names(names_file) if names_file else None
     log_error = log_error or (lambda line: _log_stderr(f"error: {line}"))
     files, errors = expand_inputs(inputs, limit)

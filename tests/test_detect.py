@@ -176,7 +176,7 @@ def test_bad_inputs_named_one_line_each_others_done(synthetic_coco, small_onnx, 
     assert len(errors) == 5, r.stderr
     for name in ("broken.jpg", "empty.png", "nowhere.jpg", "bad.mp4"):
         assert sum(name in ln for ln in errors) == 1, (name, errors)
-    assert "4 input(s) could not be read" in errors[-1]
+    assert "4 input(s) skipped" in errors[-1]
     entries = json.loads((out / "detections.json").read_text())["images"]
     assert [e["file"].rsplit("/", 1)[1] for e in entries] == [p.name for p in good]
     assert sorted(p.name for p in out.iterdir()) == sorted([p.name for p in good] + ["detections.json"])
@@ -277,3 +277,12 @@ def test_custom_names_and_their_errors(small_onnx, synthetic_coco, tmp_path):
         demo([images_of(synthetic_coco)[0]], small_onnx, tmp_path / "o", names_file=tmp_path / "none.txt")
     with pytest.raises(UserError, match="does not match"):
         open_detector(small_onnx, input_size=(256, 256))
+
+
+def test_output_into_an_input_folder_is_refused(synthetic_coco, tmp_path):
+    folder = tmp_path / "photos"
+    shutil.copytree(synthetic_coco["images_dir"], folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(UserError, match="is an input folder"):
+        demo([folder], "unused.onnx", folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
