@@ -17,11 +17,18 @@ OUTPUT_NAMES = ("hm", "wh", "reg")  # the order of output1..3 / <stem>_0..2.bin
 
 def write_atomic(path, data):
     """Write bytes (or any buffer) to `path` via a temp file + rename (atomic on POSIX)."""
+    write_atomic_chunks(path, (data,))
+
+
+def write_atomic_chunks(path, chunks):
+    """Write an iterable of bytes chunks to `path` via a temp file + rename:
+    a large file streamed out without holding it whole in memory."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

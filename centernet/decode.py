@@ -186,6 +186,16 @@ def map_boxes_to_image(boxes, center, scale, out_size):
     return corners.reshape(boxes.shape)
 
 
+def decode_to_image(hm, wh, reg, geometries, K=100):
+    """Decode a batch and map each image's boxes back onto that image.
+    geometries[i] = (center, scale, (out_h, out_w)) of image i's test
+    transform. Returns [(scores (K,), classes (K,), boxes (K,4) x1, y1, x2, y2
+    in image pixels)] per image."""
+    scores, classes, boxes = decode_ctdet(hm, wh, reg, K=K)
+    return [(scores[i], classes[i], map_boxes_to_image(boxes[i], center, scale, (out_w, out_h)))
+            for i, (center, scale, (out_h, out_w)) in enumerate(geometries)]
+
+
 @dataclass
 class ImageToDecode:
     """What decoding needs of one image: its bin stem, COCO id and geometry."""

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .binio import write_atomic
+from .binio import write_atomic, write_atomic_chunks
 from .coco import COCO_CATEGORIES
 from .decode import decode_ctdet, map_boxes_to_image
 from .errors import UserError
@@ -452,14 +452,38 @@ class DemoRun:
                  + (f" (per frame: {top})" if top else "") + f" -> {final}")
 
     def document(self):
-        return {"model": self.model_name, "mode": self.detector.mode, "vis_thresh": self.thresh,
-                "box": "x1, y1, x2, y2 in image pixels, clipped to the image",
-                "images": self.entries}
+        return {**detections_header(self.model_name, self.detector.mode, self.thresh), "images": self.entries}
 
     def write_json(self):
         path = self.output / "detections.json"
-        write_atomic(path, (json.dumps(self.document(), indent=1) + "\n").encode("utf-8"))
+        write_detections_json(path, detections_header(self.model_name, self.detector.mode, self.thresh),
+                              self.entries)
         return path
+
+
+def detections_header(model_name, mode, thresh):
+    """The keys of detections.json before its per-image entries."""
+    return {"model": str(model_name), "mode": mode, "vis_thresh": float(thresh),
+            "box": "x1, y1, x2, y2 in image pixels, clipped to the image"}
+
+
+def _detections_json_chunks(header, entries):
+    head = json.dumps({**header, "images": []}, indent=1)
+    yield head[:-len("]\n}")].encode("utf-8")  # ... "images": [
+    first = True
+    for entry in entries:
+        # an entry nested two levels deep: every line indented two more spaces
+        text = json.dumps(entry, indent=1).replace("\n", "\n  ")
+        yield (("\n  " if first else ",\n  ") + text).encode("utf-8")
+        first = False
+    yield b"]\n}\n" if first else b"\n ]\n}\n"
+
+
+def write_detections_json(path, header, entries):
+    """Write detections.json atomically: the header's keys, then "images":
+    the entries (any iterable, streamed, so a million images need not be in
+    memory at once). The text is json.dumps(document, indent=1)'s."""
+    write_atomic_chunks(path, _detections_json_chunks(header, entries))
 
 
 def run_demo(inputs, model, output="demo_out", thresh=VIS_THRESH, keep_res=False, input_size=None,

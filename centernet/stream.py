@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .coco import class_category_ids, load_annotations
-from .decode import decode_ctdet, detections_to_coco, images_from_annotations, map_boxes_to_image
+from .decode import decode_to_image, detections_to_coco, images_from_annotations
 from .errors import UserError
 from .infer import latency_stats
 from .preprocess import preprocess_array
@@ -74,12 +74,10 @@ def stream_detections(model, images_dir, annotation_file, batchsize=1, device="c
                 pending.append((im, pool.apply_async(_load, (files[im.stem], input_size))))
 
         def decode(batch, outputs):
-            scores, classes, boxes = decode_ctdet(*outputs, K=K)
+            decoded = decode_to_image(*outputs, [(im.center, im.scale, im.out_hw) for im in batch], K=K)
             entries = []
-            for i, im in enumerate(batch):
-                out_h, out_w = im.out_hw
-                img_boxes = map_boxes_to_image(boxes[i], im.center, im.scale, (out_w, out_h))
-                entries += detections_to_coco(im.image_id, scores[i], classes[i], img_boxes, category_ids)
+            for im, (scores, classes, boxes) in zip(batch, decoded):
+                entries += detections_to_coco(im.image_id, scores, classes, boxes, category_ids)
             return entries
 
         decoding = None
