@@ -6,6 +6,17 @@ COCO AP in one pass, with no .bin files (43 GB for val2017 otherwise).
 
 Writes the same results JSON, metrics.json and pictures (pr_curves.png,
 per_class_ap.png) as CenterNet_postprocess_s1.py and CenterNet_postprocess_s2.py.
+
+On Ray Data (a local Ray, or a cluster), with the same results:
+
+    python CenterNet_eval.py --model CenterNet.onnx --dataset ./data --ray              # local Ray
+    python CenterNet_eval.py --model CenterNet.onnx --dataset ./data --ray auto --actors 8
+    python CenterNet_eval.py --model CenterNet.onnx --images photos/ --ray              # no annotations: annotate
+
+With --ray, an --images folder and no annotation file, every image is
+annotated instead (no AP): detections per file name in CenterNet_demo.py's
+detections.json format. Ray runs are resumable: finished blocks of images are
+kept in OUTPUT.parts/ and a re-run skips them.
 """
 import argparse
 import json
@@ -14,9 +25,11 @@ from pathlib import Path
 
 from centernet.binio import write_atomic
 from centernet.coco import default_annotation_file, evaluate_coco, format_per_class_table, write_results
+from centernet.detect import VIS_THRESH
 from centernet.errors import UserError, cli
 from centernet.plots import write_eval_plots
 from centernet.runtime import PROVIDERS
+from centernet.ray_eval import BLOCK_SIZE, annotate_on_ray, evaluate_on_ray  # imports Ray only when run
 from centernet.stream import default_workers, stream_detections
 
 
@@ -37,10 +50,24 @@ def parse_args(argv=None):
                    help="preprocessing processes (default: %(default)s here)")
     p.add_argument("--limit", type=int, default=None,
                    help="only the first N images by file name, evaluated on those alone (default: all)")
-    p.add_argument("--output", default="save/results.json", help="COCO results JSON (default: %(default)s)")
+    p.add_argument("--output", default=None,
+                   help="COCO results JSON, or with --ray and no annotations the detections JSON "
+                        "(default: save/results.json, save/detections.json)")
     p.add_argument("--resultfolder", default="run_eval_result",
                    help="folder for metrics.json, stream_summary.json and the plots (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
+    ray = p.add_argument_group("Ray Data (a local Ray or a cluster)")
+    ray.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                     help="run on Ray Data: without ADDRESS, the cluster in $RAY_ADDRESS if set, else a new "
+                          "local Ray; 'auto' joins the cluster started on this machine (ray start), "
+                          "'ray://HOST:10001' or 'HOST:6379' a remote one (default: off, one process)")
+    ray.add_argument("--actors", type=int, default=1,
+                     help="inference actors, each with one ONNX Runtime session of --threads threads "
+                          "(one GPU each with --device cuda) (default: %(default)s)")
+    ray.add_argument("--block-size", type=int, default=BLOCK_SIZE,
+                     help="images per resumable block (default: %(default)s)")
+    ray.add_argument("--vis-thresh", type=float, default=VIS_THRESH,
+                     help="annotating: list detections with at least this score (default: %(default)s)")
     return p.parse_args(argv)
 
 
@@ -50,16 +77,32 @@ def main(argv=None):
     if args.batchsize < 1 or args.workers < 1:
         raise UserError("--batchsize and --workers must be >= 1")
     ann = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset)
-    images = Path(args.images) if args.images else Path(args.dataset) / "coco" / "val2017"
-    results, image_ids, errors, stats = stream_detections(
-        args.model, images, ann, batchsize=args.batchsize, device=args.device, threads=args.threads,
-        workers=args.workers, limit=args.limit, progress=not args.no_progress)
-    write_results(args.output, results)
-    print(f"wrote {len(results)} detections for {len(image_ids)} images to {args.output}")
-    print(f"end to end {stats['end_to_end_fps']} images/s; inference alone {stats['fps']} images/s "
-          f"({stats['end_to_end_fps'] / stats['fps']:.0%})")
+    images = args.images or Path(args.dataset) / "coco" / "val2017"
+    if args.images and not args.annotations and not ann.is_file():  # images without ground truth
+        if args.ray is None:
+            raise UserError(f"{ann}: annotation file not found; to annotate --images without ground truth, "
+                            "add --ray (or use CenterNet_demo.py)")
+        return annotate(args, images)
+    if args.ray is not None:
+        output = args.output or "save/results.json"
+        image_ids, errors, stats = evaluate_on_ray(
+            args.model, images, ann, output, batchsize=args.batchsize, device=args.device, threads=args.threads,
+            actors=args.actors, limit=args.limit, block_size=args.block_size, address=args.ray,
+            progress=not args.no_progress)
+        results = output
+        print(f"wrote detections for {len(image_ids)} images to {output}")
+    else:
+        output = args.output or "save/results.json"
+        results, image_ids, errors, stats = stream_detections(
+            args.model, images, ann, batchsize=args.batchsize, device=args.device, threads=args.threads,
+            workers=args.workers, limit=args.limit, progress=not args.no_progress)
+        write_results(output, results)
+        print(f"wrote {len(results)} detections for {len(image_ids)} images to {output}")
+    if stats.get("fps"):
+        print(f"end to end {stats['end_to_end_fps']} images/s; inference alone {stats['fps']} images/s "
+              f"({stats['end_to_end_fps'] / stats['fps']:.0%})")
     metrics = evaluate_coco(ann, results, img_ids=image_ids if args.limit else None,
-                            results_source=args.output)
+                            results_source=output)
     print(format_per_class_table(metrics["per_class"]))
     folder = Path(args.resultfolder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -73,6 +116,25 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
     if errors:
         print(f"error: {len(errors)} image(s) could not be read; AP counts them as missed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def annotate(args, images):
+    """--ray with --images and no annotation file: detections.json, no AP."""
+    output = args.output or "save/detections.json"
+    print(f"no annotation file: annotating the images of {images} (detections with score >= {args.vis_thresh:g})")
+    count, errors, stats = annotate_on_ray(
+        args.model, images, output, vis_thresh=args.vis_thresh, batchsize=args.batchsize, device=args.device,
+        threads=args.threads, actors=args.actors, limit=args.limit, block_size=args.block_size, address=args.ray,
+        progress=not args.no_progress)
+    print(f"wrote detections for {count} images to {output}")
+    if stats.get("end_to_end_fps"):
+        print(f"end to end {stats['end_to_end_fps']} images/s")
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    if errors:
+        print(f"error: {len(errors)} image(s) could not be read; the others are done", file=sys.stderr)
         return 1
     return 0
 

@@ -1,0 +1,225 @@
+"""The Ray Data path (centernet.ray_eval, CenterNet_eval.py --ray) on one local
+Ray of 2 CPUs for the module: the same results file and AP as the one-process
+streaming evaluation, the demo's detections.json format without ground truth,
+resuming after an interruption, and an inference actor killed mid-run."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from centernet.coco import evaluate_coco, write_results
+from centernet.errors import UserError
+from centernet.stream import stream_detections
+from conftest import ROOT
+
+ray = pytest.importorskip("ray")
+
+import CenterNet_eval  # noqa: E402
+from centernet import ray_eval  # noqa: E402
+from centernet.ray_eval import BlockStore, actor_resources, check_resources, evaluate_on_ray  # noqa: E402
+
+SMALL = (128, 128)  # fixed input of the test model: fast, and real decoding (32x32 output map)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module, as a 2-core machine would have."""
+    ray_eval.init_ray("local", num_cpus=2, object_store_memory=200 * 1024 * 1024)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def small_onnx(random_ctdet, tmp_path_factory):
+    from centernet.export import export_onnx
+    path = tmp_path_factory.mktemp("onnx_small") / "CenterNet_128.onnx"
+    export_onnx(random_ctdet, path, input_size=SMALL)
+    return path
+
+
+def quiet(line):
+    pass
+
+
+def stream_reference(model, images_dir, ann, path, **kw):
+    results, ids, errors, _ = stream_detections(model, images_dir, ann, threads=2, input_size=SMALL,
+                                                progress=False, **kw)
+    write_results(path, results)
+    return ids, errors
+
+
+def eval_main(*args):
+    """CenterNet_eval.py's main() in this process (so --ray uses the module's Ray)."""
+    return CenterNet_eval.main([str(a) for a in args])
+
+
+def test_ray_eval_script_equals_streaming_eval(local_ray, synthetic_coco, small_onnx, tmp_path):
+    """The proof: CenterNet_eval.py --ray writes the plain run's results file
+    byte for byte (same detections, same order) and the same metrics."""
+    common = ["--model", small_onnx, "--dataset", synthetic_coco["root"], "--threads", 2, "--no-progress"]
+    # The plain path is stream_detections + write_results; called directly at the model's 128x128
+    # (CenterNet_eval.py's plain path has no --input-size; the Ray path reads the model's own).
+    ids, errors = stream_reference(small_onnx, synthetic_coco["images_dir"], synthetic_coco["annotation_file"],
+                                   tmp_path / "plain.json")
+    assert not errors
+    rc = eval_main(*common, "--ray", "--block-size", 4, "--output", tmp_path / "ray.json",
+                   "--resultfolder", tmp_path / "ev_ray")
+    assert rc == 0
+    assert (tmp_path / "ray.json").read_bytes() == (tmp_path / "plain.json").read_bytes()
+    plain = evaluate_coco(synthetic_coco["annotation_file"], str(tmp_path / "plain.json"), verbose=False)
+    got = json.loads((tmp_path / "ev_ray" / "metrics.json").read_text())
+    assert got["AP"] == plain["AP"] and got["per_class"] == plain["per_class"]
+    assert json.loads((tmp_path / "ev_ray" / "stream_summary.json").read_text())["images"] == len(ids)
+    assert not (tmp_path / "ray.json.parts").exists()  # the blocks are removed once assembled
+
+
+def test_annotate_without_ground_truth_writes_the_demos_detections(local_ray, synthetic_coco, small_onnx,
+                                                                   tmp_path):
+    """--images and no annotation file: detections.json as CenterNet_demo.py
+    writes it, with the same detections; an unreadable image is named, the
+    others are done."""
+    from centernet.detect import run_demo
+    folder = tmp_path / "photos"
+    shutil.copytree(synthetic_coco["images_dir"], folder)
+    bad = folder / "zz_not_an_image.jpg"
+    bad.write_bytes(b"not a jpeg")
+    out = tmp_path / "ann" / "detections.json"
+    rc = eval_main("--model", small_onnx, "--dataset", tmp_path / "no_dataset", "--images", folder, "--ray",
+                   "--threads", 2, "--block-size", 4, "--vis-thresh", 0.05, "--output", out, "--no-progress")
+    assert rc == 1  # the unreadable one
+    doc = json.loads(out.read_text())
+    demo = run_demo([str(p) for p in sorted(folder.iterdir()) if p != bad], small_onnx, output=tmp_path / "demo",
+                    thresh=0.05, threads=2, progress=False, log=quiet, log_error=quiet)
+    want = json.loads(demo["json"].read_text())
+    assert {k: doc[k] for k in ("mode", "vis_thresh", "box")} == {k: want[k] for k in ("mode", "vis_thresh", "box")}
+    for entry in want["images"]:
+        del entry["output"]  # the demo's annotated copy; annotating writes none
+    assert doc["images"] == want["images"]
+    assert sum(len(e["detections"]) for e in doc["images"]) > 0
+
+
+def test_plain_path_without_annotations_says_what_to_do(synthetic_coco, small_onnx, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        eval_main("--model", small_onnx, "--dataset", tmp_path / "nowhere", "--images", synthetic_coco["images_dir"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "instances_val2017.json: annotation file not found" in err[0] and "--ray" in err[0]
+
+
+class Interrupt(KeyboardInterrupt):
+    pass
+
+
+def test_resume_skips_finished_blocks_and_writes_each_image_once(local_ray, synthetic_coco, small_onnx, tmp_path,
+                                                                 monkeypatch):
+    ann, images_dir = synthetic_coco["annotation_file"], synthetic_coco["images_dir"]
+    stream_reference(small_onnx, images_dir, ann, tmp_path / "plain.json")
+    out = tmp_path / "ray.json"
+    # Ctrl-C after the second of three blocks is written: those two stay on disk.
+    real_write, written = BlockStore.write, []
+
+    def write_then_interrupt(self, index, *args):
+        real_write(self, index, *args)
+        written.append(index)
+        if len(written) == 2:
+            raise Interrupt()
+
+    monkeypatch.setattr(BlockStore, "write", write_then_interrupt)
+    with pytest.raises(Interrupt):
+        evaluate_on_ray(small_onnx, images_dir, ann, out, threads=2, block_size=2, progress=False, log=quiet)
+    monkeypatch.undo()
+    assert not out.exists() and len(list((tmp_path / "ray.json.parts").glob("block-*.json"))) == 2
+
+    logs = []
+    ids, errors, stats = evaluate_on_ray(small_onnx, images_dir, ann, out, threads=2, block_size=2,
+                                         progress=False, log=logs.append)
+    assert stats["blocks_resumed"] == 2 and stats["images"] == 2  # only the third block ran
+    assert any("resuming: 2 of 3 block(s)" in line for line in logs)
+    assert out.read_bytes() == (tmp_path / "plain.json").read_bytes()  # each image once, in order
+    assert len(ids) == 6 and not errors
+
+
+def test_blocks_from_another_model_are_not_reused(local_ray, synthetic_coco, small_onnx, tmp_path):
+    ann, images_dir = synthetic_coco["annotation_file"], synthetic_coco["images_dir"]
+    out = tmp_path / "ray.json"
+    parts = tmp_path / "ray.json.parts"
+    parts.mkdir()
+    (parts / "run.json").write_text(json.dumps({"model_sha256": "another model"}))
+    fake = {"images": ["x.jpg"], "ids": [1], "errors": [], "entries": [{"image_id": 1}]}
+    (parts / "block-000000.json").write_text(json.dumps(fake))
+    logs = []
+    _, _, stats = evaluate_on_ray(small_onnx, images_dir, ann, out, threads=2, limit=3, block_size=8,
+                                  progress=False, log=logs.append)
+    assert stats["blocks_resumed"] == 0 and stats["images"] == 3
+    assert any("from another model or other settings; starting over" in line for line in logs)
+    assert {d["image_id"] for d in json.loads(out.read_text())} <= {im["id"] for im in synthetic_coco["dataset"]["images"]}
+
+
+def _inference_actor_pid(ray_module):
+    """The process of this job's live Ray Data inference actor (Ray's actor
+    table; only actors of this test's own Ray session)."""
+    from ray._private import state
+    job = ray_module.get_runtime_context().get_job_id()
+    pids = [a["Pid"] for a in state.actors().values()
+            if a["State"] == "ALIVE" and a["JobID"] == job and "MapWorker" in a["ActorClassName"]]
+    assert len(pids) == 1, pids
+    return pids[0]
+
+
+def test_actor_killed_mid_run_is_restarted_and_every_image_is_written_once(local_ray, small_onnx, tmp_path,
+                                                                             monkeypatch):
+    from centernet.synthetic import make_synthetic_coco
+    info = make_synthetic_coco(tmp_path / "data", num_images=40, seed=1, image_sizes=[(64, 48), (48, 64)],
+                               max_objects=2)
+    ann, images_dir = info["annotation_file"], info["images_dir"]
+    stream_reference(small_onnx, images_dir, ann, tmp_path / "plain.json")
+    killed = []
+    real_write = BlockStore.write
+
+    def write_then_kill(self, index, *args):
+        real_write(self, index, *args)
+        if not killed:  # after the first of ten blocks: the actor is mid-run
+            pid = _inference_actor_pid(local_ray)
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    monkeypatch.setattr(BlockStore, "write", write_then_kill)
+    ids, errors, stats = evaluate_on_ray(small_onnx, images_dir, ann, tmp_path / "ray.json", threads=2,
+                                         block_size=4, progress=False, log=quiet)
+    assert killed and not errors and len(ids) == 40
+    # A second actor process took over, and the results are the undisturbed run's, each image once.
+    assert stats["actor_processes"] == 2, stats
+    assert (tmp_path / "ray.json").read_bytes() == (tmp_path / "plain.json").read_bytes()
+
+
+def test_missing_or_broken_model_is_one_line(local_ray, synthetic_coco, tmp_path):
+    ann, images_dir = synthetic_coco["annotation_file"], synthetic_coco["images_dir"]
+    with pytest.raises(UserError, match="nope.onnx: model file not found"):
+        evaluate_on_ray(tmp_path / "nope.onnx", images_dir, ann, tmp_path / "r.json", progress=False, log=quiet)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"\x08\x07garbage")
+    with pytest.raises(UserError, match="broken.onnx: not an ONNX model"):
+        evaluate_on_ray(broken, images_dir, ann, tmp_path / "r.json", progress=False, log=quiet)
+
+
+def test_resources_each_actor_reserves():
+    assert actor_resources("cpu", 2, node_cpus=2) == {"num_cpus": 1}   # one CPU left for the tasks
+    assert actor_resources("cpu", 0, node_cpus=16) == {"num_cpus": 15}
+    assert actor_resources("cpu", 4, node_cpus=16) == {"num_cpus": 4}
+    assert actor_resources("cuda", 0, node_cpus=16) == {"num_cpus": 1, "num_gpus": 1}
+    check_resources({"CPU": 16, "GPU": 2}, {"num_cpus": 1, "num_gpus": 1}, actors=2)
+    with pytest.raises(UserError, match="one GPU per actor: 3 actor"):
+        check_resources({"CPU": 16, "GPU": 2}, {"num_cpus": 1, "num_gpus": 1}, actors=3)
+    with pytest.raises(UserError, match="need 9 CPUs; Ray sees 8"):
+        check_resources({"CPU": 8}, {"num_cpus": 4}, actors=2)
+
+
+def test_ray_is_imported_only_when_used():
+    code = ("import sys; import CenterNet_eval, centernet.ray_eval, centernet.stream; "
+            "assert 'ray' not in sys.modules, 'ray imported'")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
