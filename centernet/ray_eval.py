@@ -388,7 +388,7 @@ def build_pipeline(ray, locations, model_ref, model_name, input_size, batchsize,
     size, error line, top-K scores, classes and boxes on the image."""
     rows = [{"index": index, "location": location} for index, location in locations]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // PREPROCESS_BATCH)))
-    # Tasks are retried by Ray's default (3 times) when their process dies.
+    # A task whose process dies is run again (Ray Data's default, without limit).
     ds = ds.map_batches(_preprocess, fn_kwargs={"input_size": tuple(input_size)}, batch_size=PREPROCESS_BATCH,
                         batch_format="numpy", num_cpus=1)
     with warnings.catch_warnings():
