@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -268,7 +269,9 @@ def init_ray(address=None, num_cpus=None, object_store_memory=None):
     num_cpus CPUs and object_store_memory bytes). Returns the ray module."""
     ray = import_ray()
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    kwargs = dict(address=address, include_dashboard=False, logging_level="ERROR")
+    # Workers' output stays in Ray's log files: errors reach the driver as
+    # exceptions, and a UserError among them is shown as its one line.
+    kwargs = dict(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     saved_path = os.environ.get("PYTHONPATH")
     if address == "local":
         # A local Ray's workers inherit this environment: they import the
@@ -345,18 +348,20 @@ def check_resources(available, per_actor, actors, strict=True, log=_log_stderr):
 
 
 def _user_error(exc):
-    """The UserError inside a Ray error (a task or actor that raised one), or None."""
-    seen = set()
-    stack = [exc]
+    """The message of a UserError raised inside a Ray task or actor, or None.
+    Ray keeps the exception itself for a task, only its traceback text for an
+    actor's __init__ (e.g. ONNX Runtime refusing the model)."""
+    seen, stack = set(), [exc]
     while stack:
         e = stack.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
         if type(e) is UserError:
-            return e
+            return str(e)
         stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
-    return None
+    found = re.findall(r"centernet\.errors\.UserError: ([^\n]+)", str(exc))
+    return found[-1].strip() if found else None
 
 
 def _model_bytes(model):
@@ -379,6 +384,24 @@ def model_input_size(data, input_size, name="model"):
     if len(dims) == 4 and dims[2].dim_value > 0 and dims[3].dim_value > 0:
         return dims[2].dim_value, dims[3].dim_value
     return tuple(input_size)
+
+
+def _quiet_ray_data_logs():
+    """Ray Data's log lines that a run does not need: per-run INFO lines, the
+    notice that its progress bars are off (ours count images), and its
+    copies of an error this module raises itself (a UserError as one line,
+    anything else with its traceback)."""
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    logging.getLogger("ray.data.exceptions").setLevel(logging.CRITICAL)
+    pool = logging.getLogger("ray.data._internal.execution.operators.actor_pool_map_operator")
+    if not any(isinstance(f, _DropActorInitDeath) for f in pool.filters):
+        pool.addFilter(_DropActorInitDeath())
+
+
+class _DropActorInitDeath(logging.Filter):
+    def filter(self, record):
+        return "died during initialization" not in record.getMessage()
 
 
 def build_pipeline(ray, locations, model_ref, model_name, input_size, batchsize, device, threads, actors,
@@ -481,8 +504,7 @@ def _run_blocks(plan, model, to_entries, key, output, batchsize, device, threads
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # ours instead, over images
         ctx.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-run INFO lines
-        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
+        _quiet_ray_data_logs()
         reservation = actor_resources(device, threads, _largest_node_cpus(ray))
         local = (address or os.environ.get("RAY_ADDRESS") or "local") == "local"
         check_resources(ray.cluster_resources(), reservation, actors, strict=local, log=log)
@@ -500,9 +522,9 @@ def _run_blocks(plan, model, to_entries, key, output, batchsize, device, threads
                     stats.setdefault("first_result_seconds", round(time.perf_counter() - start, 3))
                     bar.update(collector.add(out))
         except Exception as e:
-            user = _user_error(e)
-            if user is not None:
-                raise UserError(str(user)) from None
+            message = _user_error(e)
+            if message is not None:
+                raise UserError(message) from None
             raise
         finally:
             batches.close()  # also on Ctrl-C: Ray Data stops its tasks and actors now

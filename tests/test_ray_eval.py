@@ -206,6 +206,16 @@ def test_missing_or_broken_model_is_one_line(local_ray, synthetic_coco, tmp_path
     broken.write_bytes(b"\x08\x07garbage")
     with pytest.raises(UserError, match="broken.onnx: not an ONNX model"):
         evaluate_on_ray(broken, images_dir, ann, tmp_path / "r.json", progress=False, log=quiet)
+    # An ONNX file that ONNX Runtime refuses: the actor's one-line error reaches the caller.
+    import onnx
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 128, 128])
+    y = helper.make_tensor_value_info("hm", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("NoSuchOp", ["input"], ["hm"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph), tmp_path / "unloadable.onnx")
+    with pytest.raises(UserError, match=r"^\S*unloadable.onnx: ONNX Runtime cannot load it \("):
+        evaluate_on_ray(tmp_path / "unloadable.onnx", images_dir, ann, tmp_path / "r.json", progress=False,
+                        log=quiet)
 
 
 def test_resources_each_actor_reserves():
