@@ -6,6 +6,12 @@ Targets (REFERENCE sections 2, 3):
 - ascend: opset 11, each DCN one `DeformableConv2D` node in ATC's layout.
 The graph input is `actual_input` (batch, 3, H, W) with a dynamic batch; the
 outputs are `output1` (hm), `output2` (wh), `output3` (reg), raw logits.
+
+With flip=True the graph holds upstream's flip test (detectors/ctdet.py):
+the batch runs together with its mirror, and output1 is the average of the
+two sigmoid heatmaps (not logits), output2 the average of the two wh maps,
+output3 the unflipped reg. Names and shapes are unchanged; the ONNX metadata
+records which kind of hm the file outputs (FLIP_KEY, HM_KEY).
 """
 import io
 import warnings
@@ -14,6 +20,7 @@ import numpy as np
 import onnx
 import torch
 from onnx import helper, numpy_helper
+from torch import nn
 
 from .binio import write_atomic
 from dcn_v2 import export_flavour
@@ -31,10 +38,44 @@ DCN_FORMS = ("deformconv", "decompose")
 OPSET = {"onnxruntime": 19, "ascend": 11}
 ORT_MAX_IR_VERSION = 9  # what the pinned ONNX Runtime reads for opset 19 graphs
 
+# ONNX metadata (metadata_props) saying what output1 holds.
+FLIP_KEY = "centernet.flip_test"  # "1": the flip test is in the graph, "0": it is not
+HM_KEY = "centernet.hm"           # "logits" (raw) or "sigmoid" (flip-averaged heatmap)
+
+
+class FlipTest(nn.Module):
+    """ctdet with upstream's flip test in the forward pass: the batch and its
+    mirror along the width in one pass; hm = (sigmoid(hm0) + flip(sigmoid(hm1))) / 2,
+    wh = (wh0 + flip(wh1)) / 2, reg = reg0."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        n = x.shape[0]
+        hm, wh, reg = self.model(torch.cat([x, x.flip(3)]))
+        hm = hm.sigmoid()
+        hm = (hm[:n] + hm[n:].flip(3)) / 2
+        wh = (wh[:n] + wh[n:].flip(3)) / 2
+        return hm, wh, reg[:n]
+
+
+def graph_flip_test(model_meta):
+    """Whether an exported file has the flip test in its graph (hm averaged
+    after the sigmoid), from its metadata: an onnx ModelProto, an ONNX
+    Runtime session, or a {key: value} dict."""
+    if isinstance(model_meta, onnx.ModelProto):
+        model_meta = {p.key: p.value for p in model_meta.metadata_props}
+    elif hasattr(model_meta, "get_modelmeta"):
+        model_meta = model_meta.get_modelmeta().custom_metadata_map
+    return model_meta.get(FLIP_KEY) == "1"
+
 
 def export_onnx(model, path, target="onnxruntime", dcn="deformconv", input_size=(512, 512),
-                dynamic_size=False):
-    """Export `model` to `path` (written atomically); returns the ModelProto."""
+                dynamic_size=False, flip=False):
+    """Export `model` to `path` (written atomically); returns the ModelProto.
+    flip: put the flip test into the graph (FlipTest)."""
     if target not in TARGETS:
         raise UserError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     if dcn not in DCN_FORMS:
@@ -50,7 +91,7 @@ def export_onnx(model, path, target="onnxruntime", dcn="deformconv", input_size=
         axes.update({2: "height", 3: "width"})
         out_axes.update({2: "out_height", 3: "out_width"})
     buf = io.BytesIO()
-    model = model.eval()
+    model = (FlipTest(model) if flip else model).eval()
     with torch.no_grad(), export_flavour(flavour, static_size=not dynamic_size), warnings.catch_warnings():
         # The TorchScript exporter is the one that maps autograd Functions to
         # custom nodes (DeformConv / DeformableConv2D) directly; it warns that
@@ -64,6 +105,7 @@ def export_onnx(model, path, target="onnxruntime", dcn="deformconv", input_size=
     proto = onnx.load_from_string(buf.getvalue())
     proto.ir_version = min(proto.ir_version, ORT_MAX_IR_VERSION)
     proto.producer_name = "centernet-deploy"
+    onnx.helper.set_model_props(proto, {FLIP_KEY: "1" if flip else "0", HM_KEY: "sigmoid" if flip else "logits"})
     write_atomic(path, proto.SerializeToString())
     return proto
 
@@ -77,6 +119,14 @@ def ascend_to_deformconv(proto):
     weights = {t.name: t for t in graph.initializer}
     nodes = []
     for node in graph.node:
+        if node.op_type in ("Unsqueeze", "Squeeze") and any(a.name == "axes" for a in node.attribute):
+            # opset 13 moved `axes` from an attribute to an input (the flip
+            # test's batch split has an Unsqueeze).
+            axes = next(helper.get_attribute_value(a) for a in node.attribute if a.name == "axes")
+            name = f"{node.name or node.output[0]}_axes"
+            graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), name))
+            nodes.append(helper.make_node(node.op_type, [node.input[0], name], list(node.output), name=node.name))
+            continue
         if node.op_type != "DeformableConv2D":
             nodes.append(node)
             continue
