@@ -308,11 +308,31 @@ def detections_to_coco(image_id, scores, classes, boxes, category_ids, upstream_
             for c, b, s in zip(cat, xywh, scores.astype(np.float64).tolist())]
 
 
-def decode_bins_to_coco(bin_dir, images, category_ids, K=100, batch_size=8, progress=True):
+def check_hm_kind(hm, hm_is_heat, source):
+    """One-line error when the hm read does not fit what decoding was told:
+    a heatmap must lie in [0, 1]; raw logits of a trained network never do
+    (the background is strongly negative)."""
+    lo, hi = float(hm.min()), float(hm.max())
+    if hm_is_heat and not (lo >= 0 and hi <= 1):
+        raise UserError(f"{source}: hm runs from {lo:.3g} to {hi:.3g}, so it holds raw logits, but it was to be "
+                        f"decoded as the flip test's averaged heatmap (meta.json written with --flip, or --flip "
+                        f"given); was the model exported without --flip?")
+    if not hm_is_heat and lo >= 0 and hi <= 1:
+        raise UserError(f"{source}: every hm value lies in [0, 1], so it holds the averaged heatmap of a model "
+                        f"exported with --flip, not raw logits; decode with --flip (or preprocess with --flip "
+                        f"so that meta.json says so)")
+
+
+def decode_bins_to_coco(bin_dir, images, category_ids, K=100, batch_size=8, progress=True,
+                        hm_is_heat=False, upstream_rounding=False):
     """Decode `<stem>_0/1/2.bin` of every ImageToDecode in bin_dir into COCO
-    results entries (K per image, full-precision scores). The next batch is
-    read in a background thread while this one decodes."""
+    results entries (K per image, full-precision scores unless
+    upstream_rounding). hm_is_heat: the bins come from a model exported with
+    the flip test (hm already averaged after the sigmoid). Images of equal
+    output size are decoded together; the next batch is read in a background
+    thread while this one decodes."""
     num_classes = len(category_ids)
+    images = sorted(images, key=lambda im: im.out_hw)  # stable: name order within a size
     batches = list(_batches(images, batch_size))
     # Two sets of batch buffers: the reader thread fills one while the
     # other is decoded. Reused, because fresh arrays of this size cost more
@@ -335,10 +355,13 @@ def decode_bins_to_coco(bin_dir, images, category_ids, K=100, batch_size=8, prog
             hm, wh, reg = pending.result()
             if b + 1 < len(batches):  # into the other buffer set, whose batch b - 1 is done
                 pending = reader.submit(read, b + 1)
-            scores, classes, boxes = decode_ctdet(hm, wh, reg, K)
+            check_hm_kind(hm, hm_is_heat, output_bin_path(bin_dir, batch[0].stem, 0)
+                          if len(batch) == 1 else f"{output_bin_path(bin_dir, batch[0].stem, 0)} (and its batch)")
+            scores, classes, boxes = decode_ctdet(hm, wh, reg, K, hm_is_heat=hm_is_heat)
             for i, im in enumerate(batch):
                 out_h, out_w = im.out_hw
                 img_boxes = map_boxes_to_image(boxes[i], im.center, im.scale, (out_w, out_h))
-                results.extend(detections_to_coco(im.image_id, scores[i], classes[i], img_boxes, category_ids))
+                results.extend(detections_to_coco(im.image_id, scores[i], classes[i], img_boxes, category_ids,
+                                                  upstream_rounding))
             bar.update(len(batch))
     return results

@@ -25,7 +25,7 @@ from torch import nn
 from .binio import write_atomic
 from dcn_v2 import export_flavour
 from .errors import UserError
-from .runtime import make_session, run_session
+from .runtime import FLIP_KEY, HM_KEY, make_session, run_session
 
 INPUT_NAME = "actual_input"
 OUTPUT_NAMES = ("output1", "output2", "output3")
@@ -38,9 +38,6 @@ DCN_FORMS = ("deformconv", "decompose")
 OPSET = {"onnxruntime": 19, "ascend": 11}
 ORT_MAX_IR_VERSION = 9  # what the pinned ONNX Runtime reads for opset 19 graphs
 
-# ONNX metadata (metadata_props) saying what output1 holds.
-FLIP_KEY = "centernet.flip_test"  # "1": the flip test is in the graph, "0": it is not
-HM_KEY = "centernet.hm"           # "logits" (raw) or "sigmoid" (flip-averaged heatmap)
 
 
 class FlipTest(nn.Module):
@@ -59,17 +56,6 @@ class FlipTest(nn.Module):
         hm = (hm[:n] + hm[n:].flip(3)) / 2
         wh = (wh[:n] + wh[n:].flip(3)) / 2
         return hm, wh, reg[:n]
-
-
-def graph_flip_test(model_meta):
-    """Whether an exported file has the flip test in its graph (hm averaged
-    after the sigmoid), from its metadata: an onnx ModelProto, an ONNX
-    Runtime session, or a {key: value} dict."""
-    if isinstance(model_meta, onnx.ModelProto):
-        model_meta = {p.key: p.value for p in model_meta.metadata_props}
-    elif hasattr(model_meta, "get_modelmeta"):
-        model_meta = model_meta.get_modelmeta().custom_metadata_map
-    return model_meta.get(FLIP_KEY) == "1"
 
 
 def export_onnx(model, path, target="onnxruntime", dcn="deformconv", input_size=(512, 512),
