@@ -3,9 +3,12 @@
 COCO AP in one pass, with no .bin files (43 GB for val2017 otherwise).
 
     python CenterNet_eval.py --model CenterNet.onnx --dataset ./data
+    python CenterNet_eval.py --model CenterNet_dynamic.onnx --keep-res --flip --scales 0.5,0.75,1,1.25,1.5
 
-Writes the same results JSON and metrics.json as CenterNet_postprocess_s1.py
-and CenterNet_postprocess_s2.py.
+Upstream's test modes, in any combination: fixed 512x512 (default) or
+--keep-res, --flip, --scales. Keep resolution needs a model exported with
+--dynamic-size. Writes the same results JSON and metrics.json as
+CenterNet_postprocess_s1.py and CenterNet_postprocess_s2.py.
 """
 import argparse
 import json
@@ -15,6 +18,7 @@ from pathlib import Path
 from centernet.binio import write_atomic
 from centernet.coco import default_annotation_file, evaluate_coco, format_per_class_table, write_results
 from centernet.errors import UserError, cli
+from centernet.modes import UPSTREAM_SCALES, TestMode, parse_scales
 from centernet.runtime import PROVIDERS
 from centernet.stream import default_workers, stream_detections
 
@@ -27,7 +31,22 @@ def parse_args(argv=None):
     p.add_argument("--annotations", default=None,
                    help="annotation file (default: DATASET/coco/annotations/instances_val2017.json)")
     p.add_argument("--images", default=None, help="image folder (default: DATASET/coco/val2017)")
-    p.add_argument("--batchsize", type=int, default=1, help="images per inference batch (default: %(default)s)")
+    p.add_argument("--keep-res", action="store_true",
+                   help="keep resolution (upstream's --keep_res): each image at its own size rounded up to a "
+                        "multiple of 32, unscaled; needs a model exported with --dynamic-size "
+                        "(default: fixed 512x512)")
+    p.add_argument("--flip", action="store_true",
+                   help="flip test: each input also runs mirrored; heatmaps (after the sigmoid) and sizes are "
+                        "averaged. Implied by a model exported with --flip (default: off)")
+    p.add_argument("--scales", default="1",
+                   help="multi-scale test: comma-separated scales, each image resized by each, detections "
+                        "merged with soft-NMS; upstream's is " + ",".join(f"{t:g}" for t in UPSTREAM_SCALES)
+                        + " (default: %(default)s)")
+    p.add_argument("--upstream-rounding", action="store_true",
+                   help="round box coordinates and scores to 2 decimals as upstream's results JSON does "
+                        "(its published AP was computed that way) (default: full precision)")
+    p.add_argument("--batchsize", type=int, default=1,
+                   help="inputs of one size per inference batch (default: %(default)s)")
     p.add_argument("--device", choices=sorted(PROVIDERS), default="cpu",
                    help="ONNX Runtime execution provider (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0,
@@ -50,11 +69,13 @@ def main(argv=None):
         raise UserError("--batchsize and --workers must be >= 1")
     ann = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset)
     images = Path(args.images) if args.images else Path(args.dataset) / "coco" / "val2017"
+    mode = TestMode(keep_res=args.keep_res, flip=args.flip, scales=parse_scales(args.scales))
     results, image_ids, errors, stats = stream_detections(
         args.model, images, ann, batchsize=args.batchsize, device=args.device, threads=args.threads,
-        workers=args.workers, limit=args.limit, progress=not args.no_progress)
+        workers=args.workers, limit=args.limit, progress=not args.no_progress, mode=mode,
+        upstream_rounding=args.upstream_rounding)
     write_results(args.output, results)
-    print(f"wrote {len(results)} detections for {len(image_ids)} images to {args.output}")
+    print(f"mode: {stats['mode']}; wrote {len(results)} detections for {len(image_ids)} images to {args.output}")
     print(f"end to end {stats['end_to_end_fps']} images/s; inference alone {stats['fps']} images/s "
           f"({stats['end_to_end_fps'] / stats['fps']:.0%})")
     metrics = evaluate_coco(ann, results, img_ids=image_ids if args.limit else None,
@@ -62,9 +83,10 @@ def main(argv=None):
     print(format_per_class_table(metrics["per_class"]))
     folder = Path(args.resultfolder)
     folder.mkdir(parents=True, exist_ok=True)
+    metrics["mode"] = stats["mode"]
     write_atomic(folder / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
     write_atomic(folder / "stream_summary.json", (json.dumps(stats, indent=2) + "\n").encode())
-    print(f"AP {100 * metrics['AP']:.1f}; metrics in {folder / 'metrics.json'}")
+    print(f"AP {100 * metrics['AP']:.1f} ({stats['mode']}); metrics in {folder / 'metrics.json'}")
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     if errors:

@@ -129,8 +129,8 @@ def _output_nbytes(session, chw, cache):
 
 def group_batches(files, shapes, batchsize):
     """Batches of at most `batchsize` files of one shape: files sorted by
-    (shape, name), so each size's images run together."""
-    order = sorted(files, key=lambda p: (shapes[p], p.name))
+    (shape, stem), so each size's images run together."""
+    order = sorted(files, key=lambda p: (shapes[p], p.stem))
     batches = []
     for path in order:
         if batches and len(batches[-1]) < batchsize and shapes[batches[-1][0]] == shapes[path]:

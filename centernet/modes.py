@@ -14,6 +14,7 @@ import numpy as np
 
 from .decode import sigmoid
 from .errors import UserError
+from .transforms import INPUT_SIZE
 
 # Upstream's multi-scale test (MODEL_ZOO: "multi scale (0.5, 0.75, 1, 1.25, 1.5)").
 UPSTREAM_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
@@ -31,10 +32,12 @@ PUBLISHED_AP = {
 
 @dataclass(frozen=True)
 class TestMode:
-    """How images are tested: keep resolution or a fixed input, flip, scales."""
+    """How images are tested: keep resolution or a fixed input (of
+    input_size, (H, W)), flip, scales."""
     keep_res: bool = False
     flip: bool = False
     scales: tuple = (1.0,)
+    input_size: tuple = (INPUT_SIZE, INPUT_SIZE)
 
     __test__ = False  # not a pytest class, despite the name
 
@@ -45,7 +48,8 @@ class TestMode:
     @property
     def name(self):
         """Short name, e.g. 'keep-res + flip + scales 0.5,0.75,1,1.25,1.5'."""
-        parts = ["keep-res" if self.keep_res else "fixed 512"]
+        h, w = self.input_size
+        parts = ["keep-res" if self.keep_res else f"fixed {h}" if h == w else f"fixed {h}x{w}"]
         if self.flip:
             parts.append("flip")
         if self.scales != (1.0,):
@@ -57,6 +61,8 @@ class TestMode:
         """Upstream's published AP for this mode, or None where it publishes none
         (multi-scale only counts with upstream's own five scales)."""
         if self.multi_scale and tuple(self.scales) != UPSTREAM_SCALES:
+            return None
+        if not self.keep_res and tuple(self.input_size) != (INPUT_SIZE, INPUT_SIZE):
             return None
         return PUBLISHED_AP.get((self.keep_res, self.flip, self.multi_scale))
 
