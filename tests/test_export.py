@@ -97,3 +97,48 @@ def test_cli_wrong_architecture(tmp_path):
     r = run_script(path, tmp_path / "x.onnx")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "not a ctdet DLA-34 checkpoint" in r.stderr
+
+
+def hand_flip_test(model, x):
+    """The flip test with the PyTorch model, written out (float64 averages):
+    the image and its mirror run separately; hm averaged after the sigmoid,
+    wh averaged, reg of the unflipped pass."""
+    with torch.no_grad():
+        hm0, wh0, reg0 = (t.double() for t in model(torch.from_numpy(x)))
+        hm1, wh1, _ = (t.double() for t in model(torch.from_numpy(np.ascontiguousarray(x[..., ::-1]))))
+    return [((hm0.sigmoid() + hm1.sigmoid().flip(3)) / 2).numpy(), ((wh0 + wh1.flip(3)) / 2).numpy(), reg0.numpy()]
+
+
+def assert_close_to_reference(got, ref):
+    # ONNX Runtime vs PyTorch: float32 rounding through the network, bounded
+    # relative to each map's magnitude (the heatmap lies in [0, 1]).
+    for a, b in zip(got, ref):
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= 1e-4 * max(1.0, np.abs(b).max())
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "ascend"])
+def test_flip_export_equals_hand_flip_test(random_ctdet, ctdet_onnx, tmp_path, target):
+    from centernet.runtime import graph_flip_test
+    proto = export_onnx(random_ctdet, tmp_path / "f.onnx", target=target, input_size=SMALL, dynamic_size=True,
+                        flip=True)
+    assert graph_flip_test(proto) and not graph_flip_test(onnx.load(ctdet_onnx))
+    assert [o.name for o in proto.graph.output] == ["output1", "output2", "output3"]
+    if target == "ascend":
+        assert proto.opset_import[0].version == 11 and count_ops(proto)["DeformableConv2D"] == 16
+        proto = ascend_to_deformconv(proto)
+    session = make_session(proto.SerializeToString(), threads=2)
+    x = np.random.default_rng(3).standard_normal((2, 3, 64, 96)).astype(np.float32)
+    got = session.run(None, {"actual_input": x})
+    assert [a.shape for a in got] == [(2, 80, 16, 24), (2, 2, 16, 24), (2, 2, 16, 24)]
+    for i in range(2):  # each image of the batch against its own flip test
+        assert_close_to_reference([a[i:i + 1] for a in got], hand_flip_test(random_ctdet, x[i:i + 1]))
+
+
+def test_flip_cli_checks_the_flip_graph(upstream_checkpoint, tmp_path):
+    out = tmp_path / "CenterNet_flip.onnx"
+    r = run_script(upstream_checkpoint, out, "--flip", "--input-size", 64, 96, "--threads", 2)
+    assert r.returncode == 0, r.stderr
+    assert "flip test in the graph" in r.stdout and "check passed" in r.stdout
+    meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert meta == {"centernet.flip_test": "1", "centernet.hm": "sigmoid"}
