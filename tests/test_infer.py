@@ -160,3 +160,28 @@ def test_fixed_size_model_on_keep_res_bins_says_what_to_export(ctdet_onnx, keep_
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert "fixed 512x512 input" in r.stderr and "--dynamic-size" in r.stderr
+
+
+def test_om_model_over_keep_res_bins_runs_once_per_size(keep_res_prep, tmp_path):
+    """An .om with dynamic image size gears: ais_bench once per input size,
+    with --dymHW H,W and a folder holding only that size's bins."""
+    prep, sizes = keep_res_prep
+    stub = tmp_path / "stub" / "ais_bench"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("")
+    log = tmp_path / "calls.txt"
+    (stub / "__main__.py").write_text(
+        "import os, sys\n"
+        "args = sys.argv[1:]\n"
+        "folder = args[args.index('--input') + 1]\n"
+        f"open({str(log)!r}, 'a').write(' '.join(args[args.index('--dymHW'):]) + ' ' + "
+        "','.join(sorted(os.listdir(folder))) + '\\n')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "stub"))
+    r = run_infer("--model", "CenterNet_bs1.om", "--input", prep, "--output", tmp_path / "out",
+                  "--output_dirname", "d", env=env)
+    assert r.returncode == 0, r.stderr
+    expected = []
+    for h, w in sorted(set(sizes.values())):
+        stems = sorted(f"{s}.bin" for s, hw in sizes.items() if hw == (h, w))
+        expected.append(f"--dymHW {h},{w} {','.join(stems)}")
+    assert log.read_text().splitlines() == expected

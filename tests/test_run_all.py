@@ -78,3 +78,33 @@ def test_missing_weights_says_what_to_fetch_then_runs_demo(tmp_path):
 def test_bad_option(tmp_path):
     r = run_all("--backend", "tpu", cwd=tmp_path)
     assert r.returncode == 2 and "--backend must be onnxruntime or ascend" in r.stderr
+
+
+def test_keep_res_flip_staged(tmp_path):
+    """--keep-res --flip: keep-resolution bins, a dynamic-size export with the
+    flip test in its graph, s1 told by meta.json, the mode and upstream's
+    published AP for it in the final table."""
+    work = tmp_path / "work"
+    r = run_all("--demo", "--demo-images", 2, "--workdir", work, "--keep-res", "--flip", "--keep", "--threads", 2,
+                cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "| keep-res + flip |" in r.stdout and "| 39.2 |" in r.stdout
+    meta = json.loads((work / "prep_dataset" / "meta.json").read_text())
+    assert meta["keep_res"] and meta["flip_test"]
+    assert (work / "CenterNet_dynamic_flip.onnx").is_file()
+    dump = work / "result" / "dumpout_bs1_keepres_flip"
+    for name, entry in meta["images"].items():
+        h, w = entry["input_size"]
+        assert (h, w) == ((entry["height"] | 31) + 1, (entry["width"] | 31) + 1)
+        assert (dump / f"{name.rsplit('.', 1)[0]}_0.bin").stat().st_size == 80 * (h // 4) * (w // 4) * 4
+    assert "hm as flip-averaged heatmap" in r.stdout
+    assert len(json.loads((work / "save" / "results.json").read_text())) == 200
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--scales", "0.5,x"), "--scales wants comma-separated numbers"),
+    (("--scales", "0.5,1", "--backend", "ascend"), "--scales runs in the streaming evaluation"),
+])
+def test_mode_option_errors(tmp_path, args, message):
+    r = run_all(*args, cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr
