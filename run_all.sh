@@ -142,7 +142,9 @@ stage() {  # stage NAME CMD...: run, time, and record
   printf '== %s done in %.1f s\n' "$name" "$t"
 }
 
-model_tag="$([ "$keep_res" = 1 ] && echo _dynamic)$([ "$flip" = 1 ] && [ "$stream" = 0 ] && echo _flip)"
+model_tag=""  # which export the mode needs: dynamic size, flip test in the graph
+[ "$keep_res" = 0 ] || model_tag+="_dynamic"
+if [ "$flip" = 1 ] && [ "$stream" = 0 ]; then model_tag+="_flip"; fi
 if [ "$stream" = 1 ]; then
   onnx="$workdir/CenterNet$model_tag.onnx"
   [ "$onnx" -nt "$weights" ] || stage export "$PY" CenterNet_pth2onnx.py "$weights" "$onnx" "${export_args[@]}"

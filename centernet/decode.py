@@ -332,8 +332,9 @@ def decode_bins_to_coco(bin_dir, images, category_ids, K=100, batch_size=8, prog
     output size are decoded together; the next batch is read in a background
     thread while this one decodes."""
     num_classes = len(category_ids)
-    images = sorted(images, key=lambda im: im.out_hw)  # stable: name order within a size
-    batches = list(_batches(images, batch_size))
+    # Images of one size decode together; the results keep the given order.
+    order = sorted(range(len(images)), key=lambda n: images[n].out_hw)
+    batches = list(_batches([images[n] for n in order], batch_size))
     # Two sets of batch buffers: the reader thread fills one while the
     # other is decoded. Reused, because fresh arrays of this size cost more
     # in page faults than reading the files does.
@@ -347,7 +348,7 @@ def decode_bins_to_coco(bin_dir, images, category_ids, K=100, batch_size=8, prog
             slot[(h, w)] = [np.empty((batch_size, ch, h, w), np.float32) for ch in (num_classes, 2, 2)]
         return _read_batch(bin_dir, batch, slot[(h, w)])
 
-    results = []
+    per_image = []  # in `order`
     with ThreadPoolExecutor(1) as reader, \
             tqdm(total=len(images), desc="decode", unit="img", disable=not progress, file=sys.stderr) as bar:
         pending = reader.submit(read, 0) if batches else None
@@ -355,13 +356,16 @@ def decode_bins_to_coco(bin_dir, images, category_ids, K=100, batch_size=8, prog
             hm, wh, reg = pending.result()
             if b + 1 < len(batches):  # into the other buffer set, whose batch b - 1 is done
                 pending = reader.submit(read, b + 1)
-            check_hm_kind(hm, hm_is_heat, output_bin_path(bin_dir, batch[0].stem, 0)
-                          if len(batch) == 1 else f"{output_bin_path(bin_dir, batch[0].stem, 0)} (and its batch)")
+            for i, im in enumerate(batch):
+                check_hm_kind(hm[i], hm_is_heat, output_bin_path(bin_dir, im.stem, 0))
             scores, classes, boxes = decode_ctdet(hm, wh, reg, K, hm_is_heat=hm_is_heat)
             for i, im in enumerate(batch):
                 out_h, out_w = im.out_hw
                 img_boxes = map_boxes_to_image(boxes[i], im.center, im.scale, (out_w, out_h))
-                results.extend(detections_to_coco(im.image_id, scores[i], classes[i], img_boxes, category_ids,
-                                                  upstream_rounding))
+                per_image.append(detections_to_coco(im.image_id, scores[i], classes[i], img_boxes, category_ids,
+                                                    upstream_rounding))
             bar.update(len(batch))
-    return results
+    results = [None] * len(images)
+    for k, n in enumerate(order):
+        results[n] = per_image[k]
+    return [entry for entries in results for entry in entries]
