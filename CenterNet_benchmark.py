@@ -102,11 +102,12 @@ def parse_args(argv=None):
 
 def load_weights(path):
     """(model, description) for --weights, the default checkpoint if present, or random weights."""
-    from centernet.checkpoint import load_model, random_model
+    from centernet.checkpoint import load_model
+    from centernet.random_weights import random_model
     if path is None and Path(DEFAULT_WEIGHTS).is_file():
         path = DEFAULT_WEIGHTS
     if path is None:
-        return random_model(seed=0), "random (random_model(seed=0): no checkpoint given or found)"
+        return random_model(seed=0), "random, calibrated on synthetic photos (no checkpoint given or found)"
     if not Path(path).is_file():
         raise UserError(f"{path}: checkpoint not found")
     return load_model(path, log=lambda msg: None), str(path)

@@ -185,5 +185,5 @@ def test_static_decompose_export_is_lean_and_matches(tiny_result, random_ctdet):
     # Every shape and base grid is a constant: no shape arithmetic left.
     assert not {"Shape", "Gather", "Range", "Unsqueeze", "ScatterND", "Expand", "Tile", "Cast"} & set(ops)
     assert sum(ops.values()) < 900
-    diffs = check_export(random_ctdet, proto, input_size=TINY, batch=2, threads=1)
-    assert max(diffs.values()) <= 1e-3
+    checks = check_export(random_ctdet, proto, input_size=TINY, batch=2, threads=1)
+    assert all(c.ok for c in checks), [c.describe() for c in checks]
