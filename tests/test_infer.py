@@ -144,7 +144,7 @@ def test_mixed_sizes_in_one_dynamic_session(random_ctdet, ctdet_onnx_dynamic, ke
         for i, r_out in enumerate(ref):
             got = np.fromfile(tmp_path / "d" / f"{stem}_{i}.bin", dtype=np.float32)
             assert r_out.shape[1:] == (h // 4, w // 4) and got.size == r_out.size
-            assert np.abs(got.reshape(r_out.shape) - r_out).max() <= PARITY, (stem, i)
+            assert_parity(got.reshape(r_out.shape), r_out, what=f"{stem}_{i}")
     # a resume sees every output complete
     r = run_infer("--model", ctdet_onnx_dynamic, "--input", prep, "--output", tmp_path, "--output_dirname", "d",
                   "--skip-existing")

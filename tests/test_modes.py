@@ -8,6 +8,7 @@ import torch
 from centernet.errors import UserError
 from centernet.modes import UPSTREAM_SCALES, TestMode, combine_flip, flip_batch, parse_scales
 from centernet.runtime import make_session, run_session
+from conftest import photo_inputs
 
 
 def upstream_flip(hm, wh, reg):
@@ -58,23 +59,14 @@ def test_combine_flip_per_image_in_a_batch():
 
 def test_flip_test_in_onnx_runtime_equals_hand_computation_with_pytorch(random_ctdet, ctdet_onnx_dynamic):
     """The streaming flip test (flip_batch -> ONNX Runtime -> combine_flip) on
-    a keep-resolution-sized input, against the PyTorch model run on the image
-    and, separately, on its mirror, averaged by hand."""
-    x = np.random.default_rng(2).standard_normal((1, 3, 64, 96)).astype(np.float32)
+    a keep-resolution-sized photo input, against the PyTorch model run on the
+    image and, separately, on its mirror, averaged by hand (float64)."""
+    from test_export import assert_close_to_reference, hand_flip_test
+    x = photo_inputs(1, (64, 96), seed=2)
     session = make_session(ctdet_onnx_dynamic, threads=2)
-    heat, wh, reg = combine_flip(*run_session(session, flip_batch(x)))
-    with torch.no_grad():
-        hm0, wh0, reg0 = (t.double() for t in random_ctdet(torch.from_numpy(x)))
-        hm1, wh1, _ = (t.double() for t in random_ctdet(torch.from_numpy(np.ascontiguousarray(x[..., ::-1]))))
-    mirror = lambda t: t.flip(3)  # noqa: E731
-    ref_heat = (torch.sigmoid(hm0) + mirror(torch.sigmoid(hm1))) / 2
-    ref_wh = (wh0 + mirror(wh1)) / 2
-    # ONNX Runtime vs PyTorch differ by float32 rounding through the network:
-    # bounded relative to each map's magnitude (heat is in [0, 1]).
-    for got, ref in ((heat, ref_heat), (wh, ref_wh), (reg, reg0)):
-        ref = ref.numpy()
-        assert got.shape == ref.shape
-        assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+    got = combine_flip(*run_session(session, flip_batch(x)))
+    # ONNX Runtime vs PyTorch: float32 rounding, relative to each map's magnitude
+    assert_close_to_reference(got, *hand_flip_test(random_ctdet, x))
 
 
 def test_mode_names_published_ap_and_cost():
