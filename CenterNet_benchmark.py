@@ -3,6 +3,7 @@
 
     python CenterNet_benchmark.py                      # batch 1 4 8 16 32, all backends present
     python CenterNet_benchmark.py --quick              # batch 1 4, fewer loops
+    python CenterNet_benchmark.py --quick --plot       # and draw images/s against batch size
     python CenterNet_benchmark.py --batchsizes 1 --profile --ort-sweep  # why ONNX Runtime is as fast as it is
     python CenterNet_benchmark.py --weights ctdet_coco_dla_2x.pth --batchsizes 1 --loop 20
     python CenterNet_benchmark.py --modes              # upstream's test modes side by side, with FLOP ratios
@@ -90,6 +91,9 @@ def parse_args(argv=None):
     p.add_argument("--json", default=None,
                    help="where to write the results as JSON (default: WORKDIR/benchmark.json, "
                         "WORKDIR/benchmark_modes.json with --modes)")
+    p.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
+                   help="also draw images/s against batch size, a line per backend, with this run's sgemm "
+                        "ceiling dashed, to PNG (default: off; without PNG: WORKDIR/benchmark.png)")
     args = p.parse_args(argv)
     args.mode_batch = args.batchsizes[0] if args.batchsizes else 1
     preset = QUICK if args.quick else FULL
@@ -97,6 +101,13 @@ def parse_args(argv=None):
     args.loop = args.loop or preset["loop"]
     name = "benchmark_modes.json" if args.modes is not None else "benchmark.json"
     args.json = args.json or str(Path(args.workdir) / name)
+    if args.plot == "":
+        args.plot = str(Path(args.workdir) / "benchmark.png")
+    if args.plot:
+        try:  # before the run, not after minutes of it
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UserError("--plot needs matplotlib: pip install -r requirements.txt") from None
     return args
 
 
@@ -137,6 +148,9 @@ def main(argv=None):
     print(format_table(result))
     write_json(result, args.json)
     print(f"\nwrote {args.json} ({time.perf_counter() - start:.0f}s in all)")
+    if args.plot:
+        from centernet.plots import plot_benchmark
+        print(f"plot: {plot_benchmark(result, args.plot)}")
     return 0
 
 

@@ -7,8 +7,8 @@ COCO AP in one pass, with no .bin files (43 GB for val2017 otherwise).
 
 Upstream's test modes, in any combination: fixed 512x512 (default) or
 --keep-res, --flip, --scales. Keep resolution needs a model exported with
---dynamic-size. Writes the same results JSON and metrics.json as
-CenterNet_postprocess_s1.py and CenterNet_postprocess_s2.py.
+--dynamic-size. Writes the same results JSON, metrics.json and pictures (pr_curves.png,
+per_class_ap.png) as CenterNet_postprocess_s1.py and CenterNet_postprocess_s2.py.
 """
 import argparse
 import json
@@ -19,6 +19,7 @@ from centernet.binio import write_atomic
 from centernet.coco import default_annotation_file, evaluate_coco, format_per_class_table, write_results
 from centernet.errors import UserError, cli
 from centernet.modes import UPSTREAM_SCALES, TestMode, parse_scales
+from centernet.plots import write_eval_plots
 from centernet.runtime import PROVIDERS
 from centernet.stream import default_workers, stream_detections
 
@@ -57,7 +58,7 @@ def parse_args(argv=None):
                    help="only the first N images by file name, evaluated on those alone (default: all)")
     p.add_argument("--output", default="save/results.json", help="COCO results JSON (default: %(default)s)")
     p.add_argument("--resultfolder", default="run_eval_result",
-                   help="folder for metrics.json and stream_summary.json (default: %(default)s)")
+                   help="folder for metrics.json, stream_summary.json and the plots (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
     return p.parse_args(argv)
 
@@ -87,6 +88,9 @@ def main(argv=None):
     write_atomic(folder / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
     write_atomic(folder / "stream_summary.json", (json.dumps(stats, indent=2) + "\n").encode())
     print(f"AP {100 * metrics['AP']:.1f} ({stats['mode']}); metrics in {folder / 'metrics.json'}")
+    pictures = write_eval_plots(metrics, folder)
+    if pictures:
+        print("plots: " + ", ".join(map(str, pictures)))
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     if errors:

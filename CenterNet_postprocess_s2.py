@@ -3,7 +3,8 @@
     python CenterNet_postprocess_s2.py --dataset=./data
 
 Prints COCOeval's 12-line bbox summary and a per-class AP table, and writes
-the numbers to run_eval_result/metrics.json (fractions 0..1).
+the numbers to run_eval_result/metrics.json (fractions 0..1), with the
+pictures pr_curves.png (precision-recall) and per_class_ap.png beside it.
 """
 import argparse
 import json
@@ -13,6 +14,7 @@ from pathlib import Path
 from centernet.binio import write_atomic
 from centernet.coco import (coco_from_dataset, default_annotation_file, evaluate_coco, format_per_class_table,
                             load_annotations, load_results)
+from centernet.plots import write_eval_plots
 from centernet.preprocess import load_meta
 from centernet.errors import UserError, cli
 
@@ -25,7 +27,8 @@ def main(argv=None):
     parser.add_argument("--annotations", default=None,
                         help="annotation file; None means DATASET/coco/annotations/instances_val2017.json")
     parser.add_argument("--results", default="save/results.json", help="COCO results JSON to evaluate")
-    parser.add_argument("--resultfolder", default="run_eval_result", help="folder for metrics.json")
+    parser.add_argument("--resultfolder", default="run_eval_result",
+                        help="folder for metrics.json, pr_curves.png and per_class_ap.png")
     parser.add_argument("--meta", default=None,
                         help="prep_dataset/meta.json: evaluate only the images it lists (e.g. after "
                              "CenterNet_preprocess.py --limit); None means every annotated image")
@@ -52,6 +55,9 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1).encode("utf-8"))
     print(f"\nAP {100 * metrics['AP']:.1f} (IoU .50:.95) -> {out_dir / 'metrics.json'}")
+    pictures = write_eval_plots(metrics, out_dir)
+    if pictures:
+        print("plots: " + ", ".join(map(str, pictures)))
     return 0
 
 

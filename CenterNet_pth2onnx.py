@@ -11,8 +11,8 @@ import sys
 import time
 
 from centernet.checkpoint import load_model
-from centernet.errors import UserError, cli
-from centernet.export import DCN_FORMS, TARGETS, FlipTest, check_export, count_ops, export_onnx
+from centernet.errors import cli
+from centernet.export import DCN_FORMS, TARGETS, FlipTest, check_export, count_ops, export_onnx, require_passed
 
 
 def parse_args(argv=None):
@@ -66,12 +66,7 @@ def main(argv=None):
                           threads=args.threads, name=args.output)
     for c in checks:
         print(c.describe())
-    failed = [c for c in checks if not c.ok]
-    if failed:
-        worst = failed[0]
-        what = worst.problem or (f"differs from PyTorch (float64) by {worst.abs_diff:.2e}, more than "
-                                 f"float32 rounding explains (bound {worst.bound:.2e})")
-        raise UserError(f"{args.output}: exported graph is wrong: {worst.name} {what}")
+    require_passed(checks, args.output)
     print(f"check passed in {time.perf_counter() - t0:.1f}s")
     return 0
 

@@ -228,6 +228,16 @@ def check_export(model, proto, target="onnxruntime", input_size=(512, 512), batc
     return checks
 
 
+def require_passed(checks, name):
+    """Raise a UserError naming `name` unless every OutputCheck passed."""
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        worst = failed[0]
+        what = worst.problem or (f"differs from PyTorch (float64) by {worst.abs_diff:.2e}, more than "
+                                 f"float32 rounding explains (bound {worst.bound:.2e})")
+        raise UserError(f"{name}: exported graph is wrong: {worst.name} {what}")
+
+
 def count_ops(proto):
     counts = {}
     for node in proto.graph.node:

@@ -139,9 +139,10 @@ def test_cli_eager_only(tmp_path, capsys):
     assert CenterNet_benchmark.main([
         "--backends", "pytorch-eager", "--input-size", *map(str, TINY), "--batchsizes", "1",
         "--loop", "1", "--threads", "1", "--sgemm-size", "64", "--workdir", str(tmp_path / "w"),
-        "--json", str(out)]) == 0
+        "--json", str(out), "--plot"]) == 0
     stdout = capsys.readouterr().out
     assert "weights: random" in stdout
+    assert f"plot: {tmp_path / 'w' / 'benchmark.png'}" in stdout and (tmp_path / "w" / "benchmark.png").is_file()
     assert [ln for ln in stdout.splitlines() if ln.startswith("| pytorch-eager") and "| 1 |" in ln]
     assert json.loads(out.read_text())["rows"][0]["backend"] == "pytorch-eager"
 

@@ -165,3 +165,19 @@ def test_s2_missing_files_are_one_line_errors(eval_dir, run_script):
                           "nodata/coco/annotations/instances_val2017.json", "not found")
     assert_one_line_error(run_script("CenterNet_postprocess_s2.py", "--dataset=./data", "--results=none.json",
                                      cwd=eval_dir), "none.json", "not found")
+
+
+def test_precision_recall_curves_average_to_the_summary_aps():
+    # The hand-worked case above: the curves' means are AP50, AP75 and AP,
+    # and person's interpolated precision is 2/3 at every recall level.
+    gt = tiny_gt()
+    results = [det(1, 1, [80, 80, 20, 20], 0.95), det(1, 1, [10, 10, 40, 80], 0.9),
+               det(2, 1, [5, 5, 20, 20], 0.8), det(1, 3, [60, 20, 50, 19], 0.7)]
+    m = evaluate_coco(gt, results, verbose=False)
+    pr = m["pr_curves"]
+    assert len(pr["recall"]) == 101 and pr["recall"][0] == 0 and pr["recall"][-1] == 1
+    for key, stat in (("iou50", "AP50"), ("iou75", "AP75"), ("iou50_95", "AP")):
+        assert len(pr[key]) == 101
+        assert sum(pr[key]) / 101 == pytest.approx(m[stat], abs=1e-5)
+    # IoU .75: person 2/3 everywhere, car 0 everywhere (two classes with ground truth)
+    assert pr["iou75"] == pytest.approx([1 / 3] * 101, abs=1e-5)
