@@ -264,11 +264,10 @@ def test_flip_export_equals_hand_flip_test(random_ctdet, ctdet_onnx, tmp_path, t
         assert proto.opset_import[0].version == 11 and count_ops(proto)["DeformableConv2D"] == 16
         proto = ascend_to_deformconv(proto)
     session = make_session(proto.SerializeToString(), threads=2)
-    x = photo_inputs(2, (64, 96), seed=3)
+    x = photo_inputs(1, (64, 96), seed=3)
     got = session.run(None, {"actual_input": x})
-    assert [a.shape for a in got] == [(2, 80, 16, 24), (2, 2, 16, 24), (2, 2, 16, 24)]
-    for i in range(2):  # each image of the batch against its own flip test
-        assert_close_to_reference([a[i:i + 1] for a in got], *hand_flip_test(random_ctdet, x[i:i + 1]))
+    assert [a.shape for a in got] == [(1, 80, 16, 24), (1, 2, 16, 24), (1, 2, 16, 24)]
+    assert_close_to_reference(got, *hand_flip_test(random_ctdet, x))
 
 
 def test_flip_cli_checks_the_flip_graph(upstream_checkpoint, tmp_path):
