@@ -358,7 +358,9 @@ def decode_bins_to_coco(bin_dir, images, category_ids, K=100, batch_size=8, prog
                 pending = reader.submit(read, b + 1)
             for i, im in enumerate(batch):
                 check_hm_kind(hm[i], hm_is_heat, output_bin_path(bin_dir, im.stem, 0))
-            scores, classes, boxes = decode_ctdet(hm, wh, reg, K, hm_is_heat=hm_is_heat)
+            # a tiny image's output map (keep resolution: 8x8 at least) may hold fewer than K positions
+            scores, classes, boxes = decode_ctdet(hm, wh, reg, min(K, hm.shape[2] * hm.shape[3]),
+                                                  hm_is_heat=hm_is_heat)
             for i, im in enumerate(batch):
                 out_h, out_w = im.out_hw
                 img_boxes = map_boxes_to_image(boxes[i], im.center, im.scale, (out_w, out_h))

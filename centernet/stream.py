@@ -108,7 +108,9 @@ def stream_detections(model, images_dir, annotation_file, batchsize=1, device="c
 
     def decode(batch, outputs):
         hm, wh, reg = combine_flip(*outputs) if numpy_flip else outputs
-        scores, classes, boxes = decode_ctdet(hm, wh, reg, K=K, hm_is_heat=mode.flip)
+        # a tiny image's output map (keep resolution: 8x8 at least) may hold fewer than K positions
+        scores, classes, boxes = decode_ctdet(hm, wh, reg, K=min(K, hm.shape[2] * hm.shape[3]),
+                                              hm_is_heat=mode.flip)
         entries, finished = [], []
         for i, ((n, s), (_, center, scale, (out_h, out_w))) in enumerate(batch):
             img_boxes = map_boxes_to_image(boxes[i], center, scale, (out_w, out_h))

@@ -249,3 +249,21 @@ def test_a_fixed_size_model_cannot_keep_resolution(tiny_coco, ctdet_onnx, tmp_pa
     r = run_script("CenterNet_eval.py", "--model", ctdet_onnx, "--dataset", tiny_coco["root"], "--scales", "0,1",
                    cwd=tmp_path)
     assert_one_line_error(r, "--scales 0,1")
+
+
+def test_a_tiny_image_keeps_resolution_with_fewer_detections(tmp_path, ctdet_onnx_dynamic):
+    """A 20x30 image has a 32x32 keep-resolution input: an 8x8 output map
+    holds 64 positions, so it gets 64 detections, streamed and staged alike."""
+    from centernet.synthetic import make_synthetic_coco
+    info = make_synthetic_coco(tmp_path / "data", num_images=2, seed=3, image_sizes=[(30, 20), (64, 64)],
+                               max_objects=1)
+    streamed, _, errors, _ = stream_detections(ctdet_onnx_dynamic, info["images_dir"], info["annotation_file"],
+                                               threads=2, progress=False, mode=TestMode(keep_res=True))
+    data = load_annotations(info["annotation_file"])
+    assert not errors and sorted(np.bincount([r["image_id"] for r in streamed])[[i["id"] for i in data["images"]]]) \
+        == [64, 100]
+    preprocess_folder(info["images_dir"], tmp_path / "prep", workers=1, progress=False, keep_res=True)
+    run_folder(ctdet_onnx_dynamic, tmp_path / "prep", tmp_path / "out", "d", threads=2, progress=False)
+    images = images_from_meta(load_meta(tmp_path / "prep" / "meta.json"), data)
+    staged = decode_bins_to_coco(tmp_path / "out" / "d", images, class_category_ids(data), progress=False)
+    assert by_detection(staged) == by_detection(streamed)
