@@ -3,8 +3,11 @@
 COCO AP in one pass, with no .bin files (43 GB for val2017 otherwise).
 
     python CenterNet_eval.py --model CenterNet.onnx --dataset ./data
+    python CenterNet_eval.py --model CenterNet_dynamic.onnx --keep-res --flip --scales 0.5,0.75,1,1.25,1.5
 
-Writes the same results JSON, metrics.json and pictures (pr_curves.png,
+Upstream's test modes, in any combination: fixed 512x512 (default) or
+--keep-res, --flip, --scales. Keep resolution needs a model exported with
+--dynamic-size. Writes the same results JSON, metrics.json and pictures (pr_curves.png,
 per_class_ap.png) as CenterNet_postprocess_s1.py and CenterNet_postprocess_s2.py.
 
 On Ray Data (a local Ray, or a cluster), with the same results:
@@ -27,6 +30,7 @@ from centernet.binio import write_atomic
 from centernet.coco import default_annotation_file, evaluate_coco, format_per_class_table, write_results
 from centernet.detect import VIS_THRESH
 from centernet.errors import UserError, cli
+from centernet.modes import UPSTREAM_SCALES, TestMode, parse_scales
 from centernet.plots import write_eval_plots
 from centernet.runtime import PROVIDERS
 from centernet.ray_eval import BLOCK_SIZE, annotate_on_ray, evaluate_on_ray  # imports Ray only when run
@@ -41,7 +45,22 @@ def parse_args(argv=None):
     p.add_argument("--annotations", default=None,
                    help="annotation file (default: DATASET/coco/annotations/instances_val2017.json)")
     p.add_argument("--images", default=None, help="image folder (default: DATASET/coco/val2017)")
-    p.add_argument("--batchsize", type=int, default=1, help="images per inference batch (default: %(default)s)")
+    p.add_argument("--keep-res", action="store_true",
+                   help="keep resolution (upstream's --keep_res): each image at its own size rounded up to a "
+                        "multiple of 32, unscaled; needs a model exported with --dynamic-size "
+                        "(default: fixed 512x512)")
+    p.add_argument("--flip", action="store_true",
+                   help="flip test: each input also runs mirrored; heatmaps (after the sigmoid) and sizes are "
+                        "averaged. Implied by a model exported with --flip (default: off)")
+    p.add_argument("--scales", default="1",
+                   help="multi-scale test: comma-separated scales, each image resized by each, detections "
+                        "merged with soft-NMS; upstream's is " + ",".join(f"{t:g}" for t in UPSTREAM_SCALES)
+                        + " (default: %(default)s)")
+    p.add_argument("--upstream-rounding", action="store_true",
+                   help="round box coordinates and scores to 2 decimals as upstream's results JSON does "
+                        "(its published AP was computed that way) (default: full precision)")
+    p.add_argument("--batchsize", type=int, default=1,
+                   help="inputs of one size per inference batch (default: %(default)s)")
     p.add_argument("--device", choices=sorted(PROVIDERS), default="cpu",
                    help="ONNX Runtime execution provider (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0,
@@ -78,26 +97,27 @@ def main(argv=None):
         raise UserError("--batchsize and --workers must be >= 1")
     ann = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset)
     images = args.images or Path(args.dataset) / "coco" / "val2017"
+    mode = TestMode(keep_res=args.keep_res, flip=args.flip, scales=parse_scales(args.scales))
     if args.images and not args.annotations and not ann.is_file():  # images without ground truth
         if args.ray is None:
             raise UserError(f"{ann}: annotation file not found; to annotate --images without ground truth, "
                             "add --ray (or use CenterNet_demo.py)")
-        return annotate(args, images)
+        return annotate(args, images, mode)
+    output = args.output or "save/results.json"
     if args.ray is not None:
-        output = args.output or "save/results.json"
         image_ids, errors, stats = evaluate_on_ray(
             args.model, images, ann, output, batchsize=args.batchsize, device=args.device, threads=args.threads,
             actors=args.actors, limit=args.limit, block_size=args.block_size, address=args.ray,
-            progress=not args.no_progress)
+            progress=not args.no_progress, mode=mode, upstream_rounding=args.upstream_rounding)
         results = output
-        print(f"wrote detections for {len(image_ids)} images to {output}")
+        print(f"mode: {stats['mode']}; wrote detections for {len(image_ids)} images to {output}")
     else:
-        output = args.output or "save/results.json"
         results, image_ids, errors, stats = stream_detections(
             args.model, images, ann, batchsize=args.batchsize, device=args.device, threads=args.threads,
-            workers=args.workers, limit=args.limit, progress=not args.no_progress)
+            workers=args.workers, limit=args.limit, progress=not args.no_progress, mode=mode,
+            upstream_rounding=args.upstream_rounding)
         write_results(output, results)
-        print(f"wrote {len(results)} detections for {len(image_ids)} images to {output}")
+        print(f"mode: {stats['mode']}; wrote {len(results)} detections for {len(image_ids)} images to {output}")
     if stats.get("fps"):
         print(f"end to end {stats['end_to_end_fps']} images/s; inference alone {stats['fps']} images/s "
               f"({stats['end_to_end_fps'] / stats['fps']:.0%})")
@@ -106,9 +126,10 @@ def main(argv=None):
     print(format_per_class_table(metrics["per_class"]))
     folder = Path(args.resultfolder)
     folder.mkdir(parents=True, exist_ok=True)
+    metrics["mode"] = stats["mode"]
     write_atomic(folder / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
     write_atomic(folder / "stream_summary.json", (json.dumps(stats, indent=2) + "\n").encode())
-    print(f"AP {100 * metrics['AP']:.1f}; metrics in {folder / 'metrics.json'}")
+    print(f"AP {100 * metrics['AP']:.1f} ({stats['mode']}); metrics in {folder / 'metrics.json'}")
     pictures = write_eval_plots(metrics, folder)
     if pictures:
         print("plots: " + ", ".join(map(str, pictures)))
@@ -120,15 +141,15 @@ def main(argv=None):
     return 0
 
 
-def annotate(args, images):
+def annotate(args, images, mode):
     """--ray with --images and no annotation file: detections.json, no AP."""
     output = args.output or "save/detections.json"
     print(f"no annotation file: annotating the images of {images} (detections with score >= {args.vis_thresh:g})")
     count, errors, stats = annotate_on_ray(
         args.model, images, output, vis_thresh=args.vis_thresh, batchsize=args.batchsize, device=args.device,
         threads=args.threads, actors=args.actors, limit=args.limit, block_size=args.block_size, address=args.ray,
-        progress=not args.no_progress)
-    print(f"wrote detections for {count} images to {output}")
+        progress=not args.no_progress, mode=mode)
+    print(f"mode: {stats['mode']}; wrote detections for {count} images to {output}")
     if stats.get("end_to_end_fps"):
         print(f"end to end {stats['end_to_end_fps']} images/s")
     for e in errors:

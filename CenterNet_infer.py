@@ -7,15 +7,22 @@
 
 An .onnx model runs in ONNX Runtime and writes ais_bench's layout
 (OUT/NAME/<stem>_<i>.bin); an .om model is handed to `python -m ais_bench`
-with the same arguments.
+with the same arguments. Keep-resolution bins (CenterNet_preprocess.py
+--keep-res) come in many sizes: their meta.json gives each bin's size; ONNX
+Runtime runs them all in one session, equal sizes batched together, and an
+.om model compiled with dynamic image size gears (convert_om.sh --keep-res)
+runs once per size, with ais_bench's --dymHW H,W.
 """
 import argparse
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from centernet.errors import UserError, cli
 from centernet.infer import format_summary, run_folder, run_loop
+from centernet.preprocess import META_NAME, load_meta
 from centernet.runtime import PROVIDERS
 
 AIS_BENCH_HELP = ("ais_bench is not installed: it comes from Ascend's tool repository "
@@ -54,12 +61,65 @@ def run_ais_bench(argv):
     return subprocess.call([sys.executable, "-m", "ais_bench", *argv])
 
 
+def sizes_of_bins(input_dir):
+    """{(H, W): [bin paths]} from the folder's meta.json; {} without one."""
+    meta_path = Path(input_dir) / META_NAME
+    if not meta_path.is_file():
+        return {}
+    groups = {}
+    for name, entry in load_meta(meta_path)["images"].items():
+        path = Path(input_dir) / f"{Path(name).stem}.bin"
+        try:
+            size = tuple(int(v) for v in entry["input_size"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{meta_path}: entry for {name} lacks a valid input_size") from None
+        if path.is_file():
+            groups.setdefault(size, []).append(path)
+    return groups
+
+
+def _with_input(argv, folder):
+    """argv with the value of --input replaced by `folder`."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--input":
+            out += [a, str(folder)]
+            skip = True
+        elif a.startswith("--input="):
+            out.append(f"--input={folder}")
+        else:
+            out.append(a)
+    return out
+
+
+def run_ais_bench_by_size(argv, input_dir):
+    """Keep-resolution bins of several sizes on an .om with dynamic image
+    size gears: one ais_bench run per size, over a folder of links to that
+    size's bins, with --dymHW H,W; all write into the same output folder."""
+    groups = sizes_of_bins(input_dir)
+    if len(groups) <= 1:
+        return run_ais_bench(argv)
+    with tempfile.TemporaryDirectory(prefix="ais_bench_sizes_") as tmp:
+        for (h, w), paths in sorted(groups.items()):
+            folder = Path(tmp) / f"{h}x{w}"
+            folder.mkdir()
+            for p in paths:
+                (folder / p.name).symlink_to(p.resolve())
+            print(f"ais_bench: {len(paths)} inputs of {h}x{w}", flush=True)
+            rc = run_ais_bench(_with_input(argv, folder) + ["--dymHW", f"{h},{w}"])
+            if rc:
+                return rc
+    return 0
+
+
 @cli
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.model.endswith(".om"):
-        return run_ais_bench(argv)
+        return run_ais_bench_by_size(argv, args.input) if args.input else run_ais_bench(argv)
     if args.input is None and args.loop is None:
         raise UserError("give --input DIR to infer files, or --loop N for pure throughput")
     size = tuple(args.input_size) if args.input_size else None

@@ -4,8 +4,9 @@ The stages of stream.py become Ray Data operators: the image list is the
 dataset; preprocessing runs as CPU tasks; inference runs in a pool of actors
 that each hold one ONNX Runtime session (one GPU each with device cuda);
 decoding runs as CPU tasks; the driver writes the results. Every stage calls
-the functions the one-machine path uses (preprocess_array, run_session,
-decode_to_image, detections_to_coco, and the demo's detections_entry), so the
+the functions the one-machine path uses, in every test mode (stream's
+resolve_mode, load_input, decode_inputs and merge_scales, modes.flip_batch,
+run_session, detections_to_coco, and the demo's detections_entry), so the
 detections are the same.
 
 Resumable: the images are split into blocks of `block_size` (in file name
@@ -31,7 +32,9 @@ import time
 import warnings
 from collections import namedtuple
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -39,13 +42,14 @@ from tqdm import tqdm
 
 from .binio import write_atomic, write_atomic_chunks
 from .coco import class_category_ids, default_category_ids, load_annotations, stable_image_id, COCO_CATEGORIES
-from .decode import decode_to_image, detections_to_coco
+from .decode import detections_to_coco
 from .detect import DEMO_IMAGE_EXTENSIONS, VIS_THRESH, detections_entry, detections_header, write_detections_json
 from .errors import UserError
 from .infer import latency_stats
-from .preprocess import preprocess_array
+from .modes import TestMode, flip_batch
 from .runtime import PROVIDERS, make_session, run_session
-from .transforms import DOWN_RATIO, INPUT_SIZE
+from .stream import UNREADABLE, decode_inputs, load_input, merge_scales, resolve_mode
+from .transforms import INPUT_SIZE
 
 BLOCK_SIZE = 256          # images per resumable block (one part file each)
 ACTOR_MAX_RESTARTS = 8    # an inference actor that dies is started again up to this many times
@@ -118,15 +122,44 @@ def list_image_files(folder, limit=None):
 
 
 # --- the stages (run in Ray workers) ------------------------------------------
+#
+# A row is an image. In a multi-scale test it carries one network input per
+# scale (columns input_0, input_1, ...), so that decoding can merge its
+# scales; in keep-resolution mode the inputs differ in size from row to row.
 
-def _preprocess(batch, input_size):
-    """Task: image files -> network inputs and geometry. An unreadable image
-    keeps its row, with a zero input and its error line."""
+@dataclass(frozen=True)
+class Plan:
+    """How every image is run (the test mode as resolve_mode settled it)."""
+    input_size: tuple
+    keep_res: bool
+    scales: tuple
+    numpy_flip: bool    # the flip test mirrored here (not in the model's graph)
+    hm_is_heat: bool    # a flip test: the heatmap has had its sigmoid
+    num_classes: int
+    k: int = K
+
+
+def _column(arrays):
+    """A batch column from per-row arrays: stacked where they have one shape,
+    else an object array (Ray Data stores it as a variable-shaped tensor)."""
+    if len({a.shape for a in arrays}) <= 1:
+        return np.stack(arrays) if arrays else np.zeros((0,))
+    out = np.empty(len(arrays), dtype=object)
+    for i, a in enumerate(arrays):
+        out[i] = a
+    return out
+
+
+def _preprocess(batch, plan):
+    """Task: image files -> the network input at each test scale and its
+    geometry (stream.load_input, as the one-process path). An unreadable
+    image keeps its row, with placeholder inputs and its error line."""
     cv2.setNumThreads(1)  # Ray runs one task per reserved CPU
     n = len(batch["index"])
-    in_h, in_w = input_size
-    inputs = np.zeros((n, 3, in_h, in_w), np.float32)
-    centers, scales = np.zeros((n, 2), np.float64), np.zeros(n, np.float64)
+    placeholder = np.zeros((3,) + (tuple(plan.input_size) if not plan.keep_res else (32, 32)), np.float32)
+    inputs = [[placeholder] * n for _ in plan.scales]
+    centers = np.zeros((len(plan.scales), n, 2))
+    scales = np.zeros((len(plan.scales), n))  # only its width matters (get_affine_transform)
     sizes = np.zeros((n, 2), np.int64)
     errors = [""] * n
     for i, location in enumerate(batch["location"]):
@@ -137,70 +170,106 @@ def _preprocess(batch, input_size):
             continue
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
         if image is None:
-            errors[i] = f"{location}: cannot read or decode the image (corrupt, empty or not an image)"
+            errors[i] = f"{location}: {UNREADABLE}"
             continue
-        try:
-            _, meta = preprocess_array(image, input_size, out=inputs[i:i + 1])
-        except cv2.error as e:
-            errors[i] = f"{location}: OpenCV cannot process the image ({e.err})"
-            continue
-        centers[i], scales[i] = meta["center"], meta["scale"]
-        sizes[i] = meta["height"], meta["width"]
-    return {"index": batch["index"], "input": inputs, "center": centers, "scale": scales, "size": sizes,
-            "error": np.array(errors, dtype=object)}
+        sizes[i] = image.shape[:2]
+        for s, t in enumerate(plan.scales):
+            loaded, errors[i] = load_input(image, location, plan.input_size, plan.keep_res, t)
+            if errors[i]:
+                break
+            tensor, center, scale, _ = loaded
+            inputs[s][i], centers[s, i], scales[s, i] = tensor[0], center, np.ravel(scale)[0]
+        errors[i] = errors[i] or ""
+    out = {"index": batch["index"], "size": sizes, "error": np.array(errors, dtype=object)}
+    for s in range(len(plan.scales)):
+        out[f"input_{s}"], out[f"center_{s}"], out[f"scale_{s}"] = _column(inputs[s]), centers[s], scales[s]
+    return out
+
+
+def _groups(arrays, rows):
+    """The given rows grouped by the shape of their array: [(shape, rows)]."""
+    groups = {}
+    for i in rows:
+        groups.setdefault(arrays[i].shape, []).append(i)
+    return list(groups.items())
 
 
 class _Infer:
-    """Actor: one ONNX Runtime session, kept for the whole run."""
+    """Actor: one ONNX Runtime session, kept for the whole run. Inputs of
+    one size run together (keep resolution: each size on its own); in a
+    flip test run here, each with its mirror (modes.flip_batch)."""
 
-    def __init__(self, model, device, threads, model_name):
+    def __init__(self, model, device, threads, model_name, plan):
         import ray
         self.session = make_session(ray.get(model[0]), device=device, threads=threads, name=model_name)
+        self.plan = plan
         self.pid = os.getpid()
         self.calls = 0
 
     def __call__(self, batch):
-        ok = np.flatnonzero(batch["error"] == "")
-        n = len(batch["index"])
-        t0 = time.perf_counter()
-        if ok.size:
-            outputs = run_session(self.session, batch["input"] if ok.size == n else batch["input"][ok])
-        else:
-            outputs = None
-        seconds = time.perf_counter() - t0
+        ok = [i for i, e in enumerate(batch["error"]) if not e]
+        n, flips = len(batch["index"]), 2 if self.plan.numpy_flip else 1
+        out = {key: batch[key] for key in batch if not key.startswith("input_")}
+        seconds = 0.0
+        for s in range(len(self.plan.scales)):
+            inputs = batch[f"input_{s}"]
+            results = [None] * n
+            for (_, h, w), rows in _groups(inputs, ok):
+                x = np.stack([inputs[i] for i in rows])
+                t0 = time.perf_counter()
+                outputs = run_session(self.session, flip_batch(x) if self.plan.numpy_flip else x)
+                seconds += time.perf_counter() - t0
+                for j, i in enumerate(rows):  # per image: (flips, C, h, w), the mirrored pass second
+                    results[i] = [np.stack([o[j + f * len(rows)] for f in range(flips)]) for o in outputs]
+            for i in set(range(n)) - set(ok):  # placeholders, never decoded
+                results[i] = [np.zeros((flips, 1, 1, 1), np.float32)] * 3
+            for name, r in zip(("hm", "wh", "reg"), range(3)):
+                out[f"{name}_{s}"] = _column([results[i][r] for i in range(n)])
         self.calls += 1
-        out = {key: batch[key] for key in ("index", "center", "scale", "size", "error")}
-        if outputs is None:  # every image of the batch failed to load: placeholders
-            h, w = (d // DOWN_RATIO for d in batch["input"].shape[2:])
-            classes = self.session.get_outputs()[0].shape[1]
-            outputs = [np.zeros((0, c, h, w), np.float32) for c in (classes if isinstance(classes, int) else 1, 2, 2)]
-        for name, result in zip(("hm", "wh", "reg"), outputs):
-            full = np.zeros((n,) + result.shape[1:], np.float32)
-            full[ok] = result
-            out[name] = full
         out["pid"] = np.full(n, self.pid)
         out["batch"] = np.full(n, self.calls)  # (pid, batch) names one inference call
-        out["batch_seconds"] = np.full(n, seconds if ok.size else 0.0)
+        out["batch_seconds"] = np.full(n, seconds)
         return out
 
 
-def _decode(batch, k):
-    """Task: raw outputs -> the top k detections on each image (boxes in
-    image pixels); the heatmaps go no further."""
-    n = len(batch["index"])
-    out_h, out_w = batch["hm"].shape[2:]
-    k = min(k, out_h * out_w)
-    scores, classes = np.zeros((n, k), np.float32), np.zeros((n, k), np.int64)
-    boxes = np.zeros((n, k, 4), np.float64)
-    ok = np.flatnonzero(batch["error"] == "")
-    if ok.size:
-        geometries = [((float(batch["center"][i][0]), float(batch["center"][i][1])), float(batch["scale"][i]),
-                       (out_h, out_w)) for i in ok]
-        decoded = decode_to_image(batch["hm"][ok], batch["wh"][ok], batch["reg"][ok], geometries, K=k)
-        for i, (s, c, b) in zip(ok, decoded):
-            scores[i], classes[i], boxes[i] = s, c, b
+def _decode(batch, plan):
+    """Task: raw outputs -> each image's detections on the image, as rows
+    [x1, y1, x2, y2, score, class] (stream.decode_inputs; in a multi-scale
+    test merged with stream.merge_scales, class by class as upstream writes
+    them). The heatmaps go no further."""
+    n, flips = len(batch["index"]), 2 if plan.numpy_flip else 1
+    ok = [i for i, e in enumerate(batch["error"]) if not e]
+    per_scale = [[None] * n for _ in plan.scales]
+    for s in range(len(plan.scales)):
+        hm, wh, reg = batch[f"hm_{s}"], batch[f"wh_{s}"], batch[f"reg_{s}"]
+        for (_, _, h, w), rows in _groups(hm, ok):
+            # back into a batch's layout: every image, then (flip test) every mirror
+            outputs = [np.concatenate([arr[i][f:f + 1] for f in range(flips) for i in rows]) if flips > 1
+                       else np.stack([arr[i][0] for i in rows]) for arr in (hm, wh, reg)]
+            geometries = [(batch[f"center_{s}"][i], float(batch[f"scale_{s}"][i]), (h, w)) for i in rows]
+            for i, found in zip(rows, decode_inputs(outputs, geometries, plan.k, plan.numpy_flip, plan.hm_is_heat)):
+                per_scale[s][i] = found
+    dets = [np.zeros((0, 6))] * n
+    for i in ok:
+        if len(plan.scales) == 1:
+            scores, classes, boxes = per_scale[0][i]
+            dets[i] = np.column_stack([boxes, scores, classes])
+        else:
+            merged = merge_scales([per_scale[s][i] for s in range(len(plan.scales))], plan.scales,
+                                  plan.num_classes)
+            dets[i] = np.concatenate([np.column_stack([merged[j], np.full(len(merged[j]), j)])
+                                      for j in sorted(merged)] or [np.zeros((0, 6))])
     keep = ("index", "size", "error", "pid", "batch", "batch_seconds")
-    return {**{key: batch[key] for key in keep}, "scores": scores, "classes": classes, "boxes": boxes}
+    return {**{key: batch[key] for key in keep}, "dets": _column(dets)}
+
+
+def detections_of(dets, multi_scale):
+    """(scores float32, classes int64, boxes) of a row's detections as the
+    one-process path has them: boxes float64 from the inverse affine, or
+    float32 after a multi-scale merge (each value exact in the float64 row)."""
+    dets = np.asarray(dets, dtype=np.float64).reshape(-1, 6)
+    boxes = dets[:, :4].astype(np.float32) if multi_scale else dets[:, :4]
+    return dets[:, 4].astype(np.float32), dets[:, 5].astype(np.int64), boxes
 
 
 # --- finished blocks on disk ----------------------------------------------------
@@ -372,18 +441,27 @@ def _model_bytes(model):
     return data, hashlib.sha256(data).hexdigest()
 
 
-def model_input_size(data, input_size, name="model"):
-    """The (H, W) a serialized ONNX model runs at: its own where fixed, else
-    `input_size` (as the one-process evaluation)."""
-    import onnx
-    try:
-        proto = onnx.load_model_from_string(data)
-    except Exception:  # protobuf's DecodeError and friends
-        raise UserError(f"{name}: not an ONNX model") from None
-    dims = proto.graph.input[0].type.tensor_type.shape.dim if proto.graph.input else []
-    if len(dims) == 4 and dims[2].dim_value > 0 and dims[3].dim_value > 0:
-        return dims[2].dim_value, dims[3].dim_value
-    return tuple(input_size)
+class ModelInfo:
+    """What resolve_mode reads of an ONNX Runtime session (the input shape,
+    the metadata), read from the serialized model itself: the driver holds
+    no session."""
+
+    def __init__(self, data, name="model"):
+        import onnx
+        try:
+            proto = onnx.load_model_from_string(data)
+        except Exception:  # protobuf's DecodeError and friends
+            raise UserError(f"{name}: not an ONNX model") from None
+        if not proto.graph.input or not proto.graph.output:
+            raise UserError(f"{name}: not an ONNX model (no graph inputs or outputs)")
+        self.metadata_props = proto.metadata_props
+        self._shape = [d.dim_value if d.dim_value > 0 else (d.dim_param or None)
+                       for d in proto.graph.input[0].type.tensor_type.shape.dim]
+        hm = [d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim]
+        self.num_classes = hm[1] if len(hm) == 4 and hm[1] > 0 else None
+
+    def get_inputs(self):
+        return [SimpleNamespace(shape=self._shape)]
 
 
 def _quiet_ray_data_logs():
@@ -404,26 +482,28 @@ class _DropActorInitDeath(logging.Filter):
         return "died during initialization" not in record.getMessage()
 
 
-def build_pipeline(ray, locations, model_ref, model_name, input_size, batchsize, device, threads, actors,
+def build_pipeline(ray, locations, model_ref, model_name, plan, batchsize, device, threads, actors,
                    actor_reservation):
     """The Ray Data dataset: (index, location) rows -> preprocess tasks ->
     inference actors -> decode tasks -> one row per image with its index,
-    size, error line, top-K scores, classes and boxes on the image."""
+    size, error line and detections on the image."""
     rows = [{"index": index, "location": location} for index, location in locations]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // PREPROCESS_BATCH)))
     # A task whose process dies is run again (Ray Data's default, without limit).
-    ds = ds.map_batches(_preprocess, fn_kwargs={"input_size": tuple(input_size)}, batch_size=PREPROCESS_BATCH,
-                        batch_format="numpy", num_cpus=1)
+    ds = ds.map_batches(_preprocess, fn_kwargs={"plan": plan}, batch_size=PREPROCESS_BATCH, batch_format="numpy",
+                        num_cpus=1)
     with warnings.catch_warnings():
         # Ray 2.60 calls these "ray_remote_args" deprecated (removal in 2.64)
         # but names no replacement; its default restarts without bound.
         warnings.simplefilter("ignore", DeprecationWarning)
         ds = ds.map_batches(_Infer, fn_constructor_kwargs={"model": [model_ref], "device": device,
-                                                           "threads": threads, "model_name": model_name},
+                                                           "threads": threads, "model_name": model_name,
+                                                           "plan": plan},
                             compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batchsize,
                             batch_format="numpy", max_restarts=ACTOR_MAX_RESTARTS,
                             max_task_retries=ACTOR_TASK_RETRIES, **actor_reservation)
-    return ds.map_batches(_decode, fn_kwargs={"k": K}, batch_size=DECODE_BATCH, batch_format="numpy", num_cpus=1)
+    return ds.map_batches(_decode, fn_kwargs={"plan": plan}, batch_size=DECODE_BATCH, batch_format="numpy",
+                          num_cpus=1)
 
 
 class BlockCollector:
@@ -451,7 +531,7 @@ class BlockCollector:
                 self.pids.add(pid)
                 self.batch_seconds[(pid, int(out["batch"][j]))] = float(out["batch_seconds"][j])
             height, width = out["size"][j].tolist()
-            self.arrived[b][pos] = (error, out["scores"][j], out["classes"][j], out["boxes"][j], height, width)
+            self.arrived[b][pos] = (error, out["dets"][j], height, width)
             new += 1
             if len(self.arrived[b]) == len(self.blocks[b]):
                 self._write(b)
@@ -461,12 +541,12 @@ class BlockCollector:
         images, rows = self.blocks[b], self.arrived.pop(b)
         entries, errors = [], []
         for pos, im in enumerate(images):
-            error, scores, classes, boxes, height, width = rows[pos]
+            error, dets, height, width = rows[pos]
             if error:
                 errors.append(error)
                 self.log(f"error: {error}")
             else:
-                entries += self.to_entries(im, scores, classes, boxes, height, width)
+                entries += self.to_entries(im, dets, height, width)
         self.store.write(b, images, entries, errors)
         self.images += len(images)
 
@@ -475,27 +555,33 @@ class BlockCollector:
         return not self.arrived
 
 
-def _run_blocks(plan, model, to_entries, key, output, batchsize, device, threads, actors, input_size,
-                block_size, address, num_cpus, progress, log):
+def _run_blocks(planned, model, to_entries, key, output, batchsize, device, threads, actors, mode, input_size,
+                num_classes, block_size, address, num_cpus, progress, log):
     """Run the pipeline over the planned images whose blocks are not done yet,
     writing each block when its last image arrives. Returns (store, blocks,
-    stats)."""
+    stats, plan)."""
     if batchsize < 1 or actors < 1 or block_size < 1:
         raise UserError("--batchsize, --actors and --block-size must be >= 1")
     if device not in PROVIDERS:
         raise UserError(f"unknown device {device!r}; choose from {', '.join(PROVIDERS)}")
     data, digest = _model_bytes(model)
-    input_size = model_input_size(data, input_size, str(model))
-    store = BlockStore(output, {"model_sha256": digest, "input_size": list(input_size), "k": K, **key}, log)
-    blocks = [plan[i:i + block_size] for i in range(0, len(plan), block_size)]
+    info = ModelInfo(data, str(model))
+    mode, input_size, numpy_flip = resolve_mode(info, model, mode, input_size, log)
+    num_classes = num_classes or info.num_classes or len(COCO_CATEGORIES)
+    if info.num_classes and info.num_classes != num_classes:
+        raise UserError(f"{model}: {info.num_classes} classes, but {num_classes} are expected")
+    plan = Plan(tuple(input_size), mode.keep_res, tuple(mode.scales), numpy_flip, mode.flip, num_classes)
+    store = BlockStore(output, {"model_sha256": digest, "mode": mode.name, "flip_in_graph": mode.flip and not numpy_flip,
+                                "k": K, **key}, log)
+    blocks = [planned[i:i + block_size] for i in range(0, len(planned), block_size)]
     todo = [b for b, images in enumerate(blocks) if not store.is_done(b, images)]
     if len(todo) < len(blocks):
         log(f"resuming: {len(blocks) - len(todo)} of {len(blocks)} block(s) already done in {store.folder}")
-    stats = {"images": 0, "input_size": list(input_size), "blocks": len(blocks),
-             "blocks_resumed": len(blocks) - len(todo), "batchsize": batchsize, "actors": actors,
-             "threads": threads, "device": device, "block_size": block_size}
+    stats = {"images": 0, "mode": mode.name, "blocks": len(blocks), "blocks_resumed": len(blocks) - len(todo),
+             "batchsize": batchsize, "actors": actors, "threads": threads, "device": device,
+             "block_size": block_size}
     if not todo:
-        return store, blocks, stats
+        return store, blocks, stats, plan
 
     locations = [(b * block_size + j, im.location) for b in todo for j, im in enumerate(blocks[b])]
     collector = BlockCollector(blocks, todo, block_size, store, to_entries, log)
@@ -512,11 +598,11 @@ def _run_blocks(plan, model, to_entries, key, output, batchsize, device, threads
         del data
         stats["ray_start_seconds"] = round(time.perf_counter() - t_ray, 3)
         start = time.perf_counter()
-        ds = build_pipeline(ray, locations, model_ref, str(model), input_size, batchsize, device, threads, actors,
+        ds = build_pipeline(ray, locations, model_ref, str(model), plan, batchsize, device, threads, actors,
                             reservation)
         batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
         try:
-            with tqdm(total=len(plan), initial=len(plan) - len(locations), desc="ray", unit="img",
+            with tqdm(total=len(planned), initial=len(planned) - len(locations), desc="ray", unit="img",
                       disable=not progress, file=sys.stderr) as bar:
                 for out in batches:
                     stats.setdefault("first_result_seconds", round(time.perf_counter() - start, 3))
@@ -537,15 +623,15 @@ def _run_blocks(plan, model, to_entries, key, output, batchsize, device, threads
     stats["fps"] = round(stats["fps"] * actors, 3) if stats["fps"] else None
     stats.update(wall_seconds=round(wall, 3), end_to_end_fps=round(collector.images / wall, 3),
                  actor_processes=len(collector.pids), duplicates_dropped=collector.duplicates)
-    return store, blocks, stats
+    return store, blocks, stats, plan
 
 
 def evaluate_on_ray(model, images_dir, annotation_file, output, batchsize=1, device="cpu", threads=0, actors=1,
-                    limit=None, input_size=(INPUT_SIZE, INPUT_SIZE), block_size=BLOCK_SIZE, address=None,
-                    num_cpus=None, progress=True, log=_log_stderr):
+                    limit=None, input_size=(INPUT_SIZE, INPUT_SIZE), mode=TestMode(), upstream_rounding=False,
+                    block_size=BLOCK_SIZE, address=None, num_cpus=None, progress=True, log=_log_stderr):
     """Detect on every annotated image (the first `limit` by file name) on
-    Ray and write the COCO results JSON `output` (the same as
-    stream_detections' results, in the same order).
+    Ray in test mode `mode` and write the COCO results JSON `output`: the
+    same as stream_detections' results, in the same order.
 
     Returns (ids of the images attempted, errors list, stats dict), as
     stream_detections does; an unreadable image is in the ids (scored as
@@ -555,15 +641,18 @@ def evaluate_on_ray(model, images_dir, annotation_file, output, batchsize=1, dev
     images = sorted(data["images"], key=lambda img: Path(img["file_name"]).stem)[:limit]
     if not images:
         raise UserError(f"{annotation_file}: no images to evaluate")
-    plan = [PlannedImage(img["file_name"], join_location(images_dir, img["file_name"]), img["id"])
-            for img in images]
+    planned = [PlannedImage(img["file_name"], join_location(images_dir, img["file_name"]), img["id"])
+               for img in images]
+    multi_scale = len(mode.scales) > 1
 
-    def to_entries(im, scores, classes, boxes, height, width):
-        return detections_to_coco(im.image_id, scores, classes, boxes, category_ids)
+    def to_entries(im, dets, height, width):
+        return detections_to_coco(im.image_id, *detections_of(dets, multi_scale), category_ids, upstream_rounding)
 
-    store, blocks, stats = _run_blocks(plan, model, to_entries, {"task": "evaluate", "category_ids": category_ids},
-                                       output, batchsize, device, threads, actors, input_size, block_size,
-                                       address, num_cpus, progress, log)
+    store, blocks, stats, _ = _run_blocks(
+        planned, model, to_entries, {"task": "evaluate", "category_ids": category_ids,
+                                     "upstream_rounding": bool(upstream_rounding)},
+        output, batchsize, device, threads, actors, mode, input_size, len(category_ids), block_size, address,
+        num_cpus, progress, log)
     errors = []
 
     def chunks():
@@ -581,33 +670,36 @@ def evaluate_on_ray(model, images_dir, annotation_file, output, batchsize=1, dev
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     write_atomic_chunks(output, chunks())
     store.remove()
-    return [im.image_id for im in plan], errors, stats
+    return [im.image_id for im in planned], errors, stats
 
 
 def annotate_on_ray(model, images_dir, output, vis_thresh=VIS_THRESH, batchsize=1, device="cpu", threads=0,
-                    actors=1, limit=None, input_size=(INPUT_SIZE, INPUT_SIZE), block_size=BLOCK_SIZE, address=None,
-                    num_cpus=None, progress=True, log=_log_stderr):
+                    actors=1, limit=None, input_size=(INPUT_SIZE, INPUT_SIZE), mode=TestMode(),
+                    block_size=BLOCK_SIZE, address=None, num_cpus=None, progress=True, log=_log_stderr):
     """Detect on every image of a folder (or URI prefix) with no ground truth,
-    on Ray, and write `output` in CenterNet_demo.py's detections.json format:
-    per image its file, width, height and detections at or above
-    `vis_thresh` (box x1, y1, x2, y2 in pixels, clipped; class name; COCO
-    category id; score), in file name order. Returns (number of images,
-    errors list, stats dict)."""
+    on Ray in test mode `mode`, and write `output` in CenterNet_demo.py's
+    detections.json format: per image its file, width, height and
+    detections at or above `vis_thresh` (box x1, y1, x2, y2 in pixels,
+    clipped; class name; COCO category id; score), best first, in file name
+    order. Returns (number of images, errors list, stats dict)."""
     if not 0.0 <= vis_thresh <= 1.0:
         raise UserError(f"--vis-thresh {vis_thresh}: must be between 0 and 1")
     files = list_image_files(images_dir, limit)
-    plan = [PlannedImage(name, location, stable_image_id(Path(name).stem)) for name, location in files]
+    planned = [PlannedImage(name, location, stable_image_id(Path(name).stem)) for name, location in files]
     labels = Labels([name for _, name, _ in COCO_CATEGORIES], default_category_ids())
     thresh = float(vis_thresh)
+    multi_scale = len(mode.scales) > 1
 
-    def to_entries(im, scores, classes, boxes, height, width):
-        dets, _ = detections_entry(scores, classes, boxes, labels, thresh, height, width)
-        return [{"file": im.location, "width": width, "height": height, "detections": dets}]
+    def to_entries(im, dets, height, width):
+        scores, classes, boxes = detections_of(dets, multi_scale)
+        best_first = np.argsort(-scores, kind="stable")  # a multi-scale merge lists them class by class
+        found, _ = detections_entry(scores[best_first], classes[best_first], boxes[best_first], labels, thresh,
+                                    height, width)
+        return [{"file": im.location, "width": width, "height": height, "detections": found}]
 
-    store, blocks, stats = _run_blocks(plan, model, to_entries, {"task": "annotate", "vis_thresh": thresh},
-                                       output, batchsize, device, threads, actors, input_size, block_size,
-                                       address, num_cpus, progress, log)
-    mode = "fixed {}x{}".format(*stats["input_size"])
+    store, blocks, stats, plan = _run_blocks(
+        planned, model, to_entries, {"task": "annotate", "vis_thresh": thresh}, output, batchsize, device,
+        threads, actors, mode, input_size, len(COCO_CATEGORIES), block_size, address, num_cpus, progress, log)
     errors = []
 
     def entries():
@@ -617,6 +709,17 @@ def annotate_on_ray(model, images_dir, output, vis_thresh=VIS_THRESH, batchsize=
             yield from part["entries"]
 
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    write_detections_json(output, detections_header(model, mode, thresh), entries())
+    write_detections_json(output, detections_header(model, mode_text(plan), thresh), entries())
     store.remove()
-    return len(plan), errors, stats
+    return len(planned), errors, stats
+
+
+def mode_text(plan):
+    """The mode as detections.json names it: CenterNet_demo.py's words
+    ("fixed 512x512", "keep resolution"), then the flip test and scales."""
+    parts = ["keep resolution" if plan.keep_res else "fixed {}x{}".format(*plan.input_size)]
+    if plan.hm_is_heat:
+        parts.append("flip")
+    if plan.scales != (1.0,):
+        parts.append("scales " + ",".join(f"{t:g}" for t in plan.scales))
+    return " + ".join(parts)

@@ -52,6 +52,14 @@ def stream_reference(model, images_dir, ann, path, **kw):
     return ids, errors
 
 
+def by_image(results_file):
+    """{image id: its entries, in the file's order}."""
+    out = {}
+    for entry in json.loads(results_file.read_text()):
+        out.setdefault(entry["image_id"], []).append(entry)
+    return out
+
+
 def eval_main(*args):
     """CenterNet_eval.py's main() in this process (so --ray uses the module's Ray)."""
     return CenterNet_eval.main([str(a) for a in args])
@@ -180,16 +188,16 @@ def test_actor_killed_mid_run_is_restarted_and_every_image_is_written_once(local
     ann, images_dir = info["annotation_file"], info["images_dir"]
     stream_reference(small_onnx, images_dir, ann, tmp_path / "plain.json")
     killed = []
-    real_write = BlockStore.write
+    real_add = ray_eval.BlockCollector.add
 
-    def write_then_kill(self, index, *args):
-        real_write(self, index, *args)
-        if not killed:  # after the first of ten blocks: the actor is mid-run
+    def kill_then_add(self, out):
+        if not killed:  # the first results are in: the actor is mid-run, most images still to do
             pid = _inference_actor_pid(local_ray)
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
+        return real_add(self, out)
 
-    monkeypatch.setattr(BlockStore, "write", write_then_kill)
+    monkeypatch.setattr(ray_eval.BlockCollector, "add", kill_then_add)
     ids, errors, stats = evaluate_on_ray(small_onnx, images_dir, ann, tmp_path / "ray.json", threads=2,
                                          block_size=4, progress=False, log=quiet)
     assert killed and not errors and len(ids) == 40
@@ -235,3 +243,26 @@ def test_ray_is_imported_only_when_used():
             "assert 'ray' not in sys.modules, 'ray imported'")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("flip_in_graph", [False, True], ids=["keep-res+flip+scales", "flip-export+keep-res"])
+def test_test_modes_equal_the_streaming_eval(local_ray, tiny_coco, ctdet_onnx_dynamic, ctdet_onnx_flip_dynamic,
+                                             tmp_path, flip_in_graph):
+    """Keep resolution (a size per image), the flip test (mirrored here, or in
+    the exported graph) and a multi-scale merge (scale 0.5 leaves an 8x8 map:
+    fewer than 100 detections) give stream_detections' results exactly."""
+    from centernet.modes import TestMode
+    if flip_in_graph:
+        model, mode = ctdet_onnx_flip_dynamic, TestMode(keep_res=True)
+    else:
+        model, mode = ctdet_onnx_dynamic, TestMode(keep_res=True, flip=True, scales=(0.5, 1.0))
+    ann, images_dir = tiny_coco["annotation_file"], tiny_coco["images_dir"]
+    results, _, errors, want = stream_detections(model, images_dir, ann, threads=2, progress=False, mode=mode,
+                                                 upstream_rounding=True, log=quiet)
+    write_results(tmp_path / "plain.json", results)
+    _, ray_errors, stats = evaluate_on_ray(model, images_dir, ann, tmp_path / "ray.json", threads=2, mode=mode,
+                                           upstream_rounding=True, block_size=2, progress=False, log=quiet)
+    assert not errors and not ray_errors and stats["mode"] == want["mode"]
+    # The same entries of every image, in the same order; the images' order differs (the
+    # one-process path goes by input size, Ray by file name).
+    assert by_image(tmp_path / "ray.json") == by_image(tmp_path / "plain.json")
