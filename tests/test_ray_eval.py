@@ -8,6 +8,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import pytest
 
@@ -169,39 +171,54 @@ def test_blocks_from_another_model_are_not_reused(local_ray, synthetic_coco, sma
     assert out.read_bytes() == (tmp_path / "plain.json").read_bytes()
 
 
-def _inference_actor_pid(ray_module):
-    """The process of this job's live Ray Data inference actor (Ray's actor
-    table; only actors of this test's own Ray session)."""
+def _inference_actor_pids(ray_module):
+    """The processes of this job's live Ray Data inference actors (Ray's
+    actor table; only actors of this test's own Ray session)."""
     from ray._private import state
     job = ray_module.get_runtime_context().get_job_id()
-    pids = [a["Pid"] for a in state.actors().values()
+    return [a["Pid"] for a in state.actors().values()
             if a["State"] == "ALIVE" and a["JobID"] == job and "MapWorker" in a["ActorClassName"]]
-    assert len(pids) == 1, pids
-    return pids[0]
 
 
-def test_actor_killed_mid_run_is_restarted_and_every_image_is_written_once(local_ray, small_onnx, tmp_path,
-                                                                             monkeypatch):
+def _cpu_seconds(pid):
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_actor_killed_mid_run_is_restarted_and_every_image_is_written_once(local_ray, small_onnx, tmp_path):
     from centernet.synthetic import make_synthetic_coco
-    info = make_synthetic_coco(tmp_path / "data", num_images=40, seed=1, image_sizes=[(64, 48), (48, 64)],
+    info = make_synthetic_coco(tmp_path / "data", num_images=60, seed=1, image_sizes=[(64, 48), (48, 64)],
                                max_objects=2)
     ann, images_dir = info["annotation_file"], info["images_dir"]
     stream_reference(small_onnx, images_dir, ann, tmp_path / "plain.json")
-    killed = []
-    real_add = ray_eval.BlockCollector.add
+    killed, finished = [], threading.Event()
 
-    def kill_then_add(self, out):
-        if not killed:  # the first results are in: the actor is mid-run, most images still to do
-            pid = _inference_actor_pid(local_ray)
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-        return real_add(self, out)
+    def kill_mid_run():
+        """SIGKILL the inference actor once it has spent 0.3 CPU seconds on
+        images (a few of the 60; its start-up is before it counts as alive)."""
+        first = {}
+        while not finished.wait(0.02):
+            for pid in _inference_actor_pids(local_ray):
+                now = _cpu_seconds(pid)
+                if now is not None and now - first.setdefault(pid, now) >= 0.3:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
 
-    monkeypatch.setattr(ray_eval.BlockCollector, "add", kill_then_add)
-    ids, errors, stats = evaluate_on_ray(small_onnx, images_dir, ann, tmp_path / "ray.json", threads=2,
-                                         block_size=4, progress=False, log=quiet)
-    assert killed and not errors and len(ids) == 40
-    # A second actor process took over, and the results are the undisturbed run's, each image once.
+    killer = threading.Thread(target=kill_mid_run, daemon=True)
+    killer.start()
+    try:
+        ids, errors, stats = evaluate_on_ray(small_onnx, images_dir, ann, tmp_path / "ray.json", threads=2,
+                                             block_size=4, progress=False, log=quiet)
+    finally:
+        finished.set()
+        killer.join()
+    assert killed and not errors and len(ids) == 60
+    # The killed actor had done images and a second one did the rest; the results are the
+    # undisturbed run's, each image once and in order.
     assert stats["actor_processes"] == 2, stats
     assert (tmp_path / "ray.json").read_bytes() == (tmp_path / "plain.json").read_bytes()
 
