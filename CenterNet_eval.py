@@ -66,7 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0,
                    help="ONNX Runtime intra-op threads, 0 = all cores (default: %(default)s)")
     p.add_argument("--workers", type=int, default=default_workers(),
-                   help="preprocessing processes (default: %(default)s here)")
+                   help="preprocessing processes; with --ray, Ray Data runs as many tasks as CPUs allow "
+                        "(default: %(default)s here)")
     p.add_argument("--limit", type=int, default=None,
                    help="only the first N images by file name, evaluated on those alone (default: all)")
     p.add_argument("--output", default=None,
