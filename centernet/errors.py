@@ -52,25 +52,39 @@ def _interrupt_once(signum, frame):
 
 @contextlib.contextmanager
 def sigint_blocked():
-    """Hold back SIGINT in this thread while worker processes are started in
-    the block. A signal mask survives fork and exec, so the workers start
-    with SIGINT blocked: a Ctrl-C sent to the whole process group (as a
-    terminal does) cannot kill one with a traceback during its start-up,
-    before its initializer ignores SIGINT; and this process cannot be
-    interrupted half-way through starting one (an unregistered worker would
-    wait for work forever and keep the program from exiting). A Ctrl-C
-    meanwhile is raised here when the block ends. Threads started in the
-    block keep SIGINT blocked, which is harmless: Python handles signals in
-    the main thread."""
+    """Hold back Ctrl-C while worker processes are started in the block (in
+    the main thread).
+
+    - The workers start with SIGINT blocked: a signal mask survives fork and
+      exec, so a Ctrl-C sent to the whole process group (as a terminal does)
+      cannot kill one with a traceback during its start-up, before its
+      initializer ignores SIGINT.
+    - This process is not interrupted half-way through starting one (a
+      worker left without its start-up data fails with a traceback; one
+      left unregistered waits for work forever and keeps the program from
+      exiting). The mask alone does not do that: another thread (tqdm's
+      monitor, say) may take the signal and Python then runs the handler
+      in the main thread anyway. So the Python handler only notes a Ctrl-C
+      meanwhile, and it is raised when the block ends.
+    Threads started in the block keep SIGINT blocked, which is harmless."""
     # multiprocessing's resource tracker unblocks SIGINT in this process when
-    # it starts (on the first queue or lock): start it before blocking.
+    # it starts (on the first queue or lock): start it first.
     from multiprocessing import resource_tracker
     resource_tracker.ensure_running()
+    handler, noted = None, []
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if callable(handler):
+            signal.signal(signal.SIGINT, handler)
+            if noted:
+                handler(signal.SIGINT, None)  # raises KeyboardInterrupt, as the Ctrl-C would have
 
 
 DEFAULT_INTERRUPTED = "finished outputs are kept"

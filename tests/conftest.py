@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,23 @@ def start_command(command, cwd, env=None):
 def start_script(script, *args, cwd, env=None):
     """start_command for a top-level Python script."""
     return start_command([sys.executable, ROOT / script, *args], cwd, env)
+
+
+def wait_until_loaded(proc, library, timeout=120):
+    """Wait until `proc` has mapped a shared library whose path contains
+    `library` (or has exited). For a script that imports it inside its main()
+    (OpenCV: "/cv2/"), proof that main() runs, with its Ctrl-C handling: a
+    Ctrl-C in the interpreter's own start-up, before the script's first
+    lines, cannot be handled by the script."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        try:
+            if library in Path(f"/proc/{proc.pid}/maps").read_text():
+                return
+        except OSError:  # exited meanwhile
+            return
+        assert time.monotonic() < deadline, f"{library} not loaded after {timeout} s"
+        time.sleep(0.005)
 
 
 def ctrl_c(proc):

@@ -1,9 +1,13 @@
 """centernet.errors.cli: one line for a user error, a truthful one for Ctrl-C."""
+import os
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
-from centernet.errors import Interrupted, UserError, cli
+from centernet.errors import Interrupted, UserError, cli, sigint_blocked
 
 
 def _exit_of(main, capsys):
@@ -52,3 +56,21 @@ def test_handler_is_back_after_main_returns():
         assert main() == 0 and seen[1] is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, outer)
+
+
+def test_ctrl_c_while_workers_start_waits_for_the_end_of_the_block():
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    reached = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with sigint_blocked():
+                child = subprocess.run([sys.executable, "-c", "print(open('/proc/self/status').read())"],
+                                       capture_output=True, text=True, check=True)
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # a handler would have run by now
+                reached.append(True)
+    finally:
+        signal.signal(signal.SIGINT, outer)
+    assert reached  # the block ran to its end, then the Ctrl-C was raised
+    blocked = int(child.stdout.split("SigBlk:")[1].split()[0], 16)
+    assert blocked & (1 << (signal.SIGINT - 1))  # and a process started in it has SIGINT blocked

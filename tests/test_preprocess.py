@@ -14,7 +14,7 @@ import pytest
 from centernet import preprocess
 from centernet.preprocess import preprocess_array, preprocess_folder
 from centernet.transforms import preprocess_image, test_geometry
-from conftest import assert_one_line_error, ctrl_c, start_script
+from conftest import assert_one_line_error, ctrl_c, start_script, wait_until_loaded
 
 BIN_BYTES = 3 * 512 * 512 * 4  # 3,145,728
 
@@ -215,8 +215,9 @@ def test_ctrl_c_at_random_moments_ends_quietly(tmp_path):
     for i in range(48):
         cv2.imwrite(str(tmp_path / f"{i:02d}.jpg"), rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
     args = [".", "prep", "--input-size", 128, 128, "--workers", 2, "--no-progress"]
-    t0 = time.monotonic()
     proc = start_script("CenterNet_preprocess.py", *args, cwd=tmp_path)
+    wait_until_loaded(proc, "/cv2/")
+    t0 = time.monotonic()
     assert proc.wait(timeout=120) == 0, proc.stderr.read()
     proc.stdout.close(), proc.stderr.close()
     whole = time.monotonic() - t0
@@ -225,11 +226,11 @@ def test_ctrl_c_at_random_moments_ends_quietly(tmp_path):
     pick = random.Random(11)
     outcomes = []
     for i in range(runs):
-        # Spread over the run: interpreter start-up and imports, starting the
-        # workers, converting, shutting down. (The first ~0.1 s, before the
-        # script's first line runs, is the interpreter's own.)
-        delay = 0.15 + (whole - 0.15) * (i + pick.random()) / runs
+        # Spread over the run from the moment main() imports OpenCV: the rest
+        # of the imports, starting the workers, converting, shutting down.
+        delay = whole * (i + pick.random()) / runs
         proc = start_script("CenterNet_preprocess.py", *args, cwd=tmp_path)
+        wait_until_loaded(proc, "/cv2/")
         time.sleep(delay)
         ctrl_c(proc)
         if pick.random() < 0.5:  # pressed twice

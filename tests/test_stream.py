@@ -1,13 +1,14 @@
 """The streaming evaluation gives the staged pipeline's detections exactly."""
 import json
 import shutil
+import time
 
 from centernet.coco import class_category_ids, load_annotations
 from centernet.decode import decode_bins_to_coco, images_from_meta
 from centernet.infer import run_folder
 from centernet.preprocess import load_meta, preprocess_folder
 from centernet.stream import stream_detections
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, ctrl_c, start_script, wait_until_loaded
 
 
 def test_stream_equals_staged(synthetic_coco, ctdet_onnx, tmp_path):
@@ -49,3 +50,24 @@ def test_eval_script_limit_and_corrupt_image(synthetic_coco, ctdet_onnx, tmp_pat
 def test_eval_script_missing_annotations(ctdet_onnx, tmp_path, run_script):
     r = run_script("CenterNet_eval.py", "--model", ctdet_onnx, "--dataset", tmp_path / "nowhere", cwd=tmp_path)
     assert_one_line_error(r, "instances_val2017.json")
+
+
+def test_eval_ctrl_c_ends_quietly(synthetic_coco, ctdet_onnx, tmp_path):
+    """Ctrl-C to the whole process group (the worker pool included) while the
+    script loads, while its workers start, and while it infers (pressed twice):
+    exit 130 and one line within seconds, no traceback, no results file."""
+    args = ["--model", ctdet_onnx, "--dataset", synthetic_coco["root"], "--workers", 2, "--threads", 2,
+            "--output", tmp_path / "res.json", "--resultfolder", tmp_path / "ev", "--no-progress"]
+    for delay, twice in ((0.0, False), (0.8, True), (2.0, False)):
+        proc = start_script("CenterNet_eval.py", *args, cwd=tmp_path)
+        wait_until_loaded(proc, "/cv2/")  # main() runs (it imports OpenCV)
+        time.sleep(delay)
+        ctrl_c(proc)
+        if twice:
+            time.sleep(0.1)
+            ctrl_c(proc)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, (delay, proc.returncode, err)
+        assert err.strip().splitlines() == ["interrupted: nothing written (the streaming evaluation keeps no "
+                                            "partial results); run the same command again to start over"], err
+        assert not (tmp_path / "res.json").exists()
