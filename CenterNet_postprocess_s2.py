@@ -2,22 +2,23 @@
 
     python CenterNet_postprocess_s2.py --dataset=./data
 
-Prints COCOeval's 12-line bbox summary and a per-class AP table, and writes
-the numbers to run_eval_result/metrics.json (fractions 0..1).
+Prints COCOeval's 12-line bbox summary and the best and worst 5 classes, and
+writes the numbers to run_eval_result/metrics.json (fractions 0..1) and the
+whole per-class AP table to run_eval_result/per_class_ap.txt.
 """
 import argparse
 import json
 import sys
 from pathlib import Path
 
-from centernet.binio import write_atomic
-from centernet.coco import (coco_from_dataset, default_annotation_file, evaluate_coco, format_per_class_table,
-                            load_annotations, load_results)
+from centernet.binio import make_dirs, write_atomic
+from centernet.coco import (coco_from_dataset, default_annotation_file, evaluate_coco, format_best_worst,
+                            load_annotations, load_results, write_per_class_table)
 from centernet.preprocess import load_meta
 from centernet.errors import UserError, cli
 
 
-@cli
+@cli(interrupted="nothing written; run the same command again")
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -25,7 +26,8 @@ def main(argv=None):
     parser.add_argument("--annotations", default=None,
                         help="annotation file; None means DATASET/coco/annotations/instances_val2017.json")
     parser.add_argument("--results", default="save/results.json", help="COCO results JSON to evaluate")
-    parser.add_argument("--resultfolder", default="run_eval_result", help="folder for metrics.json")
+    parser.add_argument("--resultfolder", default="run_eval_result",
+                        help="folder for metrics.json and per_class_ap.txt")
     parser.add_argument("--meta", default=None,
                         help="prep_dataset/meta.json: evaluate only the images it lists (e.g. after "
                              "CenterNet_preprocess.py --limit); None means every annotated image")
@@ -47,10 +49,10 @@ def main(argv=None):
         print(f"warning: {args.results} has detections for {len(covered & wanted)} of the {len(wanted)} evaluated "
               f"images; the others count as missed", file=sys.stderr)
     print()
-    print(format_per_class_table(metrics["per_class"]))
-    out_dir = Path(args.resultfolder)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    print(format_best_worst(metrics["per_class"]))
+    out_dir = make_dirs(args.resultfolder)
     write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1).encode("utf-8"))
+    print(f"every class: {write_per_class_table(metrics['per_class'], out_dir)}")
     print(f"\nAP {100 * metrics['AP']:.1f} (IoU .50:.95) -> {out_dir / 'metrics.json'}")
     return 0
 
