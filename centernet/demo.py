@@ -31,7 +31,7 @@ def make_demo(folder, num_images=DEMO_IMAGES, seed=0):
     return data, weights
 
 
-@cli
+@cli(interrupted="run the same command again: it makes what is still missing")
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", help="where to write data/ and ctdet_demo.pth")

@@ -31,7 +31,7 @@ def format_metrics(metrics):
     return "\n".join(lines)
 
 
-@cli
+@cli(interrupted="nothing written")
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:

@@ -1,13 +1,15 @@
 """run_all.sh end to end: the demo pipeline on a handful of images."""
 import json
 import os
+import re
 import subprocess
+import time
 
 import numpy as np
 import pytest
 
 from centernet.coco import STAT_NAMES
-from conftest import ROOT
+from conftest import ROOT, ctrl_c, start_command
 
 N = 3
 
@@ -78,3 +80,32 @@ def test_missing_weights_says_what_to_fetch_then_runs_demo(tmp_path):
 def test_bad_option(tmp_path):
     r = run_all("--backend", "tpu", cwd=tmp_path)
     assert r.returncode == 2 and "--backend must be onnxruntime or ascend" in r.stderr
+
+
+def test_bad_weights_fail_before_any_heavy_stage(tmp_path, synthetic_coco):
+    empty = tmp_path / "EMPTY.pth"
+    empty.write_bytes(b"")
+    r = run_all("--weights", empty, "--data", synthetic_coco["root"], "--workdir", tmp_path / "w", cwd=ROOT)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stderr.strip().splitlines() == [
+        f"error: {empty}: empty file (0 bytes), not a checkpoint; an interrupted download?"]
+    assert "== check-weights" in r.stdout and "== preprocess" not in r.stdout
+    assert not (tmp_path / "w" / "prep_dataset").exists()
+
+
+def test_ctrl_c_says_how_to_go_on(tmp_path):
+    work = tmp_path / "w"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = start_command(["bash", ROOT / "run_all.sh", "--demo", "--demo-images", 2, "--workdir", work,
+                          "--threads", 2], cwd=ROOT, env=env)
+    deadline = time.monotonic() + 120
+    while not (work / "prep_dataset").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ctrl_c(proc)  # preprocessing (or, if that was quicker, the export)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out[-2000:], err)
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines[-2].startswith("interrupted: "), err  # the stage's own line
+    assert re.fullmatch(r"interrupted during (preprocess|export): run the same run_all.sh command again to go on "
+                        r"\(finished bins, outputs and the export are kept\)", lines[-1]), err
