@@ -14,9 +14,9 @@ p50/p99 latency per batch, GFLOP/s and its fraction of the machine's sgemm
 ceiling measured in the same run, speed-up over eager PyTorch) and writes it
 as JSON with the machine's description.
 
-On 2 cores at 512x512 with ONNX Runtime, PyTorch and OpenVINO, the default
-run takes about 6 minutes (every row needs at least a warm-up and a timed
-batch, and eager PyTorch needs ~55 s per batch of 32), --quick under one.
+Every row needs at least a warm-up and a timed batch, so the default run
+(five batch sizes up to 32) takes many times longer than --quick; the README
+gives measured run times with the CPU they were measured on.
 """
 import argparse
 import sys
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from centernet.benchmark import BACKENDS, DEFAULT_BACKENDS, format_table, run_benchmark, usable_cores, write_json
-from centernet.errors import UserError, cli
+from centernet.errors import cli
 
 DEFAULT_WEIGHTS = "ctdet_coco_dla_2x.pth"
 QUICK = {"batchsizes": [1, 4], "loop": 4}
@@ -74,7 +74,7 @@ def parse_args(argv=None):
                         "with the GFLOP/s of Conv / DeformConv / ConvTranspose (default: off)")
     p.add_argument("--ort-sweep", action="store_true",
                    help="also time ONNX Runtime CPU with each session-option variant and on the "
-                        "decomposed-DCN graph at the first batch size, about a minute (default: off)")
+                        "decomposed-DCN graph at the first batch size (default: off)")
     p.add_argument("--json", default=None,
                    help="where to write the results as JSON (default: WORKDIR/benchmark.json)")
     args = p.parse_args(argv)
@@ -92,12 +92,10 @@ def load_weights(path):
         path = DEFAULT_WEIGHTS
     if path is None:
         return random_model(seed=0), "random (random_model(seed=0): no checkpoint given or found)"
-    if not Path(path).is_file():
-        raise UserError(f"{path}: checkpoint not found")
     return load_model(path, log=lambda msg: None), str(path)
 
 
-@cli
+@cli(interrupted="no table or JSON written; run the same command again")
 def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Raw float32 .bin tensors in the ais_bench layout (REFERENCE section 6).
+"""Raw float32 .bin tensors in the ais_bench layout.
 
 Input files are `<stem>.bin`; output i of input `<stem>.bin` is
 `OUT/NAME/<stem>_<i>.bin` (0 hm, 1 wh, 2 reg). Every write goes to a temporary

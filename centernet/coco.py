@@ -1,5 +1,5 @@
 """COCO 2017 annotations, class mapping, results JSON and evaluation
-(REFERENCE sections 4 and 5).
+(upstream: src/lib/datasets/dataset/coco.py).
 
 Class index j of the network's 80 heatmap channels is the j-th smallest
 category id of the annotation file (ids 1..90 with gaps). Every problem with a

@@ -1,4 +1,4 @@
-"""Images -> fixed-size network input bins (REFERENCE section 1).
+"""Images -> fixed-size network input bins (upstream: src/lib/detectors/base_detector.py, pre_process).
 
 Every image of a folder becomes `<stem>.bin`: the 1x3xHxW float32 input of the
 fixed-resolution test transform. A re-run skips bins that are complete (right
