@@ -60,9 +60,18 @@ if [ -z "$soc" ]; then
   soc="Ascend$chip"
 fi
 
+# Ctrl-C: atc writes the .om under its final name, so remove a half-written one.
+done_oms=()
+interrupted() {
+  rm -f "$out.om"
+  echo "interrupted: $out.om removed (incomplete)${done_oms[*]:+; complete: ${done_oms[*]}}; run the same command again" >&2
+  exit 130
+}
+trap interrupted INT
 for b in $batchsizes; do
   out="${prefix}_bs${b}"
   echo "atc: $model -> $out.om (batch $b, $soc)"
   atc --framework=5 --model="$model" --output="$out" --input_format=NCHW \
       --input_shape="actual_input:${b},3,${height},${width}" --log="$log" --soc_version="$soc"
+  done_oms+=("$out.om")
 done

@@ -35,6 +35,9 @@ def test_every_stage_reported(demo_run):
     for stage in ("preprocess", "export", "infer", "postprocess_s1", "postprocess_s2"):
         assert f"== {stage} done in" in r.stdout
     assert "| AP |" in r.stdout  # the final table
+    # s2's summary: no per-class table of every class nor pycocotools' chatter, but where they are
+    assert "run_eval_result/per_class_ap.txt" in r.stdout
+    assert "Accumulating evaluation results" not in r.stdout and "DONE (t=" not in r.stdout
 
 
 def test_every_stage_output(demo_run):
