@@ -3,6 +3,7 @@
 
     python CenterNet_benchmark.py                      # batch 1 4 8 16 32, all backends present
     python CenterNet_benchmark.py --quick              # batch 1 4, fewer loops
+    python CenterNet_benchmark.py --quick --plot       # and draw images/s against batch size
     python CenterNet_benchmark.py --batchsizes 1 --profile --ort-sweep  # why ONNX Runtime is as fast as it is
     python CenterNet_benchmark.py --weights ctdet_coco_dla_2x.pth --batchsizes 1 --loop 20
 
@@ -77,21 +78,32 @@ def parse_args(argv=None):
                         "decomposed-DCN graph at the first batch size (default: off)")
     p.add_argument("--json", default=None,
                    help="where to write the results as JSON (default: WORKDIR/benchmark.json)")
+    p.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
+                   help="also draw images/s against batch size, a line per backend, with this run's sgemm "
+                        "ceiling dashed, to PNG (default: off; without PNG: WORKDIR/benchmark.png)")
     args = p.parse_args(argv)
     preset = QUICK if args.quick else FULL
     args.batchsizes = args.batchsizes or preset["batchsizes"]
     args.loop = args.loop or preset["loop"]
     args.json = args.json or str(Path(args.workdir) / "benchmark.json")
+    if args.plot == "":
+        args.plot = str(Path(args.workdir) / "benchmark.png")
+    if args.plot:
+        try:  # before the run, not after minutes of it
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UserError("--plot needs matplotlib: pip install -r requirements.txt") from None
     return args
 
 
 def load_weights(path):
     """(model, description) for --weights, the default checkpoint if present, or random weights."""
-    from centernet.checkpoint import load_model, random_model
+    from centernet.checkpoint import load_model
+    from centernet.random_weights import random_model
     if path is None and Path(DEFAULT_WEIGHTS).is_file():
         path = DEFAULT_WEIGHTS
     if path is None:
-        return random_model(seed=0), "random (random_model(seed=0): no checkpoint given or found)"
+        return random_model(seed=0), "random, calibrated on synthetic photos (no checkpoint given or found)"
     return load_model(path, log=lambda msg: None), str(path)
 
 
@@ -110,6 +122,9 @@ def main(argv=None):
     print(format_table(result))
     write_json(result, args.json)
     print(f"\nwrote {args.json} ({time.perf_counter() - start:.0f}s in all)")
+    if args.plot:
+        from centernet.plots import plot_benchmark
+        print(f"plot: {plot_benchmark(result, args.plot)}")
     return 0
 
 

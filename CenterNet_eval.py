@@ -4,8 +4,8 @@ COCO AP in one pass, with no .bin files (43 GB for val2017 otherwise).
 
     python CenterNet_eval.py --model CenterNet.onnx --dataset ./data
 
-Writes the same results JSON and metrics.json as CenterNet_postprocess_s1.py
-and CenterNet_postprocess_s2.py.
+Writes the same results JSON, metrics.json and pictures (pr_curves.png,
+per_class_ap.png) as CenterNet_postprocess_s1.py and CenterNet_postprocess_s2.py.
 """
 import argparse
 import json
@@ -38,7 +38,8 @@ def parse_args(argv=None):
                    help="only the first N images by file name, evaluated on those alone (default: all)")
     p.add_argument("--output", default="save/results.json", help="COCO results JSON (default: %(default)s)")
     p.add_argument("--resultfolder", default="run_eval_result",
-                   help="folder for metrics.json, stream_summary.json and per_class_ap.txt (default: %(default)s)")
+                   help="folder for metrics.json, stream_summary.json, per_class_ap.txt and the plots "
+                        "(default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
     return p.parse_args(argv)
 
@@ -50,6 +51,7 @@ def main(argv=None):
     from centernet.binio import make_dirs, write_atomic
     from centernet.coco import (default_annotation_file, evaluate_coco, format_best_worst, write_per_class_table,
                                 write_results)
+    from centernet.plots import write_eval_plots
     from centernet.stream import stream_detections
     if args.batchsize < 1 or args.workers < 1:
         raise UserError("--batchsize and --workers must be >= 1")
@@ -74,6 +76,9 @@ def main(argv=None):
     write_atomic(folder / "stream_summary.json", (json.dumps(stats, indent=2) + "\n").encode())
     print(f"every class: {write_per_class_table(metrics['per_class'], folder)}")
     print(f"AP {100 * metrics['AP']:.1f}; metrics in {folder / 'metrics.json'}")
+    pictures = write_eval_plots(metrics, folder)
+    if pictures:
+        print("plots: " + ", ".join(map(str, pictures)))
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     if errors:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The recipe end to end: preprocess -> export -> inference -> decode (s1) -> COCO AP (s2).
+# The recipe end to end: preprocess -> export -> inference -> decode (s1) -> COCO AP (s2),
+# then boxes drawn on a few of the evaluated images (CenterNet_demo.py).
 #
 #   bash run_all.sh                       # real weights + COCO if present, else the demo
 #   bash run_all.sh --demo                # generated data + random weights (smoke test)
@@ -158,7 +159,23 @@ else
   fi
 fi
 
+# See what the detector sees on a few of the evaluated images (the first by
+# file name, as --limit takes them). The ONNX Runtime export when there is
+# one, else the checkpoint (exported once, cached beside it).
+annotate() {  # never fails the run: the evaluation above stands either way
+  "$PY" CenterNet_demo.py "$@" || echo "warning: CenterNet_demo.py exited with status $? (see above)"
+}
+annotated="$workdir/demo_out"
+demo_model="$workdir/CenterNet.onnx"; [ "$demo_model" -nt "$weights" ] || demo_model="$weights"
+stage annotate annotate --model "$demo_model" "$images" --limit 4 --output "$annotated" \
+  --device "$device" --threads "$threads" --no-progress
+
 echo
 echo "== summary ($([ "$demo" = 1 ] && echo "DEMO, AP means nothing" || echo "$weights on $data"))"
 for i in "${!stage_names[@]}"; do printf '  %-16s %8.1f s\n' "${stage_names[$i]}" "${stage_secs[$i]}"; done
 "$PY" -m centernet.report "$evaldir/metrics.json"
+echo
+echo "pictures:"
+echo "  annotated images: $annotated/ (detections.json beside them)"
+echo "  precision-recall: $evaldir/pr_curves.png"
+echo "  AP per class:     $evaldir/per_class_ap.png"

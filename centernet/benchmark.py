@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .binio import make_dirs, write_atomic
 from dcn_v2 import DCN
+
+from .binio import make_dirs, write_atomic
 from .errors import UserError
 from .export import ORT_MAX_IR_VERSION, export_onnx
 from .infer import latency_stats, time_batches

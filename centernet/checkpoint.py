@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError, cli
 from pose_dla_dcn import get_pose_net
+
+from .errors import UserError, cli
 
 IGNORED_PREFIXES = ("base.fc.",)
 
@@ -103,27 +104,6 @@ def save_upstream_checkpoint(model, path, epoch=140, seed=0):
     state["module.base.fc.weight"] = torch.randn(1000, 512, 1, 1, generator=gen) * 0.01
     state["module.base.fc.bias"] = torch.zeros(1000)
     torch.save({"epoch": epoch, "state_dict": state}, path)
-
-
-def random_model(seed=0):
-    """A deterministic randomly initialised ctdet DLA-34 whose outputs are not
-    degenerate: non-trivial BN statistics and DCN offsets of a pixel or so,
-    so that tests exercise the deformable sampling for real."""
-    torch.manual_seed(seed)
-    model = get_pose_net()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-                module.running_var.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
-                module.weight.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
-                module.bias.copy_(torch.randn(n, generator=gen) * 0.1)
-            elif name.endswith("conv_offset_mask"):
-                module.weight.normal_(0, 0.02, generator=gen)
-                module.bias.normal_(0, 0.5, generator=gen)
-    return model.eval()
 
 
 @cli(interrupted="nothing written")

@@ -235,6 +235,26 @@ def per_class_ap(coco_eval):
     return out
 
 
+def precision_recall_curves(coco_eval):
+    """Precision at COCOeval's 101 recall points (all areas, 100 detections),
+    averaged over the categories with ground truth, at IoU 0.5, at IoU 0.75
+    and averaged over IoU 0.50:0.95, from its accumulated precision array.
+    Their means are AP50, AP75 and AP. Empty lists when no category has
+    ground truth."""
+    precision = coco_eval.eval["precision"][:, :, :, 0, -1]  # [iou, recall, class]
+    valid = (precision > -1).all(axis=(0, 1))  # classes with ground truth
+    p = precision[:, :, valid]
+    ious = np.asarray(coco_eval.params.iouThrs)
+
+    def curve(rows):
+        return [round(float(v), 5) for v in rows.mean(axis=(0, 2))] if p.shape[2] else []
+
+    return {"recall": [round(float(r), 2) for r in coco_eval.params.recThrs],
+            "iou50": curve(p[np.isclose(ious, 0.5)]),
+            "iou75": curve(p[np.isclose(ious, 0.75)]),
+            "iou50_95": curve(p)}
+
+
 def evaluate_coco(annotations, results, img_ids=None, verbose=True, results_source="results"):
     """COCOeval(gt, dt, "bbox") of detections against ground truth.
 
@@ -247,7 +267,7 @@ def evaluate_coco(annotations, results, img_ids=None, verbose=True, results_sour
     Returns {"AP": .., ..., "ARl": .. (fractions 0..1; -1, as pycocotools
     reports it, where no ground truth falls in that area range),
     "per_class": {name: AP, or None where the class has no ground truth},
-    "num_images": n}.
+    "pr_curves": precision_recall_curves(...), "num_images": n}.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -284,6 +304,7 @@ def evaluate_coco(annotations, results, img_ids=None, verbose=True, results_sour
     names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
     metrics["per_class"] = {names[cid]: (None if np.isnan(ap) else ap)
                             for cid, ap in per_class_ap(coco_eval).items()}
+    metrics["pr_curves"] = precision_recall_curves(coco_eval)
     metrics["num_images"] = len(coco_eval.params.imgIds)
     return metrics
 

@@ -7,7 +7,8 @@ fresh machine with nothing downloaded. A smoke test: its AP means nothing.
 import argparse
 from pathlib import Path
 
-from .checkpoint import random_model, save_upstream_checkpoint
+from .checkpoint import save_upstream_checkpoint
+from .random_weights import random_model
 from .errors import cli
 from .synthetic import make_synthetic_coco
 

@@ -13,12 +13,14 @@ PROVIDERS = {
 }
 
 
-def make_session(model, device="cpu", threads=0, optimization="all", profile_prefix=None, options=None):
+def make_session(model, device="cpu", threads=0, optimization="all", profile_prefix=None, options=None,
+                 name=None):
     """An ONNX Runtime InferenceSession for a path or serialized model.
 
     device: cpu | cuda | tensorrt (the GPU ones need the onnxruntime-gpu package).
     threads: intra-op threads, 0 = ONNX Runtime's default (all physical cores).
     optimization: disable | basic | extended | all (graph optimisation level).
+    name: what to call the model in error messages (default: its path, or "model").
     profile_prefix: turn on ONNX Runtime's profiler, writing PREFIX_<date>.json
     (session.end_profiling() returns the path).
     options: further SessionOptions, {attribute: value} (e.g. enable_mem_pattern:
@@ -72,7 +74,7 @@ def make_session(model, device="cpu", threads=0, optimization="all", profile_pre
     try:
         return ort.InferenceSession(model, sess_options=opts, providers=PROVIDERS[device])
     except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-        name = model if isinstance(model, str) else "model"
+        name = name or (model if isinstance(model, str) else "model")
         raise UserError(f"{name}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:300]})") from None
 
 

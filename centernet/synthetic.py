@@ -16,7 +16,8 @@ from tqdm import tqdm
 from .binio import output_bin_path, write_atomic, write_bin
 from .coco import COCO_CATEGORIES
 from .errors import UserError
-from .transforms import DOWN_RATIO, INPUT_SIZE, get_affine_transform, test_geometry, transform_points
+from .transforms import (DOWN_RATIO, INPUT_SIZE, get_affine_transform, preprocess_image, test_geometry,
+                         transform_points)
 
 SYNTHETIC_TAG = "synthetic COCO-format data"
 
@@ -51,6 +52,34 @@ def _place_boxes(rng, width, height, count, min_frac, max_frac):
                for bx, by, bw, bh in boxes):
             boxes.append((x, y, w, h))
     return boxes
+
+
+def synthetic_photo(rng, width, height, max_objects=6, min_box_frac=0.1, max_box_frac=0.4):
+    """A smooth BGR uint8 "photo" (colour gradient, mild noise) holding 1..max_objects
+    filled rectangles of random colours; returns (image, [(x, y, w, h), ...])."""
+    img = _background(rng, width, height)
+    count = int(rng.integers(1, max_objects + 1))
+    boxes = _place_boxes(rng, width, height, count, min_box_frac, max_box_frac)
+    for x, y, w, h in boxes:
+        colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
+        img[y:y + h, x:x + w] = colour
+    return img, boxes
+
+
+def synthetic_input_batch(num_images, input_size=(INPUT_SIZE, INPUT_SIZE), seed=0, image_sizes=None):
+    """float32 (N, 3, H, W) network input: synthetic photos of COCO-like sizes
+    through the fixed-resolution test transform, i.e. what the network sees on
+    real data (not white noise, on which a network calibrated on images
+    behaves nothing like on photos)."""
+    rng = np.random.default_rng(seed)
+    sizes = list(image_sizes or COCO_LIKE_SIZES)
+    batch = np.empty((num_images, 3, *input_size), np.float32)
+    for n in range(num_images):
+        width, height = sizes[n % len(sizes)]
+        img, _ = synthetic_photo(rng, width, height)
+        center, scale, _ = test_geometry(height, width, input_size)
+        preprocess_image(img, center, scale, input_size, out=batch[n:n + 1])
+    return batch
 
 
 def _previous_synthetic_images(ann_file):
@@ -97,11 +126,8 @@ def make_synthetic_coco(root, num_images=16, seed=0, image_sizes=None, max_objec
         width, height = sizes[n % len(sizes)]
         image_id = int(image_ids[n])
         file_name = f"{image_id:012d}.jpg"
-        img = _background(rng, width, height)
-        count = int(rng.integers(1, max_objects + 1))
-        for x, y, w, h in _place_boxes(rng, width, height, count, min_box_frac, max_box_frac):
-            colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
-            img[y:y + h, x:x + w] = colour
+        img, boxes = synthetic_photo(rng, width, height, max_objects, min_box_frac, max_box_frac)
+        for x, y, w, h in boxes:
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id,
                 "category_id": int(rng.choice(cat_ids)),

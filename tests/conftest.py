@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,11 +180,33 @@ def ctdet_onnx(random_ctdet, tmp_path_factory):
 
 PYTHON = sys.executable
 
+# ONNX Runtime and PyTorch, both in float32, each differ from the exact
+# (float64) network by float32 rounding: about 1e-4 of an output's largest
+# magnitude at the trained model's scale (hm logits to +-10, wh tens of
+# pixels). Two float32 runs of the same network agree within 1e-3 of it.
+PARITY_REL = 1e-3
+
+
+def assert_parity(got, ref, rel=PARITY_REL, what=""):
+    """got matches ref within `rel` of ref's largest magnitude."""
+    got, ref = np.asarray(got), np.asarray(ref)
+    assert got.shape == ref.shape, (what, got.shape, ref.shape)
+    diff, scale = float(np.abs(got - ref).max()), float(np.abs(ref).max())
+    assert diff <= rel * scale, f"{what}: max abs diff {diff:.3g} > {rel:g} x max |ref| {scale:.3g}"
+
+
+def photo_inputs(num_images, input_size, seed=0):
+    """Network input from synthetic photos (the test transform applied), not
+    white noise: the fixture model is calibrated on photos, as a trained one is."""
+    from centernet.synthetic import synthetic_input_batch
+    return synthetic_input_batch(num_images, tuple(input_size), seed=seed)
+
 
 @pytest.fixture(scope="session")
 def random_ctdet():
-    """A deterministic random ctdet DLA-34 with non-trivial BN stats and DCN offsets."""
-    from centernet.checkpoint import random_model
+    """Random ctdet DLA-34 weights calibrated to behave like the trained network
+    (centernet/random_weights.py; its output ranges: tests/test_random_weights.py)."""
+    from centernet.random_weights import random_model
     return random_model(seed=0)
 
 

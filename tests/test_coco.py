@@ -192,3 +192,19 @@ def test_best_and_worst_five_classes():
     assert rows(lines[7:12]) == [(names[i], f"{i:.2f}".rjust(6)) for i in (8, 6, 4, 2, 0)]
     assert lines[12:] == ["40 classes have no ground truth in the evaluated images"]
     assert format_best_worst({"cat": None}) == "AP per class: no class has ground truth in the evaluated images"
+
+
+def test_precision_recall_curves_average_to_the_summary_aps():
+    # The hand-worked case above: the curves' means are AP50, AP75 and AP,
+    # and person's interpolated precision is 2/3 at every recall level.
+    gt = tiny_gt()
+    results = [det(1, 1, [80, 80, 20, 20], 0.95), det(1, 1, [10, 10, 40, 80], 0.9),
+               det(2, 1, [5, 5, 20, 20], 0.8), det(1, 3, [60, 20, 50, 19], 0.7)]
+    m = evaluate_coco(gt, results, verbose=False)
+    pr = m["pr_curves"]
+    assert len(pr["recall"]) == 101 and pr["recall"][0] == 0 and pr["recall"][-1] == 1
+    for key, stat in (("iou50", "AP50"), ("iou75", "AP75"), ("iou50_95", "AP")):
+        assert len(pr[key]) == 101
+        assert sum(pr[key]) / 101 == pytest.approx(m[stat], abs=1e-5)
+    # IoU .75: person 2/3 everywhere, car 0 everywhere (two classes with ground truth)
+    assert pr["iou75"] == pytest.approx([1 / 3] * 101, abs=1e-5)

@@ -7,9 +7,10 @@ import pytest
 import torch
 from onnx import helper
 
-from centernet.export import ascend_to_deformconv, check_export, count_ops, export_onnx
+from centernet.errors import UserError
+from centernet.export import REL_TOL, ascend_to_deformconv, check_export, count_ops, export_onnx
 from centernet.runtime import make_session
-from conftest import PYTHON, ROOT
+from conftest import PYTHON, ROOT, assert_parity, photo_inputs
 
 SMALL = (128, 160)  # H != W, and fast
 
@@ -20,10 +21,16 @@ def run_script(*args):
 
 
 def test_default_target_cli(upstream_checkpoint, tmp_path):
+    # The fixture's outputs are at the trained model's scale (hm logits to
+    # about +-10, wh tens of pixels; tests/test_random_weights.py), where a
+    # fixed absolute bound of 1e-3 rejected correct exports.
     out = tmp_path / "CenterNet.onnx"
     r = run_script(upstream_checkpoint, out)
     assert r.returncode == 0, r.stderr
     assert "16 deformable conv nodes" in r.stdout and "check passed" in r.stdout
+    assert "checking the export against PyTorch (float64) ..." in r.stdout
+    for name in ("output1", "output2", "output3"):
+        assert f"check {name}: max abs diff vs PyTorch float64" in r.stdout
     proto = onnx.load(out)
     assert proto.opset_import[0].version == 19
     assert count_ops(proto)["DeformConv"] == 16
@@ -46,8 +53,25 @@ def test_ascend_target_layout_and_check(random_ctdet, tmp_path):
                          "deformable_groups": 1, "data_format": b"NCHW", "modulated": 1}
     assert proto.graph.input[0].name == "actual_input"
     assert [o.name for o in proto.graph.output] == ["output1", "output2", "output3"]
-    diffs = check_export(random_ctdet, proto, target="ascend", input_size=SMALL, batch=1)
-    assert max(diffs.values()) <= 1e-3
+    checks = check_export(random_ctdet, proto, target="ascend", input_size=SMALL, batch=1)
+    assert all(c.ok for c in checks), [c.describe() for c in checks]
+
+
+def test_ascend_target_cli_passes_at_real_scale(upstream_checkpoint, tmp_path):
+    r = run_script(upstream_checkpoint, tmp_path / "CenterNet_ascend.onnx", "--target", "ascend")
+    assert r.returncode == 0, r.stderr
+    assert "ascend, opset 11" in r.stdout and "check passed" in r.stdout
+
+
+def test_check_reports_relative_differences_within_rounding(random_ctdet, tmp_path):
+    proto = export_onnx(random_ctdet, tmp_path / "c.onnx", input_size=SMALL)
+    checks = check_export(random_ctdet, proto, input_size=SMALL, batch=1)
+    assert [c.name for c in checks] == ["output1", "output2", "output3"]
+    for c in checks:
+        assert c.ok and c.scale > 0.5
+        assert c.bound >= REL_TOL * c.scale
+        # float32 rounding, well inside the bound
+        assert c.abs_diff <= 0.2 * c.bound and c.float32_diff <= 0.2 * c.bound
 
 
 def test_dynamic_size_and_decompose(random_ctdet, tmp_path):
@@ -55,12 +79,12 @@ def test_dynamic_size_and_decompose(random_ctdet, tmp_path):
                         input_size=SMALL)
     assert "DeformConv" not in count_ops(proto) and count_ops(proto)["GridSample"] == 16
     session = make_session(str(tmp_path / "d.onnx"))
-    x = np.random.default_rng(0).standard_normal((1, 3, 96, 64)).astype(np.float32)
+    x = photo_inputs(1, (96, 64))
     got = session.run(None, {"actual_input": x})
     with torch.no_grad():
         ref = random_ctdet(torch.from_numpy(x))
     for a, b in zip(got, ref):
-        assert a.shape == tuple(b.shape) and np.abs(a - b.numpy()).max() <= 1e-3
+        assert_parity(a, b.numpy())
 
 
 def test_input_size_option(upstream_checkpoint, tmp_path):
@@ -75,7 +99,7 @@ def test_ascend_mapping_is_exact_permutation(random_ctdet, tmp_path):
     # The DeformConv graph made from the Ascend export equals the direct DeformConv export.
     a = ascend_to_deformconv(export_onnx(random_ctdet, tmp_path / "a.onnx", target="ascend", input_size=SMALL))
     b = export_onnx(random_ctdet, tmp_path / "b.onnx", input_size=SMALL)
-    x = np.random.default_rng(1).standard_normal((2, 3, *SMALL)).astype(np.float32)
+    x = photo_inputs(2, SMALL, seed=1)
     ya = make_session(a.SerializeToString()).run(None, {"actual_input": x})
     yb = make_session(b.SerializeToString()).run(None, {"actual_input": x})
     for p, q in zip(ya, yb):
@@ -112,3 +136,100 @@ def test_cli_output_path_and_checkpoint_errors_are_one_line(tmp_path):
                 "checkpoints are {'epoch': N, 'state_dict': {name: tensor}} (save one with "
                 "torch.save({'state_dict': model.state_dict()}, path))")
     assert "\x1b" not in r.stderr  # none of torch's terminal colour codes
+
+
+# --- the self-check catches real bugs -----------------------------------------
+# Each break edits the exported graph the way a bug in the export would, and
+# the check must fail on it. The fixture's DCN offsets are a pixel or more and
+# its masks spread out, so none of these can hide in rounding.
+
+def _producer(graph, name):
+    return next(n for n in graph.node if name in n.output)
+
+
+def _swap_offset_xy(proto):
+    for node in [n for n in proto.graph.node if n.op_type == "DeformConv"]:
+        perm = f"{node.name}_xy_perm"
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(
+            np.array([k ^ 1 for k in range(18)], dtype=np.int64), perm))
+        swapped = f"{node.input[2]}_{node.name}_swapped"
+        proto.graph.node.append(helper.make_node("Gather", [node.input[2], perm], [swapped], axis=1))
+        node.input[2] = swapped
+    onnx_sort(proto)
+
+
+def _mask_without_sigmoid(proto):
+    for node in [n for n in proto.graph.node if n.op_type == "DeformConv"]:
+        sigmoid = _producer(proto.graph, node.input[4])
+        assert sigmoid.op_type == "Sigmoid"
+        node.input[4] = sigmoid.input[0]
+
+
+def _padding_off_by_one(proto):
+    # begin 2, end 0: the output keeps its size, but every sample moves one pixel.
+    for node in [n for n in proto.graph.node if n.op_type == "DeformConv"]:
+        for a in node.attribute:
+            if a.name == "pads":
+                a.ints[:] = [2, 2, 0, 0]
+
+
+def _ascend_packing_y_first(proto):
+    # ATC wants [x shifts, y shifts, mask]; pack y first instead.
+    for node in [n for n in proto.graph.node if n.op_type == "DeformableConv2D"]:
+        concat = _producer(proto.graph, node.input[2])
+        gather = _producer(proto.graph, concat.input[0])
+        const = _producer(proto.graph, gather.input[1])
+        order = onnx.numpy_helper.to_array(const.attribute[0].t)
+        assert list(order[:9]) == [1, 3, 5, 7, 9, 11, 13, 15, 17]
+        const.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(
+            np.concatenate([order[9:], order[:9]]), const.attribute[0].t.name))
+
+
+def onnx_sort(proto):
+    """Re-order nodes topologically after appending some."""
+    graph = proto.graph
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    todo, done = list(graph.node), []
+    while todo:
+        ready = [n for n in todo if all(not i or i in known for i in n.input)]
+        assert ready, "cycle"
+        for n in ready:
+            known.update(n.output)
+            done.append(n)
+            todo.remove(n)
+    del graph.node[:]
+    graph.node.extend(done)
+
+
+@pytest.fixture(scope="module")
+def exports(random_ctdet, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("breaks")
+    return {target: export_onnx(random_ctdet, tmp / f"{target}.onnx", target=target, input_size=SMALL)
+            for target in ("onnxruntime", "ascend")}
+
+
+@pytest.mark.parametrize("target,break_graph", [
+    ("onnxruntime", _swap_offset_xy),
+    ("onnxruntime", _mask_without_sigmoid),
+    ("onnxruntime", _padding_off_by_one),
+    ("ascend", _ascend_packing_y_first),
+])
+def test_check_catches_deliberate_breaks(random_ctdet, exports, target, break_graph):
+    intact = check_export(random_ctdet, exports[target], target=target, input_size=SMALL, batch=1)
+    assert all(c.ok for c in intact)
+    broken = onnx.ModelProto.FromString(exports[target].SerializeToString())
+    break_graph(broken)
+    checks = check_export(random_ctdet, broken, target=target, input_size=SMALL, batch=1)
+    assert not all(c.ok for c in checks), [c.describe() for c in checks]
+    # Not a near miss: the worst output is far outside float32 rounding.
+    assert max(c.abs_diff / c.bound for c in checks) > 5
+
+
+def test_check_reports_a_graph_onnxruntime_cannot_run(random_ctdet, exports):
+    broken = onnx.ModelProto.FromString(exports["onnxruntime"].SerializeToString())
+    for node in [n for n in broken.graph.node if n.op_type == "DeformConv"][:1]:
+        for a in node.attribute:
+            if a.name == "pads":
+                a.ints[:] = [2, 2, 2, 2]  # the output grows by 2 and no longer adds up
+    with pytest.raises(UserError, match="^broken.onnx: ONNX Runtime cannot (load|run) it"):
+        check_export(random_ctdet, broken, input_size=SMALL, batch=1, name="broken.onnx")

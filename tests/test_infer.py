@@ -12,9 +12,7 @@ import torch
 
 from centernet.binio import write_bin
 from centernet.infer import run_loop
-from conftest import ROOT, assert_one_line_error, ctrl_c, start_command
-
-PARITY = 2e-3  # max abs difference, ONNX Runtime vs our PyTorch model, per output
+from conftest import ROOT, assert_one_line_error, assert_parity, ctrl_c, photo_inputs, start_command
 
 
 def run_infer(*args, env=None):
@@ -25,11 +23,10 @@ def run_infer(*args, env=None):
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("prep_dataset")
-    rng = np.random.default_rng(0)
     arrays = {}
-    for stem in ("000000000139", "000000000285", "000000000632"):
-        arrays[stem] = rng.standard_normal((3, 512, 512)).astype(np.float32)
-        write_bin(folder / f"{stem}.bin", arrays[stem])
+    for stem, x in zip(("000000000139", "000000000285", "000000000632"), photo_inputs(3, (512, 512))):
+        arrays[stem] = x
+        write_bin(folder / f"{stem}.bin", x)
     return folder, arrays
 
 
@@ -57,7 +54,7 @@ def test_outputs_match_pytorch_in_ais_bench_layout(ctdet_onnx, inputs, reference
         for i, (shape, r_out) in enumerate(zip(shapes, ref)):
             got = np.fromfile(out_dir / f"{stem}_{i}.bin", dtype=np.float32)
             assert got.size == np.prod(shape)
-            assert np.abs(got.reshape(shape) - r_out).max() <= PARITY, (stem, i)
+            assert_parity(got.reshape(shape), r_out, what=f"{stem}_{i}")
     summary = json.loads((tmp_path / f"{name}_summary.json").read_text())
     assert summary["input"] == str(folder)  # s1 finds meta.json through it
     assert summary["images"] == 3 and summary["batches"] == (3 if batchsize == 1 else 2)
@@ -122,7 +119,7 @@ def test_skip_existing_resumes(ctdet_onnx, inputs, reference, tmp_path):
     summary = json.loads((tmp_path / "d_summary.json").read_text())
     assert summary["images"] == 1 and summary["skipped"] == 2 and "2 already done" in r.stdout
     got = np.fromfile(tmp_path / "d" / f"{stem}_2.bin", dtype=np.float32).reshape(2, 128, 128)
-    assert np.abs(got - reference[stem][2]).max() <= PARITY
+    assert_parity(got, reference[stem][2])
     r = run_infer(*args)
     assert r.returncode == 0 and "nothing to do" in r.stdout
 
@@ -164,4 +161,4 @@ def test_ctrl_c_names_the_command_that_resumes(ctdet_onnx, inputs, reference, tm
     assert re.search(r"\(([12]) already done, skipped\)", r.stdout), r.stdout
     for stem, ref in reference.items():
         got = np.fromfile(tmp_path / "d" / f"{stem}_0.bin", dtype=np.float32).reshape(80, 128, 128)
-        assert np.abs(got - ref[0]).max() <= PARITY, stem
+        assert_parity(got, ref[0], what=f"{stem}_0")

@@ -32,12 +32,16 @@ def demo_run(tmp_path_factory):
 def test_every_stage_reported(demo_run):
     _, r = demo_run
     assert "DEMO" in r.stdout and "AP means nothing" in r.stdout
-    for stage in ("preprocess", "export", "infer", "postprocess_s1", "postprocess_s2"):
+    for stage in ("preprocess", "export", "infer", "postprocess_s1", "postprocess_s2", "annotate"):
         assert f"== {stage} done in" in r.stdout
     assert "| AP |" in r.stdout  # the final table
     # s2's summary: no per-class table of every class nor pycocotools' chatter, but where they are
     assert "run_eval_result/per_class_ap.txt" in r.stdout
     assert "Accumulating evaluation results" not in r.stdout and "DONE (t=" not in r.stdout
+    # it ends by saying where the pictures are
+    tail = r.stdout[r.stdout.index("pictures:"):]
+    for name in ("demo_out/", "pr_curves.png", "per_class_ap.png"):
+        assert name in tail
 
 
 def test_every_stage_output(demo_run):
@@ -58,6 +62,12 @@ def test_every_stage_output(demo_run):
     assert sorted(per_image[per_image > 0].tolist()) == [100] * N
     metrics = json.loads((work / "run_eval_result" / "metrics.json").read_text())
     assert set(STAT_NAMES) <= set(metrics) and "per_class" in metrics
+    for name in ("pr_curves.png", "per_class_ap.png"):
+        assert (work / "run_eval_result" / name).stat().st_size > 0
+    # the demo script on the evaluated images (all N here: fewer than its limit of 4)
+    annotated = json.loads((work / "demo_out" / "detections.json").read_text())["images"]
+    assert sorted(e["file"].rsplit("/", 1)[1] for e in annotated) == [f"{s}.jpg" for s in stems]
+    assert all((work / "demo_out" / f"{s}.jpg").is_file() for s in stems)
 
 
 def test_rerun_resumes(demo_run):

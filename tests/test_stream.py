@@ -45,6 +45,7 @@ def test_eval_script_limit_and_corrupt_image(synthetic_coco, ctdet_onnx, tmp_pat
     assert len(results) == 100 and len({d["image_id"] for d in results}) == 1
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["num_images"] == 2  # the unreadable one counts, as missed
+    assert (tmp_path / "ev" / "pr_curves.png").is_file() and (tmp_path / "ev" / "per_class_ap.png").is_file()
 
 
 def test_eval_script_missing_annotations(ctdet_onnx, tmp_path, run_script):

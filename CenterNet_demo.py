@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""See what the detector sees: boxes drawn on photos, folders of photos and videos.
+
+    python CenterNet_demo.py --model ctdet_coco_dla_2x.pth my_photo.jpg
+    python CenterNet_demo.py --model CenterNet.onnx photos/ clip.mp4 --output demo_out
+
+Each PATH is an image, a folder of images (jpg, jpeg, png, bmp, webp, tif) or a
+video (mp4, avi, mov, mkv, webm, ...). Annotated copies go to --output under the
+same names (videos as .mp4), with detections.json: per image or video frame its
+file name, size and detections (box x1, y1, x2, y2 in pixels, class name, COCO
+category id, score). A .pth checkpoint is exported to ONNX once, next to it
+(<name>.cache-512x512.onnx, or .cache-dynamic.onnx for --keep-res), checked
+against PyTorch, and reused while the checkpoint is unchanged. An unreadable
+input is named in one line and skipped; the exit status is then 1.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from centernet.detect import VIS_THRESH, run_demo
+from centernet.errors import UserError, cli
+from centernet.runtime import PROVIDERS
+
+DEFAULT_MODELS = ("CenterNet.onnx", "ctdet_coco_dla_2x.pth")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders of images, video files")
+    p.add_argument("--model", default=None,
+                   help="ONNX model or upstream .pth checkpoint (default: ./CenterNet.onnx if present, "
+                        "else ./ctdet_coco_dla_2x.pth)")
+    p.add_argument("--output", default="demo_out",
+                   help="folder for the annotated copies and detections.json (default: %(default)s)")
+    p.add_argument("--vis-thresh", type=float, default=VIS_THRESH,
+                   help="draw and list detections with at least this score (default: %(default)s)")
+    p.add_argument("--keep-res", action="store_true",
+                   help="run at each image's own resolution (rounded up to a multiple of 32), as upstream's "
+                        "37.4 AP setting; needs a .pth or an ONNX model exported with --dynamic-size "
+                        "(default: off, fixed 512x512)")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="fixed-mode input height and width, multiples of 32 (default: the ONNX model's "
+                        "own, 512 512 for a .pth)")
+    p.add_argument("--device", choices=sorted(PROVIDERS), default="cpu",
+                   help="ONNX Runtime execution provider; cuda/tensorrt need onnxruntime-gpu (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="ONNX Runtime intra-op threads, 0 = all cores (default: %(default)s)")
+    p.add_argument("--names", default=None, metavar="FILE",
+                   help="class names, one per line in the model's class order (default: the 80 COCO names)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="only the first N images (by file name) of each folder (default: all)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars (default: shown)")
+    return p.parse_args(argv)
+
+
+def default_model():
+    for name in DEFAULT_MODELS:
+        if Path(name).is_file():
+            return name
+    raise UserError(f"no model given and neither {' nor '.join(DEFAULT_MODELS)} is here; pass --model "
+                    "(an .onnx file or the ctdet_coco_dla_2x.pth checkpoint)")
+
+
+@cli(interrupted="the annotated copies finished so far are kept, and detections.json lists them; "
+                 "a re-run starts over")
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads < 0:
+        raise UserError(f"--threads {args.threads}: must be 0 (all cores) or more")
+    summary = run_demo(args.paths, args.model or default_model(), output=args.output, thresh=args.vis_thresh,
+                       keep_res=args.keep_res, input_size=args.input_size, device=args.device,
+                       threads=args.threads, names_file=args.names, limit=args.limit,
+                       progress=not args.no_progress)
+    counts = [f"{n} {what}{'s' if n != 1 else ''}" for n, what in ((summary["images"], "image"),
+                                                                  (summary["videos"], "video")) if n]
+    print(f"annotated {' and '.join(counts) or 'nothing'} -> {summary['output']}/; "
+          f"detections in {summary['json']}")
+    if summary["errors"]:
+        print(f"error: {len(summary['errors'])} input(s) skipped (named above); the others are done",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Pictures of an evaluation and of a benchmark, drawn with matplotlib's Agg
+renderer (no display needed).
+
+- pr_curves.png: precision against recall at IoU 0.5, 0.75 and 0.50:0.95,
+  from COCOeval's accumulated precision (metrics["pr_curves"]);
+- per_class_ap.png: every class's AP as a horizontal bar, best first;
+- benchmark.png: images/s against batch size, a line per backend, with the
+  fp32 sgemm ceiling measured in the same run as a dashed line.
+
+matplotlib is imported inside the functions, so importing this module (or
+the scripts that use it) costs nothing until a picture is drawn. Redraw the
+pictures of a saved run with
+
+    python -m centernet.plots run_eval_result/metrics.json      # or work/benchmark/benchmark.json
+"""
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+from .errors import UserError, cli
+
+PR_CURVES = "pr_curves.png"
+PER_CLASS_AP = "per_class_ap.png"
+BENCHMARK = "benchmark.png"
+DPI = 120
+
+
+def _figure(width_in, height_in):
+    """A matplotlib Figure bound to the Agg canvas: no pyplot, no global
+    state, no display."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width_in, height_in), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path):
+    """Render to PNG in memory and write it atomically."""
+    import io
+    from .binio import write_atomic
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, buf.getvalue())
+    return path
+
+
+def _pct(v):
+    return "n/a" if v is None or v < 0 else f"{100 * v:.1f}"
+
+
+def plot_pr_curves(metrics, path):
+    """pr_curves.png from an evaluate_coco metrics dict."""
+    pr = metrics.get("pr_curves") or {}
+    fig = _figure(7.0, 5.4)
+    ax = fig.add_subplot()
+    lines = (("iou50", "IoU 0.50", "AP50", "-"), ("iou75", "IoU 0.75", "AP75", "-"),
+             ("iou50_95", "IoU 0.50:0.95 (mean)", "AP", "-"))
+    colours = ("#1f77b4", "#ff7f0e", "#2ca02c")
+    drawn = False
+    for (key, label, stat, style), colour in zip(lines, colours):
+        if pr.get(key):
+            ax.plot(pr["recall"], pr[key], style, color=colour, linewidth=2,
+                    label=f"{label}: {stat} {_pct(metrics.get(stat))}")
+            drawn = True
+    if not drawn:
+        ax.text(0.5, 0.5, "no ground truth in the evaluated images", ha="center", va="center",
+                transform=ax.transAxes)
+    # A little room below 0 and beyond 1: precision is 0 past the highest
+    # recall reached, and a curve on the axis line would be hidden.
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision (interpolated, mean over classes)")
+    n = metrics.get("num_images")
+    ax.set_title("Precision-recall, all object sizes, up to 100 detections per image"
+                 + (f"\n{n} images" if n else ""), fontsize=11)
+    ax.grid(True, alpha=0.3)
+    if drawn:
+        ax.legend(loc="best", frameon=True)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_per_class_ap(metrics, path):
+    """per_class_ap.png: one horizontal bar per class, highest AP at the top;
+    classes without ground truth in the evaluated images are listed below
+    the bars rather than drawn as zeros."""
+    per_class = metrics.get("per_class") or {}
+    scored = sorted(((ap, name) for name, ap in per_class.items() if ap is not None), key=lambda t: (-t[0], t[1]))
+    missing = sorted(name for name, ap in per_class.items() if ap is None)
+    n = max(1, len(scored))
+    note = ""
+    if missing:
+        note = "\n".join(textwrap.wrap(f"No ground truth in the evaluated images ({len(missing)}): "
+                                       + ", ".join(missing), 130))
+    note_in = 0.13 * (note.count("\n") + 1) + 0.1 if note else 0.0  # 7 pt lines
+    # 0.2 inch per bar keeps 80 names at 8 pt legible without overlap.
+    height = 1.3 + 0.2 * n + note_in
+    fig = _figure(8.0, height)
+    ax = fig.add_subplot()
+    if scored:
+        aps = [100 * ap for ap, _ in scored]
+        names = [name for _, name in scored]
+        ys = range(len(scored))
+        ax.barh(ys, aps, height=0.75, color="#4c72b0", zorder=2)
+        ax.set_yticks(list(ys), names, fontsize=8)
+        ax.set_ylim(len(scored) - 0.5, -0.5)  # best at the top
+        right = max(10.0, max(aps))  # percent; an all-zero run still gets a readable axis
+        for y, v in zip(ys, aps):
+            ax.text(v + right * 0.01, y, f"{v:.1f}", va="center", fontsize=7, zorder=4,
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.8})
+        mean = metrics.get("AP")
+        if mean is not None and mean >= 0:
+            ax.axvline(100 * mean, color="#d62728", linestyle="--", linewidth=1.2, zorder=3,
+                       label=f"AP {100 * mean:.1f} (mean over these classes)")
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set_xlim(0, right * 1.12)
+    else:
+        ax.text(0.5, 0.5, "no class has ground truth in the evaluated images", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_yticks([])
+    ax.set_xlabel("AP (IoU 0.50:0.95), %")
+    ax.xaxis.set_ticks_position("both")
+    ax.tick_params(axis="x", labeltop=True)
+    ax.grid(True, axis="x", alpha=0.3, zorder=0)
+    images = metrics.get("num_images")
+    ax.set_title(f"AP per class, {len(scored)} classes" + (f", {images} images" if images else ""),
+                 fontsize=11)
+    if note:
+        fig.text(0.01, 0.05 / height, note, fontsize=7, va="bottom", ha="left", color="#555555")
+    fig.tight_layout(rect=(0, note_in / height, 1, 1))
+    return _save(fig, path)
+
+
+def write_eval_plots(metrics, folder, log=None):
+    """pr_curves.png and per_class_ap.png in `folder`; returns their paths.
+    Without matplotlib, says so (through `log`, default stderr) and returns []."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        (log or (lambda m: print(m, file=sys.stderr)))(
+            "warning: matplotlib is not installed, so no plots (pip install -r requirements.txt)")
+        return []
+    folder = Path(folder)
+    return [plot_pr_curves(metrics, folder / PR_CURVES), plot_per_class_ap(metrics, folder / PER_CLASS_AP)]
+
+
+def plot_benchmark(result, path):
+    """benchmark.png from a CenterNet_benchmark.py result: images/s against
+    batch size per backend, and the same run's sgemm ceiling (GFLOP/s turned
+    into images/s with the network's FLOPs per image) as a dashed line."""
+    rows = result.get("rows") or []
+    if not rows:
+        raise UserError("benchmark result has no rows to plot")
+    fig = _figure(7.5, 5.0)
+    ax = fig.add_subplot()
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    batches = sorted({r["batch"] for r in rows})
+    top = 0.0
+    for name in backends:
+        mine = sorted((r["batch"], r["fps"]) for r in rows if r["backend"] == name)
+        ax.plot([b for b, _ in mine], [f for _, f in mine], "o-", linewidth=2, markersize=5, label=name)
+        top = max(top, max(f for _, f in mine))
+    sgemm = (result.get("sgemm_gflops") or {}).get("ceiling")
+    flops = result.get("flops_per_image")
+    if sgemm and flops:
+        ceiling = sgemm * 1e9 / flops
+        ax.axhline(ceiling, color="black", linestyle="--", linewidth=1.2,
+                   label=f"fp32 sgemm ceiling, same run: {sgemm:g} GFLOP/s = {ceiling:.2f} images/s")
+        top = max(top, ceiling)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.minorticks_off()
+    ax.set_ylim(0, top * 1.15)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images/s")
+    machine = result.get("machine") or {}
+    h, w = result.get("input_size") or (512, 512)
+    gflop = f", {flops / 1e9:.1f} GFLOP/image" if flops else ""
+    ax.set_title(f"ctdet DLA-34 {h}x{w}{gflop}\n{machine.get('cpu', 'unknown CPU')}, "
+                 f"{result.get('threads', '?')} threads", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+@cli
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("json", help="metrics.json (CenterNet_postprocess_s2.py, CenterNet_eval.py) or "
+                                "benchmark.json (CenterNet_benchmark.py)")
+    p.add_argument("--out", default=None, help="folder for the pictures (default: the JSON file's folder)")
+    args = p.parse_args(argv)
+    path = Path(args.json)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path}: not valid JSON") from None
+    out = Path(args.out) if args.out else path.parent
+    if isinstance(data, dict) and "rows" in data:
+        written = [plot_benchmark(data, out / BENCHMARK)]
+    elif isinstance(data, dict) and "per_class" in data:
+        written = write_eval_plots(data, out)
+    else:
+        raise UserError(f"{path}: neither a metrics.json nor a benchmark.json")
+    print("plots: " + ", ".join(map(str, written)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Draw detections on an image: a box per object in a colour per class, and a
+label with the class name and score.
+
+Sizes follow the image (line width and text height grow with it), so a label
+reads the same on a 320-pixel thumbnail and a 12-megapixel photo. Labels are
+opaque boxes in the class colour with black or white text, whichever contrasts
+more, so they stay readable on bright and dark backgrounds. Every box and label
+is kept inside the image: a box is clipped to it and its stroke drawn inward
+from the box's edge; a label goes above its box, or just inside the box's top
+edge where there is no room above.
+"""
+import colorsys
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+# cv2's height of FONT's capital letters at scale 1, thickness 1 (pixels).
+_FONT_CAP_HEIGHT = cv2.getTextSize("H", FONT, 1.0, 1)[0][1]
+
+
+def class_colours(num_classes):
+    """A distinct, bright BGR colour per class: hues spread by the golden
+    ratio (neighbouring class indices get far-apart hues), with saturation
+    and value alternating a little so that close hues still differ."""
+    colours = []
+    for k in range(num_classes):
+        hue = (k * 0.618033988749895) % 1.0
+        sat = (0.85, 0.65)[k % 2]
+        val = (1.0, 0.85, 0.95)[k % 3]
+        r, g, b = colorsys.hsv_to_rgb(hue, sat, val)
+        colours.append((int(round(255 * b)), int(round(255 * g)), int(round(255 * r))))
+    return colours
+
+
+def text_colour(bgr):
+    """Black or white, whichever contrasts more with a BGR background
+    (relative luminance of sRGB, WCAG's threshold)."""
+    def linear(c):
+        c /= 255.0
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+    b, g, r = (linear(float(c)) for c in bgr)
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return (0, 0, 0) if luminance > 0.179 else (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class Style:
+    """Line and text sizes for one image size."""
+    thickness: int     # box stroke, pixels
+    font_scale: float
+    text_thickness: int
+    pad: int           # label padding around the text, pixels
+
+
+def style_for(height, width):
+    """Sizes that look alike at any resolution: text about 2.2% of the image's
+    geometric-mean side (at least 11 pixels high), strokes about a third of a
+    percent (at least 1 pixel)."""
+    side = float(np.sqrt(height * width))
+    text_px = max(11.0, 0.022 * side)
+    font_scale = text_px / _FONT_CAP_HEIGHT
+    return Style(thickness=max(1, int(round(side / 320))),
+                 font_scale=font_scale,
+                 text_thickness=max(1, int(round(text_px / 12))),
+                 pad=max(2, int(round(text_px * 0.3))))
+
+
+def ascii_label(text):
+    """OpenCV's built-in fonts draw ASCII only: other characters become '?'."""
+    return text.encode("ascii", "replace").decode("ascii")
+
+
+def clip_box(box, height, width):
+    """(x1, y1, x2, y2) in continuous image coordinates, corners in order and
+    clipped to [0, width] x [0, height]."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    x1, x2 = sorted((x1, x2))
+    y1, y2 = sorted((y1, y2))
+    return (min(max(x1, 0.0), width), min(max(y1, 0.0), height),
+            min(max(x2, 0.0), width), min(max(y2, 0.0), height))
+
+
+def box_pixels(box, height, width):
+    """The clipped box as inclusive integer pixel bounds (x1, y1, x2, y2), or
+    None when nothing of it is inside the image."""
+    x1, y1, x2, y2 = clip_box(box, height, width)
+    px1, py1 = int(np.floor(x1)), int(np.floor(y1))
+    px2, py2 = int(np.ceil(x2)) - 1, int(np.ceil(y2)) - 1
+    if px2 < px1 or py2 < py1 or px1 >= width or py1 >= height:
+        return None
+    return px1, py1, min(px2, width - 1), min(py2, height - 1)
+
+
+def label_rect(text, box_px, height, width, style):
+    """Where a label goes: (x1, y1, x2, y2) inclusive pixel bounds and the
+    text's baseline origin. Above the box when it fits, else inside its top
+    edge; shifted left to stay inside the image."""
+    tw = cv2.getTextSize(text, FONT, style.font_scale, style.text_thickness)[0][0]
+    # Height from a fixed sample with ascenders and descenders, so every
+    # label of an image has the same height whatever its letters.
+    (_, th), baseline = cv2.getTextSize("Hdgy0", FONT, style.font_scale, style.text_thickness)
+    lw, lh = tw + 2 * style.pad, th + baseline + 2 * style.pad
+    bx1, by1 = box_px[0], box_px[1]
+    y1 = by1 - lh if by1 - lh >= 0 else by1
+    y1 = max(0, min(y1, height - lh))
+    x1 = max(0, min(bx1, width - lw))
+    origin = (x1 + style.pad, y1 + style.pad + th)
+    return (x1, y1, x1 + lw - 1, y1 + lh - 1), origin
+
+
+def draw_box(image, box_px, colour, thickness):
+    """A rectangle outline whose stroke lies inside the box's pixel bounds."""
+    x1, y1, x2, y2 = box_px
+    t = thickness
+    if x2 - x1 + 1 <= 2 * t or y2 - y1 + 1 <= 2 * t:  # too small for a hollow box
+        cv2.rectangle(image, (x1, y1), (x2, y2), colour, -1)
+        return
+    for a, b in (((x1, y1), (x2, y1 + t - 1)), ((x1, y2 - t + 1), (x2, y2)),
+                 ((x1, y1), (x1 + t - 1, y2)), ((x2 - t + 1, y1), (x2, y2))):
+        cv2.rectangle(image, a, b, colour, -1)
+
+
+def draw_detections(image, boxes, scores, classes, names, colours=None, style=None):
+    """A copy of the BGR image with each detection drawn; boxes (N, 4) x1, y1,
+    x2, y2 in image pixels, scores (N,), classes (N,) indices into `names`.
+    Drawn in ascending score order, so the best ones end up on top."""
+    out = np.ascontiguousarray(image).copy()
+    height, width = out.shape[:2]
+    colours = colours or class_colours(len(names))
+    style = style or style_for(height, width)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    classes = np.asarray(classes).reshape(-1)
+    for i in np.argsort(scores, kind="stable"):
+        px = box_pixels(boxes[i], height, width)
+        if px is None:
+            continue
+        colour = colours[int(classes[i])]
+        draw_box(out, px, colour, style.thickness)
+        text = ascii_label(f"{names[int(classes[i])]} {scores[i]:.2f}")
+        (lx1, ly1, lx2, ly2), origin = label_rect(text, px, height, width, style)
+        cv2.rectangle(out, (lx1, ly1), (lx2, ly2), colour, -1)
+        cv2.putText(out, text, origin, FONT, style.font_scale, text_colour(colour),
+                    style.text_thickness, cv2.LINE_AA)
+    return out

@@ -1,0 +1,290 @@
+"""CenterNet_demo.py and centernet.detect: images, folders, a short video, the
+.pth path with its export cache, bad inputs, and detections.json."""
+import json
+import shutil
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from centernet.coco import COCO_CATEGORIES
+from centernet.detect import (CACHE_KEY, Detector, cached_export, export_cache_path, open_detector, run_demo)
+from centernet.errors import UserError
+from centernet.runtime import make_session
+from centernet.stream import stream_detections
+from conftest import assert_one_line_error
+
+SMALL = (128, 128)  # fixed input of the test model: fast, and real decoding (32x32 output map)
+NAMES = [name for _, name, _ in COCO_CATEGORIES]
+IDS = [cid for cid, _, _ in COCO_CATEGORIES]
+
+
+def quiet(line):
+    pass
+
+
+def images_of(synthetic_coco):
+    return sorted(synthetic_coco["images_dir"].iterdir())
+
+
+@pytest.fixture(scope="module")
+def first_pth_run(upstream_checkpoint, synthetic_coco, tmp_path_factory):
+    """The demo on a .pth checkpoint the first time: it exports (at 128x128, to
+    keep the tests fast) next to the checkpoint. Returns (checkpoint, log lines,
+    run_demo's summary)."""
+    folder = tmp_path_factory.mktemp("pth")
+    pth = folder / "ctdet_coco_dla_2x.pth"
+    shutil.copy(upstream_checkpoint, pth)
+    logs = []
+    summary = demo([images_of(synthetic_coco)[0]], pth, folder / "out", thresh=0.0, input_size=SMALL,
+                   log=logs.append)
+    return pth, logs, summary
+
+
+@pytest.fixture(scope="module")
+def small_onnx(first_pth_run):
+    """The ONNX file that export left next to the checkpoint."""
+    return export_cache_path(first_pth_run[0], dynamic_size=False, input_size=SMALL)
+
+
+def demo(inputs, model, output, **kw):
+    kw.setdefault("threads", 2)
+    kw.setdefault("progress", False)
+    kw.setdefault("log", quiet)
+    kw.setdefault("log_error", quiet)
+    return run_demo([str(p) for p in inputs], model, output=output, **kw)
+
+
+def test_folder_and_file_detections_match_the_evaluation_pipeline(synthetic_coco, small_onnx, tmp_path):
+    folder = synthetic_coco["images_dir"]
+    files = images_of(synthetic_coco)
+    out = tmp_path / "out"
+    summary = demo([folder, files[0]], small_onnx, out, thresh=0.0)
+    assert summary["images"] == len(files) + 1 and not summary["errors"]
+    doc = json.loads((out / "detections.json").read_text())
+    assert doc["mode"] == "fixed 128x128" and doc["vis_thresh"] == 0.0 and "clipped" in doc["box"]
+    entries = doc["images"]
+    assert [e["file"] for e in entries] == [str(p) for p in files] + [str(files[0])]
+    # same names in the output folder; the second copy of a name is not overwritten
+    stem = files[0].stem
+    assert sorted(p.name for p in out.iterdir()) == sorted([p.name for p in files] + [f"{stem}-2.jpg",
+                                                                                    "detections.json"])
+    assert entries[-1]["output"] == str(out / f"{stem}-2.jpg")
+
+    # The detections are the evaluation's: same geometry, decoder and class mapping
+    # (boxes clipped to the image here), keyed by file name instead of image id.
+    by_id = {}
+    results, _, _, _ = stream_detections(small_onnx, folder, synthetic_coco["annotation_file"], threads=2,
+                                         input_size=SMALL, progress=False)
+    for r in results:
+        by_id.setdefault(r["image_id"], []).append(r)
+    ids = {img["file_name"]: img for img in synthetic_coco["dataset"]["images"]}
+    for entry in entries[:-1]:
+        img = ids[entry["file"].rsplit("/", 1)[1]]
+        assert (entry["width"], entry["height"]) == (img["width"], img["height"])
+        dets = entry["detections"]
+        expected = by_id[img["id"]]
+        assert len(dets) == len(expected) == 100  # threshold 0: all K
+        for d, r in zip(dets, expected):
+            assert d["score"] == pytest.approx(r["score"], abs=1e-4)
+            assert d["category_id"] == r["category_id"] and d["class"] == NAMES[IDS.index(r["category_id"])]
+            x, y, w, h = r["bbox"]
+            x1, x2 = sorted((x, x + w))
+            y1, y2 = sorted((y, y + h))
+            clipped = [min(max(x1, 0), img["width"]), min(max(y1, 0), img["height"]),
+                       min(max(x2, 0), img["width"]), min(max(y2, 0), img["height"])]
+            assert d["box"] == pytest.approx(clipped, abs=0.01)
+        assert [d["score"] for d in dets] == sorted((d["score"] for d in dets), reverse=True)
+        drawn = cv2.imread(entry["output"])
+        assert drawn.shape == (img["height"], img["width"], 3)
+    assert entries[-1]["detections"] == entries[0]["detections"]
+
+
+def test_threshold_keeps_the_top_of_the_same_list(synthetic_coco, small_onnx, tmp_path):
+    image = images_of(synthetic_coco)[1]
+    all_dets = demo([image], small_onnx, tmp_path / "a", thresh=0.0)["json"]
+    all_dets = json.loads(all_dets.read_text())["images"][0]["detections"]
+    # Halfway between the 3rd and 4th best distinct scores as written (4
+    # decimals), so that rounding cannot put a score on the other side.
+    distinct = sorted({d["score"] for d in all_dets})
+    thresh = (distinct[-3] + distinct[-4]) / 2
+    kept = json.loads(demo([image], small_onnx, tmp_path / "b", thresh=thresh)["json"].read_text())
+    kept = kept["images"][0]["detections"]
+    assert kept == [d for d in all_dets if d["score"] >= thresh] and len(kept) >= 3
+    # nothing above the threshold: the copy is the image itself (PNG: lossless)
+    png = tmp_path / "same.png"
+    cv2.imwrite(str(png), cv2.imread(str(image)))
+    out = demo([png], small_onnx, tmp_path / "c", thresh=1.0)["output"]
+    assert not json.loads((out / "detections.json").read_text())["images"][0]["detections"]
+    assert np.array_equal(cv2.imread(str(out / "same.png")), cv2.imread(str(png)))
+
+
+def make_video(path, frames=5, size=(96, 64), fps=7.0):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    assert writer.isOpened()
+    rng = np.random.default_rng(0)
+    for i in range(frames):
+        frame = np.full((size[1], size[0], 3), 40 + 30 * i, np.uint8)
+        x = 10 + 8 * i
+        frame[20:50, x:x + 25] = rng.integers(0, 256, 3)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def test_video_same_fps_size_and_frames(small_onnx, tmp_path):
+    video = make_video(tmp_path / "clip.mp4")
+    out = tmp_path / "out"
+    summary = demo([video], small_onnx, out, thresh=0.0)
+    assert summary["videos"] == 1 and not summary["errors"]
+    result = out / "clip.mp4"
+    cap = cv2.VideoCapture(str(result))
+    assert cap.isOpened() and cap.get(cv2.CAP_PROP_FPS) == pytest.approx(7.0)
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    assert len(frames) == 5 and frames[0].shape == (64, 96, 3)
+    entries = json.loads((out / "detections.json").read_text())["images"]
+    assert [e["frame"] for e in entries] == list(range(5))
+    assert all(e["file"] == str(video) and e["output"] == str(result) and (e["width"], e["height"]) == (96, 64)
+               and len(e["detections"]) == 100 for e in entries)
+    assert not list(out.glob(".*tmp*"))
+
+
+def test_bad_inputs_named_one_line_each_others_done(synthetic_coco, small_onnx, tmp_path, run_script):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    good = images_of(synthetic_coco)[:2]
+    for p in good:
+        shutil.copy(p, folder / p.name)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image, not listed")
+    bad_video = tmp_path / "bad.mp4"
+    bad_video.write_bytes(b"\x00" * 64)
+    missing = tmp_path / "nowhere.jpg"
+    out = tmp_path / "out"
+    r = run_script("CenterNet_demo.py", "--model", small_onnx, folder, missing, bad_video,
+                   "--output", out, "--threads", 2, "--no-progress", cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 5, r.stderr
+    for name in ("broken.jpg", "empty.png", "nowhere.jpg", "bad.mp4"):
+        assert sum(name in ln for ln in errors) == 1, (name, errors)
+    assert "4 input(s) skipped" in errors[-1]
+    entries = json.loads((out / "detections.json").read_text())["images"]
+    assert [e["file"].rsplit("/", 1)[1] for e in entries] == [p.name for p in good]
+    assert sorted(p.name for p in out.iterdir()) == sorted([p.name for p in good] + ["detections.json"])
+    # a line per image on the terminal, then where everything is
+    for p in good:
+        assert sum(ln.startswith(p.name) and "above 0.3" in ln for ln in r.stdout.splitlines()) == 1
+    assert f"detections in {out / 'detections.json'}" in r.stdout
+
+
+def test_keep_res_needs_a_dynamic_model(small_onnx, tmp_path, synthetic_coco, run_script):
+    r = run_script("CenterNet_demo.py", "--model", small_onnx, images_of(synthetic_coco)[0], "--keep-res",
+                   "--output", tmp_path / "o", cwd=tmp_path)
+    assert_one_line_error(r, str(small_onnx), "fixed 128x128", "--keep-res",
+                          "python CenterNet_pth2onnx.py", "--dynamic-size")
+
+
+class RecordingSession:
+    """An ONNX Runtime session that records the input shapes it is given."""
+
+    def __init__(self, session):
+        self.session, self.shapes = session, []
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+    def run(self, names, feed):
+        self.shapes.append(next(iter(feed.values())).shape)
+        return self.session.run(names, feed)
+
+
+def test_pth_exports_once_and_reuses_while_unchanged(first_pth_run, synthetic_coco, tmp_path):
+    pth, logs, first = first_pth_run
+    cache = export_cache_path(pth, dynamic_size=False, input_size=SMALL)
+    assert cache == pth.parent / "ctdet_coco_dla_2x.cache-128x128.onnx" and cache.is_file()
+    assert any("exporting" in ln for ln in logs) and any("checked against PyTorch" in ln for ln in logs)
+    meta = {p.key: p.value for p in onnx.load(str(cache)).metadata_props}
+    assert len(meta[CACHE_KEY]) == 64 and meta["centernet.input"] == "128x128"
+    stamp = cache.stat().st_mtime_ns
+    image = images_of(synthetic_coco)[0]
+
+    logs = []
+    second = demo([image], pth, tmp_path / "b", thresh=0.0, input_size=SMALL, log=logs.append)
+    assert cache.stat().st_mtime_ns == stamp and not any("exporting" in ln for ln in logs)
+    assert any("cached export" in ln for ln in logs)
+    dets = [json.loads(s["json"].read_text())["images"][0]["detections"] for s in (first, second)]
+    assert dets[0] == dets[1] and len(dets[0]) == 100
+
+    # A changed checkpoint (same name, its cache beside it) is exported again,
+    # and its detections differ.
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy2(cache, other / cache.name)
+    state = torch.load(pth, weights_only=True)
+    state["state_dict"]["module.hm.2.bias"] += 0.5
+    torch.save(state, other / pth.name)
+    logs = []
+    third = demo([image], other / pth.name, tmp_path / "c", thresh=0.0, input_size=SMALL, log=logs.append)
+    assert any("exporting again" in ln for ln in logs)
+    new_meta = {p.key: p.value for p in onnx.load(str(other / cache.name)).metadata_props}
+    assert new_meta[CACHE_KEY] != meta[CACHE_KEY]
+    changed = json.loads(third["json"].read_text())["images"][0]["detections"]
+    assert [d["score"] for d in changed] != [d["score"] for d in dets[0]]
+
+
+def test_pth_keep_res_caches_a_dynamic_export_beside_the_fixed_one(first_pth_run, synthetic_coco):
+    pth = first_pth_run[0]
+    path = cached_export(pth, dynamic_size=True, input_size=(64, 96), threads=2, log=quiet)
+    assert path == pth.parent / "ctdet_coco_dla_2x.cache-dynamic.onnx"
+    assert export_cache_path(pth, False, SMALL).is_file()  # one file per form
+    assert cached_export(pth, dynamic_size=True, input_size=(64, 96), log=quiet) == path  # reused
+    session = RecordingSession(make_session(path, threads=2))
+    detector = Detector(session, keep_res=True)
+    assert detector.mode == "keep resolution"
+    for img in synthetic_coco["dataset"]["images"][:3]:
+        image = cv2.imread(str(synthetic_coco["images_dir"] / img["file_name"]))
+        scores, classes, boxes = detector.detect(image)
+        h, w = image.shape[:2]
+        # keep resolution: the image's own size, rounded up to a multiple of 32
+        assert session.shapes[-1] == (1, 3, (h | 31) + 1, (w | 31) + 1)
+        assert scores.shape == (100,) and boxes.shape == (100, 4)
+    # the same dynamic model in fixed mode runs at 512x512 unless told otherwise
+    fixed = Detector(session, keep_res=False, input_size=(64, 64))
+    fixed.detect(image)
+    assert session.shapes[-1] == (1, 3, 64, 64) and fixed.mode == "fixed 64x64"
+
+
+def test_custom_names_and_their_errors(small_onnx, synthetic_coco, tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("# my names\n" + "\n".join(f"thing {i}" for i in range(80)) + "\n\n")
+    s = demo([images_of(synthetic_coco)[0]], small_onnx, tmp_path / "o", thresh=0.0, names_file=names)
+    dets = json.loads(s["json"].read_text())["images"][0]["detections"]
+    for d in dets:  # new names, COCO ids for the 80 channels
+        assert d["class"] == f"thing {IDS.index(d['category_id'])}"
+    names.write_text("cat\ndog\n")
+    with pytest.raises(UserError, match="2 names, the model has 80 classes"):
+        demo([images_of(synthetic_coco)[0]], small_onnx, tmp_path / "o", names_file=names)
+    with pytest.raises(UserError, match="names file not found"):
+        demo([images_of(synthetic_coco)[0]], small_onnx, tmp_path / "o", names_file=tmp_path / "none.txt")
+    with pytest.raises(UserError, match="does not match"):
+        open_detector(small_onnx, input_size=(256, 256))
+
+
+def test_output_into_an_input_folder_is_refused(synthetic_coco, tmp_path):
+    folder = tmp_path / "photos"
+    shutil.copytree(synthetic_coco["images_dir"], folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(UserError, match="is an input folder"):
+        demo([folder], "unused.onnx", folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

@@ -1,0 +1,119 @@
+"""centernet.plots: the evaluation's and the benchmark's pictures exist, have
+the size they are drawn at, and come out of the scripts that promise them."""
+import json
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+import CenterNet_benchmark
+from centernet.coco import COCO_CATEGORIES, evaluate_coco, write_results
+from centernet.plots import DPI, plot_benchmark, write_eval_plots
+from conftest import ROOT
+
+
+def png_size(path):
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert image is not None, path
+    return image.shape[1], image.shape[0]  # width, height
+
+
+def metrics_for(num_classes, seed=0):
+    """evaluate_coco on a small hand-made set with `num_classes` classes with
+    ground truth and some imperfect detections."""
+    rng = np.random.default_rng(seed)
+    cats = [{"id": cid, "name": name} for cid, name, _ in COCO_CATEGORIES]
+    images = [{"id": i + 1, "file_name": f"{i}.jpg", "width": 200, "height": 200} for i in range(4)]
+    anns, results = [], []
+    for k, (cid, _, _) in enumerate(COCO_CATEGORIES[:num_classes]):
+        img = k % 4 + 1
+        box = [float(v) for v in rng.uniform(10, 90, 2)] + [40.0, 50.0]
+        anns.append({"id": k + 1, "image_id": img, "category_id": cid, "bbox": box, "area": 2000.0, "iscrowd": 0})
+        jitter = (k % 5) * 3.0
+        results.append({"image_id": img, "category_id": cid, "bbox": [box[0] + jitter, box[1], 40.0, 50.0],
+                        "score": float(rng.uniform(0.3, 1))})
+        results.append({"image_id": img, "category_id": cid, "bbox": [150.0, 150.0, 30.0, 30.0],
+                        "score": float(rng.uniform(0, 1))})
+    gt = {"images": images, "annotations": anns, "categories": cats}
+    return gt, results, evaluate_coco(gt, results, verbose=False)
+
+
+@pytest.mark.parametrize("num_classes", [80, 3])
+def test_eval_plots_exist_at_their_size(num_classes, tmp_path):
+    _, _, metrics = metrics_for(num_classes)
+    pr, per_class = write_eval_plots(metrics, tmp_path / "ev")
+    assert pr == tmp_path / "ev" / "pr_curves.png" and per_class == tmp_path / "ev" / "per_class_ap.png"
+    assert png_size(pr) == (round(7.0 * DPI), round(5.4 * DPI))
+    width, height = png_size(per_class)
+    assert width == 8 * DPI
+    # a bar of 0.2 inch per class with ground truth, so 80 names stay legible
+    assert height >= 0.2 * DPI * num_classes
+    if num_classes == 80:
+        assert height >= 1900
+    assert not list((tmp_path / "ev").glob(".*tmp"))
+
+
+def test_pr_plot_with_no_ground_truth_still_draws(tmp_path):
+    metrics = {"AP": -1, "AP50": -1, "AP75": -1, "per_class": {"cat": None}, "num_images": 1,
+               "pr_curves": {"recall": [], "iou50": [], "iou75": [], "iou50_95": []}}
+    for path in write_eval_plots(metrics, tmp_path):
+        assert png_size(path)[0] > 0
+
+
+def fake_benchmark():
+    rows = []
+    for batch, ort, eager in ((1, 2.1, 1.1), (4, 2.3, 0.9), (8, 2.25, None)):
+        rows.append({"backend": "onnxruntime-cpu", "batch": batch, "fps": ort})
+        if eager:
+            rows.append({"backend": "pytorch-eager", "batch": batch, "fps": eager})
+    return {"rows": rows, "sgemm_gflops": {"ceiling": 190.0}, "flops_per_image": 66.2e9,
+            "input_size": [512, 512], "threads": 2, "machine": {"cpu": "test CPU"}}
+
+
+def test_benchmark_plot(tmp_path):
+    path = plot_benchmark(fake_benchmark(), tmp_path / "b" / "benchmark.png")
+    assert png_size(path) == (round(7.5 * DPI), round(5.0 * DPI))
+
+
+def test_benchmark_plot_option():
+    args = CenterNet_benchmark.parse_args(["--workdir", "w", "--plot"])
+    assert args.plot == "w/benchmark.png"
+    assert CenterNet_benchmark.parse_args(["--plot", "x.png"]).plot == "x.png"
+    assert CenterNet_benchmark.parse_args([]).plot is None
+
+
+def test_redraw_from_saved_json(tmp_path):
+    _, _, metrics = metrics_for(5)
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "benchmark.json").write_text(json.dumps(fake_benchmark()))
+    for name, pictures in (("metrics.json", ["pr_curves.png", "per_class_ap.png"]),
+                           ("bench/benchmark.json", ["bench/benchmark.png"])):
+        r = subprocess.run([sys.executable, "-m", "centernet.plots", str(tmp_path / name)], cwd=ROOT,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        for p in pictures:
+            assert (tmp_path / p).is_file() and str(tmp_path / p) in r.stdout
+
+
+def test_s2_writes_the_plots_and_says_where(synthetic_coco, tmp_path, run_script):
+    shutil.copytree(synthetic_coco["root"], tmp_path / "data")
+    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.5}
+               for a in synthetic_coco["dataset"]["annotations"]]
+    write_results(tmp_path / "save" / "results.json", results)
+    r = run_script("CenterNet_postprocess_s2.py", "--dataset=./data", "--resultfolder=ev", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for name in ("pr_curves.png", "per_class_ap.png"):
+        assert (tmp_path / "ev" / name).is_file() and f"ev/{name}" in r.stdout
+    assert png_size(tmp_path / "ev" / "pr_curves.png") == (round(7.0 * DPI), round(5.4 * DPI))
+
+
+def test_scripts_that_do_not_plot_do_not_import_matplotlib():
+    code = ("import sys, CenterNet_postprocess_s2, CenterNet_eval, CenterNet_demo, CenterNet_benchmark; "
+            "print('matplotlib' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"

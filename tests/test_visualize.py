@@ -1,0 +1,111 @@
+"""centernet.visualize: boxes land on their outlines and nowhere far from any
+box, stay inside the image, and labels stay readable at any size."""
+import cv2
+import numpy as np
+import pytest
+
+from centernet.visualize import (FONT, ascii_label, box_pixels, class_colours, draw_detections, label_rect,
+                                 style_for, text_colour)
+
+NAMES = ["cat", "dog", "car"]
+
+
+def changed(a, b):
+    return np.any(a != b, axis=2)
+
+
+def outline_mask(shape, box_px, thickness):
+    """The ring of `thickness` pixels just inside an inclusive pixel box."""
+    x1, y1, x2, y2 = box_px
+    mask = np.zeros(shape[:2], bool)
+    mask[y1:y2 + 1, x1:x2 + 1] = True
+    mask[y1 + thickness:y2 - thickness + 1, x1 + thickness:x2 - thickness + 1] = False
+    return mask
+
+
+def test_outlines_drawn_and_nothing_far_from_any_box():
+    rng = np.random.default_rng(0)
+    image = rng.integers(90, 160, size=(240, 320, 3), dtype=np.uint8)  # textured mid-grey
+    boxes = np.array([[30.4, 60.0, 170.2, 150.7], [190.0, 120.0, 300.0, 220.0]])
+    drawn = draw_detections(image, boxes, [0.9, 0.5], [0, 2], NAMES)
+    assert drawn.shape == image.shape and drawn.dtype == image.dtype
+    assert not np.shares_memory(drawn, image)
+    diff = changed(drawn, image)
+    t = style_for(240, 320).thickness
+    rings = np.zeros(image.shape[:2], bool)
+    for box in boxes:
+        # the stroke lies inside the box's pixel bounds: floor of x1, ceil of x2
+        px = (int(np.floor(box[0])), int(np.floor(box[1])), int(np.ceil(box[2])) - 1, int(np.ceil(box[3])) - 1)
+        ring = outline_mask(image.shape, px, t)
+        assert diff[ring].all()  # every outline pixel is painted
+        rings |= ring
+        # the inside stays untouched below the label's reach (labels go above these boxes)
+        x1, y1, x2, y2 = px
+        assert not diff[y1 + t + 1:y2 - t, x1 + t + 1:x2 - t].any()
+    # Nothing changes far from the outlines: the labels sit on the boxes'
+    # top edges and are at most a few text heights tall.
+    distance = cv2.distanceTransform((~rings).astype(np.uint8), cv2.DIST_L2, 5)
+    assert distance[diff].max() <= 25
+    assert not diff[distance > 25].any()
+    # the labels above the boxes did change something there
+    assert diff[40:60, 30:80].any() and diff[100:120, 190:240].any()
+
+
+def test_label_and_text_colours_contrast():
+    assert text_colour((255, 255, 255)) == (0, 0, 0)
+    assert text_colour((0, 255, 255)) == (0, 0, 0)      # yellow
+    assert text_colour((0, 0, 0)) == (255, 255, 255)
+    assert text_colour((200, 30, 30)) == (255, 255, 255)  # dark blue
+    colours = class_colours(80)
+    assert len(set(colours)) == 80
+    for bg in (0, 255):  # a label is opaque: its text contrasts with its own box, not the photo
+        image = np.full((120, 200, 3), bg, np.uint8)
+        drawn = draw_detections(image, [[20, 50, 180, 110]], [0.8], [0], NAMES, colours=[(0, 220, 255)] * 3)
+        rect, _ = label_rect("cat 0.80", (20, 50, 179, 109), 120, 200, style_for(120, 200))
+        x1, y1, x2, y2 = rect
+        label = drawn[y1:y2 + 1, x1:x2 + 1].reshape(-1, 3)
+        assert (np.all(label == (0, 220, 255), axis=1)).mean() > 0.4   # the box colour
+        assert (label.sum(axis=1) < 150).sum() > 10                    # dark text on it
+
+
+def test_boxes_and_labels_stay_inside_the_image():
+    h, w = 100, 150
+    style = style_for(h, w)
+    # a box hanging over the top-left corner, one over the right edge, one entirely outside
+    boxes = np.array([[-40, -30, 60, 50], [120, 40, 400, 90], [500, 500, 600, 600]], float)
+    image = np.full((h, w, 3), 128, np.uint8)
+    drawn = draw_detections(image, boxes, [0.9, 0.8, 0.7], [0, 1, 2], ["traffic light", "hair drier", "x"])
+    diff = changed(drawn, image)
+    # the clipped box outlines are on the image border
+    assert diff[0:50, 0].all() and diff[0, 0:60].all()       # box 0: left and top edges at the border
+    assert diff[40:90, w - 1].all()                           # box 1: right edge at the border
+    for box, name in zip(boxes[:2], ["traffic light 0.90", "hair drier 0.80"]):
+        px = box_pixels(box, h, w)
+        (x1, y1, x2, y2), _ = label_rect(name, px, h, w, style)
+        assert 0 <= x1 <= x2 < w and 0 <= y1 <= y2 < h         # the whole label is visible
+    assert box_pixels(boxes[2], h, w) is None                 # nothing drawn for it
+    # a box with swapped corners (negative size from the network) is drawn as the same box
+    a = draw_detections(image, [[20, 20, 80, 70]], [0.5], [0], NAMES)
+    b = draw_detections(image, [[80, 70, 20, 20]], [0.5], [0], NAMES)
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("h,w", [(60, 80), (480, 640), (3000, 4000)])
+def test_text_scales_with_the_image_and_stays_readable(h, w):
+    style = style_for(h, w)
+    (_, cap), _ = cv2.getTextSize("H", FONT, style.font_scale, style.text_thickness)
+    assert cap >= 9  # at least about 10 pixels high even on a thumbnail
+    side = np.sqrt(h * w)
+    assert cap <= max(14, 0.03 * side)  # and in proportion on a large photo
+    assert style.thickness >= 1 and style.thickness <= max(1, side / 200)
+    assert style_for(3000, 4000).font_scale > style_for(480, 640).font_scale
+
+
+def test_best_detection_drawn_last_and_ascii_labels():
+    image = np.zeros((100, 100, 3), np.uint8)
+    colours = [(255, 0, 0), (0, 0, 255)]
+    # two identical boxes: the higher score's colour must win on the outline
+    drawn = draw_detections(image, [[10, 30, 90, 90], [10, 30, 90, 90]], [0.9, 0.4], [1, 0], ["a", "b"],
+                            colours=colours)
+    assert tuple(drawn[89, 50]) == (0, 0, 255)
+    assert ascii_label("caf\u00e9 0.50") == "caf? 0.50"
