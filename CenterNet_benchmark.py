@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from centernet.benchmark import BACKENDS, DEFAULT_BACKENDS, format_table, run_benchmark, usable_cores, write_json
-from centernet.errors import cli
+from centernet.errors import UserError, cli
 
 DEFAULT_WEIGHTS = "ctdet_coco_dla_2x.pth"
 QUICK = {"batchsizes": [1, 4], "loop": 4}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from centernet.binio import make_dirs
 from centernet.checkpoint import load_model
-from centernet.errors import cli
+from centernet.errors import UserError, cli
 from centernet.export import DCN_FORMS, TARGETS, check_export, count_ops, export_onnx, require_passed
 
 

@@ -106,11 +106,11 @@ def test_bad_weights_fail_before_any_heavy_stage(tmp_path, synthetic_coco):
     assert not (tmp_path / "w" / "prep_dataset").exists()
 
 
-def test_ctrl_c_says_how_to_go_on(tmp_path):
+def test_ctrl_c_says_how_to_go_on(tmp_path, synthetic_coco, upstream_checkpoint):
     work = tmp_path / "w"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = start_command(["bash", ROOT / "run_all.sh", "--demo", "--demo-images", 2, "--workdir", work,
-                          "--threads", 2], cwd=ROOT, env=env)
+    proc = start_command(["bash", ROOT / "run_all.sh", "--weights", upstream_checkpoint, "--data",
+                          synthetic_coco["root"], "--workdir", work, "--threads", 2], cwd=ROOT, env=env)
     deadline = time.monotonic() + 120
     while not (work / "prep_dataset").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
