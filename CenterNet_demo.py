@@ -61,7 +61,8 @@ def default_model():
                     "(an .onnx file or the ctdet_coco_dla_2x.pth checkpoint)")
 
 
-@cli
+@cli(interrupted="the annotated copies finished so far are kept, and detections.json lists them; "
+                 "a re-run starts over")
 def main(argv=None):
     args = parse_args(argv)
     if args.threads < 0:

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .binio import write_atomic
+from .binio import make_dirs, write_atomic
 from .coco import COCO_CATEGORIES
 from .decode import decode_ctdet, map_boxes_to_image
 from .errors import UserError
@@ -115,7 +115,7 @@ def cached_export(checkpoint, dynamic_size=False, input_size=(INPUT_SIZE, INPUT_
     log(f"model: exporting {checkpoint} to {path} ({'dynamic input size' if dynamic_size else form}; "
         f"once, reused while the checkpoint is unchanged)")
     model = load_model(checkpoint, log=log)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     proto = export_onnx(model, path, input_size=tuple(input_size), dynamic_size=dynamic_size)
     # Until the metadata below is written the file counts as stale, so an
     # interrupted or failed export is redone next time.
@@ -334,8 +334,7 @@ class DemoRun:
                  log_error=None):
         self.detector = detector
         self.model_name = str(model_name)
-        self.output = Path(output)
-        self.output.mkdir(parents=True, exist_ok=True)
+        self.output = make_dirs(output)
         self.names = OutputNames(self.output)
         self.thresh = float(thresh)
         self.progress = progress
