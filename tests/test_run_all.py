@@ -83,14 +83,22 @@ def test_rerun_resumes(demo_run):
     assert "nothing to do" in r.stdout
 
 
-def test_missing_weights_says_what_to_fetch_then_runs_demo(tmp_path):
-    r = run_all("--weights", tmp_path / "none.pth", "--data", tmp_path / "nodata", "--demo-images", 2,
-                "--workdir", tmp_path / "w", "--threads", 2, cwd=ROOT)
+def test_missing_weights_says_what_to_fetch_then_runs_demo(demo_run, tmp_path):
+    # The demo's data, weights and export, made once for this module: the
+    # fallback reuses them (as a re-run would) instead of making them again.
+    work = tmp_path / "w"
+    work.mkdir()
+    shutil.copytree(demo_run[0] / "data", work / "data")
+    for name in ("ctdet_demo.pth", "CenterNet.onnx"):  # in this order: the export stays newer
+        shutil.copy(demo_run[0] / name, work)
+    r = run_all("--weights", tmp_path / "none.pth", "--data", tmp_path / "nodata", "--workdir", work,
+                "--threads", 2, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ctdet_coco_dla_2x.pth" in r.stdout and "MODEL_ZOO" in r.stdout
     assert "val2017.zip" in r.stdout and "annotations_trainval2017.zip" in r.stdout
     assert "Running the demo instead" in r.stdout and "| AP |" in r.stdout
-    assert not (tmp_path / "w" / "prep_dataset").exists()  # cleaned up without --keep
+    assert "CenterNet.onnx is up to date" in r.stdout
+    assert not (work / "prep_dataset").exists()  # cleaned up without --keep
 
 
 def test_bad_option(tmp_path):
