@@ -26,18 +26,17 @@ import json
 import sys
 from pathlib import Path
 
-from centernet.binio import write_atomic
-from centernet.coco import default_annotation_file, evaluate_coco, format_per_class_table, write_results
-from centernet.detect import VIS_THRESH
-from centernet.errors import UserError, cli
-from centernet.modes import UPSTREAM_SCALES, TestMode, parse_scales
-from centernet.plots import write_eval_plots
-from centernet.runtime import PROVIDERS
-from centernet.ray_eval import BLOCK_SIZE, annotate_on_ray, evaluate_on_ray  # imports Ray only when run
-from centernet.stream import default_workers, stream_detections
+from centernet.errors import Interrupted, UserError, cli
 
 
 def parse_args(argv=None):
+    # The package is imported here, under main's @cli: a Ctrl-C while numpy,
+    # OpenCV and ONNX Runtime load ends quietly too.
+    from centernet.detect import VIS_THRESH
+    from centernet.modes import UPSTREAM_SCALES
+    from centernet.ray_eval import BLOCK_SIZE  # Ray itself is imported only by a --ray run
+    from centernet.runtime import PROVIDERS
+    from centernet.stream import default_workers
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="CenterNet.onnx", help="ONNX model (default: %(default)s)")
     p.add_argument("--dataset", default="./data",
@@ -74,7 +73,8 @@ def parse_args(argv=None):
                    help="COCO results JSON, or with --ray and no annotations the detections JSON "
                         "(default: save/results.json, save/detections.json)")
     p.add_argument("--resultfolder", default="run_eval_result",
-                   help="folder for metrics.json, stream_summary.json and the plots (default: %(default)s)")
+                   help="folder for metrics.json, stream_summary.json, per_class_ap.txt and the plots "
+                        "(default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
     ray = p.add_argument_group("Ray Data (a local Ray or a cluster)")
     ray.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
@@ -91,9 +91,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-@cli
+@cli(interrupted="nothing written (the streaming evaluation keeps no partial results; a --ray run keeps "
+                 "its finished blocks); run the same command again")
 def main(argv=None):
     args = parse_args(argv)
+    from centernet.binio import make_dirs, write_atomic
+    from centernet.coco import (default_annotation_file, evaluate_coco, format_best_worst, write_per_class_table,
+                                write_results)
+    from centernet.modes import TestMode, parse_scales
+    from centernet.plots import write_eval_plots
+    from centernet.stream import stream_detections
     if args.batchsize < 1 or args.workers < 1:
         raise UserError("--batchsize and --workers must be >= 1")
     ann = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset)
@@ -106,6 +113,7 @@ def main(argv=None):
         return annotate(args, images, mode)
     output = args.output or "save/results.json"
     if args.ray is not None:
+        from centernet.ray_eval import evaluate_on_ray
         image_ids, errors, stats = evaluate_on_ray(
             args.model, images, ann, output, batchsize=args.batchsize, device=args.device, threads=args.threads,
             actors=args.actors, limit=args.limit, block_size=args.block_size, address=args.ray,
@@ -122,14 +130,18 @@ def main(argv=None):
     if stats.get("fps"):
         print(f"end to end {stats['end_to_end_fps']} images/s; inference alone {stats['fps']} images/s "
               f"({stats['end_to_end_fps'] / stats['fps']:.0%})")
-    metrics = evaluate_coco(ann, results, img_ids=image_ids if args.limit else None,
-                            results_source=output)
-    print(format_per_class_table(metrics["per_class"]))
-    folder = Path(args.resultfolder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        metrics = evaluate_coco(ann, results, img_ids=image_ids if args.limit else None,
+                                results_source=output)
+    except KeyboardInterrupt:
+        raise Interrupted(f"the detections are in {output}; CenterNet_postprocess_s2.py --results "
+                          f"{output} evaluates them") from None
+    print(format_best_worst(metrics["per_class"]))
+    folder = make_dirs(args.resultfolder)
     metrics["mode"] = stats["mode"]
     write_atomic(folder / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
     write_atomic(folder / "stream_summary.json", (json.dumps(stats, indent=2) + "\n").encode())
+    print(f"every class: {write_per_class_table(metrics['per_class'], folder)}")
     print(f"AP {100 * metrics['AP']:.1f} ({stats['mode']}); metrics in {folder / 'metrics.json'}")
     pictures = write_eval_plots(metrics, folder)
     if pictures:
@@ -144,6 +156,7 @@ def main(argv=None):
 
 def annotate(args, images, mode):
     """--ray with --images and no annotation file: detections.json, no AP."""
+    from centernet.ray_eval import annotate_on_ray
     output = args.output or "save/detections.json"
     print(f"no annotation file: annotating the images of {images} (detections with score >= {args.vis_thresh:g})")
     count, errors, stats = annotate_on_ray(

@@ -15,12 +15,13 @@ runs once per size, with ais_bench's --dymHW H,W.
 """
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from centernet.errors import UserError, cli
+from centernet.errors import Interrupted, UserError, WriteError, cli
 from centernet.infer import format_summary, run_folder, run_loop
 from centernet.preprocess import META_NAME, load_meta
 from centernet.runtime import PROVIDERS
@@ -48,8 +49,19 @@ def parse_args(argv=None):
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="input H W for models with a dynamic input size (default: the model's)")
     p.add_argument("--skip-existing", action="store_true",
-                   help="resume: leave out inputs whose outputs are already complete (default: redo all)")
+                   help="resume: leave out inputs whose outputs are already complete (default: redo all, "
+                        "as ais_bench does)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
     return p.parse_args(argv)
+
+
+def resume_command(argv):
+    """The command line that resumes this run: the same arguments plus
+    --skip-existing, under the name it was started by (run_infer.sh sets
+    CENTERNET_INFER_PROG)."""
+    prog = os.environ.get("CENTERNET_INFER_PROG") or f"python {shlex.quote(sys.argv[0])}"
+    args = list(argv) + ([] if "--skip-existing" in argv else ["--skip-existing"])
+    return f"{prog} {shlex.join(args)}"
 
 
 def run_ais_bench(argv):
@@ -114,7 +126,8 @@ def run_ais_bench_by_size(argv, input_dir):
     return 0
 
 
-@cli
+@cli(interrupted="outputs written so far are complete and kept; the same command with --skip-existing "
+                 "resumes")
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -125,11 +138,16 @@ def main(argv=None):
     size = tuple(args.input_size) if args.input_size else None
     if args.input is None:
         summary = run_loop(args.model, loop=args.loop, batchsize=args.batchsize, device=args.device,
-                           threads=args.threads, input_size=size, progress=True)
+                           threads=args.threads, input_size=size, progress=not args.no_progress)
     else:
-        summary = run_folder(args.model, args.input, args.output, args.output_dirname,
-                             batchsize=args.batchsize, device=args.device, threads=args.threads,
-                             input_size=size, skip_existing=args.skip_existing)
+        try:
+            summary = run_folder(args.model, args.input, args.output, args.output_dirname,
+                                 batchsize=args.batchsize, device=args.device, threads=args.threads,
+                                 input_size=size, skip_existing=args.skip_existing,
+                                 progress=not args.no_progress)
+        except (Interrupted, WriteError) as e:
+            # A plain re-run redoes every image, as ais_bench does: say the command that resumes.
+            raise type(e)(f"{e}; to resume, run: {resume_command(argv)}") from None
         print(f"outputs in {os.path.join(args.output, args.output_dirname)}")
     print(format_summary(summary))
     return 0

@@ -1,4 +1,4 @@
-"""Raw float32 .bin tensors in the ais_bench layout (REFERENCE section 6).
+"""Raw float32 .bin tensors in the ais_bench layout.
 
 Input files are `<stem>.bin`; output i of input `<stem>.bin` is
 `OUT/NAME/<stem>_<i>.bin` (0 hm, 1 wh, 2 reg). Every write goes to a temporary
@@ -10,19 +10,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, WriteError, write_error
 
 OUTPUT_NAMES = ("hm", "wh", "reg")  # the order of output1..3 / <stem>_0..2.bin
 
 
 def write_atomic(path, data):
-    """Write bytes (or any buffer) to `path` via a temp file + rename (atomic on POSIX)."""
+    """Write bytes (or any buffer) to `path` via a temp file + rename (atomic on POSIX).
+    Any failure (disk full, quota, read-only, no permission, no such folder)
+    is a WriteError naming `path`; the temp file is removed."""
     write_atomic_chunks(path, (data,))
 
 
 def write_atomic_chunks(path, chunks):
-    """Write an iterable of bytes chunks to `path` via a temp file + rename:
-    a large file streamed out without holding it whole in memory."""
+    """write_atomic for an iterable of bytes chunks: a large file streamed
+    out without holding it whole in memory."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -30,9 +32,33 @@ def write_atomic_chunks(path, chunks):
             for chunk in chunks:
                 f.write(chunk)
         os.replace(tmp, path)
+    except FileNotFoundError as e:
+        if not path.parent.is_dir():
+            raise WriteError(f"{path}: cannot write, the folder {path.parent} does not exist") from None
+        raise write_error(path, e) from None
+    except OSError as e:
+        raise write_error(path, e) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def make_dirs(folder):
+    """Create an output folder and its missing parents; a WriteError naming
+    it if that is impossible (a file in the way, no permission, a full or
+    read-only disk). Returns the folder as a Path."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise WriteError(f"{folder}: exists but is not a folder") from None
+    except NotADirectoryError:
+        raise WriteError(f"{folder}: cannot create this folder, part of its path is a file") from None
+    except OSError as e:
+        raise write_error(folder, e) from None
+    return folder
 
 
 def write_bin(path, array):

@@ -34,7 +34,6 @@ from collections import namedtuple
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -44,7 +43,7 @@ from .binio import write_atomic, write_atomic_chunks
 from .coco import class_category_ids, default_category_ids, load_annotations, stable_image_id, COCO_CATEGORIES
 from .decode import detections_to_coco
 from .detect import DEMO_IMAGE_EXTENSIONS, VIS_THRESH, detections_entry, detections_header, write_detections_json
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .infer import latency_stats
 from .modes import TestMode, flip_batch
 from .runtime import PROVIDERS, make_session, run_session
@@ -441,27 +440,12 @@ def _model_bytes(model):
     return data, hashlib.sha256(data).hexdigest()
 
 
-class ModelInfo:
-    """What resolve_mode reads of an ONNX Runtime session (the input shape,
-    the metadata), read from the serialized model itself: the driver holds
-    no session."""
-
-    def __init__(self, data, name="model"):
-        import onnx
-        try:
-            proto = onnx.load_model_from_string(data)
-        except Exception:  # protobuf's DecodeError and friends
-            raise UserError(f"{name}: not an ONNX model") from None
-        if not proto.graph.input or not proto.graph.output:
-            raise UserError(f"{name}: not an ONNX model (no graph inputs or outputs)")
-        self.metadata_props = proto.metadata_props
-        self._shape = [d.dim_value if d.dim_value > 0 else (d.dim_param or None)
-                       for d in proto.graph.input[0].type.tensor_type.shape.dim]
-        hm = [d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim]
-        self.num_classes = hm[1] if len(hm) == 4 and hm[1] > 0 else None
-
-    def get_inputs(self):
-        return [SimpleNamespace(shape=self._shape)]
+def inspect_model(data, name="model"):
+    """A CPU session of the serialized model, without graph optimisation (it
+    loads fast), for what resolve_mode and the plan read of it (input shape,
+    metadata, classes); it also shows here, in one line, a model ONNX
+    Runtime refuses, before any Ray worker starts."""
+    return make_session(data, device="cpu", threads=1, optimization="disable", name=name)
 
 
 def _quiet_ray_data_logs():
@@ -565,11 +549,12 @@ def _run_blocks(planned, model, to_entries, key, output, batchsize, device, thre
     if device not in PROVIDERS:
         raise UserError(f"unknown device {device!r}; choose from {', '.join(PROVIDERS)}")
     data, digest = _model_bytes(model)
-    info = ModelInfo(data, str(model))
-    mode, input_size, numpy_flip = resolve_mode(info, model, mode, input_size, log)
-    num_classes = num_classes or info.num_classes or len(COCO_CATEGORIES)
-    if info.num_classes and info.num_classes != num_classes:
-        raise UserError(f"{model}: {info.num_classes} classes, but {num_classes} are expected")
+    session = inspect_model(data, str(model))
+    mode, input_size, numpy_flip = resolve_mode(session, model, mode, input_size, log)
+    model_classes = session.get_outputs()[0].shape[1]
+    del session
+    if isinstance(model_classes, int) and model_classes != num_classes:
+        raise UserError(f"{model}: {model_classes} classes, but {num_classes} are expected")
     plan = Plan(tuple(input_size), mode.keep_res, tuple(mode.scales), numpy_flip, mode.flip, num_classes)
     store = BlockStore(output, {"model_sha256": digest, "mode": mode.name, "flip_in_graph": mode.flip and not numpy_flip,
                                 "k": K, **key}, log)
@@ -607,6 +592,10 @@ def _run_blocks(planned, model, to_entries, key, output, batchsize, device, thre
                 for out in batches:
                     stats.setdefault("first_result_seconds", round(time.perf_counter() - start, 3))
                     bar.update(collector.add(out))
+        except KeyboardInterrupt:
+            kept = len(blocks) - len(collector.arrived)
+            raise Interrupted(f"{kept} of {len(blocks)} block(s) finished, kept in {store.folder}; run the same "
+                              "command again to go on from there") from None
         except Exception as e:
             message = _user_error(e)
             if message is not None:
