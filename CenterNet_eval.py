@@ -91,8 +91,8 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-@cli(interrupted="nothing written (the streaming evaluation keeps no partial results; a --ray run keeps "
-                 "its finished blocks); run the same command again")
+@cli(interrupted="nothing written (the streaming evaluation keeps no partial results); "
+                 "run the same command again to start over")
 def main(argv=None):
     args = parse_args(argv)
     from centernet.binio import make_dirs, write_atomic
