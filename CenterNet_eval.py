@@ -3,6 +3,8 @@
 COCO AP in one pass, with no .bin files (43 GB for val2017 otherwise).
 
     python CenterNet_eval.py --model CenterNet.onnx --dataset ./data
+    python CenterNet_eval.py --model ctdet_coco_dla_2x.pth --backend torch --device cuda --precision fp16 \
+        --batchsize 32 --workers 8 --dataset ./data
 
 Writes the same results JSON, metrics.json and pictures (pr_curves.png,
 per_class_ap.png) as CenterNet_postprocess_s1.py and CenterNet_postprocess_s2.py.
@@ -12,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from centernet.backends import (add_backend_arguments, check_backend_args, describe_line, describe_session,
+                                open_session, torch_options_from_args)
 from centernet.binio import write_atomic
 from centernet.coco import default_annotation_file, evaluate_coco, format_per_class_table, write_results
 from centernet.errors import UserError, cli
@@ -22,7 +26,8 @@ from centernet.stream import default_workers, stream_detections
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="CenterNet.onnx", help="ONNX model (default: %(default)s)")
+    p.add_argument("--model", default="CenterNet.onnx",
+                   help="ONNX model, or the .pth checkpoint for --backend torch (default: %(default)s)")
     p.add_argument("--dataset", default="./data",
                    help="dataset root with coco/val2017 and coco/annotations (default: %(default)s)")
     p.add_argument("--annotations", default=None,
@@ -30,9 +35,10 @@ def parse_args(argv=None):
     p.add_argument("--images", default=None, help="image folder (default: DATASET/coco/val2017)")
     p.add_argument("--batchsize", type=int, default=1, help="images per inference batch (default: %(default)s)")
     p.add_argument("--device", choices=sorted(PROVIDERS), default="cpu",
-                   help="ONNX Runtime execution provider (default: %(default)s)")
+                   help="ONNX Runtime execution provider, or the PyTorch backend's device (cpu/cuda) "
+                        "(default: %(default)s)")
     p.add_argument("--threads", type=int, default=0,
-                   help="ONNX Runtime intra-op threads, 0 = all cores (default: %(default)s)")
+                   help="CPU intra-op threads, 0 = all cores (default: %(default)s)")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="preprocessing processes (default: %(default)s here)")
     p.add_argument("--limit", type=int, default=None,
@@ -41,6 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--resultfolder", default="run_eval_result",
                    help="folder for metrics.json, stream_summary.json and the plots (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
+    add_backend_arguments(p)
     return p.parse_args(argv)
 
 
@@ -51,9 +58,15 @@ def main(argv=None):
         raise UserError("--batchsize and --workers must be >= 1")
     ann = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset)
     images = Path(args.images) if args.images else Path(args.dataset) / "coco" / "val2017"
+    check_backend_args(args)
+    session = open_session(args.model, args.backend, device=args.device, threads=args.threads,
+                           torch_options=torch_options_from_args(args))
+    if describe_line(session):
+        print(describe_line(session))
     results, image_ids, errors, stats = stream_detections(
         args.model, images, ann, batchsize=args.batchsize, device=args.device, threads=args.threads,
-        workers=args.workers, limit=args.limit, progress=not args.no_progress)
+        workers=args.workers, limit=args.limit, progress=not args.no_progress, session=session)
+    stats["backend"] = describe_session(session)
     write_results(args.output, results)
     print(f"wrote {len(results)} detections for {len(image_ids)} images to {args.output}")
     print(f"end to end {stats['end_to_end_fps']} images/s; inference alone {stats['fps']} images/s "

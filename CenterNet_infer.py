@@ -4,8 +4,11 @@
     python CenterNet_infer.py --model CenterNet.onnx --input prep_dataset \\
         --output result --output_dirname dumpout_bs1 --batchsize 1
     python CenterNet_infer.py --model CenterNet.onnx --loop 20 --batchsize 4
+    python CenterNet_infer.py --model ctdet_coco_dla_2x.pth --backend torch --device cuda \
+        --precision fp16 --input prep_dataset --output result --output_dirname dumpout_bs32 --batchsize 32
 
-An .onnx model runs in ONNX Runtime and writes ais_bench's layout
+An .onnx model runs in ONNX Runtime, a .pth checkpoint in PyTorch (--backend
+torch, on CPU or CUDA, no export), and both write ais_bench's layout
 (OUT/NAME/<stem>_<i>.bin); an .om model is handed to `python -m ais_bench`
 with the same arguments.
 """
@@ -14,9 +17,12 @@ import os
 import subprocess
 import sys
 
+from centernet.backends import (add_backend_arguments, check_backend_args, describe_line, open_session,
+                                torch_options_from_args)
 from centernet.errors import UserError, cli
 from centernet.infer import format_summary, run_folder, run_loop
 from centernet.runtime import PROVIDERS
+from centernet.transforms import INPUT_SIZE
 
 AIS_BENCH_HELP = ("ais_bench is not installed: it comes from Ascend's tool repository "
                   "(https://gitee.com/ascend/tools, folder ais-bench_workload/tool/ais_bench), "
@@ -25,7 +31,8 @@ AIS_BENCH_HELP = ("ais_bench is not installed: it comes from Ascend's tool repos
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="CenterNet .onnx (ONNX Runtime) or .om (ais_bench) model")
+    p.add_argument("--model", required=True,
+                   help="CenterNet .onnx (ONNX Runtime), .pth checkpoint (PyTorch) or .om (ais_bench) model")
     p.add_argument("--input", help="folder of <stem>.bin inputs; omit with --loop for pure throughput")
     p.add_argument("--output", default="result", help="output root folder (default: %(default)s)")
     p.add_argument("--output_dirname", default="dumpout",
@@ -34,14 +41,16 @@ def parse_args(argv=None):
     p.add_argument("--loop", type=int, default=None,
                    help="pure inference mode: time this many batches of random input (default: off)")
     p.add_argument("--device", choices=sorted(PROVIDERS), default="cpu",
-                   help="ONNX Runtime execution provider; cuda/tensorrt need onnxruntime-gpu "
-                        "(default: %(default)s)")
+                   help="ONNX Runtime execution provider (cuda/tensorrt need onnxruntime-gpu), or the "
+                        "PyTorch backend's device (cpu/cuda) (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0,
-                   help="ONNX Runtime intra-op threads, 0 = all physical cores (default: %(default)s)")
+                   help="CPU intra-op threads, 0 = all physical cores (default: %(default)s)")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="input H W for models with a dynamic input size (default: the model's)")
+                   help="input H W for models with a dynamic input size (default: the model's; "
+                        f"--backend torch: {INPUT_SIZE} {INPUT_SIZE})")
     p.add_argument("--skip-existing", action="store_true",
                    help="resume: leave out inputs whose outputs are already complete (default: redo all)")
+    add_backend_arguments(p)
     return p.parse_args(argv)
 
 
@@ -63,13 +72,18 @@ def main(argv=None):
     if args.input is None and args.loop is None:
         raise UserError("give --input DIR to infer files, or --loop N for pure throughput")
     size = tuple(args.input_size) if args.input_size else None
+    check_backend_args(args)
+    session = open_session(args.model, args.backend, device=args.device, threads=args.threads,
+                           input_size=size or (INPUT_SIZE, INPUT_SIZE), torch_options=torch_options_from_args(args))
+    if describe_line(session):
+        print(describe_line(session))
     if args.input is None:
         summary = run_loop(args.model, loop=args.loop, batchsize=args.batchsize, device=args.device,
-                           threads=args.threads, input_size=size, progress=True)
+                           threads=args.threads, input_size=size, progress=True, session=session)
     else:
         summary = run_folder(args.model, args.input, args.output, args.output_dirname,
                              batchsize=args.batchsize, device=args.device, threads=args.threads,
-                             input_size=size, skip_existing=args.skip_existing)
+                             input_size=size, skip_existing=args.skip_existing, session=session)
         print(f"outputs in {os.path.join(args.output, args.output_dirname)}")
     print(format_summary(summary))
     return 0

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .backends import describe_session
 from .binio import input_bins, output_bin_path, read_bin, write_atomic, write_bin
 from .errors import UserError
 from .runtime import make_session, run_session
@@ -118,7 +119,8 @@ def run_folder(model, input_dir, output_root, output_dirname, batchsize=1, devic
         bar.close()
     summary = latency_stats(timings, len(files))
     summary.update(model=str(model), batchsize=batchsize, device=device, threads=threads,
-                   skipped=skipped, wall_seconds=round(time.perf_counter() - start, 3), output=str(out_dir))
+                   skipped=skipped, wall_seconds=round(time.perf_counter() - start, 3), output=str(out_dir),
+                   backend=describe_session(session))
     write_atomic(Path(output_root) / f"{output_dirname}_summary.json",
                  (json.dumps(summary, indent=2) + "\n").encode())
     return summary
@@ -163,7 +165,8 @@ def run_loop(model, loop=20, batchsize=1, device="cpu", threads=0, input_size=No
     timings = time_batches(lambda batch: run_session(session, batch), x, loop, warmup=warmup,
                            progress=progress, desc=f"bs{batchsize}")
     summary = latency_stats(timings, loop * batchsize)
-    summary.update(model=str(model), batchsize=batchsize, device=device, threads=threads, loop=loop)
+    summary.update(model=str(model), batchsize=batchsize, device=device, threads=threads, loop=loop,
+                   backend=describe_session(session))
     return summary
 
 
