@@ -156,7 +156,7 @@ class KernelDCN(DCN):
         if self.low_dtype is None:
             return self.kernel(input, offset, mask, self.weight, self.bias,
                                self.stride, self.padding, self.dilation)
-        with torch.autocast(input.device.type, dtype=self.low_dtype):
+        with torch.autocast(input.device.type, dtype=self.low_dtype, cache_enabled=False):
             out = self.kernel(input.float(), offset.float(), mask.float(), self.weight.float(),
                               self.bias.float(), self.stride, self.padding, self.dilation)
         return out.to(input.dtype)

@@ -272,7 +272,9 @@ class TorchSession:
             if threads:
                 torch.set_num_threads(previous)
 
-    def _to_device(self, batch):
+    def to_device(self, batch):
+        """numpy float32 batch -> the network's input tensor on the device (in
+        the compute dtype and memory format), through pinned memory on CUDA."""
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         if self.device.type == "cuda":
             if self.options.pin_memory:
@@ -289,8 +291,10 @@ class TorchSession:
     def _forward(self, x):
         """The network on a device tensor -> contiguous float32 device tensors."""
         low = self.options.low_dtype
-        ctx = (torch.autocast(self.device.type, dtype=low) if low is not None and self.options.cast == "autocast"
-               else contextlib.nullcontext())
+        # No autocast cache: each weight is used once per forward anyway, and
+        # a cache must be off for CUDA graph capture.
+        ctx = (torch.autocast(self.device.type, dtype=low, cache_enabled=False)
+               if low is not None and self.options.cast == "autocast" else contextlib.nullcontext())
         with ctx:
             outs = self.module(x)
         return [o.float().contiguous() for o in outs]
@@ -329,12 +333,18 @@ class TorchSession:
         torch.cuda.current_stream(self.device).synchronize()
         return [h.numpy() for h in hosts]
 
+    def run_device(self, x):
+        """The network on `to_device`'s tensor -> float32 device tensors, no copy
+        to the host (for measuring what the copies cost). Not synchronised."""
+        with self._context():
+            return self._graph(x) if self.options.cuda_graphs else self._forward(x)
+
     def run_batch(self, batch):
         """float32 (N, 3, H, W) numpy -> [hm, wh, reg] float32 numpy arrays."""
         batch = np.asarray(batch)
         self._check(batch)
         with self._context():
-            x = self._to_device(batch)
+            x = self.to_device(batch)
             outs = self._graph(x) if self.options.cuda_graphs else self._forward(x)
             return self._to_host(outs)
 

@@ -104,7 +104,7 @@ def test_auto_takes_torchvision_when_it_agrees(fake_torchvision, random_ctdet):
     # The whole network on it: the DCN layers run the library kernel, and the
     # outputs are those of the plain network.
     x = photo_inputs(1, (128, 128), seed=2)
-    s = TorchSession(random_ctdet, TorchOptions(threads=2), input_size=(128, 128))
+    s = TorchSession(random_ctdet, TorchOptions(threads=1), input_size=(128, 128))
     assert s.info["dcn_kernel"] == "torchvision"
     assert all(m.kernel is not ours for m in s.model.modules() if isinstance(m, KernelDCN))
     with torch.no_grad():
@@ -112,7 +112,7 @@ def test_auto_takes_torchvision_when_it_agrees(fake_torchvision, random_ctdet):
     for name, got, r in zip("hm wh reg".split(), s.run_batch(x), ref):
         assert_parity(got, r, what=name)
     # bf16: the library kernel gets float32 arguments (sampling in fp32).
-    low = TorchSession(random_ctdet, TorchOptions(threads=2, precision="bf16"), input_size=(128, 128))
+    low = TorchSession(random_ctdet, TorchOptions(threads=1, precision="bf16"), input_size=(128, 128))
     assert low.info["dcn_kernel"] == "torchvision" and all(np.isfinite(o).all() for o in low.run_batch(x))
 
 
@@ -128,7 +128,7 @@ def test_auto_falls_back_silently_when_torchvision_is_broken(fake_torchvision, r
     fake_torchvision("broken")
     name, kernel, note = select_kernel("auto", "cpu")
     assert name == "ours" and "RuntimeError" in note and "torchvision::nms" in note
-    s = TorchSession(random_ctdet, TorchOptions(threads=2), input_size=(64, 64))
+    s = TorchSession(random_ctdet, TorchOptions(threads=1), input_size=(64, 64))
     assert s.info["dcn_kernel"] == "ours"
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""
