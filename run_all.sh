@@ -6,6 +6,7 @@
 #   bash run_all.sh --demo                # generated data + random weights (smoke test)
 #   bash run_all.sh --limit 500           # the first 500 val2017 images, for a quick real run
 #   bash run_all.sh --backend ascend      # ATC + ais_bench on an Ascend NPU
+#   bash run_all.sh --backend torch --device cuda --precision fp16   # PyTorch on a GPU, no export
 #
 # Sets up .venv on first use. Every intermediate goes under --workdir; a re-run
 # after an interruption resumes (finished bins and outputs are kept).
@@ -21,9 +22,11 @@ usage: bash run_all.sh [options]
   --demo             run on generated data and random weights instead (AP means nothing)
   --demo-images N    number of generated images for the demo (default: 24)
   --batchsize B      inference batch size (default: 1)
-  --backend NAME     onnxruntime | ascend (default: onnxruntime)
-  --device NAME      ONNX Runtime device: cpu | cuda | tensorrt (default: cpu)
-  --threads N        ONNX Runtime intra-op threads, 0 = all cores (default: 0)
+  --backend NAME     onnxruntime | ascend | torch (default: onnxruntime); torch runs the
+                     checkpoint in PyTorch (CPU or CUDA) with no export
+  --device NAME      cpu | cuda | tensorrt (ONNX Runtime), cpu | cuda (torch) (default: cpu)
+  --precision P      torch only: fp32 | tf32 | fp16 | bf16 (default: fp32)
+  --threads N        CPU intra-op threads, 0 = all cores (default: 0)
   --workdir DIR      folder for every intermediate (default: ./work, ./work/demo for --demo)
   --limit N          only the first N images (by file name) (default: all)
   --stream           one streaming pass (CenterNet_eval.py) instead of the staged scripts:
@@ -38,7 +41,7 @@ USAGE
 die() { echo "error: $*" >&2; exit 2; }
 
 weights=""; data=""; demo=0; demo_images=24; batchsize=1; backend=onnxruntime; device=cpu; threads=0
-workdir=""; limit=""; stream=0; soc=""; keep=0
+workdir=""; limit=""; stream=0; soc=""; keep=0; precision=fp32
 while [ $# -gt 0 ]; do
   case "$1" in
     --weights) weights="${2:?}"; shift 2 ;;
@@ -49,6 +52,7 @@ while [ $# -gt 0 ]; do
     --backend) backend="${2:?}"; shift 2 ;;
     --device) device="${2:?}"; shift 2 ;;
     --threads) threads="${2:?}"; shift 2 ;;
+    --precision) precision="${2:?}"; shift 2 ;;
     --workdir) workdir="${2:?}"; shift 2 ;;
     --limit) limit="${2:?}"; shift 2 ;;
     --stream) stream=1; shift ;;
@@ -58,10 +62,13 @@ while [ $# -gt 0 ]; do
     *) usage >&2; die "unknown option $1" ;;
   esac
 done
-case "$backend" in onnxruntime|ascend) ;; *) die "--backend must be onnxruntime or ascend" ;; esac
+case "$backend" in onnxruntime|ascend|torch) ;; *) die "--backend must be onnxruntime, ascend or torch" ;; esac
+case "$precision" in fp32|tf32|fp16|bf16) ;; *) die "--precision must be fp32, tf32, fp16 or bf16" ;; esac
+[ "$precision" = fp32 ] || [ "$backend" = torch ] || die "--precision is for --backend torch"
+[ "$backend" != torch ] || [ "$device" = cpu ] || [ "$device" = cuda ] || die "--backend torch runs on cpu or cuda"
 [[ "$batchsize" =~ ^[1-9][0-9]*$ ]] || die "--batchsize must be a positive integer"
 [ -z "$limit" ] || [[ "$limit" =~ ^[1-9][0-9]*$ ]] || die "--limit must be a positive integer"
-[ "$stream" = 0 ] || [ "$backend" = onnxruntime ] || die "--stream runs on ONNX Runtime only"
+[ "$stream" = 0 ] || [ "$backend" != ascend ] || die "--stream runs on ONNX Runtime or torch, not ascend"
 
 cd "$here"
 source tools/venv.sh
@@ -111,14 +118,25 @@ stage() {  # stage NAME CMD...: run, time, and record
   printf '== %s done in %.1f s\n' "$name" "$t"
 }
 
+# The torch backend runs the checkpoint itself: no export stage.
+torch_args=(); [ "$backend" != torch ] || torch_args=(--backend torch --precision "$precision")
 if [ "$stream" = 1 ]; then
-  onnx="$workdir/CenterNet.onnx"
-  [ "$onnx" -nt "$weights" ] || stage export "$PY" CenterNet_pth2onnx.py "$weights" "$onnx"
-  stage stream-eval "$PY" CenterNet_eval.py --model "$onnx" --dataset "$data" --batchsize "$batchsize" \
-    --device "$device" --threads "$threads" --output "$results" --resultfolder "$evaldir" "${limit_args[@]}"
+  if [ "$backend" = torch ]; then
+    model="$weights"
+  else
+    model="$workdir/CenterNet.onnx"
+    [ "$model" -nt "$weights" ] || stage export "$PY" CenterNet_pth2onnx.py "$weights" "$model"
+  fi
+  stage stream-eval "$PY" CenterNet_eval.py --model "$model" --dataset "$data" --batchsize "$batchsize" \
+    --device "$device" --threads "$threads" --output "$results" --resultfolder "$evaldir" \
+    "${limit_args[@]}" "${torch_args[@]}"
 else
   stage preprocess "$PY" CenterNet_preprocess.py "$images" "$prep" "${limit_args[@]}"
-  if [ "$backend" = onnxruntime ]; then
+  if [ "$backend" = torch ]; then
+    stage infer bash run_infer.sh --model "$weights" --input "$prep" --output "$workdir/result" \
+      --output_dirname "$dump" --batchsize "$batchsize" --device "$device" --threads "$threads" --skip-existing \
+      "${torch_args[@]}"
+  elif [ "$backend" = onnxruntime ]; then
     model="$workdir/CenterNet.onnx"
     # Export is skipped when a complete (atomically written) file newer than the weights exists.
     if [ "$model" -nt "$weights" ]; then echo; echo "== export: $model is up to date"
@@ -147,14 +165,16 @@ fi
 
 # See what the detector sees on a few of the evaluated images (the first by
 # file name, as --limit takes them). The ONNX Runtime export when there is
-# one, else the checkpoint (exported once, cached beside it).
+# one, else the checkpoint (exported once, cached beside it); with --backend
+# torch, the checkpoint in PyTorch.
 annotate() {  # never fails the run: the evaluation above stands either way
   "$PY" CenterNet_demo.py "$@" || echo "warning: CenterNet_demo.py exited with status $? (see above)"
 }
 annotated="$workdir/demo_out"
 demo_model="$workdir/CenterNet.onnx"; [ "$demo_model" -nt "$weights" ] || demo_model="$weights"
+[ "$backend" != torch ] || demo_model="$weights"
 stage annotate annotate --model "$demo_model" "$images" --limit 4 --output "$annotated" \
-  --device "$device" --threads "$threads" --no-progress
+  --device "$device" --threads "$threads" --no-progress "${torch_args[@]}"
 
 echo
 echo "== summary ($([ "$demo" = 1 ] && echo "DEMO, AP means nothing" || echo "$weights on $data"))"

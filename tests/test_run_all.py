@@ -87,4 +87,21 @@ def test_missing_weights_says_what_to_fetch_then_runs_demo(tmp_path):
 
 def test_bad_option(tmp_path):
     r = run_all("--backend", "tpu", cwd=tmp_path)
-    assert r.returncode == 2 and "--backend must be onnxruntime or ascend" in r.stderr
+    assert r.returncode == 2 and "--backend must be onnxruntime, ascend or torch" in r.stderr
+    r = run_all("--precision", "bf16", cwd=tmp_path)
+    assert r.returncode == 2 and "--precision is for --backend torch" in r.stderr
+    r = run_all("--backend", "torch", "--device", "tensorrt", cwd=tmp_path)
+    assert r.returncode == 2 and "--backend torch runs on cpu or cuda" in r.stderr
+
+
+def test_torch_backend_runs_the_checkpoint_without_an_export(tmp_path):
+    # Staged pipeline with the PyTorch backend: run_infer.sh on the .pth, no
+    # export stage, s1 and s2 as usual, and the demo pictures drawn by PyTorch too.
+    work = tmp_path / "work"
+    r = run_all("--demo", "--demo-images", 2, "--workdir", work, "--backend", "torch", "--threads", 1, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "== export" not in r.stdout and not (work / "CenterNet.onnx").exists()
+    assert "torch backend: cpu, fp32" in r.stdout and "| AP |" in r.stdout
+    assert not list(work.glob("*.onnx")) and len(json.loads((work / "save" / "results.json").read_text())) == 200
+    assert "warning: CenterNet_demo.py" not in r.stdout
+    assert len(list((work / "demo_out").glob("*.jpg"))) == 2
