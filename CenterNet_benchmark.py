@@ -6,6 +6,7 @@
     python CenterNet_benchmark.py --quick --plot       # and draw images/s against batch size
     python CenterNet_benchmark.py --batchsizes 1 --profile --ort-sweep  # why ONNX Runtime is as fast as it is
     python CenterNet_benchmark.py --weights ctdet_coco_dla_2x.pth --batchsizes 1 --loop 20
+    python CenterNet_benchmark.py --modes              # upstream's test modes side by side, with FLOP ratios
     python CenterNet_benchmark.py --backends torch-cuda --precision fp32 fp16 bf16 --batchsizes 1 8 32 128
 
 Backends: ONNX Runtime CPU (CUDA and TensorRT when onnxruntime-gpu is
@@ -29,6 +30,7 @@ from pathlib import Path
 from centernet.backends import add_torch_arguments, torch_options_from_args
 from centernet.benchmark import BACKENDS, DEFAULT_BACKENDS, format_table, run_benchmark, usable_cores, write_json
 from centernet.errors import UserError, cli
+from centernet.mode_benchmark import DEFAULT_MODES, MODES, format_mode_table, run_mode_benchmark, write_mode_json
 
 DEFAULT_WEIGHTS = "ctdet_coco_dla_2x.pth"
 QUICK = {"batchsizes": [1, 4], "loop": 4}
@@ -79,17 +81,30 @@ def parse_args(argv=None):
     p.add_argument("--ort-sweep", action="store_true",
                    help="also time ONNX Runtime CPU with each session-option variant and on the "
                         "decomposed-DCN graph at the first batch size, about a minute (default: off)")
+    p.add_argument("--modes", nargs="*", choices=list(MODES), default=None,
+                   help="instead of the backend table: images/s of upstream's test modes on the same images "
+                        "(the streaming evaluation, ONNX Runtime CPU, batch = first --batchsizes value or 1), "
+                        "each beside the FLOP ratio it should cost; no names = "
+                        f"{' '.join(DEFAULT_MODES)} (default: off)")
+    p.add_argument("--mode-images", type=int, default=8,
+                   help="images for --modes (default: %(default)s)")
+    p.add_argument("--mode-dataset", default=None,
+                   help="dataset root with coco/val2017 and coco/annotations for --modes, its first "
+                        "--mode-images images (default: generated images of COCO-like sizes)")
     p.add_argument("--json", default=None,
-                   help="where to write the results as JSON (default: WORKDIR/benchmark.json)")
+                   help="where to write the results as JSON (default: WORKDIR/benchmark.json, "
+                        "WORKDIR/benchmark_modes.json with --modes)")
     p.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
                    help="also draw images/s against batch size, a line per backend, with this run's sgemm "
                         "ceiling dashed, to PNG (default: off; without PNG: WORKDIR/benchmark.png)")
     add_torch_arguments(p, several_precisions=True, title="PyTorch backend rows (torch-cpu, torch-cuda)")
     args = p.parse_args(argv)
+    args.mode_batch = args.batchsizes[0] if args.batchsizes else 1
     preset = QUICK if args.quick else FULL
     args.batchsizes = args.batchsizes or preset["batchsizes"]
     args.loop = args.loop or preset["loop"]
-    args.json = args.json or str(Path(args.workdir) / "benchmark.json")
+    name = "benchmark_modes.json" if args.modes is not None else "benchmark.json"
+    args.json = args.json or str(Path(args.workdir) / name)
     if args.plot == "":
         args.plot = str(Path(args.workdir) / "benchmark.png")
     if args.plot:
@@ -119,6 +134,15 @@ def main(argv=None):
     start = time.perf_counter()
     model, weights = load_weights(args.weights)
     print(f"weights: {weights}")
+    if args.modes is not None:
+        result = run_mode_benchmark(model, weights, modes=args.modes or DEFAULT_MODES, num_images=args.mode_images,
+                                    dataset=args.mode_dataset, threads=args.threads, batchsize=args.mode_batch,
+                                    warmup=args.warmup, workdir=args.workdir)
+        print()
+        print(format_mode_table(result))
+        write_mode_json(result, args.json)
+        print(f"\nwrote {args.json} ({time.perf_counter() - start:.0f}s in all)")
+        return 0
     result = run_benchmark(model, weights, backends=args.backends, batchsizes=args.batchsizes,
                            loop=args.loop, threads=args.threads, input_size=tuple(args.input_size),
                            workdir=args.workdir, onnx=args.onnx, onnx_decompose=args.onnx_decompose,

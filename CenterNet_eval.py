@@ -3,10 +3,13 @@
 COCO AP in one pass, with no .bin files (43 GB for val2017 otherwise).
 
     python CenterNet_eval.py --model CenterNet.onnx --dataset ./data
+    python CenterNet_eval.py --model CenterNet_dynamic.onnx --keep-res --flip --scales 0.5,0.75,1,1.25,1.5
     python CenterNet_eval.py --model ctdet_coco_dla_2x.pth --backend torch --device cuda --precision fp16 \
         --batchsize 32 --workers 8 --dataset ./data
 
-Writes the same results JSON, metrics.json and pictures (pr_curves.png,
+Upstream's test modes, in any combination: fixed 512x512 (default) or
+--keep-res, --flip, --scales. Keep resolution needs a model exported with
+--dynamic-size. Writes the same results JSON, metrics.json and pictures (pr_curves.png,
 per_class_ap.png) as CenterNet_postprocess_s1.py and CenterNet_postprocess_s2.py.
 """
 import argparse
@@ -19,6 +22,7 @@ from centernet.backends import (add_backend_arguments, check_backend_args, descr
 from centernet.binio import write_atomic
 from centernet.coco import default_annotation_file, evaluate_coco, format_per_class_table, write_results
 from centernet.errors import UserError, cli
+from centernet.modes import UPSTREAM_SCALES, TestMode, parse_scales
 from centernet.plots import write_eval_plots
 from centernet.runtime import PROVIDERS
 from centernet.stream import default_workers, stream_detections
@@ -33,7 +37,22 @@ def parse_args(argv=None):
     p.add_argument("--annotations", default=None,
                    help="annotation file (default: DATASET/coco/annotations/instances_val2017.json)")
     p.add_argument("--images", default=None, help="image folder (default: DATASET/coco/val2017)")
-    p.add_argument("--batchsize", type=int, default=1, help="images per inference batch (default: %(default)s)")
+    p.add_argument("--keep-res", action="store_true",
+                   help="keep resolution (upstream's --keep_res): each image at its own size rounded up to a "
+                        "multiple of 32, unscaled; needs a model exported with --dynamic-size "
+                        "(default: fixed 512x512)")
+    p.add_argument("--flip", action="store_true",
+                   help="flip test: each input also runs mirrored; heatmaps (after the sigmoid) and sizes are "
+                        "averaged. Implied by a model exported with --flip (default: off)")
+    p.add_argument("--scales", default="1",
+                   help="multi-scale test: comma-separated scales, each image resized by each, detections "
+                        "merged with soft-NMS; upstream's is " + ",".join(f"{t:g}" for t in UPSTREAM_SCALES)
+                        + " (default: %(default)s)")
+    p.add_argument("--upstream-rounding", action="store_true",
+                   help="round box coordinates and scores to 2 decimals as upstream's results JSON does "
+                        "(its published AP was computed that way) (default: full precision)")
+    p.add_argument("--batchsize", type=int, default=1,
+                   help="inputs of one size per inference batch (default: %(default)s)")
     p.add_argument("--device", choices=sorted(PROVIDERS), default="cpu",
                    help="ONNX Runtime execution provider, or the PyTorch backend's device (cpu/cuda) "
                         "(default: %(default)s)")
@@ -58,17 +77,20 @@ def main(argv=None):
         raise UserError("--batchsize and --workers must be >= 1")
     ann = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset)
     images = Path(args.images) if args.images else Path(args.dataset) / "coco" / "val2017"
+    mode = TestMode(keep_res=args.keep_res, flip=args.flip, scales=parse_scales(args.scales))
     check_backend_args(args)
+    # The PyTorch network takes any input size (every test mode); an ONNX file has its own.
     session = open_session(args.model, args.backend, device=args.device, threads=args.threads,
-                           torch_options=torch_options_from_args(args))
+                           input_size=None, torch_options=torch_options_from_args(args))
     if describe_line(session):
         print(describe_line(session))
     results, image_ids, errors, stats = stream_detections(
         args.model, images, ann, batchsize=args.batchsize, device=args.device, threads=args.threads,
-        workers=args.workers, limit=args.limit, progress=not args.no_progress, session=session)
+        workers=args.workers, limit=args.limit, progress=not args.no_progress, mode=mode,
+        upstream_rounding=args.upstream_rounding, session=session)
     stats["backend"] = describe_session(session)
     write_results(args.output, results)
-    print(f"wrote {len(results)} detections for {len(image_ids)} images to {args.output}")
+    print(f"mode: {stats['mode']}; wrote {len(results)} detections for {len(image_ids)} images to {args.output}")
     print(f"end to end {stats['end_to_end_fps']} images/s; inference alone {stats['fps']} images/s "
           f"({stats['end_to_end_fps'] / stats['fps']:.0%})")
     metrics = evaluate_coco(ann, results, img_ids=image_ids if args.limit else None,
@@ -76,9 +98,10 @@ def main(argv=None):
     print(format_per_class_table(metrics["per_class"]))
     folder = Path(args.resultfolder)
     folder.mkdir(parents=True, exist_ok=True)
+    metrics["mode"] = stats["mode"]
     write_atomic(folder / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
     write_atomic(folder / "stream_summary.json", (json.dumps(stats, indent=2) + "\n").encode())
-    print(f"AP {100 * metrics['AP']:.1f}; metrics in {folder / 'metrics.json'}")
+    print(f"AP {100 * metrics['AP']:.1f} ({stats['mode']}); metrics in {folder / 'metrics.json'}")
     pictures = write_eval_plots(metrics, folder)
     if pictures:
         print("plots: " + ", ".join(map(str, pictures)))

@@ -10,17 +10,24 @@
 An .onnx model runs in ONNX Runtime, a .pth checkpoint in PyTorch (--backend
 torch, on CPU or CUDA, no export), and both write ais_bench's layout
 (OUT/NAME/<stem>_<i>.bin); an .om model is handed to `python -m ais_bench`
-with the same arguments.
+with the same arguments. Keep-resolution bins (CenterNet_preprocess.py
+--keep-res) come in many sizes: their meta.json gives each bin's size; ONNX
+Runtime runs them all in one session, equal sizes batched together, and an
+.om model compiled with dynamic image size gears (convert_om.sh --keep-res)
+runs once per size, with ais_bench's --dymHW H,W.
 """
 import argparse
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from centernet.backends import (add_backend_arguments, check_backend_args, describe_line, open_session,
                                 torch_options_from_args)
 from centernet.errors import UserError, cli
 from centernet.infer import format_summary, run_folder, run_loop
+from centernet.preprocess import META_NAME, load_meta
 from centernet.runtime import PROVIDERS
 from centernet.transforms import INPUT_SIZE
 
@@ -47,7 +54,7 @@ def parse_args(argv=None):
                    help="CPU intra-op threads, 0 = all physical cores (default: %(default)s)")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="input H W for models with a dynamic input size (default: the model's; "
-                        f"--backend torch: {INPUT_SIZE} {INPUT_SIZE})")
+                        f"--backend torch: each bin's size from meta.json, else {INPUT_SIZE} {INPUT_SIZE})")
     p.add_argument("--skip-existing", action="store_true",
                    help="resume: leave out inputs whose outputs are already complete (default: redo all)")
     add_backend_arguments(p)
@@ -63,18 +70,77 @@ def run_ais_bench(argv):
     return subprocess.call([sys.executable, "-m", "ais_bench", *argv])
 
 
+def sizes_of_bins(input_dir):
+    """{(H, W): [bin paths]} from the folder's meta.json; {} without one."""
+    meta_path = Path(input_dir) / META_NAME
+    if not meta_path.is_file():
+        return {}
+    groups = {}
+    for name, entry in load_meta(meta_path)["images"].items():
+        path = Path(input_dir) / f"{Path(name).stem}.bin"
+        try:
+            size = tuple(int(v) for v in entry["input_size"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{meta_path}: entry for {name} lacks a valid input_size") from None
+        if path.is_file():
+            groups.setdefault(size, []).append(path)
+    return groups
+
+
+def _with_input(argv, folder):
+    """argv with the value of --input replaced by `folder`."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--input":
+            out += [a, str(folder)]
+            skip = True
+        elif a.startswith("--input="):
+            out.append(f"--input={folder}")
+        else:
+            out.append(a)
+    return out
+
+
+def run_ais_bench_by_size(argv, input_dir):
+    """Keep-resolution bins of several sizes on an .om with dynamic image
+    size gears: one ais_bench run per size, over a folder of links to that
+    size's bins, with --dymHW H,W; all write into the same output folder."""
+    groups = sizes_of_bins(input_dir)
+    if len(groups) <= 1:
+        return run_ais_bench(argv)
+    with tempfile.TemporaryDirectory(prefix="ais_bench_sizes_") as tmp:
+        for (h, w), paths in sorted(groups.items()):
+            folder = Path(tmp) / f"{h}x{w}"
+            folder.mkdir()
+            for p in paths:
+                (folder / p.name).symlink_to(p.resolve())
+            print(f"ais_bench: {len(paths)} inputs of {h}x{w}", flush=True)
+            rc = run_ais_bench(_with_input(argv, folder) + ["--dymHW", f"{h},{w}"])
+            if rc:
+                return rc
+    return 0
+
+
 @cli
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.model.endswith(".om"):
-        return run_ais_bench(argv)
+        return run_ais_bench_by_size(argv, args.input) if args.input else run_ais_bench(argv)
     if args.input is None and args.loop is None:
         raise UserError("give --input DIR to infer files, or --loop N for pure throughput")
     size = tuple(args.input_size) if args.input_size else None
     check_backend_args(args)
+    # The PyTorch network takes any input size (like a --dynamic-size export):
+    # the bins' sizes come from their meta.json (keep resolution gives many);
+    # bins without one, and --loop, are the recipe's 512x512.
+    session_size = size
+    if args.backend == "torch" and size is None and not (args.input and (Path(args.input) / META_NAME).is_file()):
+        size = (INPUT_SIZE, INPUT_SIZE)
     session = open_session(args.model, args.backend, device=args.device, threads=args.threads,
-                           input_size=size or (INPUT_SIZE, INPUT_SIZE), torch_options=torch_options_from_args(args))
+                           input_size=session_size, torch_options=torch_options_from_args(args))
     if describe_line(session):
         print(describe_line(session))
     if args.input is None:

@@ -4,7 +4,10 @@
 
 For every image of the annotation file reads <stem>_0.bin (hm), _1 (wh),
 _2 (reg), decodes the top 100 detections and maps them back onto the image;
-writes them as COCO results JSON (default save/results.json).
+writes them as COCO results JSON (default save/results.json). With --meta
+(prep_dataset/meta.json) each image is decoded with its own geometry and
+output size, as keep-resolution preprocessing (--keep-res) needs, and as a
+flip-test model (exported with --flip, preprocessed with --flip) needs.
 """
 import argparse
 import sys
@@ -35,6 +38,12 @@ def main(argv=None):
     parser.add_argument("--output", default="save/results.json", help="COCO results JSON to write")
     parser.add_argument("--K", type=int, default=100, help="detections per image")
     parser.add_argument("--batch-size", type=int, default=8, help="images decoded together")
+    parser.add_argument("--flip", action="store_true",
+                        help="the outputs come from a model exported with --flip: hm is already the averaged "
+                             "heatmap after the sigmoid (implied when meta.json was written with --flip)")
+    parser.add_argument("--upstream-rounding", action="store_true",
+                        help="round box coordinates and scores to 2 decimals as upstream's results JSON does "
+                             "(its published AP was computed that way); default: full precision")
     parser.add_argument("--allow-missing", action="store_true",
                         help="skip images without output bins (with a warning) instead of failing")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -49,8 +58,10 @@ def main(argv=None):
         raise UserError(f"{bin_dir}: output bin folder not found")
     ann_path = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset)
 
+    flip = args.flip
     if args.meta:
         meta = load_meta(args.meta)
+        flip = flip or bool(meta.get("flip_test"))
         annotations = load_annotations(ann_path) if ann_path.is_file() else None
         category_ids = (class_category_ids(annotations, source=str(ann_path)) if annotations
                         else default_category_ids())
@@ -73,9 +84,12 @@ def main(argv=None):
         print(f"warning: {what}; skipped (they count as missed in the evaluation)", file=sys.stderr)
 
     results = decode_bins_to_coco(bin_dir, present, category_ids, K=args.K, batch_size=args.batch_size,
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress, hm_is_heat=flip,
+                                  upstream_rounding=args.upstream_rounding)
     write_results(args.output, results)
-    print(f"{len(results)} detections of {len(present)} images -> {args.output}")
+    hm = "flip-averaged heatmap" if flip else "logits"
+    rounding = ", rounded to 2 decimals as upstream" if args.upstream_rounding else ""
+    print(f"{len(results)} detections of {len(present)} images (hm as {hm}{rounding}) -> {args.output}")
     return 0
 
 

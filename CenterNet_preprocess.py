@@ -1,9 +1,11 @@
 """Images -> network input bins (recipe step: preprocessing).
 
     python CenterNet_preprocess.py data/coco/val2017 prep_dataset
+    python CenterNet_preprocess.py data/coco/val2017 prep_keepres --keep-res
 
-Writes prep_dataset/<stem>.bin (1x3x512x512 float32) for every image and
-prep_dataset/meta.json (size, centre, scale of each image). Re-running skips
+Writes prep_dataset/<stem>.bin (1x3x512x512 float32; with --keep-res each
+image's own size rounded up to a multiple of 32) for every image and
+prep_dataset/meta.json (size, centre, scale and input size of each image). Re-running skips
 finished bins; unreadable images are reported and make the exit status 1.
 """
 import argparse
@@ -21,6 +23,14 @@ def main(argv=None):
     parser.add_argument("dst_dir", help="output folder for <stem>.bin and meta.json")
     parser.add_argument("--input-size", nargs=2, type=int, default=[512, 512], metavar=("H", "W"),
                         help="network input height and width")
+    parser.add_argument("--keep-res", action="store_true",
+                        help="keep resolution (upstream's --keep_res, its 37.4 AP mode): each image is placed "
+                             "unscaled in an input of its own size rounded up to a multiple of 32; "
+                             "the model needs a dynamic input size (CenterNet_pth2onnx.py --dynamic-size)")
+    parser.add_argument("--flip", action="store_true",
+                        help="record in meta.json that inference uses a model exported with --flip (flip test "
+                             "in the graph, hm already averaged after the sigmoid), so that "
+                             "CenterNet_postprocess_s1.py --meta decodes it as such; the bins are the same")
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes; None means one per core")
     parser.add_argument("--limit", type=int, default=None,
@@ -35,7 +45,8 @@ def main(argv=None):
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: must be at least 1")
     summary = preprocess_folder(args.src_dir, args.dst_dir, tuple(args.input_size), args.workers,
-                                progress=not args.no_progress, limit=args.limit)
+                                progress=not args.no_progress, limit=args.limit,
+                                keep_res=args.keep_res, flip_test=args.flip)
     print(f"{summary['converted']} converted, {summary['skipped']} already done, "
           f"{len(summary['failed'])} failed, of {summary['total']} images -> {args.dst_dir}")
     if summary["failed"]:

@@ -3,6 +3,8 @@
 
     python CenterNet_pth2onnx.py ctdet_coco_dla_2x.pth CenterNet.onnx
     python CenterNet_pth2onnx.py ctdet_coco_dla_2x.pth CenterNet_ascend.onnx --target ascend
+    python CenterNet_pth2onnx.py ctdet_coco_dla_2x.pth CenterNet_keepres.onnx --dynamic-size
+    python CenterNet_pth2onnx.py ctdet_coco_dla_2x.pth CenterNet_flip.onnx --flip
 """
 import argparse
 import sys
@@ -10,7 +12,7 @@ import time
 
 from centernet.checkpoint import load_model
 from centernet.errors import cli
-from centernet.export import DCN_FORMS, TARGETS, check_export, count_ops, export_onnx, require_passed
+from centernet.export import DCN_FORMS, TARGETS, FlipTest, check_export, count_ops, export_onnx, require_passed
 
 
 def parse_args(argv=None):
@@ -28,6 +30,11 @@ def parse_args(argv=None):
                    help="fixed input height and width (default: 512 512)")
     p.add_argument("--dynamic-size", action="store_true",
                    help="make input height and width dynamic too (default: only the batch is)")
+    p.add_argument("--flip", action="store_true",
+                   help="put upstream's flip test into the graph: each image runs together with its mirror; "
+                        "output1 becomes the average of the two heatmaps after the sigmoid (not logits), "
+                        "output2 the average wh, output3 the unflipped reg; names and shapes are unchanged "
+                        "and the file's metadata says so; works for both targets (default: off)")
     p.add_argument("--no-check", action="store_true",
                    help="skip the self-check: running the exported file in ONNX Runtime on two synthetic "
                         "photos against the PyTorch model in float64, failing when an output differs by "
@@ -43,17 +50,19 @@ def main(argv=None):
     model = load_model(args.checkpoint)
     t0 = time.perf_counter()
     proto = export_onnx(model, args.output, target=args.target, dcn=args.dcn,
-                        input_size=tuple(args.input_size), dynamic_size=args.dynamic_size)
+                        input_size=tuple(args.input_size), dynamic_size=args.dynamic_size, flip=args.flip)
     ops = count_ops(proto)
     dcn_nodes = ops.get("DeformConv", 0) + ops.get("DeformableConv2D", 0)
     print(f"wrote {args.output} ({args.target}, opset {proto.opset_import[0].version}, "
-          f"{dcn_nodes} deformable conv nodes, {sum(ops.values())} nodes) "
+          f"{dcn_nodes} deformable conv nodes, {sum(ops.values())} nodes"
+          f"{', flip test in the graph: output1 is the sigmoid-averaged heatmap' if args.flip else ''}) "
           f"in {time.perf_counter() - t0:.1f}s")
     if args.no_check:
         return 0
     print("checking the export against PyTorch (float64) ...", flush=True)
     t0 = time.perf_counter()
-    checks = check_export(model, proto, target=args.target, input_size=tuple(args.input_size),
+    reference = FlipTest(model) if args.flip else model  # the flip graph is checked against the flip test
+    checks = check_export(reference, proto, target=args.target, input_size=tuple(args.input_size),
                           threads=args.threads, name=args.output)
     for c in checks:
         print(c.describe())

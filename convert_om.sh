@@ -3,10 +3,15 @@
 #
 #   bash convert_om.sh CenterNet_ascend.onnx                      # soc from npu-smi, batch 1
 #   bash convert_om.sh CenterNet_ascend.onnx --batchsizes "1 4 8 16 32" --soc_version Ascend310P3
+#   bash convert_om.sh CenterNet_ascend.onnx --keep-res --meta prep_dataset/meta.json
+#       (keep resolution: the distinct input sizes of meta.json become ATC's dynamic
+#        image size gears; export the ONNX with --target ascend --dynamic-size)
 #
 # Writes <prefix>_bs<B>.om for each batch size (prefix defaults to CenterNet).
 # Needs the CANN toolkit: its set_env.sh is sourced when present.
 set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+MAX_GEARS=100  # ATC's limit on --dynamic_image_size profiles
 
 usage() {
   cat <<'USAGE'
@@ -15,6 +20,10 @@ usage: convert_om.sh MODEL.onnx [options]
   --batchsizes "B..."  batch sizes to compile, space separated (default: "1")
   --output_prefix P    writes P_bs<B>.om (default: CenterNet)
   --input-size H W     input height and width (default: 512 512)
+  --keep-res           keep-resolution model: height and width -1, with the distinct input
+                       sizes listed in --meta as ATC dynamic image size gears (at most 100)
+                       (default: off)
+  --meta FILE          meta.json of CenterNet_preprocess.py --keep-res (needed by --keep-res)
   --log LEVEL          atc log level: debug|info|warning|error (default: error)
   -h, --help           this text
 Environment: ASCEND_SET_ENV (default /usr/local/Ascend/ascend-toolkit/set_env.sh).
@@ -23,7 +32,7 @@ USAGE
 
 die() { echo "error: $*" >&2; exit 2; }
 
-model=""; soc=""; batchsizes="1"; prefix="CenterNet"; height=512; width=512; log=error
+model=""; soc=""; batchsizes="1"; prefix="CenterNet"; height=512; width=512; log=error; keep_res=0; meta=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --soc_version) soc="${2:?--soc_version needs a value}"; shift 2 ;;
@@ -34,6 +43,9 @@ while [ $# -gt 0 ]; do
     --output_prefix=*) prefix="${1#*=}"; shift ;;
     --input-size) height="${2:?--input-size needs H W}"; width="${3:?--input-size needs H W}"; shift 3 ;;
     --log) log="${2:?--log needs a value}"; shift 2 ;;
+    --keep-res) keep_res=1; shift ;;
+    --meta) meta="${2:?--meta needs a file}"; shift 2 ;;
+    --meta=*) meta="${1#*=}"; shift ;;
     -h|--help) usage; exit 0 ;;
     -*) usage >&2; die "unknown option $1" ;;
     *) [ -z "$model" ] || die "one model only (got $model and $1)"; model="$1"; shift ;;
@@ -45,6 +57,42 @@ for b in $batchsizes; do
   [[ "$b" =~ ^[1-9][0-9]*$ ]] || die "batch size '$b' is not a positive integer"
 done
 [[ "$height" =~ ^[1-9][0-9]*$ && "$width" =~ ^[1-9][0-9]*$ ]] || die "--input-size needs two positive integers"
+
+shape="${height},${width}"; gears=""
+if [ "$keep_res" = 1 ] || [ -n "$meta" ]; then
+  [ "$keep_res" = 1 ] || die "--meta goes with --keep-res"
+  [ -n "$meta" ] || die "--keep-res needs --meta DST/meta.json (from CenterNet_preprocess.py --keep-res) for the input sizes"
+  [ -f "$meta" ] || die "$meta: file not found (written by CenterNet_preprocess.py --keep-res)"
+  py="${PYTHON:-$here/.venv/bin/python}"
+  [ -x "$py" ] || py=python3
+  # The distinct input sizes, "h,w;h,w;..." in ascending order.
+  gears="$("$py" - "$meta" "$MAX_GEARS" <<'PY'
+import json, sys
+path, most = sys.argv[1], int(sys.argv[2])
+def fail(msg):
+    print(f"error: {path}: {msg}", file=sys.stderr)
+    sys.exit(2)
+try:
+    meta = json.load(open(path))
+    sizes = sorted({tuple(int(v) for v in e["input_size"]) for e in meta["images"].values()})
+except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    fail("not a preprocessing meta.json with an input_size per image")
+if not meta.get("keep_res"):
+    fail("not written with --keep-res; run CenterNet_preprocess.py --keep-res first")
+if not sizes:
+    fail("no images listed")
+if len(sizes) > most:
+    fail(f"{len(sizes)} distinct input sizes, but ATC takes at most {most} dynamic image size gears; "
+         f"preprocess fewer images at a time (--limit) or use the fixed 512x512 mode")
+print(";".join(f"{h},{w}" for h, w in sizes))
+PY
+)" || exit 2
+  if [[ "$gears" == *";"* ]]; then
+    shape="-1,-1"
+  else
+    shape="$gears"; gears=""  # one size: ATC wants two gears or more, so a static shape
+  fi
+fi
 
 set_env="${ASCEND_SET_ENV:-/usr/local/Ascend/ascend-toolkit/set_env.sh}"
 if [ -f "$set_env" ]; then
@@ -60,9 +108,10 @@ if [ -z "$soc" ]; then
   soc="Ascend$chip"
 fi
 
+dynamic=(); [ -z "$gears" ] || dynamic=(--dynamic_image_size="$gears")
 for b in $batchsizes; do
   out="${prefix}_bs${b}"
-  echo "atc: $model -> $out.om (batch $b, $soc)"
+  echo "atc: $model -> $out.om (batch $b, $soc${gears:+, $(tr -cd ';' <<<"$gears" | wc -c | awk '{print $1 + 1}') input sizes})"
   atc --framework=5 --model="$model" --output="$out" --input_format=NCHW \
-      --input_shape="actual_input:${b},3,${height},${width}" --log="$log" --soc_version="$soc"
+      --input_shape="actual_input:${b},3,${shape}" "${dynamic[@]}" --log="$log" --soc_version="$soc"
 done

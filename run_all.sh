@@ -6,6 +6,7 @@
 #   bash run_all.sh --demo                # generated data + random weights (smoke test)
 #   bash run_all.sh --limit 500           # the first 500 val2017 images, for a quick real run
 #   bash run_all.sh --backend ascend      # ATC + ais_bench on an Ascend NPU
+#   bash run_all.sh --keep-res --flip     # upstream's test modes (also --scales, streaming only)
 #   bash run_all.sh --backend torch --device cuda --precision fp16   # PyTorch on a GPU, no export
 #
 # Sets up .venv on first use. Every intermediate goes under --workdir; a re-run
@@ -31,6 +32,14 @@ usage: bash run_all.sh [options]
   --limit N          only the first N images (by file name) (default: all)
   --stream           one streaming pass (CenterNet_eval.py) instead of the staged scripts:
                      no .bin files on disk (default: staged)
+  --keep-res         keep resolution (upstream's 37.4 AP mode): each image at its own size,
+                     rounded up to a multiple of 32, with a dynamic-size model (default: fixed 512)
+  --flip             flip test (39.2 AP with --keep-res): staged, the exported graph holds it;
+                     with --backend torch it runs the streaming evaluation (default: off)
+  --scales LIST      multi-scale test, e.g. 0.5,0.75,1,1.25,1.5 (41.7 AP with --keep-res --flip);
+                     runs the streaming evaluation (default: 1)
+  --upstream-rounding  boxes and scores rounded to 2 decimals as upstream's results JSON
+                     (default: full precision)
   --soc_version S    Ascend chip for ATC, e.g. Ascend310P3 (default: read from npu-smi)
   --keep             keep the input/output .bin files after a successful run
                      (default: delete them once the AP is computed; 43 GB for full val2017)
@@ -41,7 +50,7 @@ USAGE
 die() { echo "error: $*" >&2; exit 2; }
 
 weights=""; data=""; demo=0; demo_images=24; batchsize=1; backend=onnxruntime; device=cpu; threads=0
-workdir=""; limit=""; stream=0; soc=""; keep=0; precision=fp32
+workdir=""; limit=""; stream=0; soc=""; keep=0; keep_res=0; flip=0; scales=1; rounding=0; precision=fp32
 while [ $# -gt 0 ]; do
   case "$1" in
     --weights) weights="${2:?}"; shift 2 ;;
@@ -56,6 +65,10 @@ while [ $# -gt 0 ]; do
     --workdir) workdir="${2:?}"; shift 2 ;;
     --limit) limit="${2:?}"; shift 2 ;;
     --stream) stream=1; shift ;;
+    --keep-res) keep_res=1; shift ;;
+    --flip) flip=1; shift ;;
+    --scales) scales="${2:?}"; shift 2 ;;
+    --upstream-rounding) rounding=1; shift ;;
     --soc_version) soc="${2:?}"; shift 2 ;;
     --keep) keep=1; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -68,6 +81,17 @@ case "$precision" in fp32|tf32|fp16|bf16) ;; *) die "--precision must be fp32, t
 [ "$backend" != torch ] || [ "$device" = cpu ] || [ "$device" = cuda ] || die "--backend torch runs on cpu or cuda"
 [[ "$batchsize" =~ ^[1-9][0-9]*$ ]] || die "--batchsize must be a positive integer"
 [ -z "$limit" ] || [[ "$limit" =~ ^[1-9][0-9]*$ ]] || die "--limit must be a positive integer"
+[[ "$scales" =~ ^[0-9.]+(,[0-9.]+)*$ ]] || die "--scales wants comma-separated numbers, e.g. 0.5,0.75,1,1.25,1.5"
+if [ "$scales" != 1 ] && [ "$stream" = 0 ]; then
+  [ "$backend" != ascend ] || die "--scales runs in the streaming evaluation, on ONNX Runtime or torch"
+  echo "note: the multi-scale test runs in the streaming evaluation (CenterNet_eval.py): --stream"
+  stream=1
+fi
+if [ "$flip" = 1 ] && [ "$backend" = torch ] && [ "$stream" = 0 ]; then
+  # Staged, the flip test lives in an exported graph; the PyTorch backend has none.
+  echo "note: with --backend torch the flip test runs in the streaming evaluation (CenterNet_eval.py): --stream"
+  stream=1
+fi
 [ "$stream" = 0 ] || [ "$backend" != ascend ] || die "--stream runs on ONNX Runtime or torch, not ascend"
 
 cd "$here"
@@ -100,8 +124,21 @@ fi
 workdir="${workdir:-./work}"
 mkdir -p "$workdir"
 
+# The test mode: flags for each stage, and a tag that keeps its files apart.
+tag=""; mode_args=(); prep_args=(); export_args=(); rounding_args=()
+if [ "$keep_res" = 1 ]; then
+  tag+="_keepres"; mode_args+=(--keep-res); prep_args+=(--keep-res); export_args+=(--dynamic-size)
+fi
+if [ "$flip" = 1 ]; then
+  tag+="_flip"; mode_args+=(--flip)
+  # Staged, the flip test lives in the exported graph (meta.json tells s1); streaming mirrors in numpy.
+  [ "$stream" = 1 ] || { prep_args+=(--flip); export_args+=(--flip); }
+fi
+[ "$scales" = 1 ] || mode_args+=(--scales "$scales")
+[ "$rounding" = 0 ] || rounding_args=(--upstream-rounding)
+
 prep="$workdir/prep_dataset"
-dump="dumpout_bs$batchsize"
+dump="dumpout_bs$batchsize$tag"
 results="$workdir/save/results.json"
 evaldir="$workdir/run_eval_result"
 limit_args=(); [ -z "$limit" ] || limit_args=(--limit "$limit")
@@ -118,43 +155,50 @@ stage() {  # stage NAME CMD...: run, time, and record
   printf '== %s done in %.1f s\n' "$name" "$t"
 }
 
-# The torch backend runs the checkpoint itself: no export stage.
+model_tag=""  # which export the mode needs: dynamic size, flip test in the graph
+[ "$keep_res" = 0 ] || model_tag+="_dynamic"
+if [ "$flip" = 1 ] && [ "$stream" = 0 ]; then model_tag+="_flip"; fi
+# The torch backend runs the checkpoint itself, at any input size: no export stage.
 torch_args=(); [ "$backend" != torch ] || torch_args=(--backend torch --precision "$precision")
 if [ "$stream" = 1 ]; then
   if [ "$backend" = torch ]; then
     model="$weights"
   else
-    model="$workdir/CenterNet.onnx"
-    [ "$model" -nt "$weights" ] || stage export "$PY" CenterNet_pth2onnx.py "$weights" "$model"
+    model="$workdir/CenterNet$model_tag.onnx"
+    [ "$model" -nt "$weights" ] || stage export "$PY" CenterNet_pth2onnx.py "$weights" "$model" "${export_args[@]}"
   fi
   stage stream-eval "$PY" CenterNet_eval.py --model "$model" --dataset "$data" --batchsize "$batchsize" \
-    --device "$device" --threads "$threads" --output "$results" --resultfolder "$evaldir" \
-    "${limit_args[@]}" "${torch_args[@]}"
+    --device "$device" --threads "$threads" --output "$results" --resultfolder "$evaldir" "${limit_args[@]}" \
+    "${mode_args[@]}" "${rounding_args[@]}" "${torch_args[@]}"
 else
-  stage preprocess "$PY" CenterNet_preprocess.py "$images" "$prep" "${limit_args[@]}"
+  stage preprocess "$PY" CenterNet_preprocess.py "$images" "$prep" "${limit_args[@]}" "${prep_args[@]}"
   if [ "$backend" = torch ]; then
     stage infer bash run_infer.sh --model "$weights" --input "$prep" --output "$workdir/result" \
       --output_dirname "$dump" --batchsize "$batchsize" --device "$device" --threads "$threads" --skip-existing \
       "${torch_args[@]}"
   elif [ "$backend" = onnxruntime ]; then
-    model="$workdir/CenterNet.onnx"
+    model="$workdir/CenterNet$model_tag.onnx"
     # Export is skipped when a complete (atomically written) file newer than the weights exists.
     if [ "$model" -nt "$weights" ]; then echo; echo "== export: $model is up to date"
-    else stage export "$PY" CenterNet_pth2onnx.py "$weights" "$model"; fi
+    else stage export "$PY" CenterNet_pth2onnx.py "$weights" "$model" "${export_args[@]}"; fi
     stage infer bash run_infer.sh --model "$model" --input "$prep" --output "$workdir/result" \
       --output_dirname "$dump" --batchsize "$batchsize" --device "$device" --threads "$threads" --skip-existing
   else
-    onnx="$workdir/CenterNet_ascend.onnx"
-    [ "$onnx" -nt "$weights" ] || stage export "$PY" CenterNet_pth2onnx.py "$weights" "$onnx" --target ascend
+    onnx="$workdir/CenterNet_ascend$model_tag.onnx"
+    [ "$onnx" -nt "$weights" ] || stage export "$PY" CenterNet_pth2onnx.py "$weights" "$onnx" --target ascend \
+      "${export_args[@]}"
     soc_args=(); [ -z "$soc" ] || soc_args=(--soc_version "$soc")
-    om="$workdir/CenterNet_bs$batchsize.om"
-    [ "$om" -nt "$onnx" ] || stage convert bash convert_om.sh "$onnx" --batchsizes "$batchsize" \
-      --output_prefix "$workdir/CenterNet" "${soc_args[@]}"
+    gear_args=(); [ "$keep_res" = 0 ] || gear_args=(--keep-res --meta "$prep/meta.json")
+    om="$workdir/CenterNet$tag""_bs$batchsize.om"
+    # Keep resolution: the gears are the sizes of this run's images, so always convert.
+    if [ "$om" -nt "$onnx" ] && [ "$keep_res" = 0 ]; then echo; echo "== convert: $om is up to date"
+    else stage convert bash convert_om.sh "$onnx" --batchsizes "$batchsize" \
+      --output_prefix "$workdir/CenterNet$tag" "${soc_args[@]}" "${gear_args[@]}"; fi
     stage infer bash run_infer.sh --model "$om" --input "$prep" --output "$workdir/result" \
       --output_dirname "$dump" --batchsize "$batchsize"
   fi
   stage postprocess_s1 "$PY" CenterNet_postprocess_s1.py --bin_data_path="$workdir/result/$dump/" \
-    --dataset="$data" --meta "$prep/meta.json" --output "$results"
+    --dataset="$data" --meta "$prep/meta.json" --output "$results" "${rounding_args[@]}"
   stage postprocess_s2 "$PY" CenterNet_postprocess_s2.py --dataset="$data" --results "$results" \
     --resultfolder "$evaldir" --meta "$prep/meta.json"
   if [ "$keep" = 0 ]; then
@@ -171,15 +215,17 @@ annotate() {  # never fails the run: the evaluation above stands either way
   "$PY" CenterNet_demo.py "$@" || echo "warning: CenterNet_demo.py exited with status $? (see above)"
 }
 annotated="$workdir/demo_out"
-demo_model="$workdir/CenterNet.onnx"; [ "$demo_model" -nt "$weights" ] || demo_model="$weights"
+demo_model="$workdir/CenterNet$model_tag.onnx"  # this mode's export (a --flip one says so in its metadata)
+[ "$demo_model" -nt "$weights" ] || demo_model="$weights"
 [ "$backend" != torch ] || demo_model="$weights"
+demo_args=(); [ "$keep_res" = 0 ] || demo_args=(--keep-res)
 stage annotate annotate --model "$demo_model" "$images" --limit 4 --output "$annotated" \
-  --device "$device" --threads "$threads" --no-progress "${torch_args[@]}"
+  --device "$device" --threads "$threads" --no-progress "${demo_args[@]}" "${torch_args[@]}"
 
 echo
 echo "== summary ($([ "$demo" = 1 ] && echo "DEMO, AP means nothing" || echo "$weights on $data"))"
 for i in "${!stage_names[@]}"; do printf '  %-16s %8.1f s\n' "${stage_names[$i]}" "${stage_secs[$i]}"; done
-"$PY" -m centernet.report "$evaldir/metrics.json"
+"$PY" -m centernet.report "$evaldir/metrics.json" "${mode_args[@]}"
 echo
 echo "pictures:"
 echo "  annotated images: $annotated/ (detections.json beside them)"

@@ -236,21 +236,27 @@ def speed(model, x, device, preset, flops, run):
         ceilings[precision] = matmul_ceiling(device, precision, n=preset["matmul_n"])
         print(f"  {precision} matmul ceiling {ceilings[precision] / 1e3:.1f} TFLOP/s", flush=True)
     for precision in preset["precisions"]:
-        session = TorchSession(model, TorchOptions(device=device, precision=precision), input_size=x.shape[2:])
+        try:
+            session = TorchSession(model, TorchOptions(device=device, precision=precision), input_size=x.shape[2:])
+        except Exception as e:  # noqa: BLE001 - keep the other precisions' rows
+            rows.append({"precision": precision, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            continue
         for batch in preset["batches"]:
             if run.left() < 20:
                 rows.append({"precision": precision, "batch": batch, "skipped": "out of time"})
                 continue
             try:
                 row = {"precision": precision, **time_session(session, batch_of(x, batch), preset["images_per_row"])}
-            except torch.cuda.OutOfMemoryError as e:
-                row = {"precision": precision, "batch": batch, "error": f"out of memory: {str(e)[:200]}"}
+            except Exception as e:  # noqa: BLE001 - out of memory at a large batch, say
+                row = {"precision": precision, "batch": batch, "error": f"{type(e).__name__}: {str(e)[:300]}"}
                 free(device)
             if "fps" in row:
                 row["gflops"] = round(flops * row["fps"] / 1e9, 1)
                 row["of_ceiling"] = round(row["gflops"] / ceilings[precision], 4)
                 print(f"  {precision} batch {batch}: {row['fps']} images/s, {row['ms_per_image']} ms/image, "
                       f"p50 {row['latency_ms_p50']} ms per batch, {row['of_ceiling']:.1%} of the ceiling", flush=True)
+            else:
+                print(f"  {precision} batch {batch}: {row.get('error') or row.get('skipped')}", flush=True)
             rows.append(row)
         del session
         free(device)
@@ -409,7 +415,8 @@ def markdown(result):
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in sp["rows"]:
             if "fps" not in r:
-                lines.append(f"| {r['precision']} | {r['batch']} | {r.get('skipped') or r.get('error', '')} | | | | | |")
+                why = (r.get("skipped") or r.get("error", ""))[:80]
+                lines.append(f"| {r['precision']} | {r.get('batch', '')} | {why} | | | | | |")
                 continue
             lines.append(f"| {r['precision']} | {r['batch']} | {r['fps']:.1f} | {r['ms_per_image']:.2f} | "
                          f"{r['latency_ms_p50']:.1f} | {r['latency_ms_p99']:.1f} | {r['of_ceiling']:.1%} | "

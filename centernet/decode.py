@@ -42,17 +42,23 @@ def max_pool3x3(x):
     return pooled
 
 
+def as_heat(x):
+    """The activation of an hm that is already a heatmap (the flip test's
+    sigmoid average): a float32 copy, so callers may overwrite it."""
+    return np.array(x, dtype=np.float32)
+
+
 CLASS_BLOCK = 8  # classes per step: 8x128x128 float32 (512 KiB) stays in cache
 
 
-def _peaks(hm_img):
+def _peaks(hm_img, act=sigmoid):
     """Flat indices (ascending) and scores of the nonzero entries of
-    heat * (heat == maxpool3x3(heat)) for one image's (C,H,W) raw heatmap,
-    worked through in cache-sized blocks of classes."""
+    heat * (heat == maxpool3x3(heat)) for one image's (C,H,W) heatmap,
+    heat = act(hm), worked through in cache-sized blocks of classes."""
     c, h, w = hm_img.shape
     idx, val = [], []
     for c0 in range(0, c, CLASS_BLOCK):
-        heat = sigmoid(hm_img[c0:c0 + CLASS_BLOCK])
+        heat = act(hm_img[c0:c0 + CLASS_BLOCK])
         keep = heat == max_pool3x3(heat)
         keep &= heat > 0
         nz = np.flatnonzero(keep)
@@ -89,12 +95,12 @@ def _top_k(indices, values, K, size):
     return indices[order], values[order]
 
 
-def _peak_test(flat, shape, cand):
+def _peak_test(flat, shape, cand, act=sigmoid):
     """The candidates (flat indices into a (C,H,W) heatmap) that are peaks,
-    and their scores: same sigmoid, same 3x3 equality test as _peaks."""
+    and their scores: same activation, same 3x3 equality test as _peaks."""
     _, h, w = shape
     y, x = np.divmod(cand % (h * w), w)
-    score = sigmoid(flat[cand])
+    score = act(flat[cand])
     best = score.copy()
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
@@ -102,7 +108,7 @@ def _peak_test(flat, shape, cand):
                 inside = (y + dy >= 0) & (y + dy < h) & (x + dx >= 0) & (x + dx < w)
                 # a neighbour outside the map stands in as the pixel itself,
                 # which cannot change the max (like -inf padding)
-                np.maximum(best, sigmoid(flat[np.where(inside, cand + dy * w + dx, cand)]), out=best)
+                np.maximum(best, act(flat[np.where(inside, cand + dy * w + dx, cand)]), out=best)
     keep = (score == best) & (score > 0)
     return cand[keep], score[keep]
 
@@ -111,13 +117,14 @@ SAMPLE_STEP = 97       # stride of the sample that picks the threshold (prime: n
 CANDIDATES_PER_K = 64  # aim for this many candidate pixels per wanted detection
 
 
-def _top_k_thresholded(hm_img, K):
+def _top_k_thresholded(hm_img, K, act=sigmoid):
     """Top K of one image looking only at pixels whose logit is above a
     threshold, or None where that cannot be shown to give the exact answer.
 
     The threshold comes from a strided sample. The candidates' peaks are
     the answer when there are at least K of them and the K-th score beats
-    sigmoid(threshold): every pixel below the threshold scores at most that.
+    act(threshold): every pixel below the threshold scores at most that
+    (the activation is monotone).
     Otherwise the threshold is lowered, and after a few tries the caller
     falls back to the full map.
     """
@@ -130,17 +137,19 @@ def _top_k_thresholded(hm_img, K):
         cand = np.flatnonzero(flat >= theta)
         if cand.size * 8 >= n:
             return None
-        idx, val = _peak_test(flat, hm_img.shape, cand)
+        idx, val = _peak_test(flat, hm_img.shape, cand, act)
         if idx.size >= K:
             idx, val = _top_k(idx, val, K, n)
-            if val[-1] > sigmoid(np.array([theta], np.float32))[0]:
+            if val[-1] > act(np.array([theta], np.float32))[0]:
                 return idx, val
         q *= 8
     return None
 
 
-def decode_ctdet(hm, wh, reg, K=100):
+def decode_ctdet(hm, wh, reg, K=100, hm_is_heat=False):
     """Decode raw outputs of a batch: hm (N,C,H,W), wh and reg (N,2,H,W).
+    hm_is_heat: hm is already a heatmap in [0, 1] (the flip test averages
+    after the sigmoid), so no sigmoid is applied.
 
     Returns scores (N,K) float32 (descending), classes (N,K) int64 (0..C-1)
     and boxes (N,K,4) float32 (x1, y1, x2, y2) on the output map.
@@ -158,11 +167,12 @@ def decode_ctdet(hm, wh, reg, K=100):
         raise ValueError(f"wh {wh.shape} and reg {reg.shape} must be {(n, 2, h, w)} to match hm {hm.shape}")
     if not 0 < K <= h * w:
         raise ValueError(f"K={K} must be between 1 and H*W={h * w}")
+    act = as_heat if hm_is_heat else sigmoid
     top = np.empty((n, K), np.int64)
     scores = np.empty((n, K), np.float32)
     for i in range(n):
-        found = _top_k_thresholded(hm[i], K)
-        top[i], scores[i] = found if found is not None else _top_k(*_peaks(hm[i]), K, c * h * w)
+        found = _top_k_thresholded(hm[i], K, act)
+        top[i], scores[i] = found if found is not None else _top_k(*_peaks(hm[i], act), K, c * h * w)
 
     classes, pix = np.divmod(top, h * w)
     ys, xs = np.divmod(pix, w)
@@ -275,20 +285,56 @@ def _batches(images, batch_size):
         yield batch
 
 
-def detections_to_coco(image_id, scores, classes, boxes, category_ids):
-    """COCO results entries of one image; boxes (K,4) x1,y1,x2,y2 on the image."""
+def _round2(values):
+    """Upstream's float("{:.2f}".format(v)) of every value (coco.py convert_eval_format)."""
+    return [float(f"{v:.2f}") for v in values]
+
+
+def detections_to_coco(image_id, scores, classes, boxes, category_ids, upstream_rounding=False):
+    """COCO results entries of one image; boxes (K,4) x1,y1,x2,y2 on the image.
+
+    upstream_rounding: as upstream's results JSON, from which its published
+    AP was computed: boxes as float32, width = x2 - x1 in float32, then the
+    four numbers and the score rounded to 2 decimals. Default: full precision.
+    """
     cat = np.asarray(category_ids)[classes].tolist()
+    if upstream_rounding:
+        b32 = np.asarray(boxes, dtype=np.float32)
+        xywh = np.concatenate([b32[:, :2], b32[:, 2:] - b32[:, :2]], axis=1)
+        return [{"image_id": image_id, "category_id": c, "bbox": _round2(b), "score": float(f"{s:.2f}")}
+                for c, b, s in zip(cat, xywh.tolist(), np.asarray(scores, np.float32).tolist())]
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).tolist()
     return [{"image_id": image_id, "category_id": c, "bbox": b, "score": s}
             for c, b, s in zip(cat, xywh, scores.astype(np.float64).tolist())]
 
 
-def decode_bins_to_coco(bin_dir, images, category_ids, K=100, batch_size=8, progress=True):
+def check_hm_kind(hm, hm_is_heat, source):
+    """One-line error when the hm read does not fit what decoding was told:
+    a heatmap must lie in [0, 1]; raw logits of a trained network never do
+    (the background is strongly negative)."""
+    lo, hi = float(hm.min()), float(hm.max())
+    if hm_is_heat and not (lo >= 0 and hi <= 1):
+        raise UserError(f"{source}: hm runs from {lo:.3g} to {hi:.3g}, so it holds raw logits, but it was to be "
+                        f"decoded as the flip test's averaged heatmap (meta.json written with --flip, or --flip "
+                        f"given); was the model exported without --flip?")
+    if not hm_is_heat and lo >= 0 and hi <= 1:
+        raise UserError(f"{source}: every hm value lies in [0, 1], so it holds the averaged heatmap of a model "
+                        f"exported with --flip, not raw logits; decode with --flip (or preprocess with --flip "
+                        f"so that meta.json says so)")
+
+
+def decode_bins_to_coco(bin_dir, images, category_ids, K=100, batch_size=8, progress=True,
+                        hm_is_heat=False, upstream_rounding=False):
     """Decode `<stem>_0/1/2.bin` of every ImageToDecode in bin_dir into COCO
-    results entries (K per image, full-precision scores). The next batch is
-    read in a background thread while this one decodes."""
+    results entries (K per image, full-precision scores unless
+    upstream_rounding). hm_is_heat: the bins come from a model exported with
+    the flip test (hm already averaged after the sigmoid). Images of equal
+    output size are decoded together; the next batch is read in a background
+    thread while this one decodes."""
     num_classes = len(category_ids)
-    batches = list(_batches(images, batch_size))
+    # Images of one size decode together; the results keep the given order.
+    order = sorted(range(len(images)), key=lambda n: images[n].out_hw)
+    batches = list(_batches([images[n] for n in order], batch_size))
     # Two sets of batch buffers: the reader thread fills one while the
     # other is decoded. Reused, because fresh arrays of this size cost more
     # in page faults than reading the files does.
@@ -302,7 +348,7 @@ def decode_bins_to_coco(bin_dir, images, category_ids, K=100, batch_size=8, prog
             slot[(h, w)] = [np.empty((batch_size, ch, h, w), np.float32) for ch in (num_classes, 2, 2)]
         return _read_batch(bin_dir, batch, slot[(h, w)])
 
-    results = []
+    per_image = []  # in `order`
     with ThreadPoolExecutor(1) as reader, \
             tqdm(total=len(images), desc="decode", unit="img", disable=not progress, file=sys.stderr) as bar:
         pending = reader.submit(read, 0) if batches else None
@@ -310,10 +356,18 @@ def decode_bins_to_coco(bin_dir, images, category_ids, K=100, batch_size=8, prog
             hm, wh, reg = pending.result()
             if b + 1 < len(batches):  # into the other buffer set, whose batch b - 1 is done
                 pending = reader.submit(read, b + 1)
-            scores, classes, boxes = decode_ctdet(hm, wh, reg, K)
+            for i, im in enumerate(batch):
+                check_hm_kind(hm[i], hm_is_heat, output_bin_path(bin_dir, im.stem, 0))
+            # a tiny image's output map (keep resolution: 8x8 at least) may hold fewer than K positions
+            scores, classes, boxes = decode_ctdet(hm, wh, reg, min(K, hm.shape[2] * hm.shape[3]),
+                                                  hm_is_heat=hm_is_heat)
             for i, im in enumerate(batch):
                 out_h, out_w = im.out_hw
                 img_boxes = map_boxes_to_image(boxes[i], im.center, im.scale, (out_w, out_h))
-                results.extend(detections_to_coco(im.image_id, scores[i], classes[i], img_boxes, category_ids))
+                per_image.append(detections_to_coco(im.image_id, scores[i], classes[i], img_boxes, category_ids,
+                                                    upstream_rounding))
             bar.update(len(batch))
-    return results
+    results = [None] * len(images)
+    for k, n in enumerate(order):
+        results[n] = per_image[k]
+    return [entry for entries in results for entry in entries]

@@ -26,7 +26,7 @@ from .coco import COCO_CATEGORIES
 from .decode import decode_ctdet, map_boxes_to_image
 from .errors import UserError
 from .preprocess import IMAGE_EXTENSIONS
-from .runtime import make_session, run_session
+from .runtime import graph_flip_test, make_session, run_session
 from .transforms import INPUT_SIZE, preprocess_image, test_geometry
 from .visualize import class_colours, clip_box, draw_detections
 
@@ -194,12 +194,13 @@ class Detector:
         self.category_ids = ([cid for cid, _, _ in COCO_CATEGORIES] if self.num_classes == len(COCO_CATEGORIES)
                              else list(range(1, self.num_classes + 1)))
         self.colours = class_colours(self.num_classes)
+        # An export with --flip outputs the flip test's averaged heatmap, not logits.
+        self.flip = graph_flip_test(session)
 
     @property
     def mode(self):
-        if self.keep_res:
-            return "keep resolution"
-        return f"fixed {self.input_size[0]}x{self.input_size[1]}"
+        mode = "keep resolution" if self.keep_res else f"fixed {self.input_size[0]}x{self.input_size[1]}"
+        return mode + (" + flip (in the model)" if self.flip else "")
 
     def detect(self, image):
         """The top K detections of a BGR image, best first: scores (K,),
@@ -209,7 +210,7 @@ class Detector:
         x = preprocess_image(image, center, scale, (in_h, in_w))
         hm, wh, reg = run_session(self.session, x)
         out_h, out_w = hm.shape[2:]
-        scores, classes, boxes = decode_ctdet(hm, wh, reg, K=min(K, out_h * out_w))
+        scores, classes, boxes = decode_ctdet(hm, wh, reg, K=min(K, out_h * out_w), hm_is_heat=self.flip)
         boxes = map_boxes_to_image(boxes[0], center, scale, (out_w, out_h))
         return scores[0], classes[0], boxes
 

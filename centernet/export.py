@@ -6,6 +6,12 @@ Targets (REFERENCE sections 2, 3):
 - ascend: opset 11, each DCN one `DeformableConv2D` node in ATC's layout.
 The graph input is `actual_input` (batch, 3, H, W) with a dynamic batch; the
 outputs are `output1` (hm), `output2` (wh), `output3` (reg), raw logits.
+
+With flip=True the graph holds upstream's flip test (detectors/ctdet.py):
+the batch runs together with its mirror, and output1 is the average of the
+two sigmoid heatmaps (not logits), output2 the average of the two wh maps,
+output3 the unflipped reg. Names and shapes are unchanged; the ONNX metadata
+records which kind of hm the file outputs (FLIP_KEY, HM_KEY).
 """
 import copy
 import io
@@ -17,12 +23,13 @@ import numpy as np
 import onnx
 import torch
 from onnx import helper, numpy_helper
+from torch import nn
 
 from dcn_v2 import export_flavour
 
 from .binio import write_atomic
 from .errors import UserError
-from .runtime import make_session, run_session
+from .runtime import FLIP_KEY, HM_KEY, make_session, run_session
 
 INPUT_NAME = "actual_input"
 OUTPUT_NAMES = ("output1", "output2", "output3")
@@ -36,9 +43,29 @@ OPSET = {"onnxruntime": 19, "ascend": 11}
 ORT_MAX_IR_VERSION = 9  # what the pinned ONNX Runtime reads for opset 19 graphs
 
 
+
+class FlipTest(nn.Module):
+    """ctdet with upstream's flip test in the forward pass: the batch and its
+    mirror along the width in one pass; hm = (sigmoid(hm0) + flip(sigmoid(hm1))) / 2,
+    wh = (wh0 + flip(wh1)) / 2, reg = reg0."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        n = x.shape[0]
+        hm, wh, reg = self.model(torch.cat([x, x.flip(3)]))
+        hm = hm.sigmoid()
+        hm = (hm[:n] + hm[n:].flip(3)) / 2
+        wh = (wh[:n] + wh[n:].flip(3)) / 2
+        return hm, wh, reg[:n]
+
+
 def export_onnx(model, path, target="onnxruntime", dcn="deformconv", input_size=(512, 512),
-                dynamic_size=False):
-    """Export `model` to `path` (written atomically); returns the ModelProto."""
+                dynamic_size=False, flip=False):
+    """Export `model` to `path` (written atomically); returns the ModelProto.
+    flip: put the flip test into the graph (FlipTest)."""
     if target not in TARGETS:
         raise UserError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     if dcn not in DCN_FORMS:
@@ -54,7 +81,7 @@ def export_onnx(model, path, target="onnxruntime", dcn="deformconv", input_size=
         axes.update({2: "height", 3: "width"})
         out_axes.update({2: "out_height", 3: "out_width"})
     buf = io.BytesIO()
-    model = model.eval()
+    model = (FlipTest(model) if flip else model).eval()
     with torch.no_grad(), export_flavour(flavour, static_size=not dynamic_size), warnings.catch_warnings():
         # The TorchScript exporter is the one that maps autograd Functions to
         # custom nodes (DeformConv / DeformableConv2D) directly; it warns that
@@ -68,6 +95,7 @@ def export_onnx(model, path, target="onnxruntime", dcn="deformconv", input_size=
     proto = onnx.load_from_string(buf.getvalue())
     proto.ir_version = min(proto.ir_version, ORT_MAX_IR_VERSION)
     proto.producer_name = "centernet-deploy"
+    onnx.helper.set_model_props(proto, {FLIP_KEY: "1" if flip else "0", HM_KEY: "sigmoid" if flip else "logits"})
     write_atomic(path, proto.SerializeToString())
     return proto
 
@@ -81,6 +109,14 @@ def ascend_to_deformconv(proto):
     weights = {t.name: t for t in graph.initializer}
     nodes = []
     for node in graph.node:
+        if node.op_type in ("Unsqueeze", "Squeeze") and any(a.name == "axes" for a in node.attribute):
+            # opset 13 moved `axes` from an attribute to an input (the flip
+            # test's batch split has an Unsqueeze).
+            axes = next(helper.get_attribute_value(a) for a in node.attribute if a.name == "axes")
+            name = f"{node.name or node.output[0]}_axes"
+            graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), name))
+            nodes.append(helper.make_node(node.op_type, [node.input[0], name], list(node.output), name=node.name))
+            continue
         if node.op_type != "DeformableConv2D":
             nodes.append(node)
             continue

@@ -3,7 +3,9 @@
 `run_folder` reads every `*.bin` of a folder in name order, runs it in batches
 (a partial last batch included) and writes output i of `<stem>.bin` to
 `OUT/NAME/<stem>_<i>.bin`, exactly as `python -m ais_bench` does for an .om
-model. `run_loop` is ais_bench's pure-throughput mode (`--loop N`). Both report
+model. Where the folder has preprocessing's meta.json, each bin's shape comes
+from it, so keep-resolution bins of many sizes run through one dynamic-size
+session, equal sizes batched together. `run_loop` is ais_bench's pure-throughput mode (`--loop N`). Both report
 throughput and latency and write them to `OUT/NAME_summary.json` (run_folder)
 or return them (run_loop).
 """
@@ -18,12 +20,17 @@ from tqdm import tqdm
 from .backends import describe_session
 from .binio import input_bins, output_bin_path, read_bin, write_atomic, write_bin
 from .errors import UserError
-from .runtime import make_session, run_session
+from .preprocess import META_NAME, load_meta
+from .runtime import graph_flip_test, make_session, run_session
+from .transforms import DOWN_RATIO
+
+EXPORT_DYNAMIC_HINT = "python CenterNet_pth2onnx.py ctdet_coco_dla_2x.pth CenterNet_dynamic.onnx --dynamic-size"
 
 
-def model_input_shape(session, input_size=None):
+def model_input_shape(session, input_size=None, required=True):
     """(batch or None, 3, H, W) of the session's input; `input_size` (H, W)
-    fills dynamic spatial dims and must agree with static ones."""
+    fills dynamic spatial dims and must agree with static ones. With
+    required=False, dynamic dims left unfilled are None."""
     shape = session.get_inputs()[0].shape
     batch = shape[0] if isinstance(shape[0], int) else None
     hw = []
@@ -33,10 +40,53 @@ def model_input_shape(session, input_size=None):
                 raise UserError(f"--input-size {input_size} does not match the model's fixed input {shape[2:]}")
             hw.append(dim)
         elif given is None:
-            raise UserError("the model has a dynamic input size; give --input-size H W")
+            if required:
+                raise UserError("the model has a dynamic input size; give --input-size H W")
+            hw.append(None)
         else:
             hw.append(int(given))
     return batch, (shape[1] if isinstance(shape[1], int) else 3, *hw)
+
+
+def bin_shapes(input_dir, files, session, model, input_size=None):
+    """{path: (3, H, W)} of every input bin: from meta.json's input_size where
+    the folder has one (keep resolution: many sizes), else the model's fixed
+    size or --input-size. Also checks that a flip-test meta.json goes with a
+    flip-test model. Sizes the model cannot take are a UserError."""
+    _, default = model_input_shape(session, input_size, required=False)
+    meta_path = Path(input_dir) / META_NAME
+    sizes = {}
+    if meta_path.is_file():
+        meta = load_meta(meta_path)
+        _check_flip(meta, session, model, meta_path)
+        for name, entry in meta["images"].items():
+            try:
+                sizes[Path(name).stem] = tuple(int(v) for v in entry["input_size"])
+            except (KeyError, TypeError, ValueError):
+                raise UserError(f"{meta_path}: entry for {name} lacks a valid input_size") from None
+    fixed = tuple(default[1:]) if None not in default else None
+    shapes = {}
+    for path in files:
+        hw = sizes.get(path.stem, fixed) if input_size is None else tuple(input_size)
+        if hw is None:
+            raise UserError(f"{path}: no entry in {meta_path} and the model has a dynamic input size; "
+                            f"give --input-size H W")
+        if fixed is not None and hw != fixed:
+            raise UserError(f"{model}: fixed {fixed[0]}x{fixed[1]} input, but {path.name} is {hw[0]}x{hw[1]} "
+                            f"(keep-resolution bins?); export a dynamic-size model: {EXPORT_DYNAMIC_HINT}")
+        shapes[path] = (default[0], *hw)
+    return shapes
+
+
+def _check_flip(meta, session, model, meta_path):
+    in_graph = graph_flip_test(session)
+    if bool(meta.get("flip_test")) != in_graph:
+        if in_graph:
+            raise UserError(f"{model} has the flip test in its graph (exported with --flip) but {meta_path} was "
+                            f"written without --flip; re-run CenterNet_preprocess.py with --flip (finished bins "
+                            f"are kept) so that decoding knows hm is already averaged")
+        raise UserError(f"{meta_path} was written with --flip but {model} has no flip test in its graph; "
+                        f"export it with CenterNet_pth2onnx.py --flip")
 
 
 def latency_stats(batch_seconds, images):
@@ -64,6 +114,33 @@ def _run_batch(session, batch, static_batch):
     return [o[:n] for o in outputs], time.perf_counter() - t0
 
 
+def _output_nbytes(session, chw, cache):
+    """Bytes of each output file of one image of input shape chw: from the
+    graph's channel counts and the output stride, without running it."""
+    if chw not in cache:
+        dims = [o.shape[1:] for o in session.get_outputs()]
+        if all(isinstance(d, int) for s in dims for d in s):
+            cache[chw] = [int(np.prod(s)) * 4 for s in dims]
+        elif all(isinstance(s[0], int) for s in dims):
+            cache[chw] = [s[0] * (chw[1] // DOWN_RATIO) * (chw[2] // DOWN_RATIO) * 4 for s in dims]
+        else:
+            cache[chw] = [o[0].nbytes for o in run_session(session, np.zeros((1, *chw), np.float32))]
+    return cache[chw]
+
+
+def group_batches(files, shapes, batchsize):
+    """Batches of at most `batchsize` files of one shape: files sorted by
+    (shape, stem), so each size's images run together."""
+    order = sorted(files, key=lambda p: (shapes[p], p.stem))
+    batches = []
+    for path in order:
+        if batches and len(batches[-1]) < batchsize and shapes[batches[-1][0]] == shapes[path]:
+            batches[-1].append(path)
+        else:
+            batches.append([path])
+    return batches
+
+
 def _outputs_complete(out_dir, stem, sizes):
     return all(output_bin_path(out_dir, stem, i).is_file()
                and output_bin_path(out_dir, stem, i).stat().st_size == size
@@ -83,26 +160,27 @@ def run_folder(model, input_dir, output_root, output_dirname, batchsize=1, devic
     if not files:
         raise UserError(f"{input_dir}: no .bin files to infer")
     session = session or make_session(model, device=device, threads=threads)
-    static_batch, chw = model_input_shape(session, input_size)
+    static_batch, _ = model_input_shape(session, input_size, required=False)
     if static_batch is not None and batchsize != static_batch:
         raise UserError(f"{model}: the model has a fixed batch of {static_batch}; use --batchsize {static_batch}")
+    shapes = bin_shapes(input_dir, files, session, model, input_size)
     out_dir = Path(output_root) / output_dirname
     out_dir.mkdir(parents=True, exist_ok=True)
     skipped = 0
     if skip_existing:
-        sizes = [int(np.prod(o.shape[1:])) * 4 for o in _output_shapes(session, chw)]
-        todo = [p for p in files if not _outputs_complete(out_dir, p.stem, sizes)]
+        cache = {}
+        todo = [p for p in files if not _outputs_complete(out_dir, p.stem, _output_nbytes(session, shapes[p], cache))]
         skipped, files = len(files) - len(todo), todo
     if not files:
         return {"images": 0, "skipped": skipped, "output": str(out_dir)}
 
-    batches = [files[i:i + batchsize] for i in range(0, len(files), batchsize)]
+    batches = group_batches(files, shapes, batchsize)
     timings = []
     start = time.perf_counter()
     # Read the next batch and write the last outputs on worker threads while
     # the current batch runs: numpy file I/O releases the GIL.
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
-        read = lambda paths: np.stack([read_bin(p, chw) for p in paths])  # noqa: E731
+        read = lambda paths: np.stack([read_bin(p, shapes[p]) for p in paths])  # noqa: E731
         pending = reader.submit(read, batches[0])
         writes = []
         bar = tqdm(total=len(files), unit="img", desc="infer", disable=not progress)
@@ -119,20 +197,12 @@ def run_folder(model, input_dir, output_root, output_dirname, batchsize=1, devic
         bar.close()
     summary = latency_stats(timings, len(files))
     summary.update(model=str(model), batchsize=batchsize, device=device, threads=threads,
-                   skipped=skipped, wall_seconds=round(time.perf_counter() - start, 3), output=str(out_dir),
+                   skipped=skipped, input_sizes=len({shapes[p] for p in files}),
+                   wall_seconds=round(time.perf_counter() - start, 3), output=str(out_dir),
                    backend=describe_session(session))
     write_atomic(Path(output_root) / f"{output_dirname}_summary.json",
                  (json.dumps(summary, indent=2) + "\n").encode())
     return summary
-
-
-def _output_shapes(session, chw):
-    """Output shapes for one image: run a batch of 1 only if the graph's
-    output dims are symbolic (they are for dynamic-size exports)."""
-    shapes = [o.shape for o in session.get_outputs()]
-    if all(isinstance(d, int) for s in shapes for d in s[1:]):
-        return [np.empty((1, *s[1:]), dtype=np.float32) for s in shapes]
-    return run_session(session, np.zeros((1, *chw), dtype=np.float32))
 
 
 def _write_outputs(out_dir, paths, outputs):

@@ -1,7 +1,8 @@
-"""Images -> fixed-size network input bins (REFERENCE section 1).
+"""Images -> network input bins (REFERENCE section 1).
 
 Every image of a folder becomes `<stem>.bin`: the 1x3xHxW float32 input of the
-fixed-resolution test transform. A re-run skips bins that are complete (right
+test transform, fixed-resolution (every bin 1x3x512x512) or keep-resolution
+(each image's own size rounded up to a multiple of 32). A re-run skips bins that are complete (right
 size, with a meta.json entry); every write is temp + rename, so an interrupted
 run loses nothing finished. meta.json records each image's size and the
 centre/scale of its transform, so decoding needs no image.
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from .binio import write_atomic, write_bin
 from .errors import UserError
-from .transforms import INPUT_SIZE, preprocess_image, test_geometry
+from .transforms import INPUT_SIZE, prepare_input, test_geometry
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 META_NAME = "meta.json"
@@ -54,33 +55,49 @@ def bin_nbytes(input_size):
     return 3 * input_size[0] * input_size[1] * 4
 
 
-def preprocess_array(image, input_size=(INPUT_SIZE, INPUT_SIZE), out=None, warp_buffer=None):
+def meta_entry(height, width, input_size=(INPUT_SIZE, INPUT_SIZE), keep_res=False):
+    """meta.json entry of an image: its size and the centre, scale and input
+    size of its test transform (scale is one number in fixed mode, [sx, sy]
+    in keep-resolution mode)."""
+    center, scale, (in_h, in_w) = test_geometry(height, width, input_size, keep_res)
+    scale = [float(v) for v in scale] if keep_res else float(scale)
+    return {"width": width, "height": height, "center": [float(center[0]), float(center[1])],
+            "scale": scale, "input_size": [in_h, in_w]}
+
+
+def preprocess_array(image, input_size=(INPUT_SIZE, INPUT_SIZE), out=None, warp_buffer=None, keep_res=False):
     """BGR uint8 image -> (1x3xHxW float32 input, meta entry dict).
     `out` and `warp_buffer` (in_h x in_w x 3 uint8) may be reused arrays."""
     height, width = image.shape[:2]
-    center, scale, (in_h, in_w) = test_geometry(height, width, input_size)
-    meta = {"width": width, "height": height, "center": [float(center[0]), float(center[1])],
-            "scale": float(scale), "input_size": [in_h, in_w]}
-    return preprocess_image(image, center, scale, (in_h, in_w), out, warp_buffer), meta
+    tensor = prepare_input(image, input_size, keep_res, out=out, warp_buffer=warp_buffer)[0]
+    return tensor, meta_entry(height, width, input_size, keep_res)
 
 
 # Per-process scratch arrays by input size: fresh multi-MB arrays for every
 # image cost more in page faults than the arithmetic does.
 _scratch = {}
+_SCRATCH_SIZES = 8  # keep-resolution inputs come in many sizes: keep a few
 
 
-def preprocess_file(src_path, dst_path, input_size=(INPUT_SIZE, INPUT_SIZE)):
+def _scratch_for(image, input_size, keep_res):
+    height, width = image.shape[:2]
+    key = test_geometry(height, width, input_size, keep_res)[2]
+    if key not in _scratch:
+        if len(_scratch) >= _SCRATCH_SIZES:
+            _scratch.pop(next(iter(_scratch)))
+        _scratch[key] = (np.empty((1, 3) + key, np.float32), np.empty(key + (3,), np.uint8))
+    return _scratch[key]
+
+
+def preprocess_file(src_path, dst_path, input_size=(INPUT_SIZE, INPUT_SIZE), keep_res=False):
     """Convert one image file to its bin. Returns (meta entry, None) or
     (None, error message) for an unreadable image."""
     src_path = Path(src_path)
     image = cv2.imread(str(src_path), cv2.IMREAD_COLOR)
     if image is None:
         return None, f"{src_path}: cannot read or decode the image (corrupt, empty or not an image)"
-    key = tuple(input_size)
-    if key not in _scratch:
-        _scratch[key] = (np.empty((1, 3) + key, np.float32), np.empty(key + (3,), np.uint8))
-    out, warp_buffer = _scratch[key]
-    tensor, meta = preprocess_array(image, input_size, out, warp_buffer)
+    out, warp_buffer = _scratch_for(image, input_size, keep_res)
+    tensor, meta = preprocess_array(image, input_size, out, warp_buffer, keep_res)
     write_bin(dst_path, tensor)
     return meta, None
 
@@ -111,9 +128,9 @@ def _run_pool(jobs, workers, handle):
 
 
 def _worker(job):
-    src, dst, input_size = job
+    src, dst, input_size, keep_res = job
     try:
-        meta, err = preprocess_file(src, dst, input_size)
+        meta, err = preprocess_file(src, dst, input_size, keep_res)
     except OSError as e:  # e.g. the disk filled up
         meta, err = None, f"{dst}: cannot write ({e.strerror})"
     except cv2.error as e:  # e.g. an image too large for OpenCV's limits
@@ -147,18 +164,34 @@ def save_meta(path, meta):
     write_atomic(path, json.dumps(meta, indent=1, sort_keys=True).encode("utf-8"))
 
 
-def _is_complete(dst, nbytes, entry, input_size):
-    try:
-        size = dst.stat().st_size
-    except FileNotFoundError:
+def _is_complete(dst, entry, input_size, keep_res):
+    """A bin is done when meta.json has its entry, the entry is what this
+    mode gives for the image's recorded size, and the file has that size."""
+    if not isinstance(entry, dict):
         return False
-    return size == nbytes and entry is not None and list(entry.get("input_size", [])) == list(input_size)
+    try:
+        expected = meta_entry(int(entry["height"]), int(entry["width"]), input_size, keep_res)
+        size = dst.stat().st_size
+    except (KeyError, TypeError, ValueError, FileNotFoundError):
+        return False
+    return entry == expected and size == bin_nbytes(expected["input_size"])
+
+
+# Disk estimate per keep-resolution bin, whose size is known only once the
+# image is read: a 640x480 COCO image becomes 1x3x512x672 (4.1 MB).
+KEEP_RES_TYPICAL_INPUT = (512, 672)
 
 
 def preprocess_folder(src_dir, dst_dir, input_size=(INPUT_SIZE, INPUT_SIZE), workers=None, progress=True,
-                      log=None, limit=None):
+                      log=None, limit=None, keep_res=False, flip_test=False):
     """Convert every image of src_dir to dst_dir/<stem>.bin, plus dst_dir/meta.json.
 
+    keep_res: keep-resolution inputs (each image's own padded size) instead
+    of the fixed input_size.
+    flip_test: record in meta.json that the outputs will come from a model
+    exported with the flip test in its graph (hm already sigmoid-averaged),
+    so that decoding (CenterNet_postprocess_s1.py --meta) does not apply the
+    sigmoid again. The bins are the same either way.
     workers: processes (default: all cores; 1 runs in this process).
     limit: only the first `limit` images by file name.
     log(line): where warnings and per-image errors go (default: stderr,
@@ -176,19 +209,24 @@ def preprocess_folder(src_dir, dst_dir, input_size=(INPUT_SIZE, INPUT_SIZE), wor
     meta_path = dst_dir / META_NAME
     meta = load_meta(meta_path, missing_ok=True)
     entries = meta["images"]
-    nbytes = bin_nbytes(input_size)
+    nbytes = bin_nbytes(KEEP_RES_TYPICAL_INPUT if keep_res else input_size)
 
-    todo = [p for p in images if not _is_complete(dst_dir / f"{p.stem}.bin", nbytes, entries.get(p.name), input_size)]
+    todo = [p for p in images
+            if not _is_complete(dst_dir / f"{p.stem}.bin", entries.get(p.name), input_size, keep_res)]
     need = len(todo) * nbytes
     free = shutil.disk_usage(dst_dir).free
     if need > free:
-        log(f"warning: {dst_dir}: {len(todo)} bins need {_size_text(need)} but only {_size_text(free)} is free "
-            f"(COCO val2017 at 512x512 needs 15.7 GB)")
+        about = "about " if keep_res else ""
+        log(f"warning: {dst_dir}: {len(todo)} bins need {about}{_size_text(need)} but only {_size_text(free)} "
+            f"is free (COCO val2017 needs 15.7 GB at 512x512, about 21 GB with keep resolution)")
 
     summary = {"total": len(images), "converted": 0, "skipped": len(images) - len(todo), "failed": [],
                "meta_path": meta_path}
-    meta["input_size"] = list(input_size)
-    jobs = [(str(p), str(dst_dir / f"{p.stem}.bin"), input_size) for p in todo]
+    # The mode of the last run: keep resolution has no single input size.
+    meta["input_size"] = None if keep_res else list(input_size)
+    meta["keep_res"] = bool(keep_res)
+    meta["flip_test"] = bool(flip_test)
+    jobs = [(str(p), str(dst_dir / f"{p.stem}.bin"), input_size, bool(keep_res)) for p in todo]
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = max(1, min(int(workers), len(jobs) or 1))

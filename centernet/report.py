@@ -1,12 +1,16 @@
-"""Print a metrics.json (written by CenterNet_postprocess_s2.py) as a table.
+"""Print a metrics.json (written by CenterNet_postprocess_s2.py) as a table,
+and the AP beside upstream's published AP for the test mode.
 
     python -m centernet.report run_eval_result/metrics.json
+    python -m centernet.report run_eval_result/metrics.json --keep-res --flip
 """
+import argparse
 import json
 import sys
 from pathlib import Path
 
 from .errors import UserError, cli
+from .modes import TestMode, parse_scales
 
 STATS = [("AP", "AP @[IoU=0.50:0.95 | area=all | maxDets=100]"),
          ("AP50", "AP @[IoU=0.50 | area=all | maxDets=100]"),
@@ -31,12 +35,25 @@ def format_metrics(metrics):
     return "\n".join(lines)
 
 
+def format_mode(metrics, mode):
+    """Our AP beside upstream's published AP for this test mode."""
+    published = mode.published_ap
+    ours = metrics.get("AP")
+    lines = ["| test mode | AP here | upstream's published AP (COCO val2017) |", "|---|---:|---:|",
+             f"| {mode.name} | {'n/a' if ours is None or ours < 0 else f'{100 * ours:.1f}'} | "
+             f"{'none published for this mode' if published is None else f'{published:.1f}'} |"]
+    return "\n".join(lines)
+
+
 @cli
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        raise UserError("usage: python -m centernet.report METRICS_JSON")
-    path = Path(argv[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("metrics", help="metrics.json of CenterNet_postprocess_s2.py or CenterNet_eval.py")
+    p.add_argument("--keep-res", action="store_true", help="the run kept resolution (default: fixed 512)")
+    p.add_argument("--flip", action="store_true", help="the run used the flip test (default: off)")
+    p.add_argument("--scales", default="1", help="the run's test scales (default: %(default)s)")
+    args = p.parse_args(argv)
+    path = Path(args.metrics)
     try:
         metrics = json.loads(path.read_text())
     except FileNotFoundError:
@@ -44,6 +61,8 @@ def main(argv=None):
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not JSON ({e})") from None
     print(format_metrics(metrics))
+    print()
+    print(format_mode(metrics, TestMode(args.keep_res, args.flip, parse_scales(args.scales))))
     return 0
 
 

@@ -78,6 +78,22 @@ def make_session(model, device="cpu", threads=0, optimization="all", profile_pre
         raise UserError(f"{name}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:300]})") from None
 
 
+# ONNX metadata (metadata_props) of an exported file saying what output1 holds.
+FLIP_KEY = "centernet.flip_test"  # "1": the flip test is in the graph (export --flip), "0": it is not
+HM_KEY = "centernet.hm"           # "logits" (raw) or "sigmoid" (the flip test's averaged heatmap)
+
+
+def graph_flip_test(model_meta):
+    """Whether an exported file has the flip test in its graph (hm averaged
+    after the sigmoid), from its metadata: an ONNX Runtime session, an onnx
+    ModelProto, or a {key: value} dict. Files without the key have none."""
+    if hasattr(model_meta, "get_modelmeta"):
+        model_meta = model_meta.get_modelmeta().custom_metadata_map
+    elif hasattr(model_meta, "metadata_props"):
+        model_meta = {p.key: p.value for p in model_meta.metadata_props}
+    return model_meta.get(FLIP_KEY) == "1"
+
+
 def run_session(session, batch):
     """Run a session on one input batch; returns the outputs in graph order."""
     name = session.get_inputs()[0].name

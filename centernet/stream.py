@@ -1,12 +1,17 @@
-"""The whole COCO evaluation in one pass, with no intermediate files.
+"""The whole COCO evaluation in one pass, with no intermediate files, in any
+of upstream's test modes (modes.TestMode: fixed 512 or keep resolution,
+flip, multi-scale).
 
-Images are read and preprocessed in worker processes, inferred in batches by
-ONNX Runtime, and decoded on a thread while the next batch runs; the stages
-overlap, so the pass runs at close to inference speed. The detections are
-the ones the staged scripts produce (same tensors, same session, same
-decoder), and the results JSON has the same format.
+Each network input (an image at one test scale) is read and preprocessed in
+a worker process, inputs of equal size are inferred together in batches by
+one ONNX Runtime session (keep resolution and scales give many sizes: the
+inputs are ordered by size so that they batch, and no session is rebuilt),
+and decoded on a thread while the next batch runs. The detections are the
+ones the staged scripts produce (same tensors, same session, same decoder),
+and the results JSON has the same format.
 """
 import os
+import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -18,101 +23,185 @@ import numpy as np
 from tqdm import tqdm
 
 from .coco import class_category_ids, load_annotations
-from .decode import decode_ctdet, detections_to_coco, images_from_annotations, map_boxes_to_image
+from .decode import decode_ctdet, detections_to_coco, map_boxes_to_image
 from .errors import UserError
-from .infer import latency_stats
-from .preprocess import preprocess_array
-from .runtime import make_session, run_session
-from .transforms import INPUT_SIZE
+from .infer import EXPORT_DYNAMIC_HINT, latency_stats, model_input_shape
+from .modes import TestMode, combine_flip, flip_batch
+from .runtime import graph_flip_test, make_session, run_session
+from .soft_nms import detections_by_class, merge_detections
+from .transforms import DOWN_RATIO, INPUT_SIZE, prepare_input, test_geometry
 
 
 def _init_worker():
     cv2.setNumThreads(1)  # the pool gives the parallelism
 
 
-def _load(path, input_size):
-    """Worker: image file -> (1x3xHxW float32, None) or (None, error line)."""
+def _load(path, input_size, keep_res, test_scale):
+    """Worker: image file -> ((1x3xHxW float32, center, scale, out_hw), None)
+    or (None, error line). The geometry is the image's own (as read)."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         return None, f"{path}: cannot read or decode the image (corrupt, empty or not an image)"
-    return preprocess_array(image, input_size)[0], None
+    try:
+        tensor, center, scale, (in_h, in_w) = prepare_input(image, input_size, keep_res, test_scale)
+    except ValueError as e:
+        return None, f"{path}: {e}"
+    except cv2.error as e:
+        return None, f"{path}: OpenCV cannot process the image ({e.err})"
+    return (tensor, center, scale, (in_h // DOWN_RATIO, in_w // DOWN_RATIO)), None
+
+
+def resolve_mode(session, model, mode, input_size=(INPUT_SIZE, INPUT_SIZE), log=print):
+    """Check that the model can serve `mode` and settle what runs where.
+    Returns (mode, input_size, flip in numpy): a model with the flip test in
+    its graph makes every run a flip test (and needs no mirror here); a fixed
+    mode runs at the model's own fixed size."""
+    _, (_, h, w) = model_input_shape(session, required=False)
+    if mode.keep_res and (h is not None or w is not None):
+        raise UserError(f"{model}: fixed {h}x{w} input, but keep resolution feeds each image at its own size; "
+                        f"export a model with a dynamic height and width: {EXPORT_DYNAMIC_HINT}")
+    if not mode.keep_res and h is not None and w is not None:
+        input_size = (h, w)
+    in_graph = graph_flip_test(session)
+    if in_graph and not mode.flip:
+        log(f"note: {model} has the flip test in its graph (exported with --flip): this is a flip test")
+    mode = TestMode(mode.keep_res, mode.flip or in_graph, tuple(mode.scales), tuple(input_size))
+    return mode, mode.input_size, mode.flip and not in_graph
 
 
 def stream_detections(model, images_dir, annotation_file, batchsize=1, device="cpu", threads=0,
                       workers=1, limit=None, K=100, input_size=(INPUT_SIZE, INPUT_SIZE),
-                      progress=True, session=None):
-    """Detect on every annotated image (the first `limit` by file name).
+                      progress=True, session=None, mode=TestMode(), upstream_rounding=False, log=None):
+    """Detect on every annotated image (the first `limit` by file name) in
+    test mode `mode`; `batchsize` inputs of one size per inference batch (the
+    flip test doubles it inside).
 
     Returns (results list, ids of the images attempted, errors list, stats
     dict); an image that cannot be read is in the ids (scored as missed) and
     its error line in the errors."""
+    if log is None:
+        def log(line):
+            tqdm.write(line, file=sys.stderr)
     data = load_annotations(annotation_file)
     category_ids = class_category_ids(data, source=str(annotation_file))
-    images = sorted(images_from_annotations(data, input_size),
-                    key=lambda im: im.stem)[:limit]
-    files = {Path(img["file_name"]).stem: Path(images_dir) / img["file_name"] for img in data["images"]}
+    images = sorted(data["images"], key=lambda img: Path(img["file_name"]).stem)[:limit]
     if not images:
         raise UserError(f"{annotation_file}: no images to evaluate")
     session = session or make_session(model, device=device, threads=threads)
+    mode, input_size, numpy_flip = resolve_mode(session, model, mode, input_size, log)
+    scales = tuple(mode.scales)
 
-    results, errors, done_ids, timings = [], [], [], []
-    window = max(4, 2 * batchsize)  # preprocessed images held ahead of inference (3 MB each)
+    # One unit per (image, scale), ordered by input size (from the annotated
+    # width and height) so that equal sizes arrive together and batch.
+    units = [(n, s) for n in range(len(images)) for s in range(len(scales))]
+    size_of = {u: test_geometry(images[u[0]]["height"], images[u[0]]["width"], input_size, mode.keep_res,
+                                scales[u[1]])[2] for u in units}
+    units.sort(key=lambda u: (size_of[u], u))
+    paths = [Path(images_dir) / img["file_name"] for img in images]
+
+    results, errors, timings = [], [], []
+    failed, done = set(), set()
+    partial = {}  # multi-scale: image index -> {scale index: per-class rows}, decoder thread only
+    num_classes = len(category_ids)
+    window = max(4, 2 * batchsize)  # preprocessed inputs held ahead of inference
     start = time.perf_counter()
+
+    def decode(batch, outputs):
+        hm, wh, reg = combine_flip(*outputs) if numpy_flip else outputs
+        # a tiny image's output map (keep resolution: 8x8 at least) may hold fewer than K positions
+        scores, classes, boxes = decode_ctdet(hm, wh, reg, K=min(K, hm.shape[2] * hm.shape[3]),
+                                              hm_is_heat=mode.flip)
+        entries, finished = [], []
+        for i, ((n, s), (_, center, scale, (out_h, out_w))) in enumerate(batch):
+            img_boxes = map_boxes_to_image(boxes[i], center, scale, (out_w, out_h))
+            image_id = images[n]["id"]
+            if len(scales) == 1:
+                entries += detections_to_coco(image_id, scores[i], classes[i], img_boxes, category_ids,
+                                              upstream_rounding)
+                finished.append(n)
+                continue
+            parts = partial.setdefault(n, {})
+            parts[s] = detections_by_class(scores[i], classes[i], img_boxes, num_classes, scale=scales[s])
+            if len(parts) == len(scales):
+                merged = merge_detections([parts[k] for k in range(len(scales))])
+                del partial[n]
+                entries += merged_to_coco(image_id, merged, category_ids, upstream_rounding)
+                finished.append(n)
+        return entries, finished
+
     # spawn, not fork: a fork of a process holding ONNX Runtime or torch
     # thread pools can deadlock.
     ctx = get_context("spawn")
     with ctx.Pool(workers, initializer=_init_worker) as pool, ThreadPoolExecutor(1) as decoder, \
-            tqdm(total=len(images), desc="stream", unit="img", disable=not progress) as bar:
+            tqdm(total=len(units), desc="stream", unit="input" if len(scales) > 1 else "img",
+                 disable=not progress) as bar:
         pending = deque()
-        todo = iter(images)
+        todo = iter(units)
 
         def refill():
             while len(pending) < window:
-                im = next(todo, None)
-                if im is None:
+                u = next(todo, None)
+                if u is None:
                     return
-                pending.append((im, pool.apply_async(_load, (files[im.stem], input_size))))
+                pending.append((u, pool.apply_async(_load, (paths[u[0]], input_size, mode.keep_res,
+                                                            scales[u[1]]))))
 
-        def decode(batch, outputs):
-            scores, classes, boxes = decode_ctdet(*outputs, K=K)
-            entries = []
-            for i, im in enumerate(batch):
-                out_h, out_w = im.out_hw
-                img_boxes = map_boxes_to_image(boxes[i], im.center, im.scale, (out_w, out_h))
-                entries += detections_to_coco(im.image_id, scores[i], classes[i], img_boxes, category_ids)
-            return entries
+        def collect(job):
+            entries, finished = job.result()
+            results.extend(entries)
+            done.update(finished)
 
         decoding = None
         refill()
         while pending:
-            batch, tensors = [], []
+            batch = []
             while pending and len(batch) < batchsize:
-                im, job = pending.popleft()
-                tensor, err = job.get()
-                refill()
-                if err:
-                    errors.append(err)
+                u, job = pending[0]
+                loaded, err = job.get()
+                if err or u[0] in failed:
+                    pending.popleft()
+                    refill()
+                    if err and u[0] not in failed:
+                        failed.add(u[0])
+                        errors.append(err)
                     bar.update(1)
                     continue
-                batch.append(im)
-                tensors.append(tensor)
+                if batch and loaded[0].shape != batch[0][1][0].shape:
+                    break  # another size: it starts the next batch
+                pending.popleft()
+                refill()
+                batch.append((u, loaded))
             if not batch:
                 continue
+            x = np.concatenate([loaded[0] for _, loaded in batch])
             t0 = time.perf_counter()
-            outputs = run_session(session, np.concatenate(tensors))
+            outputs = run_session(session, flip_batch(x) if numpy_flip else x)
             timings.append(time.perf_counter() - t0)
             if decoding is not None:
-                results += decoding.result()
+                collect(decoding)
             decoding = decoder.submit(decode, batch, outputs)
-            done_ids += [im.image_id for im in batch]
             bar.update(len(batch))
         if decoding is not None:
-            results += decoding.result()
-    stats = latency_stats(timings, len(done_ids))
+            collect(decoding)
+    done -= failed  # a multi-scale image with a failed scale never finishes; nothing of it is kept
+    stats = latency_stats(timings, len(done))
     wall = time.perf_counter() - start
-    stats.update(wall_seconds=round(wall, 3), end_to_end_fps=round(len(done_ids) / wall, 3),
-                 batchsize=batchsize, workers=workers)
-    return results, [im.image_id for im in images], errors, stats
+    stats.update(wall_seconds=round(wall, 3), end_to_end_fps=round(len(done) / wall, 3) if wall > 0 else None,
+                 batchsize=batchsize, workers=workers, mode=mode.name, inputs=len(units),
+                 input_sizes=len(set(size_of.values())))
+    return results, [img["id"] for img in images], errors, stats
+
+
+def merged_to_coco(image_id, merged, category_ids, upstream_rounding=False):
+    """COCO results entries of a multi-scale merge ({class index: float32
+    [x1, y1, x2, y2, score] rows}), class by class as upstream writes them."""
+    entries = []
+    for j in sorted(merged):
+        rows = merged[j]
+        if len(rows):
+            entries += detections_to_coco(image_id, rows[:, 4], np.full(len(rows), j), rows[:, :4],
+                                          category_ids, upstream_rounding)
+    return entries
 
 
 def default_workers():

@@ -229,6 +229,13 @@ class TorchSession:
     def get_providers(self):
         return [f"torch-{self.options.device}"]
 
+    def get_modelmeta(self):
+        """No metadata: in particular no flip test in the graph (the test
+        modes mirror in numpy around it)."""
+        class _Meta:
+            custom_metadata_map = {}
+        return _Meta()
+
     def run(self, output_names, feed):
         """ONNX Runtime's run(None, {input name: batch}) -> list of float32 arrays."""
         if len(feed) != 1:

@@ -47,23 +47,33 @@ def get_affine_transform(center, scale, output_size, inverse=False):
     return cv2.getAffineTransform(src, dst)
 
 
-def test_geometry(height, width, input_size=(INPUT_SIZE, INPUT_SIZE), keep_res=False):
-    """Centre, scale and (input_h, input_w) of upstream's test transform.
+def test_geometry(height, width, input_size=(INPUT_SIZE, INPUT_SIZE), keep_res=False, test_scale=1.0):
+    """Centre, scale and (input_h, input_w) of upstream's test transform
+    (base_detector.pre_process) for an image of `height` x `width` resized by
+    `test_scale` first (multi-scale test; 1 means no resize).
 
-    Fixed mode: c = (w/2, h/2), s = max(h, w) and the given input size.
-    Keep-resolution mode: input (h|31)+1 by (w|31)+1, c = (w//2, h//2),
-    s = (input_w, input_h), so the image is placed rather than scaled.
+    The resized size is (int(h * t), int(w * t)). Fixed mode: c = (new_w/2,
+    new_h/2) but s = max(h, w) of the ORIGINAL image (upstream's code, kept
+    as is), and the given input size. Keep-resolution mode: input
+    (new_h|31)+1 by (new_w|31)+1, c = (new_w//2, new_h//2), s = (input_w,
+    input_h), so the image is placed rather than scaled.
     Returns (center float32[2], scale float or float32[2], (in_h, in_w)).
     """
+    new_h, new_w = resized_size(height, width, test_scale)
     if keep_res:
-        in_h, in_w = (height | KEEP_RES_PAD) + 1, (width | KEEP_RES_PAD) + 1
-        center = np.array([width // 2, height // 2], dtype=np.float32)
+        in_h, in_w = (new_h | KEEP_RES_PAD) + 1, (new_w | KEEP_RES_PAD) + 1
+        center = np.array([new_w // 2, new_h // 2], dtype=np.float32)
         scale = np.array([in_w, in_h], dtype=np.float32)
     else:
         in_h, in_w = input_size
-        center = np.array([width / 2.0, height / 2.0], dtype=np.float32)
+        center = np.array([new_w / 2.0, new_h / 2.0], dtype=np.float32)
         scale = float(max(height, width))
     return center, scale, (in_h, in_w)
+
+
+def resized_size(height, width, test_scale=1.0):
+    """(int(h * t), int(w * t)): the image size at test scale t, as upstream."""
+    return int(height * test_scale), int(width * test_scale)
 
 
 test_geometry.__test__ = False  # not a pytest test, despite the name
@@ -95,6 +105,22 @@ def preprocess_image(image, center, scale, input_hw, out=None, warp_buffer=None)
     trans = get_affine_transform(center, scale, (in_w, in_h))
     warped = cv2.warpAffine(image, trans, (in_w, in_h), dst=warp_buffer, flags=cv2.INTER_LINEAR)
     return normalise_to_chw(warped, out)
+
+
+def prepare_input(image, input_size=(INPUT_SIZE, INPUT_SIZE), keep_res=False, test_scale=1.0,
+                  out=None, warp_buffer=None):
+    """BGR uint8 image -> (1x3xHxW float32 input, center, scale, (in_h, in_w))
+    for one test scale: cv2.resize to (int(w*t), int(h*t)) first (bilinear,
+    as upstream; skipped at the image's own size, where OpenCV copies), then
+    the test transform of that size (test_geometry)."""
+    height, width = image.shape[:2]
+    new_h, new_w = resized_size(height, width, test_scale)
+    if min(new_h, new_w) < 1:
+        raise ValueError(f"test scale {test_scale} makes a {width}x{height} image empty")
+    if (new_h, new_w) != (height, width):
+        image = cv2.resize(image, (new_w, new_h))
+    center, scale, input_hw = test_geometry(height, width, input_size, keep_res, test_scale)
+    return preprocess_image(image, center, scale, input_hw, out, warp_buffer), center, scale, input_hw
 
 
 def transform_points(points, matrix):

@@ -99,3 +99,37 @@ def upstream_checkpoint(random_ctdet, tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "ctdet_coco_dla_2x.pth"
     save_upstream_checkpoint(random_ctdet, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def ctdet_onnx_dynamic(random_ctdet, tmp_path_factory):
+    """`random_ctdet` with a dynamic input height and width (keep resolution,
+    scales); traced at a small size, which keeps the export fast."""
+    from centernet.export import export_onnx
+    path = tmp_path_factory.mktemp("onnx") / "CenterNet_dynamic.onnx"
+    export_onnx(random_ctdet, path, input_size=(64, 64), dynamic_size=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ctdet_onnx_flip_dynamic(random_ctdet, tmp_path_factory):
+    """As ctdet_onnx_dynamic, with the flip test in the graph (export --flip)."""
+    from centernet.export import export_onnx
+    path = tmp_path_factory.mktemp("onnx") / "CenterNet_flip_dynamic.onnx"
+    export_onnx(random_ctdet, path, input_size=(64, 64), dynamic_size=True, flip=True)
+    return path
+
+
+# Tiny images whose keep-resolution inputs come in pairs of equal size
+# ((h|31)+1, (w|31)+1): 64x128 twice, 64x96 twice, 96x96 once.
+KEEP_RES_SIZES = [(100, 60), (90, 50), (64, 64), (96, 40), (70, 60)]
+
+
+@pytest.fixture(scope="session")
+def tiny_coco(tmp_path_factory):
+    """A 5-image synthetic dataset of KEEP_RES_SIZES (read-only for tests)."""
+    from centernet.synthetic import make_synthetic_coco
+    info = make_synthetic_coco(tmp_path_factory.mktemp("tiny") / "data", num_images=5, seed=1,
+                               image_sizes=KEEP_RES_SIZES, max_objects=3)
+    info["dataset"] = json.loads(Path(info["annotation_file"]).read_text())
+    return info

@@ -84,3 +84,72 @@ def test_missing_atc_is_explained(stubs):
     (tmp / "bin" / "atc").unlink()
     r = convert(model, "--soc_version", "Ascend310P3", env=dict(env, PATH=f"{tmp / 'bin'}:/usr/bin:/bin"), cwd=tmp)
     assert r.returncode == 2 and "atc not found: install the CANN toolkit" in r.stderr
+
+
+def write_meta(path, sizes, keep_res=True):
+    """A keep-resolution meta.json for images of the given (width, height)."""
+    import json
+    from centernet.preprocess import meta_entry
+    images = {f"{i:03d}.jpg": meta_entry(h, w, keep_res=keep_res) for i, (w, h) in enumerate(sizes)}
+    path.write_text(json.dumps({"images": images, "keep_res": keep_res, "input_size": None}))
+    return path
+
+
+def test_keep_res_gears_from_meta(stubs):
+    tmp, model, log, env = stubs
+    # (w, h) -> inputs 512x672, 448x672 (twice), 672x512: three distinct gears, ascending
+    meta = write_meta(tmp / "meta.json", [(640, 480), (640, 427), (500, 640), (640, 420)])
+    r = convert(model, "--keep-res", "--meta", meta, "--batchsizes", "1 4", "--soc_version", "Ascend310P3",
+                env=env, cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    assert "3 input sizes" in r.stdout
+    assert log.read_text().splitlines() == [
+        f"--framework=5 --model={model} --output=CenterNet_bs{b} --input_format=NCHW "
+        f"--input_shape=actual_input:{b},3,-1,-1 --dynamic_image_size=448,672;512,672;672,512 "
+        f"--log=error --soc_version=Ascend310P3" for b in (1, 4)]
+
+
+def test_keep_res_with_one_size_is_a_static_shape(stubs):
+    tmp, model, log, env = stubs
+    meta = write_meta(tmp / "meta.json", [(640, 480), (650, 481)])  # both 512x672
+    r = convert(model, "--keep-res", "--meta", meta, "--soc_version", "Ascend310P3", env=env, cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    assert log.read_text().split() == [
+        "--framework=5", f"--model={model}", "--output=CenterNet_bs1", "--input_format=NCHW",
+        "--input_shape=actual_input:1,3,512,672", "--log=error", "--soc_version=Ascend310P3"]
+
+
+def test_keep_res_flip_export_through_atc(stubs, random_ctdet, tiny_coco):
+    """The recipe's keep resolution + flip on Ascend: an ascend-target export
+    with --flip --dynamic-size and the gears of a real keep-res preprocessing."""
+    from centernet.export import export_onnx
+    from centernet.preprocess import preprocess_folder
+    tmp, _, log, env = stubs
+    model = tmp / "CenterNet_ascend_flip.onnx"
+    export_onnx(random_ctdet, model, target="ascend", input_size=(64, 64), dynamic_size=True, flip=True)
+    preprocess_folder(tiny_coco["images_dir"], tmp / "prep", workers=1, progress=False, keep_res=True,
+                      flip_test=True)
+    r = convert(model, "--keep-res", "--meta", tmp / "prep" / "meta.json", "--soc_version", "Ascend310P3",
+                env=env, cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    assert log.read_text().split() == [
+        "--framework=5", f"--model={model}", "--output=CenterNet_bs1", "--input_format=NCHW",
+        "--input_shape=actual_input:1,3,-1,-1", "--dynamic_image_size=64,96;64,128;96,96",
+        "--log=error", "--soc_version=Ascend310P3"]
+
+
+def test_keep_res_errors(stubs):
+    tmp, model, log, env = stubs
+    many = write_meta(tmp / "many.json", [(w, h) for w in range(32, 32 * 12, 32) for h in range(32, 32 * 11, 32)])
+    fixed = write_meta(tmp / "fixed.json", [(640, 480)], keep_res=False)
+    for args, message in [
+        (("--keep-res",), "--keep-res needs --meta"),
+        (("--meta", many), "--meta goes with --keep-res"),
+        (("--keep-res", "--meta", tmp / "none.json"), "none.json: file not found"),
+        (("--keep-res", "--meta", fixed), "fixed.json: not written with --keep-res"),
+        (("--keep-res", "--meta", many), "110 distinct input sizes, but ATC takes at most 100"),
+    ]:
+        r = convert(model, *args, "--soc_version", "Ascend310P3", env=env, cwd=tmp)
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not log.exists()

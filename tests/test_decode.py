@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from centernet.decode import _peaks, _top_k, _top_k_thresholded, decode_ctdet, map_boxes_to_image, max_pool3x3
+from centernet.decode import (_peaks, _top_k, _top_k_thresholded, check_hm_kind, decode_ctdet, detections_to_coco,
+                              map_boxes_to_image, max_pool3x3, sigmoid)
+from centernet.errors import UserError
 from centernet.synthetic import write_perfect_model_bins
 from conftest import assert_one_line_error
 
@@ -40,10 +42,11 @@ def plain_decode(hm, wh, reg, K):
     return dets
 
 
-def torch_ctdet_decode(hm, wh, reg, K):
+def torch_ctdet_decode(hm, wh, reg, K, heat=False):
     """Upstream's ctdet_decode restated with torch ops (sigmoid first, as
-    detectors/ctdet.py does)."""
-    heat = torch.from_numpy(hm).sigmoid()
+    detectors/ctdet.py does; with heat=True hm is already the heatmap, as
+    after the flip test's average)."""
+    heat = torch.from_numpy(hm) if heat else torch.from_numpy(hm).sigmoid()
     wh, reg = torch.from_numpy(wh), torch.from_numpy(reg)
     b, c, h, w = heat.shape
     hmax = F.max_pool2d(heat, 3, stride=1, padding=1)
@@ -338,3 +341,47 @@ def test_limited_run_is_evaluated_on_its_own_images(perfect_run, run_script, syn
     proc = run_script("CenterNet_postprocess_s2.py", "--dataset=data", cwd=perfect_run)
     assert proc.returncode == 0 and "3 of the 6 evaluated images" in proc.stderr
     assert json.loads((perfect_run / "run_eval_result" / "metrics.json").read_text())["AP"] < 0.9
+
+
+def test_decode_of_a_heatmap():
+    """hm_is_heat: no sigmoid. On sigmoid(hm) it is the logits' decoding, and
+    on a flip-averaged heatmap it matches the torch restatement."""
+    rng = np.random.default_rng(6)
+    hm = np.stack([smooth_maps(rng, 80, 40, 48) for _ in range(2)])
+    wh = rng.uniform(0, 30, (2, 2, 40, 48)).astype(np.float32)
+    reg = rng.uniform(0, 1, (2, 2, 40, 48)).astype(np.float32)
+    for a, b in zip(decode_ctdet(sigmoid(hm), wh, reg, hm_is_heat=True), decode_ctdet(hm, wh, reg)):
+        np.testing.assert_array_equal(a, b)
+    heat = (sigmoid(hm) + sigmoid(hm[:, :, :, ::-1] - 1)) / np.float32(2)
+    got = decode_ctdet(heat, wh, reg, hm_is_heat=True)
+    ref = torch_ctdet_decode(np.ascontiguousarray(heat), wh, reg, K=100, heat=True)
+    for i in range(2):
+        assert_same_detections(*(a[i] for a in got), *(a[i] for a in ref))
+
+
+def test_hm_kind_check():
+    logits = np.full((1, 80, 4, 4), -9.0, np.float32)
+    logits[0, 3, 1, 1] = 2.0
+    heat = sigmoid(logits)
+    check_hm_kind(logits, False, "x_0.bin")
+    check_hm_kind(heat, True, "x_0.bin")
+    with pytest.raises(UserError, match="x_0.bin: hm runs from -9 to 2, so it holds raw logits"):
+        check_hm_kind(logits, True, "x_0.bin")
+    with pytest.raises(UserError, match="x_0.bin: every hm value lies in \\[0, 1\\].*--flip"):
+        check_hm_kind(heat, False, "x_0.bin")
+
+
+def test_upstream_rounding_by_hand():
+    """Upstream's results JSON: boxes as float32, w = x2 - x1 and h = y2 - y1
+    in float32, then every number as float("{:.2f}".format(v))."""
+    boxes = np.array([[10.123456789, 20.005, 110.987654321, 70.0049], [-3.3333, 0.125, 1.0 / 3, 1e-9]])
+    scores = np.array([0.87654321, 0.005], np.float32)
+    got = detections_to_coco(7, scores, np.array([2, 0]), boxes, [1, 2, 3], upstream_rounding=True)
+    f = np.float32
+    for entry, (x1, y1, x2, y2), s, cat in zip(got, boxes, scores, [3, 1]):
+        expected = [f(x1), f(y1), f(x2) - f(x1), f(y2) - f(y1)]
+        assert entry == {"image_id": 7, "category_id": cat, "bbox": [float("{:.2f}".format(v)) for v in expected],
+                         "score": float("{:.2f}".format(s))}
+    assert got[0]["bbox"] == [10.12, 20.0, 100.86, 50.0] and got[0]["score"] == 0.88
+    full = detections_to_coco(7, scores, np.array([2, 0]), boxes, [1, 2, 3])
+    assert full[0]["bbox"][2] == boxes[0, 2] - boxes[0, 0] and full[0]["score"] == float(scores[0])

@@ -288,3 +288,18 @@ def test_output_into_an_input_folder_is_refused(synthetic_coco, tmp_path):
     with pytest.raises(UserError, match="is an input folder"):
         demo([folder], "unused.onnx", folder)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_flip_export_is_decoded_as_a_heatmap(ctdet_onnx_flip_dynamic, tiny_coco):
+    """An export with --flip outputs the averaged heatmap: the demo decodes it
+    without a second sigmoid, as the streaming evaluation does."""
+    from centernet.modes import TestMode
+    detector = Detector(make_session(ctdet_onnx_flip_dynamic, threads=2), keep_res=True)
+    assert detector.mode == "keep resolution + flip (in the model)"
+    streamed, _, _, _ = stream_detections(ctdet_onnx_flip_dynamic, tiny_coco["images_dir"],
+                                          tiny_coco["annotation_file"], threads=2, progress=False,
+                                          mode=TestMode(keep_res=True), log=lambda m: None)
+    for img in tiny_coco["dataset"]["images"][:2]:
+        scores, _, _ = detector.detect(cv2.imread(str(tiny_coco["images_dir"] / img["file_name"])))
+        expected = sorted((r["score"] for r in streamed if r["image_id"] == img["id"]), reverse=True)
+        assert scores.tolist() == expected

@@ -8,9 +8,9 @@ import torch
 from onnx import helper
 
 from centernet.errors import UserError
-from centernet.export import REL_TOL, ascend_to_deformconv, check_export, count_ops, export_onnx
+from centernet.export import REL_TOL, FlipTest, ascend_to_deformconv, check_export, count_ops, export_onnx
 from centernet.runtime import make_session
-from conftest import PYTHON, ROOT, assert_parity, photo_inputs
+from conftest import PARITY_REL, PYTHON, ROOT, assert_parity, photo_inputs
 
 SMALL = (128, 160)  # H != W, and fast
 
@@ -218,3 +218,62 @@ def test_check_reports_a_graph_onnxruntime_cannot_run(random_ctdet, exports):
                 a.ints[:] = [2, 2, 2, 2]  # the output grows by 2 and no longer adds up
     with pytest.raises(UserError, match="^broken.onnx: ONNX Runtime cannot (load|run) it"):
         check_export(random_ctdet, broken, input_size=SMALL, batch=1, name="broken.onnx")
+
+
+# --- the flip test in the graph (--flip) -------------------------------------
+
+def hand_flip_test(model, x):
+    """The flip test with the PyTorch model, written out (float64 averages):
+    the image and its mirror run separately; hm averaged after the sigmoid,
+    wh averaged, reg of the unflipped pass. Also returns, per output, the
+    magnitude that float32 parity is relative to (flip_parity_scales)."""
+    with torch.no_grad():
+        hm0, wh0, reg0 = (t.double() for t in model(torch.from_numpy(x)))
+        hm1, wh1, _ = (t.double() for t in model(torch.from_numpy(np.ascontiguousarray(x[..., ::-1]))))
+    maps = [((hm0.sigmoid() + hm1.sigmoid().flip(3)) / 2).numpy(), ((wh0 + wh1.flip(3)) / 2).numpy(), reg0.numpy()]
+    return maps, flip_parity_scales(hm0, hm1, wh0, wh1, reg0)
+
+
+def flip_parity_scales(hm0, hm1, wh0, wh1, reg0):
+    """float32 parity (conftest.PARITY_REL) holds relative to each raw map's
+    largest magnitude. The sigmoid's slope is at most 1/4, so the averaged
+    heatmap is within PARITY_REL x max|logit| / 4, and the averaged wh within
+    PARITY_REL x max|wh| of either pass."""
+    mag = lambda *ts: max(float(t.abs().max()) for t in ts)  # noqa: E731
+    return [mag(hm0, hm1) / 4, mag(wh0, wh1), mag(reg0)]
+
+
+def assert_close_to_reference(got, ref, scales):
+    for a, b, scale in zip(got, ref, scales):
+        assert a.shape == b.shape
+        diff = float(np.abs(a - b).max())
+        assert diff <= PARITY_REL * scale, f"max abs diff {diff:.3g} > {PARITY_REL:g} x {scale:.3g}"
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "ascend"])
+def test_flip_export_equals_hand_flip_test(random_ctdet, ctdet_onnx, tmp_path, target):
+    from centernet.runtime import graph_flip_test
+    proto = export_onnx(random_ctdet, tmp_path / "f.onnx", target=target, input_size=SMALL, dynamic_size=True,
+                        flip=True)
+    assert graph_flip_test(proto) and not graph_flip_test(onnx.load(ctdet_onnx))
+    assert [o.name for o in proto.graph.output] == ["output1", "output2", "output3"]
+    # the export's own self-check, with the flip test as its reference
+    checks = check_export(FlipTest(random_ctdet), proto, target=target, input_size=(64, 96), batch=1)
+    assert all(c.ok for c in checks), [c.describe() for c in checks]
+    if target == "ascend":
+        assert proto.opset_import[0].version == 11 and count_ops(proto)["DeformableConv2D"] == 16
+        proto = ascend_to_deformconv(proto)
+    session = make_session(proto.SerializeToString(), threads=2)
+    x = photo_inputs(1, (64, 96), seed=3)
+    got = session.run(None, {"actual_input": x})
+    assert [a.shape for a in got] == [(1, 80, 16, 24), (1, 2, 16, 24), (1, 2, 16, 24)]
+    assert_close_to_reference(got, *hand_flip_test(random_ctdet, x))
+
+
+def test_flip_cli_checks_the_flip_graph(upstream_checkpoint, tmp_path):
+    out = tmp_path / "CenterNet_flip.onnx"
+    r = run_script(upstream_checkpoint, out, "--flip", "--input-size", 64, 96, "--threads", 2)
+    assert r.returncode == 0, r.stderr
+    assert "flip test in the graph" in r.stdout and "check passed" in r.stdout
+    meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert meta == {"centernet.flip_test": "1", "centernet.hm": "sigmoid"}

@@ -116,3 +116,69 @@ def test_skip_existing_resumes(ctdet_onnx, inputs, reference, tmp_path):
     assert_parity(got, reference[stem][2])
     r = run_infer(*args)
     assert r.returncode == 0 and "nothing to do" in r.stdout
+
+
+@pytest.fixture(scope="module")
+def keep_res_prep(tiny_coco, tmp_path_factory):
+    """Keep-resolution bins of five tiny images: three input sizes."""
+    from centernet.preprocess import preprocess_folder
+    prep = tmp_path_factory.mktemp("prep_keepres")
+    preprocess_folder(tiny_coco["images_dir"], prep, workers=1, progress=False, keep_res=True)
+    meta = json.loads((prep / "meta.json").read_text())
+    return prep, {name.rsplit(".", 1)[0]: tuple(e["input_size"]) for name, e in meta["images"].items()}
+
+
+def test_mixed_sizes_in_one_dynamic_session(random_ctdet, ctdet_onnx_dynamic, keep_res_prep, tmp_path):
+    prep, sizes = keep_res_prep
+    assert len(set(sizes.values())) == 3
+    r = run_infer("--model", ctdet_onnx_dynamic, "--input", prep, "--output", tmp_path, "--output_dirname", "d",
+                  "--batchsize", 2, "--threads", 2)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "d_summary.json").read_text())
+    # equal sizes batched together: 2 + 2 + 1
+    assert summary["images"] == 5 and summary["batches"] == 3 and summary["input_sizes"] == 3
+    for stem, (h, w) in sizes.items():
+        x = np.fromfile(prep / f"{stem}.bin", dtype=np.float32).reshape(1, 3, h, w)
+        with torch.no_grad():
+            ref = [o[0].numpy() for o in random_ctdet(torch.from_numpy(x))]
+        for i, r_out in enumerate(ref):
+            got = np.fromfile(tmp_path / "d" / f"{stem}_{i}.bin", dtype=np.float32)
+            assert r_out.shape[1:] == (h // 4, w // 4) and got.size == r_out.size
+            assert_parity(got.reshape(r_out.shape), r_out, what=f"{stem}_{i}")
+    # a resume sees every output complete
+    r = run_infer("--model", ctdet_onnx_dynamic, "--input", prep, "--output", tmp_path, "--output_dirname", "d",
+                  "--skip-existing")
+    assert r.returncode == 0 and "nothing to do: all 5" in r.stdout
+
+
+def test_fixed_size_model_on_keep_res_bins_says_what_to_export(ctdet_onnx, keep_res_prep, tmp_path):
+    prep, _ = keep_res_prep
+    r = run_infer("--model", ctdet_onnx, "--input", prep, "--output", tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "fixed 512x512 input" in r.stderr and "--dynamic-size" in r.stderr
+
+
+def test_om_model_over_keep_res_bins_runs_once_per_size(keep_res_prep, tmp_path):
+    """An .om with dynamic image size gears: ais_bench once per input size,
+    with --dymHW H,W and a folder holding only that size's bins."""
+    prep, sizes = keep_res_prep
+    stub = tmp_path / "stub" / "ais_bench"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("")
+    log = tmp_path / "calls.txt"
+    (stub / "__main__.py").write_text(
+        "import os, sys\n"
+        "args = sys.argv[1:]\n"
+        "folder = args[args.index('--input') + 1]\n"
+        f"open({str(log)!r}, 'a').write(' '.join(args[args.index('--dymHW'):]) + ' ' + "
+        "','.join(sorted(os.listdir(folder))) + '\\n')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "stub"))
+    r = run_infer("--model", "CenterNet_bs1.om", "--input", prep, "--output", tmp_path / "out",
+                  "--output_dirname", "d", env=env)
+    assert r.returncode == 0, r.stderr
+    expected = []
+    for h, w in sorted(set(sizes.values())):
+        stems = sorted(f"{s}.bin" for s, hw in sizes.items() if hw == (h, w))
+        expected.append(f"--dymHW {h},{w} {','.join(stems)}")
+    assert log.read_text().splitlines() == expected

@@ -170,3 +170,57 @@ def test_warns_when_the_disk_is_too_small(tmp_path, monkeypatch):
     preprocess_folder(tmp_path / "imgs", tmp_path / "out", workers=1, progress=False, log=lines.append)
     assert len(lines) == 1 and lines[0].startswith("warning:")
     assert "5 bins need 15.7 MB but only 1.0 MB is free" in lines[0]
+
+
+def expected_keep_res_input(img):
+    """Keep resolution stated independently: the image unscaled, its centre
+    (w//2, h//2) at the centre of an input of (h|31)+1 by (w|31)+1 (the next
+    multiple of 32 above each side), zero (normalised) around it."""
+    h, w = img.shape[:2]
+    in_h, in_w = (h // 32 + 1) * 32, (w // 32 + 1) * 32
+    m = np.array([[1.0, 0.0, in_w / 2 - w // 2], [0.0, 1.0, in_h / 2 - h // 2]])
+    warped = cv2.warpAffine(img, m, (in_w, in_h), flags=cv2.INTER_LINEAR).astype(np.float64)
+    mean = np.array([0.40789654, 0.44719302, 0.47026115])
+    std = np.array([0.28863828, 0.27408164, 0.27809835])
+    return ((warped / 255 - mean) / std).transpose(2, 0, 1)[None]
+
+
+def test_keep_res_folder_bins_and_meta(tmp_path):
+    images = make_folder(tmp_path / "imgs", np.random.default_rng(9))
+    summary = preprocess_folder(tmp_path / "imgs", tmp_path / "out", workers=1, progress=False, keep_res=True)
+    assert summary["converted"] == 5 and not summary["failed"]
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["keep_res"] is True and meta["input_size"] is None and meta["flip_test"] is False
+    for name, img in images.items():
+        h, w = img.shape[:2]
+        in_h, in_w = (h // 32 + 1) * 32, (w // 32 + 1) * 32
+        assert meta["images"][name] == {"width": w, "height": h, "center": [float(w // 2), float(h // 2)],
+                                        "scale": [float(in_w), float(in_h)], "input_size": [in_h, in_w]}
+        got = np.fromfile(tmp_path / "out" / (os.path.splitext(name)[0] + ".bin"), dtype=np.float32)
+        assert got.size == 3 * in_h * in_w
+        np.testing.assert_allclose(got.reshape(1, 3, in_h, in_w), expected_keep_res_input(img), rtol=0, atol=1e-4)
+
+
+def test_switching_mode_redoes_the_bins_and_flip_only_changes_meta(tmp_path):
+    make_folder(tmp_path / "imgs", np.random.default_rng(10))
+    out = tmp_path / "out"
+    preprocess_folder(tmp_path / "imgs", out, workers=1, progress=False)
+    assert preprocess_folder(tmp_path / "imgs", out, workers=1, progress=False, keep_res=True)["converted"] == 5
+    again = preprocess_folder(tmp_path / "imgs", out, workers=1, progress=False, keep_res=True, flip_test=True)
+    assert again["converted"] == 0 and again["skipped"] == 5
+    assert json.loads((out / "meta.json").read_text())["flip_test"] is True
+    # A square 480x480 image has a 512x512 input in both modes, but not the same one.
+    cv2.imwrite(str(tmp_path / "imgs" / "sq.png"), np.full((480, 480, 3), 7, np.uint8))
+    preprocess_folder(tmp_path / "imgs", out, workers=1, progress=False, keep_res=True)
+    assert preprocess_folder(tmp_path / "imgs", out, workers=1, progress=False)["converted"] == 6
+
+
+def test_cli_keep_res_and_flip(tmp_path, run_script):
+    make_folder(tmp_path / "imgs", np.random.default_rng(11))
+    proc = run_script("CenterNet_preprocess.py", "imgs", "prep", "--keep-res", "--flip", "--workers", "2",
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((tmp_path / "prep" / "meta.json").read_text())
+    assert meta["keep_res"] and meta["flip_test"]
+    assert meta["images"]["d.BMP"]["input_size"] == [96, 224]  # a 200x90 image
+    assert (tmp_path / "prep" / "d.bin").stat().st_size == 3 * 96 * 224 * 4

@@ -1,12 +1,15 @@
 """run_all.sh end to end: the demo pipeline on a handful of images."""
 import json
 import os
+import shutil
 import subprocess
 
 import numpy as np
 import pytest
 
+from centernet.checkpoint import load_model
 from centernet.coco import STAT_NAMES
+from centernet.export import export_onnx
 from conftest import ROOT
 
 N = 3
@@ -94,14 +97,56 @@ def test_bad_option(tmp_path):
     assert r.returncode == 2 and "--backend torch runs on cpu or cuda" in r.stderr
 
 
-def test_torch_backend_runs_the_checkpoint_without_an_export(tmp_path):
-    # Staged pipeline with the PyTorch backend: run_infer.sh on the .pth, no
-    # export stage, s1 and s2 as usual, and the demo pictures drawn by PyTorch too.
+def test_keep_res_flip_staged(demo_run, tmp_path):
+    """--keep-res --flip: keep-resolution bins, a dynamic-size export with the
+    flip test in its graph, s1 told by meta.json, the mode and upstream's
+    published AP for it in the final table."""
     work = tmp_path / "work"
-    r = run_all("--demo", "--demo-images", 2, "--workdir", work, "--backend", "torch", "--threads", 1, cwd=ROOT)
+    work.mkdir()
+    # The demo's data and weights, made once for this module, and the export
+    # this mode needs, made here without run_all's 512x512 float64 self-check
+    # (test_export checks a --flip export): run_all finds it up to date.
+    shutil.copytree(demo_run[0] / "data", work / "data")
+    shutil.copy(demo_run[0] / "ctdet_demo.pth", work)
+    export_onnx(load_model(work / "ctdet_demo.pth", log=lambda m: None), work / "CenterNet_dynamic_flip.onnx",
+                input_size=(64, 64), dynamic_size=True, flip=True)
+    r = run_all("--demo", "--workdir", work, "--keep-res", "--flip", "--keep", "--threads", 2, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "== export" not in r.stdout and not (work / "CenterNet.onnx").exists()
-    assert "torch backend: cpu, fp32" in r.stdout and "| AP |" in r.stdout
-    assert not list(work.glob("*.onnx")) and len(json.loads((work / "save" / "results.json").read_text())) == 200
+    assert "| keep-res + flip |" in r.stdout and "| 39.2 |" in r.stdout
+    assert "CenterNet_dynamic_flip.onnx is up to date" in r.stdout
+    meta = json.loads((work / "prep_dataset" / "meta.json").read_text())
+    assert meta["keep_res"] and meta["flip_test"]
+    assert (work / "CenterNet_dynamic_flip.onnx").is_file()
+    dump = work / "result" / "dumpout_bs1_keepres_flip"
+    for name, entry in meta["images"].items():
+        h, w = entry["input_size"]
+        assert (h, w) == ((entry["height"] | 31) + 1, (entry["width"] | 31) + 1)
+        assert (dump / f"{name.rsplit('.', 1)[0]}_0.bin").stat().st_size == 80 * (h // 4) * (w // 4) * 4
+    assert "hm as flip-averaged heatmap" in r.stdout
+    assert len(json.loads((work / "save" / "results.json").read_text())) == 100 * N
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--scales", "0.5,x"), "--scales wants comma-separated numbers"),
+    (("--scales", "0.5,1", "--backend", "ascend"), "--scales runs in the streaming evaluation"),
+])
+def test_mode_option_errors(tmp_path, args, message):
+    r = run_all(*args, cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr
+
+
+def test_torch_backend_runs_the_checkpoint_without_an_export(demo_run, tmp_path):
+    """--backend torch, staged, keep resolution: run_infer.sh on the .pth over
+    bins of many sizes (the PyTorch network takes any size), no export stage,
+    s1 and s2 as usual, and the demo pictures drawn by PyTorch too."""
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(demo_run[0] / "data", work / "data")
+    shutil.copy(demo_run[0] / "ctdet_demo.pth", work)
+    r = run_all("--demo", "--workdir", work, "--backend", "torch", "--keep-res", "--threads", 1, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "== export" not in r.stdout and not list(work.glob("*.onnx"))
+    assert "torch backend: cpu, fp32" in r.stdout and "| AP |" in r.stdout and "| keep-res |" in r.stdout
+    assert len(json.loads((work / "save" / "results.json").read_text())) == 100 * N
     assert "warning: CenterNet_demo.py" not in r.stdout
-    assert len(list((work / "demo_out").glob("*.jpg"))) == 2
+    assert len(list((work / "demo_out").glob("*.jpg"))) == N

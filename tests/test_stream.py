@@ -50,3 +50,220 @@ def test_eval_script_limit_and_corrupt_image(synthetic_coco, ctdet_onnx, tmp_pat
 def test_eval_script_missing_annotations(ctdet_onnx, tmp_path, run_script):
     r = run_script("CenterNet_eval.py", "--model", ctdet_onnx, "--dataset", tmp_path / "nowhere", cwd=tmp_path)
     assert_one_line_error(r, "instances_val2017.json")
+
+
+# --- upstream's test modes ---------------------------------------------------
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from centernet.decode import decode_ctdet, detections_to_coco, map_boxes_to_image, sigmoid  # noqa: E402
+from centernet.modes import TestMode  # noqa: E402
+from centernet.runtime import make_session, run_session  # noqa: E402
+from centernet.soft_nms import detections_by_class, merge_detections  # noqa: E402
+
+# float32, as upstream's detector holds them (base_detector.py)
+MEAN = np.array([0.40789654, 0.44719302, 0.47026115], np.float32)
+STD = np.array([0.28863828, 0.27408164, 0.27809835], np.float32)
+
+
+def by_detection(results):
+    key = lambda r: (r["image_id"], -r["score"], r["category_id"], r["bbox"])  # noqa: E731
+    return sorted(results, key=key)
+
+
+def hand_input(img, t, keep_res, fixed=512):
+    """Upstream's pre_process for scale t written out: cv2.resize, then a
+    pure translation (keep resolution) or scale fixed/max(h, w) of the
+    ORIGINAL image about the resized centre (fixed mode). Returns the
+    float32 input and the (center, scale, out_hw) decoding needs."""
+    h, w = img.shape[:2]
+    nh, nw = int(h * t), int(w * t)
+    resized = cv2.resize(img, (nw, nh)) if (nh, nw) != (h, w) else img
+    if keep_res:
+        in_h, in_w = (nh | 31) + 1, (nw | 31) + 1
+        center, scale = (nw // 2, nh // 2), np.array([in_w, in_h], np.float32)
+        m = np.array([[1.0, 0, in_w / 2 - nw // 2], [0, 1.0, in_h / 2 - nh // 2]])
+    else:
+        in_h = in_w = fixed
+        center, scale = (nw / 2, nh / 2), float(max(h, w))
+        a = fixed / max(h, w)
+        m = np.array([[a, 0, fixed / 2 - nw / 2 * a], [0, a, fixed / 2 - nh / 2 * a]])
+    warped = cv2.warpAffine(resized, m, (in_w, in_h), flags=cv2.INTER_LINEAR)
+    x = ((warped / 255.0 - MEAN) / STD).astype(np.float32).transpose(2, 0, 1)[None]
+    return np.ascontiguousarray(x), center, scale, (in_h // 4, in_w // 4)
+
+
+def reference_detections(model, dataset, images_dir, keep_res=False, flip=False, scales=(1.0,), fixed=512,
+                         rounding=False):
+    """Each image on its own (batch 1) through the same session: hand-built inputs per
+    scale; for the flip test, the input batched with its mirror and the
+    sigmoid heatmaps and sizes averaged by hand; decoding; boxes mapped back
+    and divided by the scale; with several scales, upstream's merge."""
+    session = make_session(model, threads=2)
+    cats = sorted(c["id"] for c in dataset["categories"])
+    out = []
+    for info in dataset["images"]:
+        img = cv2.imread(str(images_dir / info["file_name"]), cv2.IMREAD_COLOR)
+        per_scale = []
+        for t in scales:
+            x, center, scale, (oh, ow) = hand_input(img, t, keep_res, fixed)
+            if flip:
+                hm, wh, reg = run_session(session, np.concatenate([x, x[:, :, :, ::-1]]))
+                heat = sigmoid(hm)
+                hm = (heat[0:1] + heat[1:2, :, :, ::-1]) / np.float32(2)
+                wh, reg = (wh[0:1] + wh[1:2, :, :, ::-1]) / np.float32(2), reg[0:1]
+            else:
+                hm, wh, reg = run_session(session, x)
+            scores, classes, boxes = decode_ctdet(hm, wh, reg, hm_is_heat=flip)
+            img_boxes = map_boxes_to_image(boxes[0], center, scale, (ow, oh))
+            if len(scales) == 1:
+                out += detections_to_coco(info["id"], scores[0], classes[0], img_boxes, cats, rounding)
+            per_scale.append(detections_by_class(scores[0], classes[0], img_boxes, 80, scale=t))
+        if len(scales) > 1:
+            for j, rows in sorted(merge_detections(per_scale).items()):
+                out += detections_to_coco(info["id"], rows[:, 4], np.full(len(rows), j), rows[:, :4], cats, rounding)
+    return out
+
+
+def test_keep_res_streamed_equals_staged(tiny_coco, ctdet_onnx_dynamic, tmp_path):
+    """Keep resolution: the staged recipe (preprocess --keep-res, run_infer
+    over bins of mixed sizes, s1 --meta) and the streaming eval give the same
+    detections, bit for bit; equal sizes are batched together in both."""
+    ann = tiny_coco["annotation_file"]
+    data = load_annotations(ann)
+    cats = class_category_ids(data)
+    prep = tmp_path / "prep"
+    preprocess_folder(tiny_coco["images_dir"], prep, workers=1, progress=False, keep_res=True)
+    summary = run_folder(ctdet_onnx_dynamic, prep, tmp_path / "result", "dump", batchsize=2, threads=2,
+                         progress=False)
+    assert summary["images"] == 5 and summary["input_sizes"] == 3 and summary["batches"] == 3
+    images = images_from_meta(load_meta(prep / "meta.json"), data)
+    assert sorted({im.out_hw for im in images}) == [(16, 24), (16, 32), (24, 24)]
+    staged = decode_bins_to_coco(tmp_path / "result" / "dump", images, cats, progress=False)
+    streamed, ids, errors, stats = stream_detections(ctdet_onnx_dynamic, tiny_coco["images_dir"], ann,
+                                                     batchsize=2, threads=2, progress=False,
+                                                     mode=TestMode(keep_res=True))
+    assert not errors and len(streamed) == 500
+    assert stats["mode"] == "keep-res" and stats["input_sizes"] == 3 and stats["batches"] == 3
+    assert by_detection(streamed) == by_detection(staged)
+
+
+def test_keep_res_streamed_equals_hand_statement(tiny_coco, ctdet_onnx_dynamic):
+    # Batch 1 on both sides: ONNX Runtime's last bits depend on the batch.
+    streamed, _, errors, _ = stream_detections(ctdet_onnx_dynamic, tiny_coco["images_dir"],
+                                               tiny_coco["annotation_file"], threads=2, progress=False,
+                                               mode=TestMode(keep_res=True))
+    ref = reference_detections(ctdet_onnx_dynamic, tiny_coco["dataset"], tiny_coco["images_dir"], keep_res=True)
+    assert not errors
+    assert_same(streamed, ref)
+
+
+def assert_same(got, ref, box_tol=1e-4):
+    """Same detections: ids, classes and scores exactly, boxes to box_tol
+    pixels (the hand-built warp matrices agree with the library's to ~1e-9)."""
+    got, ref = by_detection(got), by_detection(ref)
+    assert [(r["image_id"], r["category_id"], r["score"]) for r in got] == \
+        [(r["image_id"], r["category_id"], r["score"]) for r in ref]
+    np.testing.assert_allclose([r["bbox"] for r in got], [r["bbox"] for r in ref], rtol=0, atol=box_tol)
+
+
+def test_flip_streamed_equals_hand_flip_test(tiny_coco, ctdet_onnx_dynamic):
+    streamed, _, errors, stats = stream_detections(ctdet_onnx_dynamic, tiny_coco["images_dir"],
+                                                   tiny_coco["annotation_file"], threads=2, progress=False,
+                                                   mode=TestMode(keep_res=True, flip=True))
+    assert not errors and stats["mode"] == "keep-res + flip"
+    ref = reference_detections(ctdet_onnx_dynamic, tiny_coco["dataset"], tiny_coco["images_dir"], keep_res=True,
+                               flip=True)
+    assert_same(streamed, ref)
+
+
+@pytest.mark.parametrize("keep_res", [True, False])
+def test_multi_scale_streamed_equals_hand_composition(tiny_coco, ctdet_onnx_dynamic, keep_res):
+    """Scales (with flip): resize, transform of the resized size (fixed mode:
+    s = max(h, w) of the original), boxes / t, merged with soft-NMS."""
+    scales = (0.5, 1.0, 1.5)
+    mode = TestMode(keep_res=keep_res, flip=True, scales=scales, input_size=(96, 96))
+    streamed, _, errors, stats = stream_detections(ctdet_onnx_dynamic, tiny_coco["images_dir"],
+                                                   tiny_coco["annotation_file"], threads=2, progress=False,
+                                                   mode=mode, input_size=(96, 96))
+    assert not errors and stats["inputs"] == 15
+    ref = reference_detections(ctdet_onnx_dynamic, tiny_coco["dataset"], tiny_coco["images_dir"],
+                               keep_res=keep_res, flip=True, scales=scales, fixed=96)
+    assert_same(streamed, ref)
+    per_image = np.bincount([r["image_id"] for r in streamed])
+    assert per_image[per_image > 0].min() >= 100  # the top 100 per image, ties at the threshold kept
+
+
+def test_flip_graph_staged_equals_streamed(tiny_coco, ctdet_onnx_flip_dynamic, tmp_path, run_script):
+    """A model exported with --flip: staged (preprocess --keep-res --flip,
+    run_infer, s1 --meta decoding hm as the averaged heatmap) equals the
+    streaming eval with the same model, which also needs no --flip."""
+    ann = tiny_coco["annotation_file"]
+    prep = tmp_path / "prep"
+    preprocess_folder(tiny_coco["images_dir"], prep, workers=1, progress=False, keep_res=True, flip_test=True)
+    run_folder(ctdet_onnx_flip_dynamic, prep, tmp_path / "result", "dump", batchsize=2, threads=2, progress=False)
+    r = run_script("CenterNet_postprocess_s1.py", "--bin_data_path", tmp_path / "result" / "dump",
+                   "--annotations", ann, "--meta", prep / "meta.json", "--output", tmp_path / "s1.json",
+                   "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "hm as flip-averaged heatmap" in r.stdout
+    staged = json.loads((tmp_path / "s1.json").read_text())
+    notes = []
+    streamed, _, _, stats = stream_detections(ctdet_onnx_flip_dynamic, tiny_coco["images_dir"], ann, batchsize=2,
+                                              threads=2, progress=False, mode=TestMode(keep_res=True),
+                                              log=notes.append)
+    assert stats["mode"] == "keep-res + flip" and "flip test in its graph" in notes[0]
+    assert by_detection(streamed) == by_detection(staged)
+
+    # Told the wrong kind of hm, s1 and run_infer refuse in one line.
+    meta = json.loads((prep / "meta.json").read_text())
+    meta["flip_test"] = False
+    (prep / "meta.json").write_text(json.dumps(meta))
+    r = run_script("CenterNet_postprocess_s1.py", "--bin_data_path", tmp_path / "result" / "dump",
+                   "--annotations", ann, "--meta", prep / "meta.json", "--no-progress", cwd=tmp_path)
+    assert_one_line_error(r, "every hm value lies in [0, 1]", "--flip")
+    r = run_script("CenterNet_infer.py", "--model", ctdet_onnx_flip_dynamic, "--input", prep,
+                   "--output", tmp_path / "again", cwd=tmp_path)
+    assert_one_line_error(r, "has the flip test in its graph", "--flip")
+
+
+def test_upstream_rounding_in_the_eval(tiny_coco, ctdet_onnx_dynamic, tmp_path, run_script):
+    r = run_script("CenterNet_eval.py", "--model", ctdet_onnx_dynamic, "--dataset", tiny_coco["root"],
+                   "--keep-res", "--upstream-rounding", "--limit", 2, "--threads", 2, "--no-progress",
+                   "--output", tmp_path / "res.json", "--resultfolder", tmp_path / "ev", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "mode: keep-res" in r.stdout
+    results = json.loads((tmp_path / "res.json").read_text())
+    assert len(results) == 200
+    values = [v for d in results for v in d["bbox"] + [d["score"]]]
+    assert all(v == float(f"{v:.2f}") for v in values)
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["mode"] == "keep-res"
+
+
+def test_a_fixed_size_model_cannot_keep_resolution(tiny_coco, ctdet_onnx, tmp_path, run_script):
+    r = run_script("CenterNet_eval.py", "--model", ctdet_onnx, "--dataset", tiny_coco["root"], "--keep-res",
+                   cwd=tmp_path)
+    assert_one_line_error(r, "fixed 512x512 input", "CenterNet_pth2onnx.py", "--dynamic-size")
+    r = run_script("CenterNet_eval.py", "--model", ctdet_onnx, "--dataset", tiny_coco["root"], "--scales", "0,1",
+                   cwd=tmp_path)
+    assert_one_line_error(r, "--scales 0,1")
+
+
+def test_a_tiny_image_keeps_resolution_with_fewer_detections(tmp_path, ctdet_onnx_dynamic):
+    """A 20x30 image has a 32x32 keep-resolution input: an 8x8 output map
+    holds 64 positions, so it gets 64 detections, streamed and staged alike."""
+    from centernet.synthetic import make_synthetic_coco
+    info = make_synthetic_coco(tmp_path / "data", num_images=2, seed=3, image_sizes=[(30, 20), (64, 64)],
+                               max_objects=1)
+    streamed, _, errors, _ = stream_detections(ctdet_onnx_dynamic, info["images_dir"], info["annotation_file"],
+                                               threads=2, progress=False, mode=TestMode(keep_res=True))
+    data = load_annotations(info["annotation_file"])
+    assert not errors and sorted(np.bincount([r["image_id"] for r in streamed])[[i["id"] for i in data["images"]]]) \
+        == [64, 100]
+    preprocess_folder(info["images_dir"], tmp_path / "prep", workers=1, progress=False, keep_res=True)
+    run_folder(ctdet_onnx_dynamic, tmp_path / "prep", tmp_path / "out", "d", threads=2, progress=False)
+    images = images_from_meta(load_meta(tmp_path / "prep" / "meta.json"), data)
+    staged = decode_bins_to_coco(tmp_path / "out" / "d", images, class_category_ids(data), progress=False)
+    assert by_detection(staged) == by_detection(streamed)

@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from centernet.transforms import (MEAN, STD, get_affine_transform, normalise_to_chw, preprocess_image,
+from centernet.transforms import (MEAN, STD, get_affine_transform, normalise_to_chw, prepare_input, preprocess_image,
                                   test_geometry, transform_points)
 
 SIZES = [(640, 480), (480, 640), (500, 375), (333, 500), (161, 97), (97, 161), (1, 1), (3, 700)]  # (w, h)
@@ -125,3 +125,54 @@ def test_lookup_table_normalisation_is_bitwise_upstreams_formula():
     std = np.array([0.28863828, 0.27408164, 0.27809835], dtype=np.float32)
     upstream = ((img / 255. - mean) / std).astype(np.float32).transpose(2, 0, 1)[None]
     np.testing.assert_array_equal(normalise_to_chw(img), upstream)
+
+
+def normalised(warped):
+    mean = np.array([0.40789654, 0.44719302, 0.47026115])
+    std = np.array([0.28863828, 0.27408164, 0.27809835])
+    return ((warped.astype(np.float64) / 255 - mean) / std).transpose(2, 0, 1)[None]
+
+
+@pytest.mark.parametrize("width,height", [(160, 120), (96, 144), (75, 50)])
+@pytest.mark.parametrize("t", [0.5, 0.75, 1.0, 1.25, 1.5])
+def test_scaled_fixed_mode_resizes_then_keeps_the_original_scale(width, height, t):
+    """Upstream's multi-scale pre_process, fixed mode: cv2.resize to
+    (int(w*t), int(h*t)), then the transform about the resized image's centre
+    with s = max(h, w) of the ORIGINAL image."""
+    img = np.random.default_rng(3).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    tensor, center, scale, in_hw = prepare_input(img, (128, 128), test_scale=t)
+    new_w, new_h = int(width * t), int(height * t)
+    assert in_hw == (128, 128) and scale == max(width, height)
+    np.testing.assert_array_equal(center, [new_w / 2, new_h / 2])
+    a = 128 / max(width, height)
+    m = np.array([[a, 0.0, 64 - new_w / 2 * a], [0.0, a, 64 - new_h / 2 * a]])
+    resized = cv2.resize(img, (new_w, new_h)) if t != 1 else img
+    expected = normalised(cv2.warpAffine(resized, m, (128, 128), flags=cv2.INTER_LINEAR))
+    np.testing.assert_allclose(tensor, expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("width,height", [(160, 120), (96, 144), (75, 50)])
+@pytest.mark.parametrize("t", [0.5, 1.0, 1.5])
+def test_scaled_keep_res_places_the_resized_image(width, height, t):
+    """Keep resolution at scale t: the resized image, unscaled, its centre
+    (new_w//2, new_h//2) at the centre of an input (new|31)+1 on each side."""
+    img = np.random.default_rng(4).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    tensor, center, scale, (in_h, in_w) = prepare_input(img, keep_res=True, test_scale=t)
+    new_w, new_h = int(width * t), int(height * t)
+    assert (in_h, in_w) == ((new_h // 32 + 1) * 32, (new_w // 32 + 1) * 32)
+    assert tensor.shape == (1, 3, in_h, in_w)
+    np.testing.assert_array_equal(center, [new_w // 2, new_h // 2])
+    np.testing.assert_array_equal(scale, [in_w, in_h])
+    m = np.array([[1.0, 0.0, in_w / 2 - new_w // 2], [0.0, 1.0, in_h / 2 - new_h // 2]])
+    resized = cv2.resize(img, (new_w, new_h)) if t != 1 else img
+    expected = normalised(cv2.warpAffine(resized, m, (in_w, in_h), flags=cv2.INTER_LINEAR))
+    np.testing.assert_allclose(tensor, expected, rtol=0, atol=1e-4)
+    if t == 1:  # an integer shift: the image itself, framed by the normalised zero
+        dx, dy = in_w // 2 - width // 2, in_h // 2 - height // 2
+        np.testing.assert_allclose(tensor[0, :, dy:dy + height, dx:dx + width],
+                                   normalised(img)[0], rtol=0, atol=1e-4)
+
+
+def test_a_scale_that_empties_the_image_is_an_error():
+    with pytest.raises(ValueError, match="test scale 0.1 makes a 5x5 image empty"):
+        prepare_input(np.zeros((5, 5, 3), np.uint8), test_scale=0.1)
