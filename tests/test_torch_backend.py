@@ -293,3 +293,23 @@ def test_benchmark_rows_for_the_torch_backend(random_ctdet, tmp_path):
 def test_dcn_v2_py_still_knows_nothing_of_torchvision():
     text = (ROOT / "dcn_v2.py").read_text()
     assert "torchvision" not in text and "centernet" not in text
+
+
+@pytest.mark.parametrize("mode", [dict(keep_res=True, flip=True), dict(keep_res=True, scales=(0.75, 1.0))])
+def test_streamed_test_modes_give_the_onnxruntime_detections(tiny_coco, ctdet_onnx_dynamic, random_ctdet, mode):
+    # Keep resolution (many input sizes), flip and multi-scale around a
+    # dynamic-size PyTorch session: ONNX Runtime's detections on the
+    # dynamic-size export, within the same tolerances as in fixed mode.
+    from centernet.modes import TestMode
+    ann = tiny_coco["annotation_file"]
+    kw = dict(batchsize=2, workers=1, progress=False, mode=TestMode(**mode), log=lambda line: None)
+    theirs, ids, errors, _ = stream_detections(ctdet_onnx_dynamic, tiny_coco["images_dir"], ann, threads=1, **kw)
+    ours, ids2, errors2, stats = stream_detections("model.pth", tiny_coco["images_dir"], ann,
+                                                   session=session(random_ctdet, input_size=None), **kw)
+    assert ids == ids2 and not errors and not errors2 and stats["input_sizes"] > 1
+    for image_id in ids:
+        a, b = (as_arrays([d for d in res if d["image_id"] == image_id]) for res in (ours, theirs))
+        assert len(a[0]) == len(b[0])
+        matched = same_detections(a, b, box_tol=1e-2, score_tol=5e-4)
+        cut = b[0][-1]
+        assert matched >= len(b[0]) - np.sum(np.abs(b[0] - cut) <= 5e-4), (image_id, matched, len(b[0]))
