@@ -63,6 +63,9 @@ def add_torch_arguments(parser, several_precisions=False, title="PyTorch backend
                    help="capture one CUDA graph per batch shape and replay it (cuda only) (default: off)")
     g.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="page-locked host buffers for the copies to and from the GPU (default: on for cuda)")
+    g.add_argument("--warped-input", action=argparse.BooleanOptionalAction, default=True,
+                   help="streaming evaluation: the workers send each warped image as uint8 (a quarter of the "
+                        "bytes) and the normalisation runs on the device (default: on)")
     g.add_argument("--dcn-kernel", choices=DCN_KERNELS, default="auto",
                    help="deformable convolution: ours (grid_sample + matmul), torchvision's deform_conv2d, "
                         "or auto: torchvision where it imports and agrees with ours within float32 "
@@ -76,7 +79,7 @@ def torch_options_from_args(args, **overrides):
               "precision": args.precision, "cast": args.cast, "fp32_heads": args.fp32_heads,
               "fuse_bn": args.fuse_bn, "channels_last": args.channels_last, "compile": args.compile,
               "compile_mode": args.compile_mode, "cuda_graphs": args.cuda_graphs,
-              "pin_memory": args.pin_memory, "dcn": args.dcn_kernel}
+              "pin_memory": args.pin_memory, "dcn": args.dcn_kernel, "warped_input": args.warped_input}
     values.update(overrides)
     names = {f.name for f in fields(TorchOptions)}
     return TorchOptions(**{k: v for k, v in values.items() if k in names})

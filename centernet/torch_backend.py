@@ -21,6 +21,10 @@ Each technique that makes the network fast on a GPU is a switch of
   Triton on CUDA);
 - cuda_graphs: one CUDA graph per input shape, replayed (CUDA only);
 - pin_memory: page-locked host buffers for the copies in and out (CUDA);
+- warped_input: the streaming evaluation's workers send the warped uint8
+  image (a quarter of the float32 input's bytes through their pipes and to
+  the GPU) and the normalisation runs on the device (run_warped), to the
+  same float32 bits as on the CPU;
 - dcn: the deformable convolution's kernel (dcn_kernels: ours, torchvision, auto).
 """
 import contextlib
@@ -38,6 +42,7 @@ from .backends import CASTS, DCN_KERNELS, PRECISIONS, TORCH_DEVICES
 from .dcn_kernels import install_kernel, select_kernel, tf32_allowed
 from .errors import UserError
 from .export import INPUT_NAME, OUTPUT_NAMES
+from .transforms import MEAN, STD
 
 LOW_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 DOWN_RATIO = 4
@@ -59,6 +64,7 @@ class TorchOptions:
     pin_memory: bool = None      # default: on for CUDA
     cudnn_benchmark: bool = None  # default: on for CUDA (fixed shapes: let cuDNN pick its fastest algorithms)
     dcn: str = "auto"
+    warped_input: bool = True    # run_warped for the streaming evaluation (see the module docstring)
     threads: int = 0             # CPU intra-op threads, 0 = PyTorch's default (the physical cores)
 
     def resolved(self):
@@ -211,6 +217,7 @@ class TorchSession:
         self.model, self.module, self.info = prepare_model(model, self.options)
         self.heads = dict(self.model.heads)
         self._graphs = {}
+        self._mean_std = None
         self._compute_dtype = self.options.low_dtype if self.options.cast == "model" else None
 
     # --- ONNX Runtime's interface ------------------------------------------
@@ -256,15 +263,15 @@ class TorchSession:
             d["gpu"] = torch.cuda.get_device_name(self.device)
         return d
 
-    def _check(self, batch):
-        if batch.ndim != 4 or batch.shape[1] != 3:
-            raise ValueError(f"{self.name}: input of shape {batch.shape}, expected (N, 3, H, W)")
-        if self.input_size and tuple(batch.shape[2:]) != self.input_size:
-            raise ValueError(f"{self.name}: input {batch.shape[2]}x{batch.shape[3]}, the session takes "
+    def _check(self, shape):
+        if len(shape) != 4 or shape[1] != 3:
+            raise ValueError(f"{self.name}: input of shape {tuple(shape)}, expected (N, 3, H, W)")
+        h, w = shape[2:]
+        if self.input_size and (h, w) != self.input_size:
+            raise ValueError(f"{self.name}: input {h}x{w}, the session takes "
                              f"{self.input_size[0]}x{self.input_size[1]}")
-        if not self.input_size and (batch.shape[2] % 32 or batch.shape[3] % 32):
-            raise ValueError(f"{self.name}: input {batch.shape[2]}x{batch.shape[3]}; height and width "
-                             "must be multiples of 32")
+        if not self.input_size and (h % 32 or w % 32):
+            raise ValueError(f"{self.name}: input {h}x{w}; height and width must be multiples of 32")
 
     @contextlib.contextmanager
     def _context(self):
@@ -346,10 +353,47 @@ class TorchSession:
         with self._context():
             return self._graph(x) if self.options.cuda_graphs else self._forward(x)
 
+    @property
+    def accepts_warped(self):
+        """Whether run_warped is on (the streaming evaluation then uses it)."""
+        return self.options.warped_input
+
+    def warped_to_device(self, batch):
+        """uint8 (N, H, W, 3) BGR warped images -> the network input on the
+        device: (v / 255 - mean) / std per channel in float64, then float32 -
+        the same bits as the CPU's table (transforms.NORMALISE_LUT) - and
+        NHWC memory seen as NCHW, which is channels_last already."""
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.uint8))
+        if self.device.type == "cuda":
+            if self.options.pin_memory:
+                pinned = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+                pinned.copy_(x)
+                x = pinned
+            x = x.to(self.device, non_blocking=self.options.pin_memory)
+        if self._mean_std is None:
+            self._mean_std = tuple(torch.tensor(np.asarray(v, np.float64), device=self.device) for v in (MEAN, STD))
+        mean, std = self._mean_std
+        x = ((x.double() / 255.0 - mean) / std).to(self._compute_dtype or torch.float32).permute(0, 3, 1, 2)
+        return x.contiguous(memory_format=torch.channels_last if self.options.channels_last
+                            else torch.contiguous_format)
+
+    def run_warped(self, batch):
+        """uint8 (N, H, W, 3) BGR warped images (transforms.warp_input) ->
+        [hm, wh, reg] float32 numpy arrays, as run_batch on their normalised form."""
+        batch = np.asarray(batch)
+        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
+            raise ValueError(f"{self.name}: warped images of shape {batch.shape} and type {batch.dtype}, "
+                             "expected uint8 (N, H, W, 3)")
+        self._check((len(batch), 3, *batch.shape[1:3]))
+        with self._context():
+            x = self.warped_to_device(batch)
+            outs = self._graph(x) if self.options.cuda_graphs else self._forward(x)
+            return self._to_host(outs)
+
     def run_batch(self, batch):
         """float32 (N, 3, H, W) numpy -> [hm, wh, reg] float32 numpy arrays."""
         batch = np.asarray(batch)
-        self._check(batch)
+        self._check(batch.shape)
         with self._context():
             x = self.to_device(batch)
             outs = self._graph(x) if self.options.cuda_graphs else self._forward(x)

@@ -35,5 +35,7 @@ def test_cpu_quick_mode_end_to_end(upstream_checkpoint, tmp_path):
     assert set(speed["matmul_ceiling_gflops"]) == {"fp32", "bf16"}
     variants = {row["variant"] for row in result["techniques"]["rows"]}
     assert {"default", "channels_last off", "BN folding off", "cast=model (half model)", "DCN kernel ours"} <= variants
-    assert result["pipeline"]["images"] == 4 and result["pipeline"]["end_to_end_fps"] > 0
+    pipe = result["pipeline"]["rows"]
+    assert [r["warped_input"] for r in pipe] == [True, False]
+    assert all(r["images"] == 4 and r["end_to_end_fps"] > 0 for r in pipe)
     assert "| precision | batch | images/s |" in result["markdown"] and "top-100 recovered" in result["markdown"]

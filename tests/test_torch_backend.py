@@ -313,3 +313,39 @@ def test_streamed_test_modes_give_the_onnxruntime_detections(tiny_coco, ctdet_on
         matched = same_detections(a, b, box_tol=1e-2, score_tol=5e-4)
         cut = b[0][-1]
         assert matched >= len(b[0]) - np.sum(np.abs(b[0] - cut) <= 5e-4), (image_id, matched, len(b[0]))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_warped_images_normalise_on_the_device_to_the_cpu_bits(random_ctdet, channels_last):
+    from centernet.synthetic import synthetic_photo
+    from centernet.transforms import prepare_input, warp_input
+    rng = np.random.default_rng(7)
+    images = [synthetic_photo(rng, w, h)[0] for w, h in ((150, 100), (90, 140))]
+    warped = np.stack([warp_input(im, SMALL)[0] for im in images])
+    expected = np.concatenate([prepare_input(im, SMALL)[0] for im in images])
+    s = session(random_ctdet, channels_last=channels_last)
+    with torch.no_grad():
+        got = s.warped_to_device(warped)
+    assert got.dtype == torch.float32 and got.is_contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert np.array_equal(got.numpy(), expected)  # bit for bit
+    for a, b in zip(s.run_warped(warped), s.run_batch(expected)):
+        assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="expected uint8"):
+        s.run_warped(expected)
+
+
+def test_stream_sends_warped_images_to_the_torch_backend(tiny_coco, random_ctdet, monkeypatch):
+    # The workers send uint8 warped images when the session takes them: the
+    # same detections as with float32 inputs, bit for bit.
+    from centernet.modes import TestMode
+    sent = []
+    kw = dict(batchsize=2, workers=1, progress=False, mode=TestMode(keep_res=True), log=lambda line: None)
+    on = session(random_ctdet, input_size=None, warped_input=True)
+    off = session(random_ctdet, input_size=None, warped_input=False)
+    original = on.run_warped
+    monkeypatch.setattr(on, "run_warped", lambda x: sent.append(x.dtype) or original(x))
+    a = stream_detections("m.pth", tiny_coco["images_dir"], tiny_coco["annotation_file"], session=on, **kw)[0]
+    b = stream_detections("m.pth", tiny_coco["images_dir"], tiny_coco["annotation_file"], session=off, **kw)[0]
+    assert sent and set(sent) == {np.dtype(np.uint8)}
+    assert a == b
