@@ -270,8 +270,10 @@ def speed(model, x, device, preset, flops, run):
 
 def techniques(model, x, device, preset, run):
     precision = "fp16" if device == "cuda" else "bf16"
-    variants = [("default", {}), ("channels_last off", {"channels_last": False}),
-                ("channels_last on", {"channels_last": True}), ("BN folding off", {"fuse_bn": False}),
+    default = TorchOptions(device=device).resolved()
+    layout = ("channels_last off", {"channels_last": False}) if default.channels_last else \
+        ("channels_last on", {"channels_last": True})
+    variants = [("default", {}), layout, ("BN folding off", {"fuse_bn": False}),
                 ("cast=model (half model)", {"cast": "model"}), ("heads' final conv in low precision", {"fp32_heads": False}),
                 ("DCN kernel ours", {"dcn": "ours"})]
     if torchvision_kernel()[0] is not None:
@@ -490,7 +492,7 @@ def main(argv=None):
     run.step("speed", lambda: speed(model, x, args.device, preset, flops, run), need=60)
     run.step("techniques", lambda: techniques(model, x, args.device, preset, run), need=40)
     if args.compile_timeout > 0:
-        timeout = min(args.compile_timeout, max(0.0, run.left() - 30))
+        timeout = min(args.compile_timeout, max(0.0, run.left() - 60))  # leave the pipeline its time
         run.step("compile", lambda: compile_step(model, x, args.device, preset, timeout), need=60)
     run.step("pipeline", lambda: pipeline(model, args.device, preset, run), need=30)
     text = markdown(run.result)

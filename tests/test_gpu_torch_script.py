@@ -34,7 +34,7 @@ def test_cpu_quick_mode_end_to_end(upstream_checkpoint, tmp_path):
     assert all(row["fps"] > 0 and 0 < row["of_ceiling"] for row in speed["rows"])
     assert set(speed["matmul_ceiling_gflops"]) == {"fp32", "bf16"}
     variants = {row["variant"] for row in result["techniques"]["rows"]}
-    assert {"default", "channels_last off", "BN folding off", "cast=model (half model)", "DCN kernel ours"} <= variants
+    assert {"default", "channels_last on", "BN folding off", "cast=model (half model)", "DCN kernel ours"} <= variants
     pipe = result["pipeline"]["rows"]
     assert [r["warped_input"] for r in pipe] == [True, False]
     assert all(r["images"] == 4 and r["end_to_end_fps"] > 0 for r in pipe)
