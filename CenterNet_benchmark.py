@@ -18,9 +18,9 @@ p50/p99 latency per batch, GFLOP/s and its fraction of the machine's sgemm
 ceiling measured in the same run, speed-up over eager PyTorch) and writes it
 as JSON with the machine's description.
 
-On 2 cores at 512x512 with ONNX Runtime, PyTorch and OpenVINO, the default
-run takes about 6 minutes (every row needs at least a warm-up and a timed
-batch, and eager PyTorch needs ~55 s per batch of 32), --quick under one.
+Every row needs at least a warm-up and a timed batch, so the default run
+(five batch sizes up to 32) takes many times longer than --quick; the README
+gives measured run times with the CPU they were measured on.
 """
 import argparse
 import sys
@@ -80,7 +80,7 @@ def parse_args(argv=None):
                         "with the GFLOP/s of Conv / DeformConv / ConvTranspose (default: off)")
     p.add_argument("--ort-sweep", action="store_true",
                    help="also time ONNX Runtime CPU with each session-option variant and on the "
-                        "decomposed-DCN graph at the first batch size, about a minute (default: off)")
+                        "decomposed-DCN graph at the first batch size (default: off)")
     p.add_argument("--modes", nargs="*", choices=list(MODES), default=None,
                    help="instead of the backend table: images/s of upstream's test modes on the same images "
                         "(the streaming evaluation, ONNX Runtime CPU, batch = first --batchsizes value or 1), "
@@ -123,12 +123,10 @@ def load_weights(path):
         path = DEFAULT_WEIGHTS
     if path is None:
         return random_model(seed=0), "random, calibrated on synthetic photos (no checkpoint given or found)"
-    if not Path(path).is_file():
-        raise UserError(f"{path}: checkpoint not found")
     return load_model(path, log=lambda msg: None), str(path)
 
 
-@cli
+@cli(interrupted="no table or JSON written; run the same command again")
 def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()

@@ -41,6 +41,9 @@ def parse_args(argv=None):
                    help="run at each image's own resolution (rounded up to a multiple of 32), as upstream's "
                         "37.4 AP setting; needs a .pth or an ONNX model exported with --dynamic-size "
                         "(default: off, fixed 512x512)")
+    p.add_argument("--flip", action="store_true",
+                   help="flip test: each image also runs mirrored and the two are averaged, as upstream's "
+                        "--flip_test (twice the work; default: off)")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="fixed-mode input height and width, multiples of 32 (default: the ONNX model's "
                         "own, 512 512 for a .pth)")
@@ -66,7 +69,8 @@ def default_model():
                     "(an .onnx file or the ctdet_coco_dla_2x.pth checkpoint)")
 
 
-@cli
+@cli(interrupted="the annotated copies finished so far are kept, and detections.json lists them; "
+                 "a re-run starts over")
 def main(argv=None):
     args = parse_args(argv)
     if args.threads < 0:
@@ -76,7 +80,7 @@ def main(argv=None):
     summary = run_demo(args.paths, args.model, output=args.output, thresh=args.vis_thresh,
                        keep_res=args.keep_res, input_size=args.input_size, device=args.device,
                        threads=args.threads, names_file=args.names, limit=args.limit,
-                       progress=not args.no_progress, backend=args.backend,
+                       progress=not args.no_progress, flip=args.flip, backend=args.backend,
                        torch_options=torch_options_from_args(args))
     counts = [f"{n} {what}{'s' if n != 1 else ''}" for n, what in ((summary["images"], "image"),
                                                                   (summary["videos"], "video")) if n]

@@ -17,18 +17,16 @@ import json
 import sys
 from pathlib import Path
 
-from centernet.backends import (add_backend_arguments, check_backend_args, describe_line, describe_session,
-                                open_session, torch_options_from_args)
-from centernet.binio import write_atomic
-from centernet.coco import default_annotation_file, evaluate_coco, format_per_class_table, write_results
-from centernet.errors import UserError, cli
-from centernet.modes import UPSTREAM_SCALES, TestMode, parse_scales
-from centernet.plots import write_eval_plots
-from centernet.runtime import PROVIDERS
-from centernet.stream import default_workers, stream_detections
+from centernet.errors import Interrupted, UserError, cli
 
 
 def parse_args(argv=None):
+    # The package is imported here, under main's @cli: a Ctrl-C while numpy,
+    # OpenCV and ONNX Runtime load ends quietly too.
+    from centernet.backends import add_backend_arguments
+    from centernet.modes import UPSTREAM_SCALES
+    from centernet.runtime import PROVIDERS
+    from centernet.stream import default_workers
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="CenterNet.onnx",
                    help="ONNX model, or the .pth checkpoint for --backend torch (default: %(default)s)")
@@ -64,15 +62,25 @@ def parse_args(argv=None):
                    help="only the first N images by file name, evaluated on those alone (default: all)")
     p.add_argument("--output", default="save/results.json", help="COCO results JSON (default: %(default)s)")
     p.add_argument("--resultfolder", default="run_eval_result",
-                   help="folder for metrics.json, stream_summary.json and the plots (default: %(default)s)")
+                   help="folder for metrics.json, stream_summary.json, per_class_ap.txt and the plots "
+                        "(default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
     add_backend_arguments(p)
     return p.parse_args(argv)
 
 
-@cli
+@cli(interrupted="nothing written (the streaming evaluation keeps no partial results); "
+                 "run the same command again to start over")
 def main(argv=None):
     args = parse_args(argv)
+    from centernet.backends import (check_backend_args, describe_line, describe_session, open_session,
+                                    torch_options_from_args)
+    from centernet.binio import make_dirs, write_atomic
+    from centernet.coco import (default_annotation_file, evaluate_coco, format_best_worst, write_per_class_table,
+                                write_results)
+    from centernet.modes import TestMode, parse_scales
+    from centernet.plots import write_eval_plots
+    from centernet.stream import stream_detections
     if args.batchsize < 1 or args.workers < 1:
         raise UserError("--batchsize and --workers must be >= 1")
     ann = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset)
@@ -93,14 +101,18 @@ def main(argv=None):
     print(f"mode: {stats['mode']}; wrote {len(results)} detections for {len(image_ids)} images to {args.output}")
     print(f"end to end {stats['end_to_end_fps']} images/s; inference alone {stats['fps']} images/s "
           f"({stats['end_to_end_fps'] / stats['fps']:.0%})")
-    metrics = evaluate_coco(ann, results, img_ids=image_ids if args.limit else None,
-                            results_source=args.output)
-    print(format_per_class_table(metrics["per_class"]))
-    folder = Path(args.resultfolder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        metrics = evaluate_coco(ann, results, img_ids=image_ids if args.limit else None,
+                                results_source=args.output)
+    except KeyboardInterrupt:
+        raise Interrupted(f"the detections are in {args.output}; CenterNet_postprocess_s2.py --results "
+                          f"{args.output} evaluates them") from None
+    print(format_best_worst(metrics["per_class"]))
+    folder = make_dirs(args.resultfolder)
     metrics["mode"] = stats["mode"]
     write_atomic(folder / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
     write_atomic(folder / "stream_summary.json", (json.dumps(stats, indent=2) + "\n").encode())
+    print(f"every class: {write_per_class_table(metrics['per_class'], folder)}")
     print(f"AP {100 * metrics['AP']:.1f} ({stats['mode']}); metrics in {folder / 'metrics.json'}")
     pictures = write_eval_plots(metrics, folder)
     if pictures:

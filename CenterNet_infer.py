@@ -18,6 +18,7 @@ runs once per size, with ais_bench's --dymHW H,W.
 """
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from centernet.backends import (add_backend_arguments, check_backend_args, describe_line, open_session,
                                 torch_options_from_args)
-from centernet.errors import UserError, cli
+from centernet.errors import Interrupted, UserError, WriteError, cli
 from centernet.infer import format_summary, run_folder, run_loop
 from centernet.preprocess import META_NAME, load_meta
 from centernet.runtime import PROVIDERS
@@ -56,9 +57,20 @@ def parse_args(argv=None):
                    help="input H W for models with a dynamic input size (default: the model's; "
                         f"--backend torch: each bin's size from meta.json, else {INPUT_SIZE} {INPUT_SIZE})")
     p.add_argument("--skip-existing", action="store_true",
-                   help="resume: leave out inputs whose outputs are already complete (default: redo all)")
+                   help="resume: leave out inputs whose outputs are already complete (default: redo all, "
+                        "as ais_bench does)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
     add_backend_arguments(p)
     return p.parse_args(argv)
+
+
+def resume_command(argv):
+    """The command line that resumes this run: the same arguments plus
+    --skip-existing, under the name it was started by (run_infer.sh sets
+    CENTERNET_INFER_PROG)."""
+    prog = os.environ.get("CENTERNET_INFER_PROG") or f"python {shlex.quote(sys.argv[0])}"
+    args = list(argv) + ([] if "--skip-existing" in argv else ["--skip-existing"])
+    return f"{prog} {shlex.join(args)}"
 
 
 def run_ais_bench(argv):
@@ -123,7 +135,8 @@ def run_ais_bench_by_size(argv, input_dir):
     return 0
 
 
-@cli
+@cli(interrupted="outputs written so far are complete and kept; the same command with --skip-existing "
+                 "resumes")
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -145,11 +158,16 @@ def main(argv=None):
         print(describe_line(session))
     if args.input is None:
         summary = run_loop(args.model, loop=args.loop, batchsize=args.batchsize, device=args.device,
-                           threads=args.threads, input_size=size, progress=True, session=session)
+                           threads=args.threads, input_size=size, progress=not args.no_progress, session=session)
     else:
-        summary = run_folder(args.model, args.input, args.output, args.output_dirname,
-                             batchsize=args.batchsize, device=args.device, threads=args.threads,
-                             input_size=size, skip_existing=args.skip_existing, session=session)
+        try:
+            summary = run_folder(args.model, args.input, args.output, args.output_dirname,
+                                 batchsize=args.batchsize, device=args.device, threads=args.threads,
+                                 input_size=size, skip_existing=args.skip_existing,
+                                 progress=not args.no_progress, session=session)
+        except (Interrupted, WriteError) as e:
+            # A plain re-run redoes every image, as ais_bench does: say the command that resumes.
+            raise type(e)(f"{e}; to resume, run: {resume_command(argv)}") from None
         print(f"outputs in {os.path.join(args.output, args.output_dirname)}")
     print(format_summary(summary))
     return 0

@@ -10,6 +10,7 @@ output size, as keep-resolution preprocessing (--keep-res) needs, and as a
 flip-test model (exported with --flip, preprocessed with --flip) needs.
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -21,7 +22,31 @@ from centernet.errors import UserError, cli
 from centernet.preprocess import load_meta
 
 
-@cli
+def meta_listing_exactly(bin_dir, images):
+    """A meta.json that lists exactly the images of `images` (those with
+    output bins), as after CenterNet_preprocess.py --limit: the one in the
+    input folder named by run_infer's summary next to `bin_dir`, or the
+    recipe's prep_dataset/meta.json. None if there is no such file."""
+    candidates = []
+    try:
+        summary = json.loads((bin_dir.parent / f"{bin_dir.name}_summary.json").read_text())
+        candidates.append(Path(summary["input"]) / "meta.json")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    candidates.append(Path("prep_dataset") / "meta.json")
+    stems = {im.stem for im in images}
+    for path in candidates:
+        try:
+            listed = {Path(name).stem for name in load_meta(path)["images"]}
+        except UserError:
+            continue
+        if listed == stems:
+            return path
+    return None
+
+
+@cli(interrupted="nothing written (the results file is written whole at the end); run the same command "
+                 "again to decode from the start")
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -79,6 +104,12 @@ def main(argv=None):
         what = f"{bin_dir}: no output bins for {len(missing)} of {len(images)} images (e.g. {names})"
         if not present:
             raise UserError(what + "; wrong --bin_data_path?")
+        meta_path = None if args.meta else meta_listing_exactly(bin_dir, present)
+        if meta_path and not args.allow_missing:
+            # Preprocessed with --limit: evaluate those images, not every annotated one.
+            raise UserError(what + f"; {meta_path} lists exactly the {len(present)} images that have outputs: "
+                            f"pass --meta {meta_path} to decode those (and the same --meta to "
+                            f"CenterNet_postprocess_s2.py to evaluate only them)")
         if not args.allow_missing:
             raise UserError(what + "; finish inference or pass --allow-missing to skip them")
         print(f"warning: {what}; skipped (they count as missed in the evaluation)", file=sys.stderr)

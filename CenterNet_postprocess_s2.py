@@ -2,24 +2,25 @@
 
     python CenterNet_postprocess_s2.py --dataset=./data
 
-Prints COCOeval's 12-line bbox summary and a per-class AP table, and writes
-the numbers to run_eval_result/metrics.json (fractions 0..1), with the
-pictures pr_curves.png (precision-recall) and per_class_ap.png beside it.
+Prints COCOeval's 12-line bbox summary and the best and worst 5 classes, and
+writes the numbers to run_eval_result/metrics.json (fractions 0..1), the
+whole per-class AP table to run_eval_result/per_class_ap.txt, and the
+pictures pr_curves.png (precision-recall) and per_class_ap.png beside them.
 """
 import argparse
 import json
 import sys
 from pathlib import Path
 
-from centernet.binio import write_atomic
-from centernet.coco import (coco_from_dataset, default_annotation_file, evaluate_coco, format_per_class_table,
-                            load_annotations, load_results)
+from centernet.binio import make_dirs, write_atomic
+from centernet.coco import (coco_from_dataset, default_annotation_file, evaluate_coco, format_best_worst,
+                            load_annotations, load_results, write_per_class_table)
 from centernet.plots import write_eval_plots
 from centernet.preprocess import load_meta
 from centernet.errors import UserError, cli
 
 
-@cli
+@cli(interrupted="nothing written; run the same command again")
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -28,7 +29,7 @@ def main(argv=None):
                         help="annotation file; None means DATASET/coco/annotations/instances_val2017.json")
     parser.add_argument("--results", default="save/results.json", help="COCO results JSON to evaluate")
     parser.add_argument("--resultfolder", default="run_eval_result",
-                        help="folder for metrics.json, pr_curves.png and per_class_ap.png")
+                        help="folder for metrics.json, per_class_ap.txt, pr_curves.png and per_class_ap.png")
     parser.add_argument("--meta", default=None,
                         help="prep_dataset/meta.json: evaluate only the images it lists (e.g. after "
                              "CenterNet_preprocess.py --limit); None means every annotated image")
@@ -50,10 +51,10 @@ def main(argv=None):
         print(f"warning: {args.results} has detections for {len(covered & wanted)} of the {len(wanted)} evaluated "
               f"images; the others count as missed", file=sys.stderr)
     print()
-    print(format_per_class_table(metrics["per_class"]))
-    out_dir = Path(args.resultfolder)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    print(format_best_worst(metrics["per_class"]))
+    out_dir = make_dirs(args.resultfolder)
     write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1).encode("utf-8"))
+    print(f"every class: {write_per_class_table(metrics['per_class'], out_dir)}")
     print(f"\nAP {100 * metrics['AP']:.1f} (IoU .50:.95) -> {out_dir / 'metrics.json'}")
     pictures = write_eval_plots(metrics, out_dir)
     if pictures:

@@ -12,10 +12,9 @@ import argparse
 import sys
 
 from centernet.errors import UserError, cli
-from centernet.preprocess import preprocess_folder
 
 
-@cli
+@cli(interrupted="the finished bins are kept; run the same command again to convert the rest")
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -44,6 +43,8 @@ def main(argv=None):
         raise UserError(f"--workers {args.workers}: must be at least 1")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: must be at least 1")
+    # Imported here, under @cli: a Ctrl-C while numpy and OpenCV load ends quietly too.
+    from centernet.preprocess import preprocess_folder
     summary = preprocess_folder(args.src_dir, args.dst_dir, tuple(args.input_size), args.workers,
                                 progress=not args.no_progress, limit=args.limit,
                                 keep_res=args.keep_res, flip_test=args.flip)

@@ -9,16 +9,18 @@
 import argparse
 import sys
 import time
+from pathlib import Path
 
+from centernet.binio import make_dirs
 from centernet.checkpoint import load_model
-from centernet.errors import cli
+from centernet.errors import UserError, cli
 from centernet.export import DCN_FORMS, TARGETS, FlipTest, check_export, count_ops, export_onnx, require_passed
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="upstream ctdet DLA-34 checkpoint (.pth)")
-    p.add_argument("output", help="ONNX file to write")
+    p.add_argument("output", help="ONNX file to write (missing folders are created)")
     p.add_argument("--target", choices=TARGETS, default="onnxruntime",
                    help="onnxruntime: opset 19 with DeformConv; ascend: opset 11 with ATC's "
                         "DeformableConv2D (default: %(default)s)")
@@ -44,10 +46,15 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-@cli
+@cli(interrupted="the ONNX file is written whole or not at all, and may not have been checked yet; "
+                 "run the same command again")
 def main(argv=None):
     args = parse_args(argv)
+    if Path(args.output).is_dir():
+        raise UserError(f"{args.output}: is a folder; give the ONNX file to write, e.g. "
+                        f"{Path(args.output) / 'CenterNet.onnx'}")
     model = load_model(args.checkpoint)
+    make_dirs(Path(args.output).parent)
     t0 = time.perf_counter()
     proto = export_onnx(model, args.output, target=args.target, dcn=args.dcn,
                         input_size=tuple(args.input_size), dynamic_size=args.dynamic_size, flip=args.flip)

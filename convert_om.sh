@@ -109,9 +109,18 @@ if [ -z "$soc" ]; then
 fi
 
 dynamic=(); [ -z "$gears" ] || dynamic=(--dynamic_image_size="$gears")
+# Ctrl-C: atc writes the .om under its final name, so remove a half-written one.
+done_oms=()
+interrupted() {
+  rm -f "$out.om"
+  echo "interrupted: $out.om removed (incomplete)${done_oms[*]:+; complete: ${done_oms[*]}}; run the same command again" >&2
+  exit 130
+}
+trap interrupted INT
 for b in $batchsizes; do
   out="${prefix}_bs${b}"
   echo "atc: $model -> $out.om (batch $b, $soc${gears:+, $(tr -cd ';' <<<"$gears" | wc -c | awk '{print $1 + 1}') input sizes})"
   atc --framework=5 --model="$model" --output="$out" --input_format=NCHW \
       --input_shape="actual_input:${b},3,${shape}" "${dynamic[@]}" --log="$log" --soc_version="$soc"
+  done_oms+=("$out.om")
 done

@@ -148,8 +148,19 @@ stage() {  # stage NAME CMD...: run, time, and record
   local name="$1"; shift
   echo
   echo "== $name: $*"
-  local t0="$EPOCHREALTIME"
-  "$@"
+  local t0="$EPOCHREALTIME" rc=0
+  "$@" || rc=$?
+  if [ "$rc" != 0 ]; then
+    if [ "$rc" = 130 ]; then
+      if [ "$name" = stream-eval ]; then
+        echo "interrupted during $name: run the same run_all.sh command again (the streaming pass starts over)" >&2
+      else
+        echo "interrupted during $name: run the same run_all.sh command again to go on (finished bins," \
+          "outputs and the export are kept)" >&2
+      fi
+    fi
+    exit "$rc"
+  fi
   local t; t=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }')
   stage_names+=("$name"); stage_secs+=("$t")
   printf '== %s done in %.1f s\n' "$name" "$t"
@@ -171,6 +182,9 @@ if [ "$stream" = 1 ]; then
     --device "$device" --threads "$threads" --output "$results" --resultfolder "$evaldir" "${limit_args[@]}" \
     "${mode_args[@]}" "${rounding_args[@]}" "${torch_args[@]}"
 else
+  # Load the weights before any heavy stage: preprocessing val2017 writes 15.7 GB.
+  # (The demo's weights were just made by the demo itself.)
+  [ "$demo" = 1 ] || stage check-weights "$PY" -m centernet.checkpoint "$weights"
   stage preprocess "$PY" CenterNet_preprocess.py "$images" "$prep" "${limit_args[@]}" "${prep_args[@]}"
   if [ "$backend" = torch ]; then
     stage infer bash run_infer.sh --model "$weights" --input "$prep" --output "$workdir/result" \

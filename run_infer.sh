@@ -9,4 +9,5 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 py="${PYTHON:-$here/.venv/bin/python}"
 [ -x "$py" ] || py=python3
-exec "$py" "$here/CenterNet_infer.py" "$@"
+# How to name this script in a message ("to resume, run: bash run_infer.sh ... --skip-existing").
+CENTERNET_INFER_PROG="bash $(printf %q "$0")" exec "$py" "$here/CenterNet_infer.py" "$@"

@@ -2,6 +2,6 @@
 
 Shared logic for the recipe-named top-level scripts: the test-time affine
 transform, the network and its checkpoint, ONNX export, ONNX Runtime
-inference, decoding and COCO evaluation. See ../shared/REFERENCE.md for the
-numeric contract every module follows.
+inference, decoding and COCO evaluation. Each numeric module names the
+upstream CenterNet file whose semantics it restates.
 """

@@ -33,13 +33,13 @@ from torch import nn
 
 from dcn_v2 import DCN
 
-from .binio import write_atomic
+from .binio import make_dirs, write_atomic
 from .errors import UserError
 from .export import ORT_MAX_IR_VERSION, export_onnx
 from .infer import latency_stats, time_batches
 from .runtime import PROVIDERS, make_session, run_session
 
-REFERENCE_GFLOP_512 = 66.2  # REFERENCE section 2: ~66 GFLOP per 512x512 image
+EXPECTED_GFLOP_512 = 66.2  # ctdet DLA-34 at 512x512, a multiply-add counted as 2 FLOPs
 # Flag a row when other processes used more than this share of the CPUs: with
 # every core busy, a small share already costs a lot (threads wait at barriers).
 BUSY_FLAG = 0.05
@@ -496,9 +496,9 @@ def run_benchmark(model, weights, backends=DEFAULT_BACKENDS, batchsizes=(1, 4, 8
                   log=print):
     """Measure every available backend in `backends` at every batch size
     (eager PyTorch and the PyTorch backend on CPU only up to `eager_max_batch`,
-    0 = all: at batch 32 one of their batches takes about a minute on 2 cores).
-    The PyTorch backends (torch-cpu, torch-cuda) get a row per precision of
-    `torch_precisions`, run as `torch_options` (a TorchOptions) says.
+    0 = all: they are slow at large batches). The PyTorch backends (torch-cpu,
+    torch-cuda) get a row per precision of `torch_precisions`, run as
+    `torch_options` (a TorchOptions) says.
     profile: also ONNX Runtime CPU's time per operator type at the first batch size;
     sweep: also ONNX Runtime CPU with each of ORT_VARIANTS and on the decomposed graph.
     Returns the result dict (machine, flops, sgemm, rows, skipped, ...)."""
@@ -510,7 +510,7 @@ def run_benchmark(model, weights, backends=DEFAULT_BACKENDS, batchsizes=(1, 4, 8
     if not batchsizes or min(batchsizes) < 1:
         raise UserError(f"--batchsizes must be >= 1, got {list(batchsizes)}")
     input_size = tuple(int(v) for v in input_size)
-    Path(workdir).mkdir(parents=True, exist_ok=True)
+    make_dirs(workdir)
 
     skipped, present = {}, []
     for name in dict.fromkeys(backends):
@@ -528,9 +528,9 @@ def run_benchmark(model, weights, backends=DEFAULT_BACKENDS, batchsizes=(1, 4, 8
             present.append(name)
 
     flops = count_flops(model, input_size)
-    reference = REFERENCE_GFLOP_512 * input_size[0] * input_size[1] / 512 ** 2
+    reference = EXPECTED_GFLOP_512 * input_size[0] * input_size[1] / 512 ** 2
     log(f"counted {flops['total'] / 1e9:.2f} GFLOP per {input_size[0]}x{input_size[1]} image "
-        f"(REFERENCE: {REFERENCE_GFLOP_512} at 512x512, {reference:.2f} scaled to this size)")
+        f"(expected {EXPECTED_GFLOP_512} at 512x512, {reference:.2f} scaled to this size)")
 
     forms = list(dict.fromkeys(f for f in map(needs_graph, present) if f))
     if (profile or sweep) and backend_unavailable("onnxruntime-cpu") is None:
@@ -622,7 +622,7 @@ def format_table(result):
         f"machine: {m['cpu']}, {m['usable_cpus']} usable CPUs, {result['threads']} threads per backend",
         f"weights: {result['weights']}",
         f"input {h}x{w}: {result['flops_per_image'] / 1e9:.2f} GFLOP per image counted "
-        f"(REFERENCE {result['reference_flops_per_image'] / 1e9:.2f}); "
+        f"(expected {result['reference_flops_per_image'] / 1e9:.2f}); "
         f"warm-up {result['warmup']} batch, then ~{result['loop']} images timed per row",
         f"fp32 sgemm ceiling {s['ceiling']} GFLOP/s ({s['n']}x{s['n']}: torch {s['torch']}, "
         f"numpy {s['numpy']}, onnxruntime {s['onnxruntime']})",
@@ -664,4 +664,5 @@ def format_table(result):
 
 
 def write_json(result, path):
+    make_dirs(Path(path).parent)
     write_atomic(path, (json.dumps(result, indent=2) + "\n").encode())

@@ -1,4 +1,4 @@
-"""Raw float32 .bin tensors in the ais_bench layout (REFERENCE section 6).
+"""Raw float32 .bin tensors in the ais_bench layout.
 
 Input files are `<stem>.bin`; output i of input `<stem>.bin` is
 `OUT/NAME/<stem>_<i>.bin` (0 hm, 1 wh, 2 reg). Every write goes to a temporary
@@ -10,22 +10,48 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, WriteError, write_error
 
 OUTPUT_NAMES = ("hm", "wh", "reg")  # the order of output1..3 / <stem>_0..2.bin
 
 
 def write_atomic(path, data):
-    """Write bytes (or any buffer) to `path` via a temp file + rename (atomic on POSIX)."""
+    """Write bytes (or any buffer) to `path` via a temp file + rename (atomic on POSIX).
+    Any failure (disk full, quota, read-only, no permission, no such folder)
+    is a WriteError naming `path`; the temp file is removed."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
+    except FileNotFoundError as e:
+        if not path.parent.is_dir():
+            raise WriteError(f"{path}: cannot write, the folder {path.parent} does not exist") from None
+        raise write_error(path, e) from None
+    except OSError as e:
+        raise write_error(path, e) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def make_dirs(folder):
+    """Create an output folder and its missing parents; a WriteError naming
+    it if that is impossible (a file in the way, no permission, a full or
+    read-only disk). Returns the folder as a Path."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise WriteError(f"{folder}: exists but is not a folder") from None
+    except NotADirectoryError:
+        raise WriteError(f"{folder}: cannot create this folder, part of its path is a file") from None
+    except OSError as e:
+        raise write_error(folder, e) from None
+    return folder
 
 
 def write_bin(path, array):

@@ -5,8 +5,13 @@ keys that may carry DataParallel's `module.` prefix, the backbone's unused
 ImageNet classifier `base.fc.*`, and BatchNorm `num_batches_tracked` entries
 that may be missing. Everything else must match the network key for key and
 shape for shape; otherwise this is not a ctdet DLA-34 checkpoint.
+
+    python -m centernet.checkpoint ctdet_coco_dla_2x.pth   # check that a file loads
 """
+import argparse
 import pickle
+import re
+import sys
 import zipfile
 from pathlib import Path
 
@@ -14,20 +19,35 @@ import torch
 
 from pose_dla_dcn import get_pose_net
 
-from .errors import UserError
+from .errors import UserError, cli
 
 IGNORED_PREFIXES = ("base.fc.",)
 
 
+UPSTREAM_LAYOUT = "upstream checkpoints are {'epoch': N, 'state_dict': {name: tensor}}"
+
+
 def _read(path):
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file (0 bytes), not a checkpoint; an interrupted download?")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError,
             OSError, AttributeError, ImportError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # torch colours parts of its messages
+        # weights_only loading refuses pickled classes: a whole model (torch.save(model, ...))
+        # or any other object saved instead of a state_dict.
+        pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if pickled:
+            raise UserError(f"{path}: holds a pickled {pickled.group(1)} object, not a state_dict; "
+                            f"{UPSTREAM_LAYOUT} (save one with torch.save({{'state_dict': "
+                            f"model.state_dict()}}, path))") from None
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
 
 
@@ -42,7 +62,8 @@ def load_state_dict(model, path, log=print):
     obj = _read(path)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise UserError(f"{path}: not a ctdet DLA-34 checkpoint (no state_dict of tensors inside)")
+        raise UserError(f"{path}: not a ctdet DLA-34 checkpoint (no state_dict of tensors inside; "
+                        f"{UPSTREAM_LAYOUT})")
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     ignored = [k for k in state if k.startswith(IGNORED_PREFIXES)]
     if ignored:
@@ -83,3 +104,18 @@ def save_upstream_checkpoint(model, path, epoch=140, seed=0):
     state["module.base.fc.weight"] = torch.randn(1000, 512, 1, 1, generator=gen) * 0.01
     state["module.base.fc.bias"] = torch.zeros(1000)
     torch.save({"epoch": epoch, "state_dict": state}, path)
+
+
+@cli(interrupted="nothing written")
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Check that a file loads as a ctdet DLA-34 checkpoint (run_all.sh "
+                                            "does this before its first stage).")
+    p.add_argument("checkpoint", help="upstream ctdet DLA-34 checkpoint (.pth)")
+    args = p.parse_args(argv)
+    load_model(args.checkpoint, log=lambda line: None)
+    print(f"{args.checkpoint}: a ctdet DLA-34 checkpoint")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,5 @@
 """COCO 2017 annotations, class mapping, results JSON and evaluation
-(REFERENCE sections 4 and 5).
+(upstream: src/lib/datasets/dataset/coco.py).
 
 Class index j of the network's 80 heatmap channels is the j-th smallest
 category id of the annotation file (ids 1..90 with gaps). Every problem with a
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .binio import write_atomic
+from .binio import make_dirs, write_atomic
 from .errors import UserError
 
 NUM_CLASSES = 80
@@ -168,7 +168,7 @@ def stable_image_id(stem):
 def write_results(path, results):
     """Write a COCO results list as JSON, atomically, creating the folder."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     write_atomic(path, json.dumps(results, separators=(",", ":")).encode("utf-8"))
 
 
@@ -262,7 +262,7 @@ def evaluate_coco(annotations, results, img_ids=None, verbose=True, results_sour
     COCO. results: path of a results JSON or a list of entries (not modified).
     img_ids: evaluate only these images (default: every annotated image, as
     upstream; images without detections count as missed). verbose prints
-    pycocotools' progress and its 12-line summary.
+    pycocotools' 12-line summary (its progress chatter is never printed).
 
     Returns {"AP": .., ..., "ARl": .. (fractions 0..1; -1, as pycocotools
     reports it, where no ground truth falls in that area range),
@@ -287,8 +287,7 @@ def evaluate_coco(annotations, results, img_ids=None, verbose=True, results_sour
         results = load_results(results)
     validate_results(results, results_source, gt.getImgIds(), gt.getCatIds())
 
-    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with quiet:
+    with contextlib.redirect_stdout(io.StringIO()):
         # loadRes adds fields to the entries it is given: hand it copies.
         dt = gt.loadRes([dict(r) for r in results])
         coco_eval = COCOeval(gt, dt, "bbox")
@@ -296,7 +295,11 @@ def evaluate_coco(annotations, results, img_ids=None, verbose=True, results_sour
             coco_eval.params.imgIds = sorted(img_ids)
         coco_eval.evaluate()
         coco_eval.accumulate()
+    summary = io.StringIO()
+    with contextlib.redirect_stdout(summary):
         coco_eval.summarize()
+    if verbose:
+        print(summary.getvalue(), end="")
     metrics = {name: float(v) for name, v in zip(STAT_NAMES, coco_eval.stats)}
     names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
     metrics["per_class"] = {names[cid]: (None if np.isnan(ap) else ap)
@@ -304,6 +307,35 @@ def evaluate_coco(annotations, results, img_ids=None, verbose=True, results_sour
     metrics["pr_curves"] = precision_recall_curves(coco_eval)
     metrics["num_images"] = len(coco_eval.params.imgIds)
     return metrics
+
+
+PER_CLASS_TABLE = "per_class_ap.txt"
+
+
+def write_per_class_table(per_class, folder):
+    """The whole per-class AP table as FOLDER/per_class_ap.txt; returns its path."""
+    path = Path(folder) / PER_CLASS_TABLE
+    write_atomic(path, (format_per_class_table(per_class) + "\n").encode("utf-8"))
+    return path
+
+
+def format_best_worst(per_class, n=5):
+    """The n best and n worst classes by AP (all of them if there are at most
+    2n), and how many have no ground truth in the evaluated images."""
+    scored = sorted(((ap, name) for name, ap in per_class.items() if ap is not None), key=lambda t: (-t[0], t[1]))
+    if not scored:
+        return "AP per class: no class has ground truth in the evaluated images"
+    width = max(len(name) for _, name in scored)
+    rows = lambda part: [f"  {name:<{width}}  {100 * ap:6.2f}" for ap, name in part]  # noqa: E731
+    if len(scored) <= 2 * n:
+        lines = [f"AP per class (IoU .50:.95), the {len(scored)} classes with ground truth:"] + rows(scored)
+    else:
+        lines = ([f"AP per class (IoU .50:.95), best {n} of the {len(scored)} classes with ground truth:"]
+                 + rows(scored[:n]) + [f"worst {n}:"] + rows(scored[-n:]))
+    missing = len(per_class) - len(scored)
+    if missing:
+        lines.append(f"{missing} classes have no ground truth in the evaluated images")
+    return "\n".join(lines)
 
 
 def format_per_class_table(per_class):

@@ -1,4 +1,5 @@
-"""Raw network outputs -> detections on the image (REFERENCE section 4).
+"""Raw network outputs -> detections on the image (upstream: src/lib/models/decode.py
+ctdet_decode, src/lib/utils/post_process.py ctdet_post_process).
 
 decode_ctdet restates upstream's ctdet_decode in numpy over a batch: sigmoid,
 3x3 peak suppression, top K, sub-pixel offsets and sizes, boxes on the output

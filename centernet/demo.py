@@ -7,6 +7,7 @@ fresh machine with nothing downloaded. A smoke test: its AP means nothing.
 import argparse
 from pathlib import Path
 
+from .binio import make_dirs
 from .checkpoint import save_upstream_checkpoint
 from .random_weights import random_model
 from .errors import cli
@@ -25,14 +26,14 @@ def make_demo(folder, num_images=DEMO_IMAGES, seed=0):
     if not ann.is_file():  # the annotation file is written last
         make_synthetic_coco(data, num_images=num_images, seed=seed, progress=True)
     if not weights.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(folder)
         tmp = weights.with_name(weights.name + ".tmp")
         save_upstream_checkpoint(random_model(seed), tmp)
         tmp.replace(weights)
     return data, weights
 
 
-@cli
+@cli(interrupted="run the same command again: it makes what is still missing")
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", help="where to write data/ and ctdet_demo.pth")

@@ -21,10 +21,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .binio import write_atomic
+from .binio import make_dirs, write_atomic
 from .coco import COCO_CATEGORIES
 from .decode import decode_ctdet, map_boxes_to_image
 from .errors import UserError
+from .modes import combine_flip, flip_batch
 from .preprocess import IMAGE_EXTENSIONS
 from .runtime import graph_flip_test, make_session, run_session
 from .transforms import INPUT_SIZE, preprocess_image, test_geometry
@@ -115,7 +116,7 @@ def cached_export(checkpoint, dynamic_size=False, input_size=(INPUT_SIZE, INPUT_
     log(f"model: exporting {checkpoint} to {path} ({'dynamic input size' if dynamic_size else form}; "
         f"once, reused while the checkpoint is unchanged)")
     model = load_model(checkpoint, log=log)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     proto = export_onnx(model, path, input_size=tuple(input_size), dynamic_size=dynamic_size)
     # Until the metadata below is written the file counts as stale, so an
     # interrupted or failed export is redone next time.
@@ -159,7 +160,7 @@ def load_names(path):
 class Detector:
     """One ONNX Runtime session and the test-time geometry around it."""
 
-    def __init__(self, session, keep_res=False, input_size=None, names=None, model_name="model"):
+    def __init__(self, session, keep_res=False, input_size=None, names=None, model_name="model", flip=False):
         self.session = session
         shape = session.get_inputs()[0].shape
         static_hw = [d for d in shape[2:4] if isinstance(d, int)]
@@ -194,13 +195,17 @@ class Detector:
         self.category_ids = ([cid for cid, _, _ in COCO_CATEGORIES] if self.num_classes == len(COCO_CATEGORIES)
                              else list(range(1, self.num_classes + 1)))
         self.colours = class_colours(self.num_classes)
-        # An export with --flip outputs the flip test's averaged heatmap, not logits.
-        self.flip = graph_flip_test(session)
+        # An export with --flip outputs the flip test's averaged heatmap, not
+        # logits; otherwise the flip test, when asked for, runs here.
+        self.flip_in_graph = graph_flip_test(session)
+        self.flip = flip or self.flip_in_graph
 
     @property
     def mode(self):
         mode = "keep resolution" if self.keep_res else f"fixed {self.input_size[0]}x{self.input_size[1]}"
-        return mode + (" + flip (in the model)" if self.flip else "")
+        if self.flip:
+            mode += " + flip" + (" (in the model)" if self.flip_in_graph else "")
+        return mode
 
     def detect(self, image):
         """The top K detections of a BGR image, best first: scores (K,),
@@ -208,7 +213,10 @@ class Detector:
         height, width = image.shape[:2]
         center, scale, (in_h, in_w) = test_geometry(height, width, self.input_size, keep_res=self.keep_res)
         x = preprocess_image(image, center, scale, (in_h, in_w))
-        hm, wh, reg = run_session(self.session, x)
+        if self.flip and not self.flip_in_graph:
+            hm, wh, reg = combine_flip(*run_session(self.session, flip_batch(x)))
+        else:
+            hm, wh, reg = run_session(self.session, x)
         out_h, out_w = hm.shape[2:]
         scores, classes, boxes = decode_ctdet(hm, wh, reg, K=min(K, out_h * out_w), hm_is_heat=self.flip)
         boxes = map_boxes_to_image(boxes[0], center, scale, (out_w, out_h))
@@ -216,23 +224,26 @@ class Detector:
 
 
 def open_detector(model, keep_res=False, input_size=None, device="cpu", threads=0, names=None,
-                  cache_fallback=None, log=print, backend="onnxruntime", torch_options=None):
+                  cache_fallback=None, log=print, flip=False, backend="onnxruntime", torch_options=None):
     """A Detector for an .onnx model or a .pth checkpoint (exported once,
     cached: with a dynamic input size when keep_res), or with backend="torch"
-    the checkpoint in PyTorch (torch_options: a TorchOptions)."""
+    the checkpoint in PyTorch (torch_options: a TorchOptions); flip:
+    upstream's flip test (the image and its mirror, averaged)."""
     model = Path(model)
     if backend == "torch":
         from .backends import open_session
         size = None if keep_res else tuple(input_size or (INPUT_SIZE, INPUT_SIZE))
         session = open_session(model, "torch", device=device, threads=threads, input_size=size,
                                torch_options=torch_options, log=log)
-        return Detector(session, keep_res=keep_res, input_size=input_size, names=names, model_name=str(model))
+        return Detector(session, keep_res=keep_res, input_size=input_size, names=names, model_name=str(model),
+                        flip=flip)
     if is_checkpoint(model):
         size = tuple(input_size or (INPUT_SIZE, INPUT_SIZE))
         model = cached_export(model, dynamic_size=keep_res, input_size=size, threads=threads,
                               fallback_folder=cache_fallback, log=log)
     session = make_session(model, device=device, threads=threads)
-    return Detector(session, keep_res=keep_res, input_size=input_size, names=names, model_name=str(model))
+    return Detector(session, keep_res=keep_res, input_size=input_size, names=names, model_name=str(model),
+                    flip=flip)
 
 
 # --- inputs and outputs ------------------------------------------------------
@@ -341,8 +352,7 @@ class DemoRun:
                  log_error=None):
         self.detector = detector
         self.model_name = str(model_name)
-        self.output = Path(output)
-        self.output.mkdir(parents=True, exist_ok=True)
+        self.output = make_dirs(output)
         self.names = OutputNames(self.output)
         self.thresh = float(thresh)
         self.progress = progress
@@ -472,7 +482,7 @@ class DemoRun:
 
 def run_demo(inputs, model, output="demo_out", thresh=VIS_THRESH, keep_res=False, input_size=None,
              device="cpu", threads=0, names_file=None, limit=None, progress=True, log=_log_stdout,
-             log_error=None, backend="onnxruntime", torch_options=None):
+             log_error=None, flip=False, backend="onnxruntime", torch_options=None):
     """Detect on every input (image file, folder of images, video file);
     write annotated copies and detections.json into `output`.
     Returns {"images", "videos", "errors": [lines], "json": path, "output"}.
@@ -493,7 +503,7 @@ def run_demo(inputs, model, output="demo_out", thresh=VIS_THRESH, keep_res=False
     for line in errors:
         log_error(line)
     detector = open_detector(model, keep_res=keep_res, input_size=input_size, device=device, threads=threads,
-                             names=names, cache_fallback=output, log=log, backend=backend,
+                             names=names, cache_fallback=output, log=log, flip=flip, backend=backend,
                              torch_options=torch_options)
     log(f"input: {detector.mode}; showing detections with score >= {thresh:g}")
     run = DemoRun(detector, output, thresh=thresh, progress=progress, model_name=model, log=log,

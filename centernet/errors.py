@@ -1,6 +1,11 @@
-"""One-line errors for users, and the CLI wrapper that prints them."""
+"""One-line errors for users, the CLI wrapper that prints them, and Ctrl-C
+handling (scripts and their worker processes)."""
+import contextlib
+import errno
 import functools
+import signal
 import sys
+import threading
 
 
 class UserError(Exception):
@@ -8,18 +13,123 @@ class UserError(Exception):
     line, no traceback. Name the file and the problem in the message."""
 
 
-def cli(main):
-    """Decorate a script's main(): UserError -> 'error: ...' and exit 2,
-    Ctrl-C -> 'interrupted' and exit 130. Finished outputs are already safe
-    because every writer renames a complete temp file into place."""
-    @functools.wraps(main)
-    def wrapper(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted: finished outputs are kept; re-run to resume", file=sys.stderr)
-            sys.exit(130)
-    return wrapper
+class WriteError(UserError):
+    """An output file could not be written (disk full, quota, read-only file
+    system, no permission, a missing folder). Later writes to the same place
+    would fail the same way, so a stage stops at the first one."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what the interrupted stage leaves behind: the message
+    printed after 'interrupted: ' (say what is kept and how to go on)."""
+
+
+_WRITE_HINTS = {
+    errno.ENOSPC: "free some space or write elsewhere",
+    errno.EDQUOT: "free some space or write elsewhere",
+    errno.EFBIG: "write to a file system that takes files this large",
+    errno.EROFS: "choose a folder you can write to",
+    errno.EACCES: "choose a folder you can write to",
+    errno.EPERM: "choose a folder you can write to",
+}
+
+
+def write_error(path, err):
+    """The WriteError for OSError `err` raised while writing `path`: one line
+    naming the file, the system's reason and what to do about it."""
+    reason = err.strerror or str(err) or type(err).__name__
+    hint = _WRITE_HINTS.get(err.errno)
+    return WriteError(f"{path}: cannot write ({reason})" + (f"; {hint}" if hint else ""))
+
+
+def _interrupt_once(signum, frame):
+    # The first Ctrl-C stops the script; further ones while it cleans up
+    # (stops workers, saves what is finished, exits) are ignored, so they
+    # cannot break that clean-up with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigint_blocked():
+    """Hold back Ctrl-C while worker processes are started in the block (in
+    the main thread).
+
+    - The workers start with SIGINT blocked: a signal mask survives fork and
+      exec, so a Ctrl-C sent to the whole process group (as a terminal does)
+      cannot kill one with a traceback during its start-up, before its
+      initializer ignores SIGINT.
+    - This process is not interrupted half-way through starting one (a
+      worker left without its start-up data fails with a traceback; one
+      left unregistered waits for work forever and keeps the program from
+      exiting). The mask alone does not do that: another thread (tqdm's
+      monitor, say) may take the signal and Python then runs the handler
+      in the main thread anyway. So the Python handler only notes a Ctrl-C
+      meanwhile, and it is raised when the block ends.
+    Threads started in the block keep SIGINT blocked, which is harmless."""
+    # multiprocessing's resource tracker unblocks SIGINT in this process when
+    # it starts (on the first queue or lock): start it first.
+    from multiprocessing import resource_tracker
+    resource_tracker.ensure_running()
+    handler, noted = None, []
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if callable(handler):
+            signal.signal(signal.SIGINT, handler)
+            if noted:
+                handler(signal.SIGINT, None)  # raises KeyboardInterrupt, as the Ctrl-C would have
+
+
+DEFAULT_INTERRUPTED = "finished outputs are kept"
+
+
+def cli(main=None, *, interrupted=DEFAULT_INTERRUPTED):
+    """Decorate a script's main() (as @cli or @cli(interrupted=...)):
+    UserError -> 'error: ...' and exit 2; Ctrl-C -> 'interrupted: ...' and
+    exit 130, with the message of an Interrupted raised by the library (what
+    was kept, how to go on) or else `interrupted`, which each script words
+    truthfully for itself. Finished outputs are already safe because every
+    writer renames a complete temp file into place."""
+    def decorate(main):
+        @functools.wraps(main)
+        def wrapper(*args, **kwargs):
+            previous = None
+            if threading.current_thread() is threading.main_thread() \
+                    and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                previous = signal.signal(signal.SIGINT, _interrupt_once)
+            # Run as a script, the process ends right after main(): a Ctrl-C
+            # then would only turn a finished run into a signal death or
+            # break the clean-up. Called from other code, that code gets its
+            # handler back.
+            after = signal.SIG_IGN if main.__module__ == "__main__" else previous
+            try:
+                result = main(*args, **kwargs)
+            except UserError as e:
+                _restore(previous, after)
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(2)
+            except KeyboardInterrupt as e:
+                _restore(previous, after)
+                message = str(e) if isinstance(e, Interrupted) and str(e) else interrupted
+                print(f"interrupted: {message}", file=sys.stderr)
+                sys.exit(130)
+            except BaseException:
+                _restore(previous, previous)
+                raise
+            _restore(previous, after)
+            return result
+        return wrapper
+    return decorate(main) if main is not None else decorate
+
+
+def _restore(previous, handler):
+    """Put `handler` in place of _interrupt_once, if the wrapper installed it."""
+    if previous is not None:
+        signal.signal(signal.SIGINT, handler)

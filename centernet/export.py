@@ -1,6 +1,6 @@
 """Export ctdet DLA-34 to ONNX for ONNX Runtime or Ascend ATC, and check it.
 
-Targets (REFERENCE sections 2, 3):
+Targets:
 - onnxruntime: opset 19, each DCN one standard `DeformConv` node (or, with
   dcn="decompose", GridSample + MatMul in standard operators).
 - ascend: opset 11, each DCN one `DeformableConv2D` node in ATC's layout.

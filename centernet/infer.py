@@ -18,8 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .backends import describe_session
-from .binio import input_bins, output_bin_path, read_bin, write_atomic, write_bin
-from .errors import UserError
+from .binio import input_bins, make_dirs, output_bin_path, read_bin, write_atomic, write_bin
+from .errors import Interrupted, UserError, WriteError
 from .preprocess import META_NAME, load_meta
 from .runtime import graph_flip_test, make_session, run_session
 from .transforms import DOWN_RATIO
@@ -153,7 +153,10 @@ def run_folder(model, input_dir, output_root, output_dirname, batchsize=1, devic
 
     skip_existing: leave out inputs whose outputs are all there with the right
     size (outputs are written atomically, so those are complete): a re-run
-    after an interruption resumes instead of starting over."""
+    after an interruption resumes instead of starting over.
+    A failed write (disk full) stops the run at once with a WriteError, and
+    Ctrl-C with an Interrupted; both say how many images have complete
+    outputs, which are kept."""
     if batchsize < 1:
         raise UserError(f"--batchsize must be >= 1, got {batchsize}")
     files = input_bins(input_dir)
@@ -164,8 +167,7 @@ def run_folder(model, input_dir, output_root, output_dirname, batchsize=1, devic
     if static_batch is not None and batchsize != static_batch:
         raise UserError(f"{model}: the model has a fixed batch of {static_batch}; use --batchsize {static_batch}")
     shapes = bin_shapes(input_dir, files, session, model, input_size)
-    out_dir = Path(output_root) / output_dirname
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_dirs(Path(output_root) / output_dirname)
     skipped = 0
     if skip_existing:
         cache = {}
@@ -176,39 +178,52 @@ def run_folder(model, input_dir, output_root, output_dirname, batchsize=1, devic
 
     batches = group_batches(files, shapes, batchsize)
     timings = []
+    written = [0]  # images whose outputs are complete, counted by the writer thread
     start = time.perf_counter()
+
+    def kept():
+        return (f"{skipped + written[0]} of {skipped + len(files)} images have complete outputs, "
+                f"kept in {out_dir}")
+
     # Read the next batch and write the last outputs on worker threads while
-    # the current batch runs: numpy file I/O releases the GIL.
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
-        read = lambda paths: np.stack([read_bin(p, shapes[p]) for p in paths])  # noqa: E731
-        pending = reader.submit(read, batches[0])
-        writes = []
-        bar = tqdm(total=len(files), unit="img", desc="infer", disable=not progress)
-        for i, paths in enumerate(batches):
-            data = pending.result()
-            if i + 1 < len(batches):
-                pending = reader.submit(read, batches[i + 1])
-            outputs, seconds = _run_batch(session, data, static_batch)
-            timings.append(seconds)
-            writes.append(writer.submit(_write_outputs, out_dir, paths, outputs))
-            bar.update(len(paths))
-        for w in writes:
-            w.result()
-        bar.close()
+    # the current batch runs: numpy file I/O releases the GIL. The bar is
+    # the innermost context, so it is closed before any error is printed.
+    try:
+        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, \
+                tqdm(total=len(files), unit="img", desc="infer", disable=not progress) as bar:
+            read = lambda paths: np.stack([read_bin(p, shapes[p]) for p in paths])  # noqa: E731
+            pending = reader.submit(read, batches[0])
+            write = None
+            for i, paths in enumerate(batches):
+                data = pending.result()
+                if i + 1 < len(batches):
+                    pending = reader.submit(read, batches[i + 1])
+                outputs, seconds = _run_batch(session, data, static_batch)
+                timings.append(seconds)
+                if write is not None:
+                    write.result()  # the last batch's write error (a full disk) stops the run now
+                write = writer.submit(_write_outputs, out_dir, paths, outputs, written)
+                bar.update(len(paths))
+            write.result()
+    except WriteError as e:
+        raise WriteError(f"{e}; {kept()}") from None
+    except KeyboardInterrupt:
+        raise Interrupted(kept()) from None
     summary = latency_stats(timings, len(files))
     summary.update(model=str(model), batchsize=batchsize, device=device, threads=threads,
                    skipped=skipped, input_sizes=len({shapes[p] for p in files}),
-                   wall_seconds=round(time.perf_counter() - start, 3), output=str(out_dir),
-                   backend=describe_session(session))
+                   wall_seconds=round(time.perf_counter() - start, 3), input=str(input_dir),
+                   output=str(out_dir), backend=describe_session(session))
     write_atomic(Path(output_root) / f"{output_dirname}_summary.json",
                  (json.dumps(summary, indent=2) + "\n").encode())
     return summary
 
 
-def _write_outputs(out_dir, paths, outputs):
+def _write_outputs(out_dir, paths, outputs, written):
     for j, path in enumerate(paths):
         for i, out in enumerate(outputs):
             write_bin(output_bin_path(out_dir, path.stem, i), out[j])
+        written[0] += 1
 
 
 def time_batches(run, x, loops, warmup=1, progress=False, desc="loop"):

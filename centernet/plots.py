@@ -40,11 +40,11 @@ def _figure(width_in, height_in):
 def _save(fig, path):
     """Render to PNG in memory and write it atomically."""
     import io
-    from .binio import write_atomic
+    from .binio import make_dirs, write_atomic
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     write_atomic(path, buf.getvalue())
     return path
 

@@ -1,4 +1,4 @@
-"""Images -> network input bins (REFERENCE section 1).
+"""Images -> network input bins (upstream: src/lib/detectors/base_detector.py, pre_process).
 
 Every image of a folder becomes `<stem>.bin`: the 1x3xHxW float32 input of the
 test transform, fixed-resolution (every bin 1x3x512x512) or keep-resolution
@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .binio import write_atomic, write_bin
-from .errors import UserError
+from .binio import make_dirs, write_atomic, write_bin
+from .errors import Interrupted, UserError, WriteError, sigint_blocked
 from .transforms import INPUT_SIZE, prepare_input, test_geometry
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -105,41 +105,76 @@ def preprocess_file(src_path, dst_path, input_size=(INPUT_SIZE, INPUT_SIZE), kee
 def _worker_init():
     # One OpenCV thread per process: the pool supplies the parallelism.
     cv2.setNumThreads(1)
-    # Ctrl-C is the parent's to handle; it stops handing out work.
+    # Ctrl-C is the parent's to handle: it terminates the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_pool(jobs, workers, handle):
     """Run _worker over jobs in `workers` spawned processes, calling handle()
     on each result as it arrives. spawn, not fork: forking a process that has
-    started threads (torch, OpenMP, a BLAS) can deadlock the children."""
+    started threads (torch, OpenMP, a BLAS) can deadlock the children.
+    If anything stops the run (Ctrl-C, an exception from handle), the
+    workers are terminated at once; their pids are in the exception's
+    `worker_pids`, so their temp files can be removed."""
     import multiprocessing
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
     # Jobs go out in chunks: one round trip per image through the parent
     # would leave workers idle whenever the busy cores delay the parent.
     size = max(1, min(16, len(jobs) // (workers * 4)))
+    pool = None
     try:
-        futures = [pool.submit(_worker_chunk, jobs[i:i + size]) for i in range(0, len(jobs), size)]
+        with sigint_blocked():
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_worker_init)
+            # The workers start here, in submit() (spawn starts them on demand).
+            futures = [pool.submit(_worker_chunk, jobs[i:i + size]) for i in range(0, len(jobs), size)]
         for future in as_completed(futures):
             for result in future.result():
                 handle(result)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True)
+    except BaseException as e:
+        e.worker_pids = _terminate_pool(pool)
+        raise
+
+
+def _terminate_pool(pool):
+    """Stop a ProcessPoolExecutor now: drop queued work, terminate its
+    workers and wait for them, so that no idle worker is left that the
+    interpreter would wait for at exit. Returns the workers' pids."""
+    if pool is None:
+        return []
+    # No public way to reach the workers before Python 3.14's terminate_workers().
+    processes = list((pool._processes or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        p.terminate()
+    for p in processes:
+        p.join(timeout=5)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    return [p.pid for p in processes]
 
 
 def _worker(job):
+    """(image name, meta entry or None, error or None, whether the error is a
+    failed write, which stops the stage)."""
     src, dst, input_size, keep_res = job
     try:
         meta, err = preprocess_file(src, dst, input_size, keep_res)
-    except OSError as e:  # e.g. the disk filled up
-        meta, err = None, f"{dst}: cannot write ({e.strerror})"
+    except WriteError as e:  # e.g. the disk filled up
+        return Path(src).name, None, str(e), True
     except cv2.error as e:  # e.g. an image too large for OpenCV's limits
         meta, err = None, f"{src}: OpenCV cannot process the image ({e.err})"
-    return Path(src).name, meta, err
+    return Path(src).name, meta, err, False
 
 
 def _worker_chunk(jobs):
-    return [_worker(job) for job in jobs]
+    results = []
+    for job in jobs:
+        results.append(_worker(job))
+        if results[-1][3]:  # a failed write: the next ones would fail too
+            break
+    return results
 
 
 def load_meta(path, missing_ok=False):
@@ -197,15 +232,17 @@ def preprocess_folder(src_dir, dst_dir, input_size=(INPUT_SIZE, INPUT_SIZE), wor
     log(line): where warnings and per-image errors go (default: stderr,
     through tqdm so the bar stays intact).
     Returns {"total", "converted", "skipped", "failed": [(file name, message)],
-    "meta_path"}. A failed image does not stop the others.
+    "meta_path"}. An unreadable image does not stop the others; a failed
+    write (disk full, no permission) stops the stage with a WriteError, and
+    Ctrl-C with an Interrupted; either way the finished bins and their
+    meta.json entries are kept.
     """
     input_size = (int(input_size[0]), int(input_size[1]))
     if log is None:
         def log(line):
             tqdm.write(line, file=sys.stderr)
     images = list_images(src_dir)[:limit]
-    dst_dir = Path(dst_dir)
-    dst_dir.mkdir(parents=True, exist_ok=True)
+    dst_dir = make_dirs(dst_dir)
     meta_path = dst_dir / META_NAME
     meta = load_meta(meta_path, missing_ok=True)
     entries = meta["images"]
@@ -237,8 +274,11 @@ def preprocess_folder(src_dir, dst_dir, input_size=(INPUT_SIZE, INPUT_SIZE), wor
 
     def handle(result):
         nonlocal last_save
-        name, entry, err = result
+        name, entry, err, write_failed = result
         done.add(name)
+        if write_failed:
+            entries.pop(name, None)
+            raise WriteError(err)
         if err:
             summary["failed"].append((name, err))
             entries.pop(name, None)
@@ -251,19 +291,51 @@ def preprocess_folder(src_dir, dst_dir, input_size=(INPUT_SIZE, INPUT_SIZE), wor
             save_meta(meta_path, meta)
             last_save = time.monotonic()
 
+    def finished():
+        n = summary["skipped"] + summary["converted"]
+        return f"{n} of {len(images)} bins are finished and kept in {dst_dir}"
+
+    stopped_by = None
     try:
-        if workers > 1 and len(jobs) > 1:
-            try:
-                _run_pool(jobs, workers, handle)
-            except BrokenProcessPool:
-                # e.g. the calling program cannot be re-imported by spawned
-                # children (an interactive session): finish here instead.
-                log("warning: worker processes could not run; continuing in this process")
-        for job in jobs:
-            if Path(job[0]).name not in done:
-                handle(_worker(job))
-    finally:
-        bar.close()
-        # Also on Ctrl-C: the bins finished so far keep their entries.
-        save_meta(meta_path, meta)
+        try:
+            if workers > 1 and len(jobs) > 1:
+                try:
+                    _run_pool(jobs, workers, handle)
+                except BrokenProcessPool:
+                    # e.g. the calling program cannot be re-imported by spawned
+                    # children (an interactive session): finish here instead.
+                    log("warning: worker processes could not run; continuing in this process")
+            for job in jobs:
+                if Path(job[0]).name not in done:
+                    handle(_worker(job))
+        except BaseException as e:
+            stopped_by = e
+            raise
+        finally:
+            bar.close()
+            _remove_temp_files(dst_dir, getattr(stopped_by, "worker_pids", ()))
+            # Also on Ctrl-C or a full disk: the bins finished so far keep their entries.
+            _save_meta_after(meta_path, meta, failing=stopped_by is not None)
+    except WriteError as e:
+        raise WriteError(f"{e}; {finished()}, the same command converts the rest") from None
+    except KeyboardInterrupt:
+        rest = len(images) - summary["skipped"] - summary["converted"] - len(summary["failed"])
+        raise Interrupted(finished() + ("; run the same command again to convert the rest" if rest else "")) from None
     return summary
+
+
+def _remove_temp_files(dst_dir, pids):
+    """Temp files of terminated workers (killed mid-write)."""
+    for pid in pids:
+        for tmp in dst_dir.glob(f".*.{pid}.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def _save_meta_after(meta_path, meta, failing):
+    try:
+        save_meta(meta_path, meta)
+    except WriteError:
+        # While another error is on its way out (likely the same full disk),
+        # report that one: the previous meta.json is still intact.
+        if not failing:
+            raise

@@ -45,7 +45,7 @@ def format_mode(metrics, mode):
     return "\n".join(lines)
 
 
-@cli
+@cli(interrupted="nothing written")
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("metrics", help="metrics.json of CenterNet_postprocess_s2.py or CenterNet_eval.py")

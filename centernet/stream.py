@@ -11,7 +11,9 @@ the warped uint8 images and normalises them on its device). The detections are t
 ones the staged scripts produce (same tensors, same session, same decoder),
 and the results JSON has the same format.
 """
+import contextlib
 import os
+import signal
 import sys
 import time
 from collections import deque
@@ -25,7 +27,7 @@ from tqdm import tqdm
 
 from .coco import class_category_ids, load_annotations
 from .decode import decode_ctdet, detections_to_coco, map_boxes_to_image
-from .errors import UserError
+from .errors import UserError, sigint_blocked
 from .infer import EXPORT_DYNAMIC_HINT, latency_stats, model_input_shape
 from .modes import TestMode, combine_flip, flip_batch
 from .runtime import graph_flip_test, make_session, run_session
@@ -35,6 +37,22 @@ from .transforms import DOWN_RATIO, INPUT_SIZE, prepare_input, test_geometry, wa
 
 def _init_worker():
     cv2.setNumThreads(1)  # the pool gives the parallelism
+    # Ctrl-C is the parent's to handle: leaving the `with` terminates the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _worker_pool(ctx, workers):
+    """A Pool of preprocessing processes that Ctrl-C cannot break (see
+    sigint_blocked), terminated when the block ends, however it ends."""
+    pool = None
+    try:
+        with sigint_blocked():
+            pool = ctx.Pool(workers, initializer=_init_worker)
+        yield pool
+    finally:
+        if pool is not None:
+            pool.terminate()
 
 
 def _load(path, input_size, keep_res, test_scale, warped=False):
@@ -138,7 +156,7 @@ def stream_detections(model, images_dir, annotation_file, batchsize=1, device="c
     # spawn, not fork: a fork of a process holding ONNX Runtime or torch
     # thread pools can deadlock.
     ctx = get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker) as pool, ThreadPoolExecutor(1) as decoder, \
+    with _worker_pool(ctx, workers) as pool, ThreadPoolExecutor(1) as decoder, \
             tqdm(total=len(units), desc="stream", unit="input" if len(scales) > 1 else "img",
                  disable=not progress) as bar:
         pending = deque()

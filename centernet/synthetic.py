@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .binio import output_bin_path, write_atomic, write_bin
+from .binio import make_dirs, output_bin_path, write_atomic, write_bin
 from .coco import COCO_CATEGORIES
 from .errors import UserError
 from .transforms import (DOWN_RATIO, INPUT_SIZE, get_affine_transform, preprocess_image, test_geometry,
@@ -113,8 +113,8 @@ def make_synthetic_coco(root, num_images=16, seed=0, image_sizes=None, max_objec
     ann_dir = root / "coco" / "annotations"
     ann_file = ann_dir / "instances_val2017.json"
     stale = _previous_synthetic_images(ann_file)
-    images_dir.mkdir(parents=True, exist_ok=True)
-    ann_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(images_dir)
+    make_dirs(ann_dir)
     sizes = list(image_sizes or COCO_LIKE_SIZES)
     rng = np.random.default_rng(seed)
     cat_ids = [cid for cid, _, _ in COCO_CATEGORIES]
@@ -184,8 +184,7 @@ def perfect_model_outputs(dataset, image, input_size=(INPUT_SIZE, INPUT_SIZE),
 def write_perfect_model_bins(dataset, out_dir, input_size=(INPUT_SIZE, INPUT_SIZE), **kwargs):
     """Write perfect_model_outputs of every image as ais_bench output bins
     (<stem>_0.bin hm, _1 wh, _2 reg) into out_dir."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_dirs(out_dir)
     for image in dataset["images"]:
         stem = Path(image["file_name"]).stem
         for i, arr in enumerate(perfect_model_outputs(dataset, image, input_size, **kwargs)):

@@ -1,4 +1,5 @@
-"""Test-time affine transform and input normalisation (REFERENCE section 1).
+"""Test-time affine transform and input normalisation (upstream: src/lib/utils/image.py,
+src/lib/detectors/base_detector.py pre_process).
 
 The matrix is built exactly as upstream does, with cv2.getAffineTransform from
 three float32 point pairs: warpAffine works in fixed point, so a matrix that

@@ -1,8 +1,11 @@
 """Shared test fixtures: the repository on sys.path, a small synthetic COCO
 dataset, and a runner for the top-level scripts."""
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +31,55 @@ def synthetic_coco(tmp_path_factory):
     return info
 
 
-def _run_script(script, *args, cwd):
+def _run_script(script, *args, cwd, env=None):
     """Run a top-level script in a fresh interpreter; returns CompletedProcess."""
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture
 def run_script():
     return _run_script
+
+
+def start_command(command, cwd, env=None):
+    """Start a command as a terminal would run it: its own process group (for
+    ctrl_c) and SIGINT at its default even where the test run itself ignores
+    it (a background job). Returns the Popen."""
+    return subprocess.Popen([str(c) for c in command], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def start_script(script, *args, cwd, env=None):
+    """start_command for a top-level Python script."""
+    return start_command([sys.executable, ROOT / script, *args], cwd, env)
+
+
+def wait_until_loaded(proc, library, timeout=120):
+    """Wait until `proc` has mapped a shared library whose path contains
+    `library` (or has exited). For a script that imports it inside its main()
+    (OpenCV: "/cv2/"), proof that main() runs, with its Ctrl-C handling: a
+    Ctrl-C in the interpreter's own start-up, before the script's first
+    lines, cannot be handled by the script."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        try:
+            if library in Path(f"/proc/{proc.pid}/maps").read_text():
+                return
+        except OSError:  # exited meanwhile
+            return
+        assert time.monotonic() < deadline, f"{library} not loaded after {timeout} s"
+        time.sleep(0.005)
+
+
+def ctrl_c(proc):
+    """SIGINT to the process's whole group, worker processes included, as a
+    terminal sends it on Ctrl-C."""
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+    except ProcessLookupError:  # already gone
+        pass
 
 
 def assert_one_line_error(proc, *fragments):
@@ -48,6 +91,82 @@ def assert_one_line_error(proc, *fragments):
     assert "Traceback" not in proc.stderr
     for frag in fragments:
         assert frag in lines[0], (frag, lines[0])
+
+
+# A sitecustomize.py that makes a folder behave like a small disk, in every
+# Python process started with it on PYTHONPATH (worker processes included):
+# a write through open() of a file under FOLDER fails with ENOSPC, as a full
+# disk's would, when the folder's files would then hold more than BYTES.
+FAKE_DISK_SITECUSTOMIZE = """
+import builtins, errno, os
+
+_spec = os.environ.get("FAKE_DISK")  # FOLDER:BYTES
+if _spec:
+    _folder, _limit = _spec.rsplit(":", 1)
+    _folder, _limit = os.path.realpath(_folder), int(_limit)
+    _open = builtins.open
+
+    def _used():
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(_folder) for f in fs)
+
+    class _SmallDiskFile:
+        def __init__(self, f):
+            self._f = f
+
+        def write(self, data):
+            if _used() + memoryview(data).nbytes > _limit:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self._f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self._f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._f.__exit__(*exc)
+
+    def open(file, mode="r", *args, **kwargs):
+        f = _open(file, mode, *args, **kwargs)
+        if isinstance(file, (str, os.PathLike)) and set(mode) & set("wax") \\
+                and os.path.realpath(file).startswith(_folder + os.sep):
+            return _SmallDiskFile(f)
+        return f
+
+    builtins.open = open
+"""
+
+# A stand-in `torch` package that cannot be imported: what a machine without
+# torch looks like to the code under test.
+NO_TORCH_INIT = 'raise ImportError("torch is not installed (blocked by the test)")\n'
+
+
+def _env_with_path(folder):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(folder)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+@pytest.fixture
+def small_disk_env(tmp_path_factory):
+    """small_disk_env(folder, nbytes) -> environment for run_script in which
+    `folder` is a disk that is full once its files hold `nbytes`."""
+    site = tmp_path_factory.mktemp("fake_disk")
+    (site / "sitecustomize.py").write_text(FAKE_DISK_SITECUSTOMIZE)
+
+    def make(folder, nbytes):
+        return dict(_env_with_path(site), FAKE_DISK=f"{folder}:{int(nbytes)}")
+    return make
+
+
+@pytest.fixture(scope="session")
+def no_torch_env(tmp_path_factory):
+    """Environment for run_script in which `import torch` fails."""
+    site = tmp_path_factory.mktemp("no_torch")
+    (site / "torch").mkdir()
+    (site / "torch" / "__init__.py").write_text(NO_TORCH_INIT)
+    return _env_with_path(site)
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,13 @@
 """Loading checkpoints in upstream's layout, and refusing everything else clearly."""
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from centernet.checkpoint import load_model, load_state_dict
 from centernet.errors import UserError
+from conftest import ROOT
 from pose_dla_dcn import get_pose_net
 
 
@@ -78,3 +82,24 @@ def test_not_a_state_dict(tmp_path):
     path = tmp_path / "list.pth"
     torch.save([1, 2, 3], path)
     assert "no state_dict" in _error(path)
+
+
+def test_a_whole_pickled_model(tmp_path):
+    path = tmp_path / "m.pth"
+    torch.save(torch.nn.Linear(3, 4), path)
+    msg = _error(path)
+    assert msg == (f"{path}: holds a pickled torch.nn.modules.linear.Linear object, not a state_dict; upstream "
+                   "checkpoints are {'epoch': N, 'state_dict': {name: tensor}} (save one with "
+                   "torch.save({'state_dict': model.state_dict()}, path))")
+    assert "\x1b" not in msg
+
+
+def test_a_folder(tmp_path):
+    assert _error(tmp_path) == f"{tmp_path}: is a folder, not a checkpoint file"
+
+
+def test_cli_check(upstream_checkpoint):
+    # (its one-line errors: test_run_all.py's bad weights)
+    r = subprocess.run([sys.executable, "-m", "centernet.checkpoint", str(upstream_checkpoint)], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == f"{upstream_checkpoint}: a ctdet DLA-34 checkpoint\n", r.stderr

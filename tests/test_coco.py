@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from centernet.coco import (COCO_CATEGORIES, STAT_NAMES, class_category_ids, class_names, evaluate_coco,
-                            load_annotations, stable_image_id, write_results)
+from centernet.coco import (COCO_CATEGORIES, PER_CLASS_TABLE, STAT_NAMES, class_category_ids, class_names,
+                            evaluate_coco, format_best_worst, load_annotations, stable_image_id, write_results)
 from centernet.errors import UserError
 from conftest import assert_one_line_error
 
@@ -127,11 +127,27 @@ def eval_dir(tmp_path, synthetic_coco):
     return tmp_path
 
 
-def test_s2_writes_metrics_and_prints_summary(eval_dir, run_script):
+def test_s2_writes_metrics_and_prints_summary(eval_dir, run_script, synthetic_coco):
     proc = run_script("CenterNet_postprocess_s2.py", "--dataset=./data", cwd=eval_dir)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("Average Precision") == 6 and proc.stdout.count("Average Recall") == 6
-    assert "no ground truth in the evaluated images, skipped" in proc.stdout
+    lines = proc.stdout.splitlines()
+    # COCOeval's 12-line summary first, none of pycocotools' progress chatter
+    assert [ln.split("(")[0].strip() for ln in lines[:12]] == ["Average Precision"] * 6 + ["Average Recall"] * 6
+    assert not {"DONE", "index", "Loading", "Accumulating", "Running"} & set(proc.stdout.split())
+    # then the best and worst 5 classes, and where the whole table is
+    with_gt = {c["name"] for c in synthetic_coco["dataset"]["categories"]
+               if any(a["category_id"] == c["id"] for a in synthetic_coco["dataset"]["annotations"])}
+    assert len(with_gt) > 10
+    assert lines[12:] == ["", f"AP per class (IoU .50:.95), best 5 of the {len(with_gt)} classes with ground truth:",
+                          *lines[14:19], "worst 5:", *lines[20:25],
+                          f"{80 - len(with_gt)} classes have no ground truth in the evaluated images",
+                          f"every class: run_eval_result/{PER_CLASS_TABLE}", "",
+                          "AP 100.0 (IoU .50:.95) -> run_eval_result/metrics.json",
+                          *lines[29:]]  # the plots, if matplotlib is there
+    assert len(lines) <= 30
+    assert {ln[:-8].strip() for ln in lines[14:19] + lines[20:25]} <= with_gt
+    table = (eval_dir / "run_eval_result" / PER_CLASS_TABLE).read_text()
+    assert all(name in table for name in with_gt) and "no ground truth in the evaluated images" in table
     metrics = json.loads((eval_dir / "run_eval_result" / "metrics.json").read_text())
     for key in STAT_NAMES:
         assert 0 <= metrics[key] <= 1 or metrics[key] == -1
@@ -165,6 +181,19 @@ def test_s2_missing_files_are_one_line_errors(eval_dir, run_script):
                           "nodata/coco/annotations/instances_val2017.json", "not found")
     assert_one_line_error(run_script("CenterNet_postprocess_s2.py", "--dataset=./data", "--results=none.json",
                                      cwd=eval_dir), "none.json", "not found")
+
+
+def test_best_and_worst_five_classes():
+    names = [name for _, name, _ in COCO_CATEGORIES]
+    per_class = {name: (None if i % 2 else i / 100) for i, name in enumerate(names)}  # 40 with ground truth
+    lines = format_best_worst(per_class).splitlines()
+    rows = lambda part: [(ln[:-8].strip(), ln[-6:]) for ln in part]  # noqa: E731
+    assert lines[0] == "AP per class (IoU .50:.95), best 5 of the 40 classes with ground truth:"
+    assert rows(lines[1:6]) == [(names[i], f"{i:.2f}".rjust(6)) for i in (78, 76, 74, 72, 70)]
+    assert lines[6] == "worst 5:"
+    assert rows(lines[7:12]) == [(names[i], f"{i:.2f}".rjust(6)) for i in (8, 6, 4, 2, 0)]
+    assert lines[12:] == ["40 classes have no ground truth in the evaluated images"]
+    assert format_best_worst({"cat": None}) == "AP per class: no class has ground truth in the evaluated images"
 
 
 def test_precision_recall_curves_average_to_the_summary_aps():

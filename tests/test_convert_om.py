@@ -2,10 +2,11 @@
 command lines it runs, with stub `atc` and `npu-smi` first on PATH."""
 import os
 import subprocess
+import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, ctrl_c, start_command
 
 NPU_SMI_INFO = """\
 +-------------------+-----------------+------------------------------------------------------+
@@ -153,3 +154,21 @@ def test_keep_res_errors(stubs):
         assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not log.exists()
+def test_ctrl_c_removes_the_half_written_om(stubs):
+    tmp, model, log, env = stubs
+    # this atc writes part of its .om, then works on
+    (tmp / "bin" / "atc").write_text('#!/bin/sh\nfor a; do case "$a" in --output=*) out="${a#--output=}";; esac; done\n'
+                                     f'echo "$@" >> "{log}"\n'
+                                     'case "$out" in *bs4) printf half > "$out.om"; sleep 30;; '
+                                     '*) printf whole > "$out.om";; esac\n')
+    proc = start_command(["bash", ROOT / "convert_om.sh", model, "--batchsizes", "1 4", "--soc_version",
+                          "Ascend310P3"], cwd=tmp, env=env)
+    deadline = time.monotonic() + 30
+    while not (tmp / "CenterNet_bs4.om").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ctrl_c(proc)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (out, err)
+    assert err.strip().splitlines() == ["interrupted: CenterNet_bs4.om removed (incomplete); complete: "
+                                        "CenterNet_bs1.om; run the same command again"]
+    assert (tmp / "CenterNet_bs1.om").read_text() == "whole" and not (tmp / "CenterNet_bs4.om").exists()

@@ -385,3 +385,38 @@ def test_upstream_rounding_by_hand():
     assert got[0]["bbox"] == [10.12, 20.0, 100.86, 50.0] and got[0]["score"] == 0.88
     full = detections_to_coco(7, scores, np.array([2, 0]), boxes, [1, 2, 3])
     assert full[0]["bbox"][2] == boxes[0, 2] - boxes[0, 0] and full[0]["score"] == float(scores[0])
+def test_s1_after_a_limited_preprocess_points_to_meta(perfect_run, run_script, synthetic_coco):
+    """preprocess --limit 3, inference of those: s1 without --meta names the
+    meta.json that lists exactly the images with outputs (not --allow-missing,
+    which would score the other 3 as misses)."""
+    proc = run_script("CenterNet_preprocess.py", "data/coco/val2017", "prep", "--limit", "3", "--workers", "1",
+                      "--no-progress", cwd=perfect_run)
+    assert proc.returncode == 0, proc.stderr
+    stems = sorted(img["file_name"][:-4] for img in synthetic_coco["dataset"]["images"])
+    for stem in stems[3:]:
+        for i in range(3):
+            (perfect_run / "result" / "dumpout_bs1" / f"{stem}_{i}.bin").unlink()
+    # run_infer's summary names its input folder
+    (perfect_run / "result" / "dumpout_bs1_summary.json").write_text(json.dumps({"input": "prep"}))
+    args = ["--bin_data_path=result/dumpout_bs1", "--dataset=data", "--no-progress"]
+    assert_one_line_error(run_script("CenterNet_postprocess_s1.py", *args, cwd=perfect_run),
+                          "no output bins for 3 of 6 images",
+                          "prep/meta.json lists exactly the 3 images that have outputs: pass --meta prep/meta.json")
+    # the recipe's own folder name is found without a summary
+    (perfect_run / "result" / "dumpout_bs1_summary.json").unlink()
+    (perfect_run / "prep").rename(perfect_run / "prep_dataset")
+    proc = run_script("CenterNet_postprocess_s1.py", *args, cwd=perfect_run)
+    assert_one_line_error(proc, "pass --meta prep_dataset/meta.json")
+    assert "--allow-missing" not in proc.stderr
+    # a meta.json listing other images does not count: the old hint stays
+    (perfect_run / "prep_dataset" / "meta.json").write_text(json.dumps({"images": {"other.jpg": {}}}))
+    assert_one_line_error(run_script("CenterNet_postprocess_s1.py", *args, cwd=perfect_run),
+                          "finish inference or pass --allow-missing")
+
+
+def test_s1_full_disk_is_one_line(perfect_run, run_script, small_disk_env):
+    env = small_disk_env(perfect_run / "save", 10000)
+    proc = run_script("CenterNet_postprocess_s1.py", "--bin_data_path=result/dumpout_bs1", "--dataset=data",
+                      "--no-progress", cwd=perfect_run, env=env)
+    assert_one_line_error(proc, "save/results.json: cannot write (No space left on device)")
+    assert not list((perfect_run / "save").iterdir())  # no temp file left either

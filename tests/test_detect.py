@@ -303,3 +303,20 @@ def test_a_flip_export_is_decoded_as_a_heatmap(ctdet_onnx_flip_dynamic, tiny_coc
         scores, _, _ = detector.detect(cv2.imread(str(tiny_coco["images_dir"] / img["file_name"])))
         expected = sorted((r["score"] for r in streamed if r["image_id"] == img["id"]), reverse=True)
         assert scores.tolist() == expected
+
+
+def test_flip_option_runs_the_flip_test_like_the_evaluation(ctdet_onnx_dynamic, tiny_coco):
+    """--flip on a plain export: the image and its mirror in one batch,
+    averaged as upstream's flip test: the streaming evaluation's detections."""
+    from centernet.modes import TestMode
+    detector = Detector(make_session(ctdet_onnx_dynamic, threads=2), keep_res=True, flip=True)
+    assert detector.mode == "keep resolution + flip"
+    streamed, _, _, _ = stream_detections(ctdet_onnx_dynamic, tiny_coco["images_dir"], tiny_coco["annotation_file"],
+                                          threads=2, progress=False, mode=TestMode(keep_res=True, flip=True))
+    plain = Detector(make_session(ctdet_onnx_dynamic, threads=2), keep_res=True)
+    for img in tiny_coco["dataset"]["images"][:2]:
+        image = cv2.imread(str(tiny_coco["images_dir"] / img["file_name"]))
+        scores, _, _ = detector.detect(image)
+        expected = sorted((r["score"] for r in streamed if r["image_id"] == img["id"]), reverse=True)
+        assert scores.tolist() == expected
+        assert scores.tolist() != plain.detect(image)[0].tolist()

@@ -88,9 +88,10 @@ def test_dynamic_size_and_decompose(random_ctdet, tmp_path):
 
 
 def test_input_size_option(upstream_checkpoint, tmp_path):
-    out = tmp_path / "s.onnx"
+    out = tmp_path / "new" / "sub" / "s.onnx"  # missing folders are created
     r = run_script(upstream_checkpoint, out, "--input-size", 64, 96, "--no-check")
-    assert r.returncode == 0, r.stderr and "check" not in r.stdout
+    assert r.returncode == 0, r.stderr
+    assert "checking the export" not in r.stdout and "check passed" not in r.stdout
     dims = [d.dim_value for d in onnx.load(out).graph.input[0].type.tensor_type.shape.dim][1:]
     assert dims == [3, 64, 96]
 
@@ -121,6 +122,21 @@ def test_cli_wrong_architecture(tmp_path):
     r = run_script(path, tmp_path / "x.onnx")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "not a ctdet DLA-34 checkpoint" in r.stderr
+
+
+def test_cli_output_path_and_checkpoint_errors_are_one_line(tmp_path):
+    def one_line(r, message):
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().splitlines() == [f"error: {message}"]
+    one_line(run_script("missing.pth", tmp_path), f"{tmp_path}: is a folder; give the ONNX file to write, "
+                                                  f"e.g. {tmp_path / 'CenterNet.onnx'}")
+    pickled = tmp_path / "m.pth"
+    torch.save(torch.nn.Linear(3, 4), pickled)
+    r = run_script(pickled, tmp_path / "x.onnx")
+    one_line(r, f"{pickled}: holds a pickled torch.nn.modules.linear.Linear object, not a state_dict; upstream "
+                "checkpoints are {'epoch': N, 'state_dict': {name: tensor}} (save one with "
+                "torch.save({'state_dict': model.state_dict()}, path))")
+    assert "\x1b" not in r.stderr  # none of torch's terminal colour codes
 
 
 # --- the self-check catches real bugs -----------------------------------------

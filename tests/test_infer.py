@@ -1,7 +1,10 @@
 """run_infer.sh: ais_bench's command line and file layout on ONNX Runtime."""
 import json
 import os
+import re
+import shlex
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ import torch
 
 from centernet.binio import write_bin
 from centernet.infer import run_loop
-from conftest import ROOT, assert_parity, photo_inputs
+from conftest import ROOT, assert_one_line_error, assert_parity, ctrl_c, photo_inputs, start_command
 
 
 def run_infer(*args, env=None):
@@ -53,6 +56,7 @@ def test_outputs_match_pytorch_in_ais_bench_layout(ctdet_onnx, inputs, reference
             assert got.size == np.prod(shape)
             assert_parity(got.reshape(shape), r_out, what=f"{stem}_{i}")
     summary = json.loads((tmp_path / f"{name}_summary.json").read_text())
+    assert summary["input"] == str(folder)  # s1 finds meta.json through it
     assert summary["images"] == 3 and summary["batches"] == (3 if batchsize == 1 else 2)
     assert summary["fps"] > 0 and summary["latency_ms_p50"] > 0
 
@@ -66,6 +70,8 @@ def test_wrong_size_bin_is_named(ctdet_onnx, tmp_path):
                   "--output_dirname", "d")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "b.bin" in r.stderr and "bytes, expected 3145728" in r.stderr
+    # The progress bar is ended first: the error starts a line of its own.
+    assert "infer:" in r.stderr and re.search(r"(^|\n)error: \S*b\.bin: ", r.stderr), r.stderr
 
 
 def test_loop_mode(ctdet_onnx):
@@ -182,3 +188,41 @@ def test_om_model_over_keep_res_bins_runs_once_per_size(keep_res_prep, tmp_path)
         stems = sorted(f"{s}.bin" for s, hw in sizes.items() if hw == (h, w))
         expected.append(f"--dymHW {h},{w} {','.join(stems)}")
     assert log.read_text().splitlines() == expected
+OUTPUT_BYTES = (80 + 2 + 2) * 128 * 128 * 4  # hm, wh, reg of one 512x512 input
+
+
+def test_full_disk_is_one_line_with_the_resume_command(ctdet_onnx, inputs, tmp_path, small_disk_env):
+    folder, arrays = inputs
+    env = small_disk_env(tmp_path / "out", 1.5 * OUTPUT_BYTES)  # room for one image's outputs
+    r = run_infer("--model", ctdet_onnx, "--input", folder, "--output", tmp_path / "out", "--output_dirname", "d",
+                  "--threads", 2, "--no-progress", env=env)
+    second = sorted(arrays)[1]
+    assert_one_line_error(r, f"{tmp_path}/out/d/{second}_0.bin: cannot write (No space left on device)",
+                          f"1 of 3 images have complete outputs, kept in {tmp_path}/out/d",
+                          f"to resume, run: bash {ROOT}/run_infer.sh --model {ctdet_onnx}", "--skip-existing")
+    assert sorted(p.name for p in (tmp_path / "out" / "d").iterdir()) == [f"{sorted(arrays)[0]}_{i}.bin"
+                                                                         for i in range(3)]
+
+
+def test_ctrl_c_names_the_command_that_resumes(ctdet_onnx, inputs, reference, tmp_path):
+    folder, _ = inputs
+    first = sorted(reference)[0]
+    proc = start_command(["bash", ROOT / "run_infer.sh", "--model", ctdet_onnx, "--input", folder, "--output",
+                          tmp_path, "--output_dirname", "d", "--threads", 2], cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "d" / f"{first}_2.bin").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    ctrl_c(proc)  # while the second image runs
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (out, err)
+    message = err.strip().split("\n")[-1]  # after the progress bar, on its own line
+    assert "Traceback" not in err
+    assert re.fullmatch(rf"interrupted: [12] of 3 images have complete outputs, kept in {tmp_path}/d; to resume, "
+                        rf"run: bash {ROOT}/run_infer.sh .* --skip-existing", message), err
+    # and that command does resume: only the rest is inferred
+    r = subprocess.run(shlex.split(message.split("to resume, run: ")[1]), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"\(([12]) already done, skipped\)", r.stdout), r.stdout
+    for stem, ref in reference.items():
+        got = np.fromfile(tmp_path / "d" / f"{stem}_0.bin", dtype=np.float32).reshape(80, 128, 128)
+        assert_parity(got, ref[0], what=f"{stem}_0")

@@ -1,6 +1,5 @@
 """CenterNet_benchmark.py --modes: FLOP ratios, rows and table (speed itself
 is printed, never asserted)."""
-import json
 
 import pytest
 

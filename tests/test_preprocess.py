@@ -1,7 +1,11 @@
 """CenterNet_preprocess.py / centernet.preprocess: bins, meta.json, resume, errors."""
 import json
 import os
+import random
+import re
 import shutil
+import subprocess
+import time
 
 import cv2
 import numpy as np
@@ -10,7 +14,7 @@ import pytest
 from centernet import preprocess
 from centernet.preprocess import preprocess_array, preprocess_folder
 from centernet.transforms import preprocess_image, test_geometry
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, ctrl_c, start_script, wait_until_loaded
 
 BIN_BYTES = 3 * 512 * 512 * 4  # 3,145,728
 
@@ -224,3 +228,80 @@ def test_cli_keep_res_and_flip(tmp_path, run_script):
     assert meta["keep_res"] and meta["flip_test"]
     assert meta["images"]["d.BMP"]["input_size"] == [96, 224]  # a 200x90 image
     assert (tmp_path / "prep" / "d.bin").stat().st_size == 3 * 96 * 224 * 4
+def assert_bins_match_meta(out, size):
+    """meta.json lists only complete bins, and no temp file is left."""
+    meta = json.loads((out / "meta.json").read_text())
+    for name in meta["images"]:
+        assert (out / (os.path.splitext(name)[0] + ".bin")).stat().st_size == size, name
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    return meta
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_cli_full_disk_stops_at_the_first_failed_write(tmp_path, run_script, small_disk_env, workers):
+    for i in range(8):
+        cv2.imwrite(str(tmp_path / f"{i:02d}.png"), np.full((40, 50, 3), 30 * i, np.uint8))
+    size = 3 * 64 * 64 * 4
+    # room for 3 bins and meta.json, not for a 4th bin
+    env = small_disk_env(tmp_path / "prep", 3 * size + size // 2)
+    proc = run_script("CenterNet_preprocess.py", ".", "prep", "--input-size", 64, 64, "--workers", workers,
+                      "--no-progress", cwd=tmp_path, env=env)
+    assert_one_line_error(proc, "cannot write (No space left on device)", "free some space or write elsewhere",
+                          "bins are finished and kept in prep, the same command converts the rest")
+    assert re.match(r"error: prep/\d\d\.bin: ", proc.stderr)
+    meta = assert_bins_match_meta(tmp_path / "prep", size)
+    n = int(re.search(r"; (\d) of 8 bins are finished", proc.stderr).group(1))
+    assert 1 <= n <= 3 and len(meta["images"]) == n
+    # with space again, the same command converts the rest
+    proc = run_script("CenterNet_preprocess.py", ".", "prep", "--input-size", 64, 64, "--workers", workers,
+                      "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0 and f"{8 - n} converted, {n} already done" in proc.stdout
+
+
+def test_ctrl_c_at_random_moments_ends_quietly(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, workers included) at
+    moments spread over a two-worker run, sometimes twice: every run ends
+    within seconds with exit 130 and one line saying what is kept (or 0 if
+    it had finished), never a traceback, a hang or a temp file."""
+    rng = np.random.default_rng(10)
+    for i in range(48):
+        cv2.imwrite(str(tmp_path / f"{i:02d}.jpg"), rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    args = [".", "prep", "--input-size", 128, 128, "--workers", 2, "--no-progress"]
+    proc = start_script("CenterNet_preprocess.py", *args, cwd=tmp_path)
+    wait_until_loaded(proc, "/cv2/")
+    t0 = time.monotonic()
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    proc.stdout.close(), proc.stderr.close()
+    whole = time.monotonic() - t0
+    shutil.rmtree(tmp_path / "prep")
+    runs = 8
+    pick = random.Random(11)
+    outcomes = []
+    for i in range(runs):
+        # Spread over the run from the moment main() imports OpenCV: the rest
+        # of the imports, starting the workers, converting, shutting down.
+        delay = whole * (i + pick.random()) / runs
+        proc = start_script("CenterNet_preprocess.py", *args, cwd=tmp_path)
+        wait_until_loaded(proc, "/cv2/")
+        time.sleep(delay)
+        ctrl_c(proc)
+        if pick.random() < 0.5:  # pressed twice
+            time.sleep(pick.uniform(0.01, 0.3))
+            ctrl_c(proc)
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"no exit within 10 s of Ctrl-C at {delay:.2f}s: {proc.communicate()}")
+        outcomes.append(proc.returncode)
+        assert "Traceback" not in err, (delay, err)
+        if proc.returncode == 130:
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("interrupted: "), (delay, err)
+            if (tmp_path / "prep" / "meta.json").exists():
+                assert re.match(r"interrupted: \d+ of 48 bins are finished and kept in prep", lines[0]), err
+                assert_bins_match_meta(tmp_path / "prep", 3 * 128 * 128 * 4)
+        else:
+            assert proc.returncode == 0 and not err, (delay, proc.returncode, err)
+        shutil.rmtree(tmp_path / "prep", ignore_errors=True)
+    assert outcomes.count(130) >= runs // 2, outcomes  # most runs were really interrupted

@@ -1,8 +1,10 @@
 """run_all.sh end to end: the demo pipeline on a handful of images."""
 import json
 import os
+import re
 import shutil
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from centernet.checkpoint import load_model
 from centernet.coco import STAT_NAMES
 from centernet.export import export_onnx
-from conftest import ROOT
+from conftest import ROOT, ctrl_c, start_command
 
 N = 3
 
@@ -36,6 +38,9 @@ def test_every_stage_reported(demo_run):
     for stage in ("preprocess", "export", "infer", "postprocess_s1", "postprocess_s2", "annotate"):
         assert f"== {stage} done in" in r.stdout
     assert "| AP |" in r.stdout  # the final table
+    # s2's summary: no per-class table of every class nor pycocotools' chatter, but where they are
+    assert "run_eval_result/per_class_ap.txt" in r.stdout
+    assert "Accumulating evaluation results" not in r.stdout and "DONE (t=" not in r.stdout
     # it ends by saying where the pictures are
     tail = r.stdout[r.stdout.index("pictures:"):]
     for name in ("demo_out/", "pr_curves.png", "per_class_ap.png"):
@@ -78,14 +83,22 @@ def test_rerun_resumes(demo_run):
     assert "nothing to do" in r.stdout
 
 
-def test_missing_weights_says_what_to_fetch_then_runs_demo(tmp_path):
-    r = run_all("--weights", tmp_path / "none.pth", "--data", tmp_path / "nodata", "--demo-images", 2,
-                "--workdir", tmp_path / "w", "--threads", 2, cwd=ROOT)
+def test_missing_weights_says_what_to_fetch_then_runs_demo(demo_run, tmp_path):
+    # The demo's data, weights and export, made once for this module: the
+    # fallback reuses them (as a re-run would) instead of making them again.
+    work = tmp_path / "w"
+    work.mkdir()
+    shutil.copytree(demo_run[0] / "data", work / "data")
+    for name in ("ctdet_demo.pth", "CenterNet.onnx"):  # in this order: the export stays newer
+        shutil.copy(demo_run[0] / name, work)
+    r = run_all("--weights", tmp_path / "none.pth", "--data", tmp_path / "nodata", "--workdir", work,
+                "--threads", 2, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ctdet_coco_dla_2x.pth" in r.stdout and "MODEL_ZOO" in r.stdout
     assert "val2017.zip" in r.stdout and "annotations_trainval2017.zip" in r.stdout
     assert "Running the demo instead" in r.stdout and "| AP |" in r.stdout
-    assert not (tmp_path / "w" / "prep_dataset").exists()  # cleaned up without --keep
+    assert "CenterNet.onnx is up to date" in r.stdout
+    assert not (work / "prep_dataset").exists()  # cleaned up without --keep
 
 
 def test_bad_option(tmp_path):
@@ -150,3 +163,32 @@ def test_torch_backend_runs_the_checkpoint_without_an_export(demo_run, tmp_path)
     assert len(json.loads((work / "save" / "results.json").read_text())) == 100 * N
     assert "warning: CenterNet_demo.py" not in r.stdout
     assert len(list((work / "demo_out").glob("*.jpg"))) == N
+
+
+def test_bad_weights_fail_before_any_heavy_stage(tmp_path, synthetic_coco):
+    empty = tmp_path / "EMPTY.pth"
+    empty.write_bytes(b"")
+    r = run_all("--weights", empty, "--data", synthetic_coco["root"], "--workdir", tmp_path / "w", cwd=ROOT)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stderr.strip().splitlines() == [
+        f"error: {empty}: empty file (0 bytes), not a checkpoint; an interrupted download?"]
+    assert "== check-weights" in r.stdout and "== preprocess" not in r.stdout
+    assert not (tmp_path / "w" / "prep_dataset").exists()
+
+
+def test_ctrl_c_says_how_to_go_on(tmp_path, synthetic_coco, upstream_checkpoint):
+    work = tmp_path / "w"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = start_command(["bash", ROOT / "run_all.sh", "--weights", upstream_checkpoint, "--data",
+                          synthetic_coco["root"], "--workdir", work, "--threads", 2], cwd=ROOT, env=env)
+    deadline = time.monotonic() + 120
+    while not (work / "prep_dataset").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ctrl_c(proc)  # preprocessing (or, if that was quicker, the export)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out[-2000:], err)
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines[-2].startswith("interrupted: "), err  # the stage's own line
+    assert re.fullmatch(r"interrupted during (preprocess|export): run the same run_all.sh command again to go on "
+                        r"\(finished bins, outputs and the export are kept\)", lines[-1]), err

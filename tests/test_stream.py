@@ -1,13 +1,22 @@
 """The streaming evaluation gives the staged pipeline's detections exactly."""
 import json
 import shutil
+import time
+
+import cv2
+import numpy as np
+import pytest
 
 from centernet.coco import class_category_ids, load_annotations
-from centernet.decode import decode_bins_to_coco, images_from_meta
+from centernet.decode import (decode_bins_to_coco, decode_ctdet, detections_to_coco, images_from_meta,
+                              map_boxes_to_image, sigmoid)
+from centernet.modes import TestMode
+from centernet.runtime import make_session, run_session
+from centernet.soft_nms import detections_by_class, merge_detections
 from centernet.infer import run_folder
 from centernet.preprocess import load_meta, preprocess_folder
 from centernet.stream import stream_detections
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, ctrl_c, start_script, wait_until_loaded
 
 
 def test_stream_equals_staged(synthetic_coco, ctdet_onnx, tmp_path):
@@ -54,14 +63,6 @@ def test_eval_script_missing_annotations(ctdet_onnx, tmp_path, run_script):
 
 # --- upstream's test modes ---------------------------------------------------
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from centernet.decode import decode_ctdet, detections_to_coco, map_boxes_to_image, sigmoid  # noqa: E402
-from centernet.modes import TestMode  # noqa: E402
-from centernet.runtime import make_session, run_session  # noqa: E402
-from centernet.soft_nms import detections_by_class, merge_detections  # noqa: E402
 
 # float32, as upstream's detector holds them (base_detector.py)
 MEAN = np.array([0.40789654, 0.44719302, 0.47026115], np.float32)
@@ -267,3 +268,29 @@ def test_a_tiny_image_keeps_resolution_with_fewer_detections(tmp_path, ctdet_onn
     images = images_from_meta(load_meta(tmp_path / "prep" / "meta.json"), data)
     staged = decode_bins_to_coco(tmp_path / "out" / "d", images, class_category_ids(data), progress=False)
     assert by_detection(staged) == by_detection(streamed)
+def test_eval_ctrl_c_ends_quietly(synthetic_coco, ctdet_onnx, tmp_path):
+    """Ctrl-C to the whole process group (the worker pool included) while the
+    script loads, while its workers start, and while it infers (pressed twice):
+    exit 130 and one line within seconds, no traceback, no results file (or,
+    on a machine fast enough to have finished, exit 0 and no message)."""
+    args = ["--model", ctdet_onnx, "--dataset", synthetic_coco["root"], "--workers", 2, "--threads", 2,
+            "--output", tmp_path / "res.json", "--resultfolder", tmp_path / "ev", "--no-progress"]
+    outcomes = []
+    for delay, twice in ((0.0, False), (0.8, True), (2.0, False)):
+        proc = start_script("CenterNet_eval.py", *args, cwd=tmp_path)
+        wait_until_loaded(proc, "/cv2/")  # main() runs (it imports OpenCV)
+        time.sleep(delay)
+        ctrl_c(proc)
+        if twice:
+            time.sleep(0.1)
+            ctrl_c(proc)
+        out, err = proc.communicate(timeout=30)
+        outcomes.append(proc.returncode)
+        if proc.returncode == 0 and delay > 0:
+            assert not err, err
+            continue
+        assert proc.returncode == 130, (delay, proc.returncode, err)
+        assert err.strip().splitlines() == ["interrupted: nothing written (the streaming evaluation keeps no "
+                                            "partial results); run the same command again to start over"], err
+        assert not (tmp_path / "res.json").exists()
+    assert outcomes[0] == 130
