@@ -73,7 +73,10 @@ def add_torch_arguments(parser, several_precisions=False, title="PyTorch backend
 
 
 def torch_options_from_args(args, **overrides):
-    """A TorchOptions from add_backend_arguments' flags (+ --device, --threads)."""
+    """A TorchOptions from add_backend_arguments' flags (+ --device, --threads);
+    None when args.backend is ONNX Runtime's (torch is then never imported)."""
+    if getattr(args, "backend", "torch") != "torch":
+        return None
     from .torch_backend import TorchOptions
     values = {"device": getattr(args, "device", "cpu"), "threads": getattr(args, "threads", 0) or 0,
               "precision": args.precision, "cast": args.cast, "fp32_heads": args.fp32_heads,
