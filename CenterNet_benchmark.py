@@ -7,10 +7,12 @@
     python CenterNet_benchmark.py --batchsizes 1 --profile --ort-sweep  # why ONNX Runtime is as fast as it is
     python CenterNet_benchmark.py --weights ctdet_coco_dla_2x.pth --batchsizes 1 --loop 20
     python CenterNet_benchmark.py --modes              # upstream's test modes side by side, with FLOP ratios
+    python CenterNet_benchmark.py --backends torch-cuda --precision fp32 fp16 bf16 --batchsizes 1 8 32 128
 
 Backends: ONNX Runtime CPU (CUDA and TensorRT when onnxruntime-gpu is
-installed), our PyTorch model in eager mode, OpenVINO when installed (on the
-decomposed-DCN export). All use the same thread count and the same input;
+installed), our PyTorch model in eager mode, the PyTorch backend
+(torch-cpu, and torch-cuda where PyTorch sees a GPU; a row per --precision),
+OpenVINO when installed (on the decomposed-DCN export). All use the same thread count and the same input;
 warm-up batches are not timed. Prints a markdown table (fps, ms per image,
 p50/p99 latency per batch, GFLOP/s and its fraction of the machine's sgemm
 ceiling measured in the same run, speed-up over eager PyTorch) and writes it
@@ -25,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from centernet.backends import add_torch_arguments, torch_options_from_args
 from centernet.benchmark import BACKENDS, DEFAULT_BACKENDS, format_table, run_benchmark, usable_cores, write_json
 from centernet.errors import UserError, cli
 from centernet.mode_benchmark import DEFAULT_MODES, MODES, format_mode_table, run_mode_benchmark, write_mode_json
@@ -51,8 +54,8 @@ def parse_args(argv=None):
                    help="timed batches at batch 1; batch B times ceil(LOOP/B) batches, at least one "
                         f"(default: {FULL['loop']}; --quick: {QUICK['loop']})")
     p.add_argument("--eager-max-batch", type=int, default=4,
-                   help="largest batch for the pytorch-eager rows, 0 = every batch size; eager is "
-                        "slow at large batches (default: %(default)s)")
+                   help="largest batch for the pytorch-eager and torch-cpu rows, 0 = every batch size; "
+                        "PyTorch on the CPU is slow at large batches (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed batches before each row's timed ones (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None,
@@ -94,6 +97,7 @@ def parse_args(argv=None):
     p.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
                    help="also draw images/s against batch size, a line per backend, with this run's sgemm "
                         "ceiling dashed, to PNG (default: off; without PNG: WORKDIR/benchmark.png)")
+    add_torch_arguments(p, several_precisions=True, title="PyTorch backend rows (torch-cpu, torch-cuda)")
     args = p.parse_args(argv)
     args.mode_batch = args.batchsizes[0] if args.batchsizes else 1
     preset = QUICK if args.quick else FULL
@@ -141,7 +145,9 @@ def main(argv=None):
                            loop=args.loop, threads=args.threads, input_size=tuple(args.input_size),
                            workdir=args.workdir, onnx=args.onnx, onnx_decompose=args.onnx_decompose,
                            warmup=args.warmup, sgemm_n=args.sgemm_size, profile=args.profile,
-                           sweep=args.ort_sweep, eager_max_batch=args.eager_max_batch)
+                           sweep=args.ort_sweep, eager_max_batch=args.eager_max_batch,
+                           torch_precisions=args.precision,
+                           torch_options=torch_options_from_args(args, precision="fp32"))
     print()
     print(format_table(result))
     write_json(result, args.json)

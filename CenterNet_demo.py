@@ -3,6 +3,7 @@
 
     python CenterNet_demo.py --model ctdet_coco_dla_2x.pth my_photo.jpg
     python CenterNet_demo.py --model CenterNet.onnx photos/ clip.mp4 --output demo_out
+    python CenterNet_demo.py --model ctdet_coco_dla_2x.pth --backend torch --device cuda photos/
 
 Each PATH is an image, a folder of images (jpg, jpeg, png, bmp, webp, tif) or a
 video (mp4, avi, mov, mkv, webm, ...). Annotated copies go to --output under the
@@ -10,13 +11,15 @@ same names (videos as .mp4), with detections.json: per image or video frame its
 file name, size and detections (box x1, y1, x2, y2 in pixels, class name, COCO
 category id, score). A .pth checkpoint is exported to ONNX once, next to it
 (<name>.cache-512x512.onnx, or .cache-dynamic.onnx for --keep-res), checked
-against PyTorch, and reused while the checkpoint is unchanged. An unreadable
+against PyTorch, and reused while the checkpoint is unchanged (--backend torch
+runs it in PyTorch instead, on CPU or CUDA, no export). An unreadable
 input is named in one line and skipped; the exit status is then 1.
 """
 import argparse
 import sys
 from pathlib import Path
 
+from centernet.backends import add_backend_arguments, check_backend_args, torch_options_from_args
 from centernet.detect import VIS_THRESH, run_demo
 from centernet.errors import UserError, cli
 from centernet.runtime import PROVIDERS
@@ -45,14 +48,16 @@ def parse_args(argv=None):
                    help="fixed-mode input height and width, multiples of 32 (default: the ONNX model's "
                         "own, 512 512 for a .pth)")
     p.add_argument("--device", choices=sorted(PROVIDERS), default="cpu",
-                   help="ONNX Runtime execution provider; cuda/tensorrt need onnxruntime-gpu (default: %(default)s)")
+                   help="ONNX Runtime execution provider (cuda/tensorrt need onnxruntime-gpu), or the "
+                        "PyTorch backend's device (cpu/cuda) (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0,
-                   help="ONNX Runtime intra-op threads, 0 = all cores (default: %(default)s)")
+                   help="CPU intra-op threads, 0 = all cores (default: %(default)s)")
     p.add_argument("--names", default=None, metavar="FILE",
                    help="class names, one per line in the model's class order (default: the 80 COCO names)")
     p.add_argument("--limit", type=int, default=None,
                    help="only the first N images (by file name) of each folder (default: all)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars (default: shown)")
+    add_backend_arguments(p, default="onnxruntime")
     return p.parse_args(argv)
 
 
@@ -70,10 +75,13 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads < 0:
         raise UserError(f"--threads {args.threads}: must be 0 (all cores) or more")
-    summary = run_demo(args.paths, args.model or default_model(), output=args.output, thresh=args.vis_thresh,
+    args.model = args.model or default_model()
+    check_backend_args(args)
+    summary = run_demo(args.paths, args.model, output=args.output, thresh=args.vis_thresh,
                        keep_res=args.keep_res, input_size=args.input_size, device=args.device,
                        threads=args.threads, names_file=args.names, limit=args.limit,
-                       progress=not args.no_progress, flip=args.flip)
+                       progress=not args.no_progress, flip=args.flip, backend=args.backend,
+                       torch_options=torch_options_from_args(args))
     counts = [f"{n} {what}{'s' if n != 1 else ''}" for n, what in ((summary["images"], "image"),
                                                                   (summary["videos"], "video")) if n]
     print(f"annotated {' and '.join(counts) or 'nothing'} -> {summary['output']}/; "

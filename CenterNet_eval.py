@@ -4,6 +4,8 @@ COCO AP in one pass, with no .bin files (43 GB for val2017 otherwise).
 
     python CenterNet_eval.py --model CenterNet.onnx --dataset ./data
     python CenterNet_eval.py --model CenterNet_dynamic.onnx --keep-res --flip --scales 0.5,0.75,1,1.25,1.5
+    python CenterNet_eval.py --model ctdet_coco_dla_2x.pth --backend torch --device cuda --precision fp16 \
+        --batchsize 32 --workers 8 --dataset ./data
 
 Upstream's test modes, in any combination: fixed 512x512 (default) or
 --keep-res, --flip, --scales. Keep resolution needs a model exported with
@@ -32,13 +34,15 @@ from centernet.errors import Interrupted, UserError, cli
 def parse_args(argv=None):
     # The package is imported here, under main's @cli: a Ctrl-C while numpy,
     # OpenCV and ONNX Runtime load ends quietly too.
+    from centernet.backends import add_backend_arguments
     from centernet.detect import VIS_THRESH
     from centernet.modes import UPSTREAM_SCALES
     from centernet.ray_eval import BLOCK_SIZE  # Ray itself is imported only by a --ray run
     from centernet.runtime import PROVIDERS
     from centernet.stream import default_workers
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="CenterNet.onnx", help="ONNX model (default: %(default)s)")
+    p.add_argument("--model", default="CenterNet.onnx",
+                   help="ONNX model, or the .pth checkpoint for --backend torch (default: %(default)s)")
     p.add_argument("--dataset", default="./data",
                    help="dataset root with coco/val2017 and coco/annotations (default: %(default)s)")
     p.add_argument("--annotations", default=None,
@@ -61,9 +65,10 @@ def parse_args(argv=None):
     p.add_argument("--batchsize", type=int, default=1,
                    help="inputs of one size per inference batch (default: %(default)s)")
     p.add_argument("--device", choices=sorted(PROVIDERS), default="cpu",
-                   help="ONNX Runtime execution provider (default: %(default)s)")
+                   help="ONNX Runtime execution provider, or the PyTorch backend's device (cpu/cuda) "
+                        "(default: %(default)s)")
     p.add_argument("--threads", type=int, default=0,
-                   help="ONNX Runtime intra-op threads, 0 = all cores (default: %(default)s)")
+                   help="CPU intra-op threads, 0 = all cores (default: %(default)s)")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="preprocessing processes; with --ray, Ray Data runs as many tasks as CPUs allow "
                         "(default: %(default)s here)")
@@ -76,6 +81,7 @@ def parse_args(argv=None):
                    help="folder for metrics.json, stream_summary.json, per_class_ap.txt and the plots "
                         "(default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
+    add_backend_arguments(p)
     ray = p.add_argument_group("Ray Data (a local Ray or a cluster)")
     ray.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                      help="run on Ray Data: without ADDRESS, the cluster in $RAY_ADDRESS if set, else a new "
@@ -95,6 +101,8 @@ def parse_args(argv=None):
                  "run the same command again to start over")
 def main(argv=None):
     args = parse_args(argv)
+    from centernet.backends import (check_backend_args, describe_line, describe_session, open_session,
+                                    torch_options_from_args)
     from centernet.binio import make_dirs, write_atomic
     from centernet.coco import (default_annotation_file, evaluate_coco, format_best_worst, write_per_class_table,
                                 write_results)
@@ -106,14 +114,17 @@ def main(argv=None):
     ann = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset)
     images = args.images or Path(args.dataset) / "coco" / "val2017"
     mode = TestMode(keep_res=args.keep_res, flip=args.flip, scales=parse_scales(args.scales))
+    check_backend_args(args)
     if args.images and not args.annotations and not ann.is_file():  # images without ground truth
         if args.ray is None:
             raise UserError(f"{ann}: annotation file not found; to annotate --images without ground truth, "
                             "add --ray (or use CenterNet_demo.py)")
+        check_ray_backend(args)
         return annotate(args, images, mode)
     output = args.output or "save/results.json"
     if args.ray is not None:
         from centernet.ray_eval import evaluate_on_ray
+        check_ray_backend(args)
         image_ids, errors, stats = evaluate_on_ray(
             args.model, images, ann, output, batchsize=args.batchsize, device=args.device, threads=args.threads,
             actors=args.actors, limit=args.limit, block_size=args.block_size, address=args.ray,
@@ -121,10 +132,16 @@ def main(argv=None):
         results = output
         print(f"mode: {stats['mode']}; wrote detections for {len(image_ids)} images to {output}")
     else:
+        # The PyTorch network takes any input size (every test mode); an ONNX file has its own.
+        session = open_session(args.model, args.backend, device=args.device, threads=args.threads,
+                               input_size=None, torch_options=torch_options_from_args(args))
+        if describe_line(session):
+            print(describe_line(session))
         results, image_ids, errors, stats = stream_detections(
             args.model, images, ann, batchsize=args.batchsize, device=args.device, threads=args.threads,
             workers=args.workers, limit=args.limit, progress=not args.no_progress, mode=mode,
-            upstream_rounding=args.upstream_rounding)
+            upstream_rounding=args.upstream_rounding, session=session)
+        stats["backend"] = describe_session(session)
         write_results(output, results)
         print(f"mode: {stats['mode']}; wrote {len(results)} detections for {len(image_ids)} images to {output}")
     if stats.get("fps"):
@@ -152,6 +169,12 @@ def main(argv=None):
         print(f"error: {len(errors)} image(s) could not be read; AP counts them as missed", file=sys.stderr)
         return 1
     return 0
+
+
+def check_ray_backend(args):
+    if args.backend != "onnxruntime":
+        raise UserError("--ray runs ONNX Runtime sessions: give an .onnx --model (CenterNet_pth2onnx.py exports "
+                        "the checkpoint), not --backend torch")
 
 
 def annotate(args, images, mode):

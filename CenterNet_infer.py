@@ -4,8 +4,11 @@
     python CenterNet_infer.py --model CenterNet.onnx --input prep_dataset \\
         --output result --output_dirname dumpout_bs1 --batchsize 1
     python CenterNet_infer.py --model CenterNet.onnx --loop 20 --batchsize 4
+    python CenterNet_infer.py --model ctdet_coco_dla_2x.pth --backend torch --device cuda \
+        --precision fp16 --input prep_dataset --output result --output_dirname dumpout_bs32 --batchsize 32
 
-An .onnx model runs in ONNX Runtime and writes ais_bench's layout
+An .onnx model runs in ONNX Runtime, a .pth checkpoint in PyTorch (--backend
+torch, on CPU or CUDA, no export), and both write ais_bench's layout
 (OUT/NAME/<stem>_<i>.bin); an .om model is handed to `python -m ais_bench`
 with the same arguments. Keep-resolution bins (CenterNet_preprocess.py
 --keep-res) come in many sizes: their meta.json gives each bin's size; ONNX
@@ -21,10 +24,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from centernet.backends import (add_backend_arguments, check_backend_args, describe_line, open_session,
+                                torch_options_from_args)
 from centernet.errors import Interrupted, UserError, WriteError, cli
 from centernet.infer import format_summary, run_folder, run_loop
 from centernet.preprocess import META_NAME, load_meta
 from centernet.runtime import PROVIDERS
+from centernet.transforms import INPUT_SIZE
 
 AIS_BENCH_HELP = ("ais_bench is not installed: it comes from Ascend's tool repository "
                   "(https://gitee.com/ascend/tools, folder ais-bench_workload/tool/ais_bench), "
@@ -33,7 +39,8 @@ AIS_BENCH_HELP = ("ais_bench is not installed: it comes from Ascend's tool repos
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="CenterNet .onnx (ONNX Runtime) or .om (ais_bench) model")
+    p.add_argument("--model", required=True,
+                   help="CenterNet .onnx (ONNX Runtime), .pth checkpoint (PyTorch) or .om (ais_bench) model")
     p.add_argument("--input", help="folder of <stem>.bin inputs; omit with --loop for pure throughput")
     p.add_argument("--output", default="result", help="output root folder (default: %(default)s)")
     p.add_argument("--output_dirname", default="dumpout",
@@ -42,16 +49,18 @@ def parse_args(argv=None):
     p.add_argument("--loop", type=int, default=None,
                    help="pure inference mode: time this many batches of random input (default: off)")
     p.add_argument("--device", choices=sorted(PROVIDERS), default="cpu",
-                   help="ONNX Runtime execution provider; cuda/tensorrt need onnxruntime-gpu "
-                        "(default: %(default)s)")
+                   help="ONNX Runtime execution provider (cuda/tensorrt need onnxruntime-gpu), or the "
+                        "PyTorch backend's device (cpu/cuda) (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0,
-                   help="ONNX Runtime intra-op threads, 0 = all physical cores (default: %(default)s)")
+                   help="CPU intra-op threads, 0 = all physical cores (default: %(default)s)")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="input H W for models with a dynamic input size (default: the model's)")
+                   help="input H W for models with a dynamic input size (default: the model's; "
+                        f"--backend torch: each bin's size from meta.json, else {INPUT_SIZE} {INPUT_SIZE})")
     p.add_argument("--skip-existing", action="store_true",
                    help="resume: leave out inputs whose outputs are already complete (default: redo all, "
                         "as ais_bench does)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
+    add_backend_arguments(p)
     return p.parse_args(argv)
 
 
@@ -136,15 +145,26 @@ def main(argv=None):
     if args.input is None and args.loop is None:
         raise UserError("give --input DIR to infer files, or --loop N for pure throughput")
     size = tuple(args.input_size) if args.input_size else None
+    check_backend_args(args)
+    # The PyTorch network takes any input size (like a --dynamic-size export):
+    # the bins' sizes come from their meta.json (keep resolution gives many);
+    # bins without one, and --loop, are the recipe's 512x512.
+    session_size = size
+    if args.backend == "torch" and size is None and not (args.input and (Path(args.input) / META_NAME).is_file()):
+        size = (INPUT_SIZE, INPUT_SIZE)
+    session = open_session(args.model, args.backend, device=args.device, threads=args.threads,
+                           input_size=session_size, torch_options=torch_options_from_args(args))
+    if describe_line(session):
+        print(describe_line(session))
     if args.input is None:
         summary = run_loop(args.model, loop=args.loop, batchsize=args.batchsize, device=args.device,
-                           threads=args.threads, input_size=size, progress=not args.no_progress)
+                           threads=args.threads, input_size=size, progress=not args.no_progress, session=session)
     else:
         try:
             summary = run_folder(args.model, args.input, args.output, args.output_dirname,
                                  batchsize=args.batchsize, device=args.device, threads=args.threads,
                                  input_size=size, skip_existing=args.skip_existing,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, session=session)
         except (Interrupted, WriteError) as e:
             # A plain re-run redoes every image, as ais_bench does: say the command that resumes.
             raise type(e)(f"{e}; to resume, run: {resume_command(argv)}") from None

@@ -7,6 +7,7 @@
 #   bash run_all.sh --limit 500           # the first 500 val2017 images, for a quick real run
 #   bash run_all.sh --backend ascend      # ATC + ais_bench on an Ascend NPU
 #   bash run_all.sh --keep-res --flip     # upstream's test modes (also --scales, streaming only)
+#   bash run_all.sh --backend torch --device cuda --precision fp16   # PyTorch on a GPU, no export
 #
 # Sets up .venv on first use. Every intermediate goes under --workdir; a re-run
 # after an interruption resumes (finished bins and outputs are kept).
@@ -22,17 +23,19 @@ usage: bash run_all.sh [options]
   --demo             run on generated data and random weights instead (AP means nothing)
   --demo-images N    number of generated images for the demo (default: 24)
   --batchsize B      inference batch size (default: 1)
-  --backend NAME     onnxruntime | ascend (default: onnxruntime)
-  --device NAME      ONNX Runtime device: cpu | cuda | tensorrt (default: cpu)
-  --threads N        ONNX Runtime intra-op threads, 0 = all cores (default: 0)
+  --backend NAME     onnxruntime | ascend | torch (default: onnxruntime); torch runs the
+                     checkpoint in PyTorch (CPU or CUDA) with no export
+  --device NAME      cpu | cuda | tensorrt (ONNX Runtime), cpu | cuda (torch) (default: cpu)
+  --precision P      torch only: fp32 | tf32 | fp16 | bf16 (default: fp32)
+  --threads N        CPU intra-op threads, 0 = all cores (default: 0)
   --workdir DIR      folder for every intermediate (default: ./work, ./work/demo for --demo)
   --limit N          only the first N images (by file name) (default: all)
   --stream           one streaming pass (CenterNet_eval.py) instead of the staged scripts:
                      no .bin files on disk (default: staged)
   --keep-res         keep resolution (upstream's 37.4 AP mode): each image at its own size,
                      rounded up to a multiple of 32, with a dynamic-size model (default: fixed 512)
-  --flip             flip test (39.2 AP with --keep-res): staged, the exported graph holds it
-                     (default: off)
+  --flip             flip test (39.2 AP with --keep-res): staged, the exported graph holds it;
+                     with --backend torch it runs the streaming evaluation (default: off)
   --scales LIST      multi-scale test, e.g. 0.5,0.75,1,1.25,1.5 (41.7 AP with --keep-res --flip);
                      runs the streaming evaluation (default: 1)
   --upstream-rounding  boxes and scores rounded to 2 decimals as upstream's results JSON
@@ -47,7 +50,7 @@ USAGE
 die() { echo "error: $*" >&2; exit 2; }
 
 weights=""; data=""; demo=0; demo_images=24; batchsize=1; backend=onnxruntime; device=cpu; threads=0
-workdir=""; limit=""; stream=0; soc=""; keep=0; keep_res=0; flip=0; scales=1; rounding=0
+workdir=""; limit=""; stream=0; soc=""; keep=0; keep_res=0; flip=0; scales=1; rounding=0; precision=fp32
 while [ $# -gt 0 ]; do
   case "$1" in
     --weights) weights="${2:?}"; shift 2 ;;
@@ -58,6 +61,7 @@ while [ $# -gt 0 ]; do
     --backend) backend="${2:?}"; shift 2 ;;
     --device) device="${2:?}"; shift 2 ;;
     --threads) threads="${2:?}"; shift 2 ;;
+    --precision) precision="${2:?}"; shift 2 ;;
     --workdir) workdir="${2:?}"; shift 2 ;;
     --limit) limit="${2:?}"; shift 2 ;;
     --stream) stream=1; shift ;;
@@ -71,16 +75,24 @@ while [ $# -gt 0 ]; do
     *) usage >&2; die "unknown option $1" ;;
   esac
 done
-case "$backend" in onnxruntime|ascend) ;; *) die "--backend must be onnxruntime or ascend" ;; esac
+case "$backend" in onnxruntime|ascend|torch) ;; *) die "--backend must be onnxruntime, ascend or torch" ;; esac
+case "$precision" in fp32|tf32|fp16|bf16) ;; *) die "--precision must be fp32, tf32, fp16 or bf16" ;; esac
+[ "$precision" = fp32 ] || [ "$backend" = torch ] || die "--precision is for --backend torch"
+[ "$backend" != torch ] || [ "$device" = cpu ] || [ "$device" = cuda ] || die "--backend torch runs on cpu or cuda"
 [[ "$batchsize" =~ ^[1-9][0-9]*$ ]] || die "--batchsize must be a positive integer"
 [ -z "$limit" ] || [[ "$limit" =~ ^[1-9][0-9]*$ ]] || die "--limit must be a positive integer"
 [[ "$scales" =~ ^[0-9.]+(,[0-9.]+)*$ ]] || die "--scales wants comma-separated numbers, e.g. 0.5,0.75,1,1.25,1.5"
 if [ "$scales" != 1 ] && [ "$stream" = 0 ]; then
-  [ "$backend" = onnxruntime ] || die "--scales runs in the streaming evaluation, on ONNX Runtime only"
+  [ "$backend" != ascend ] || die "--scales runs in the streaming evaluation, on ONNX Runtime or torch"
   echo "note: the multi-scale test runs in the streaming evaluation (CenterNet_eval.py): --stream"
   stream=1
 fi
-[ "$stream" = 0 ] || [ "$backend" = onnxruntime ] || die "--stream runs on ONNX Runtime only"
+if [ "$flip" = 1 ] && [ "$backend" = torch ] && [ "$stream" = 0 ]; then
+  # Staged, the flip test lives in an exported graph; the PyTorch backend has none.
+  echo "note: with --backend torch the flip test runs in the streaming evaluation (CenterNet_eval.py): --stream"
+  stream=1
+fi
+[ "$stream" = 0 ] || [ "$backend" != ascend ] || die "--stream runs on ONNX Runtime or torch, not ascend"
 
 cd "$here"
 source tools/venv.sh
@@ -157,18 +169,28 @@ stage() {  # stage NAME CMD...: run, time, and record
 model_tag=""  # which export the mode needs: dynamic size, flip test in the graph
 [ "$keep_res" = 0 ] || model_tag+="_dynamic"
 if [ "$flip" = 1 ] && [ "$stream" = 0 ]; then model_tag+="_flip"; fi
+# The torch backend runs the checkpoint itself, at any input size: no export stage.
+torch_args=(); [ "$backend" != torch ] || torch_args=(--backend torch --precision "$precision")
 if [ "$stream" = 1 ]; then
-  onnx="$workdir/CenterNet$model_tag.onnx"
-  [ "$onnx" -nt "$weights" ] || stage export "$PY" CenterNet_pth2onnx.py "$weights" "$onnx" "${export_args[@]}"
-  stage stream-eval "$PY" CenterNet_eval.py --model "$onnx" --dataset "$data" --batchsize "$batchsize" \
+  if [ "$backend" = torch ]; then
+    model="$weights"
+  else
+    model="$workdir/CenterNet$model_tag.onnx"
+    [ "$model" -nt "$weights" ] || stage export "$PY" CenterNet_pth2onnx.py "$weights" "$model" "${export_args[@]}"
+  fi
+  stage stream-eval "$PY" CenterNet_eval.py --model "$model" --dataset "$data" --batchsize "$batchsize" \
     --device "$device" --threads "$threads" --output "$results" --resultfolder "$evaldir" "${limit_args[@]}" \
-    "${mode_args[@]}" "${rounding_args[@]}"
+    "${mode_args[@]}" "${rounding_args[@]}" "${torch_args[@]}"
 else
   # Load the weights before any heavy stage: preprocessing val2017 writes 15.7 GB.
   # (The demo's weights were just made by the demo itself.)
   [ "$demo" = 1 ] || stage check-weights "$PY" -m centernet.checkpoint "$weights"
   stage preprocess "$PY" CenterNet_preprocess.py "$images" "$prep" "${limit_args[@]}" "${prep_args[@]}"
-  if [ "$backend" = onnxruntime ]; then
+  if [ "$backend" = torch ]; then
+    stage infer bash run_infer.sh --model "$weights" --input "$prep" --output "$workdir/result" \
+      --output_dirname "$dump" --batchsize "$batchsize" --device "$device" --threads "$threads" --skip-existing \
+      "${torch_args[@]}"
+  elif [ "$backend" = onnxruntime ]; then
     model="$workdir/CenterNet$model_tag.onnx"
     # Export is skipped when a complete (atomically written) file newer than the weights exists.
     if [ "$model" -nt "$weights" ]; then echo; echo "== export: $model is up to date"
@@ -201,16 +223,18 @@ fi
 
 # See what the detector sees on a few of the evaluated images (the first by
 # file name, as --limit takes them). The ONNX Runtime export when there is
-# one, else the checkpoint (exported once, cached beside it).
+# one, else the checkpoint (exported once, cached beside it); with --backend
+# torch, the checkpoint in PyTorch.
 annotate() {  # never fails the run: the evaluation above stands either way
   "$PY" CenterNet_demo.py "$@" || echo "warning: CenterNet_demo.py exited with status $? (see above)"
 }
 annotated="$workdir/demo_out"
 demo_model="$workdir/CenterNet$model_tag.onnx"  # this mode's export (a --flip one says so in its metadata)
 [ "$demo_model" -nt "$weights" ] || demo_model="$weights"
+[ "$backend" != torch ] || demo_model="$weights"
 demo_args=(); [ "$keep_res" = 0 ] || demo_args=(--keep-res)
 stage annotate annotate --model "$demo_model" "$images" --limit 4 --output "$annotated" \
-  --device "$device" --threads "$threads" --no-progress "${demo_args[@]}"
+  --device "$device" --threads "$threads" --no-progress "${demo_args[@]}" "${torch_args[@]}"
 
 echo
 echo "== summary ($([ "$demo" = 1 ] && echo "DEMO, AP means nothing" || echo "$weights on $data"))"

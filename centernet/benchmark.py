@@ -11,7 +11,9 @@ One run measures, on the same thread count and the same random input:
   is 2 FLOPs), so every row also says what GFLOP/s it sustains;
 - the machine's fp32 ceiling: the best of a large square sgemm in PyTorch,
   NumPy and ONNX Runtime on the same threads; each row's GFLOP/s is also
-  given as a fraction of it;
+  given as a fraction of it (rows of the PyTorch backend in another
+  precision or on the GPU: of a large PyTorch matmul in that precision on
+  that device, measured in the same run);
 - how much CPU other processes took while each row ran (a shared machine
   skews timings; such rows are flagged rather than silently trusted).
 """
@@ -22,6 +24,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +48,10 @@ ORT_DEVICES = {"onnxruntime-cpu": "cpu", "onnxruntime-cuda": "cuda", "onnxruntim
 # Measured when present, in this order; "onnxruntime-cpu-decompose" (ONNX Runtime
 # on the decomposed graph, to compare DCN graph forms) only when asked for.
 DEFAULT_BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "pytorch-eager",
-                    "openvino-cpu")
+                    "torch-cpu", "torch-cuda", "openvino-cpu")
 BACKENDS = DEFAULT_BACKENDS + ("onnxruntime-cpu-decompose",)
+# The PyTorch backend (torch_backend.TorchSession), a row per precision.
+TORCH_BACKENDS = {"torch-cpu": "cpu", "torch-cuda": "cuda"}
 TABLE_COLUMNS = ("backend", "batch", "fps", "ms/image", "p50 ms", "p99 ms", "GFLOP/s",
                  "of sgemm", "x eager")
 
@@ -232,6 +237,35 @@ def sgemm_ceiling(threads, n=3072, repeats=3):
     return result
 
 
+MATMUL_DTYPES = {"fp32": "float32", "tf32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def matmul_ceiling(device="cuda", precision="fp16", n=8192, repeats=10, threads=None):
+    """GFLOP/s of an n x n matrix product in PyTorch in `precision` on `device`
+    (2 n^3 FLOPs, best of `repeats`): the same-precision ceiling for a row of
+    the PyTorch backend. fp32 is strict (TF32 off); tf32 allows TF32."""
+    from .dcn_kernels import tf32_allowed
+    dtype = getattr(torch, MATMUL_DTYPES[precision])
+    dev = torch.device(device)
+    previous = torch.get_num_threads()
+    if threads and dev.type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        a = torch.randn(n, n, generator=gen).to(dev, dtype)
+        b = torch.randn(n, n, generator=gen).to(dev, dtype)
+
+        def mm():
+            torch.mm(a, b)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+        with torch.no_grad(), tf32_allowed(precision == "tf32"):
+            seconds = _best_seconds(mm, repeats)
+    finally:
+        torch.set_num_threads(previous)
+    return round(2.0 * n ** 3 / seconds / 1e9, 1)
+
+
 # --- backends ----------------------------------------------------------------
 
 def backend_unavailable(name):
@@ -251,8 +285,11 @@ def backend_unavailable(name):
         except ImportError:
             return "openvino is not installed (optional: pip install openvino)"
         return None
-    if name == "pytorch-eager":
+    if name in ("pytorch-eager", "torch-cpu"):
         return None
+    if name == "torch-cuda":
+        return None if torch.cuda.is_available() else \
+            f"this PyTorch sees no CUDA GPU (torch {torch.__version__})"
     raise UserError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
 
 
@@ -289,6 +326,17 @@ class _TorchRunner:
         return run
 
 
+class _TorchSessionRunner:
+    """The PyTorch backend as configured (TorchSession), one precision."""
+
+    def __init__(self, model, options, input_size):
+        from .torch_backend import TorchSession
+        self.session = TorchSession(model, options, input_size=input_size)
+
+    def runner(self, batch):
+        return self.session.run_batch
+
+
 class _OpenVinoRunner:
     def __init__(self, path, threads):
         import openvino as ov
@@ -306,7 +354,17 @@ class _OpenVinoRunner:
         return lambda x: request.infer({0: x})
 
 
-def make_runner(name, model, graphs, threads):
+def _torch_row(name):
+    """(device, precision) of a PyTorch backend row name like torch-cuda-fp16, else (None, None)."""
+    for prefix, device in TORCH_BACKENDS.items():
+        if name.startswith(prefix + "-"):
+            return device, name[len(prefix) + 1:]
+    return None, None
+
+
+def make_runner(name, model, graphs, threads, torch_options=None, input_size=(512, 512)):
+    if name.startswith(tuple(TORCH_BACKENDS)):
+        return _TorchSessionRunner(model, torch_options, input_size)
     if name in ORT_DEVICES:
         return _OrtRunner(graphs["deformconv"], ORT_DEVICES[name], threads)
     if name == "onnxruntime-cpu-decompose":
@@ -434,10 +492,13 @@ def export_graphs(model, forms, workdir, input_size, log=print, given=None):
 def run_benchmark(model, weights, backends=DEFAULT_BACKENDS, batchsizes=(1, 4, 8, 16, 32), loop=8,
                   threads=None, input_size=(512, 512), workdir="work/benchmark", onnx=None,
                   onnx_decompose=None, warmup=1, sgemm_n=3072, profile=False, sweep=False,
-                  eager_max_batch=4, log=print):
+                  eager_max_batch=4, torch_precisions=("fp32",), torch_options=None, gpu_matmul_n=8192,
+                  log=print):
     """Measure every available backend in `backends` at every batch size
-    (eager PyTorch only up to `eager_max_batch`, 0 = all: eager is slow at
-    large batches).
+    (eager PyTorch and the PyTorch backend on CPU only up to `eager_max_batch`,
+    0 = all: they are slow at large batches). The PyTorch backends (torch-cpu,
+    torch-cuda) get a row per precision of `torch_precisions`, run as
+    `torch_options` (a TorchOptions) says.
     profile: also ONNX Runtime CPU's time per operator type at the first batch size;
     sweep: also ONNX Runtime CPU with each of ORT_VARIANTS and on the decomposed graph.
     Returns the result dict (machine, flops, sgemm, rows, skipped, ...)."""
@@ -457,6 +518,12 @@ def run_benchmark(model, weights, backends=DEFAULT_BACKENDS, batchsizes=(1, 4, 8
         if why:
             skipped[name] = why
             log(f"skipping {name}: {why}")
+        elif name in TORCH_BACKENDS:
+            for precision in dict.fromkeys(torch_precisions):
+                if precision == "tf32" and TORCH_BACKENDS[name] == "cpu":
+                    skipped[f"{name}-tf32"] = "tf32 is a CUDA precision"
+                    continue
+                present.append(f"{name}-{precision}")
         else:
             present.append(name)
 
@@ -474,6 +541,15 @@ def run_benchmark(model, weights, backends=DEFAULT_BACKENDS, batchsizes=(1, 4, 8
     log(f"sgemm ceiling: {sgemm_n}x{sgemm_n} fp32 matrix product on {threads} threads ...")
     sgemm = sgemm_ceiling(threads, n=sgemm_n)
     log("sgemm GFLOP/s: " + ", ".join(f"{k} {sgemm[k]}" for k in ("torch", "numpy", "onnxruntime")))
+    # Same-precision ceilings for the PyTorch backend's other rows: a PyTorch
+    # matmul in that precision on that device.
+    ceilings = {("cpu", "fp32"): sgemm["ceiling"]}
+    for name in present:
+        device, precision = _torch_row(name)
+        if device and (device, precision) not in ceilings:
+            n = gpu_matmul_n if device == "cuda" else sgemm_n
+            log(f"matmul ceiling: {n}x{n} {precision} on {device} ...")
+            ceilings[(device, precision)] = matmul_ceiling(device, precision, n=n, threads=threads)
 
     runners, rows = {}, []
     rng = np.random.default_rng(0)
@@ -481,10 +557,16 @@ def run_benchmark(model, weights, backends=DEFAULT_BACKENDS, batchsizes=(1, 4, 8
     for batch in batchsizes:
         x = rng.standard_normal((batch, 3, *input_size), dtype=np.float32)
         for name in present:
-            if name == "pytorch-eager" and eager_max_batch and batch > eager_max_batch:
+            device, precision = _torch_row(name)
+            if (name == "pytorch-eager" or device == "cpu") and eager_max_batch and batch > eager_max_batch:
                 continue
             if name not in runners:
-                runners[name] = make_runner(name, model, graphs, threads)
+                options = None
+                if device:
+                    from .torch_backend import TorchOptions
+                    options = replace(torch_options or TorchOptions(), device=device, precision=precision,
+                                      threads=threads)
+                runners[name] = make_runner(name, model, graphs, threads, options, input_size)
             loops = loops_for(batch, loop)
             share = CpuShare().start()
             seconds = time_batches(runners[name].runner(batch), x, loops, warmup=warmup)
@@ -492,11 +574,12 @@ def run_benchmark(model, weights, backends=DEFAULT_BACKENDS, batchsizes=(1, 4, 8
             stats = latency_stats(seconds, loops * batch)
             per_image = sum(seconds) / stats["images"]  # unrounded, unlike stats["fps"]
             gflops = flops["total"] / per_image / 1e9
+            ceiling = ceilings[(device, precision)] if device else sgemm["ceiling"]
             row = {"backend": name, "batch": batch, "loops": loops, "images": stats["images"],
                    "fps": round(1 / per_image, 3), "ms_per_image": round(per_image * 1e3, 2),
                    "latency_ms_p50": stats["latency_ms_p50"], "latency_ms_p99": stats["latency_ms_p99"],
-                   "gflops": round(gflops, 2), "of_sgemm": round(gflops / sgemm["ceiling"], 3),
-                   "other_cpu": other}
+                   "gflops": round(gflops, 2), "of_sgemm": round(gflops / ceiling, 3),
+                   "ceiling_gflops": ceiling, "other_cpu": other}
             rows.append(row)
             log(f"{name} batch {batch}: {row['fps']} fps, {row['ms_per_image']} ms/image"
                 + (f"  (other processes used {other:.0%} of the CPUs)" if other and other > BUSY_FLAG else ""))
@@ -504,6 +587,8 @@ def run_benchmark(model, weights, backends=DEFAULT_BACKENDS, batchsizes=(1, 4, 8
     for r in rows:
         r["x_eager"] = round(r["fps"] / eager[r["batch"]], 2) if r["batch"] in eager else None
 
+    runners_info = {name: r.session.describe() for name, r in runners.items()
+                    if isinstance(r, _TorchSessionRunner)}
     runners.clear()  # free the backends' memory before the extras
 
     result = {"machine": machine_info(threads), "weights": weights, "input_size": list(input_size),
@@ -512,6 +597,10 @@ def run_benchmark(model, weights, backends=DEFAULT_BACKENDS, batchsizes=(1, 4, 8
               "reference_flops_per_image": round(reference * 1e9),
               "sgemm_gflops": sgemm, "models": {k: str(v) for k, v in graphs.items()},
               "rows": rows, "skipped": skipped}
+    torch_rows = [name for name in present if _torch_row(name)[0]]
+    if torch_rows:
+        result["matmul_ceilings"] = [{"device": d, "precision": p, "gflops": g} for (d, p), g in ceilings.items()]
+        result["torch_backend"] = {name: runners_info.get(name) for name in torch_rows}
     if "deformconv" in graphs and (profile or sweep):
         x = rng.standard_normal((batchsizes[0], 3, *input_size), dtype=np.float32)
         if profile:
@@ -537,6 +626,15 @@ def format_table(result):
         f"warm-up {result['warmup']} batch, then ~{result['loop']} images timed per row",
         f"fp32 sgemm ceiling {s['ceiling']} GFLOP/s ({s['n']}x{s['n']}: torch {s['torch']}, "
         f"numpy {s['numpy']}, onnxruntime {s['onnxruntime']})",
+    ]
+    others = [c for c in result.get("matmul_ceilings", []) if (c["device"], c["precision"]) != ("cpu", "fp32")]
+    if others:
+        lines.append("same-precision matmul ceilings for the torch rows: " + ", ".join(
+            f"{c['device']} {c['precision']} {c['gflops']} GFLOP/s" for c in others))
+    gpus = {d.get("gpu") for d in result.get("torch_backend", {}).values() if d and d.get("gpu")}
+    if gpus:
+        lines.append("GPU: " + ", ".join(sorted(gpus)))
+    lines += [
         "",
         "| " + " | ".join(TABLE_COLUMNS) + " |",
         "|" + "|".join("---" if c == "backend" else "---:" for c in TABLE_COLUMNS) + "|",

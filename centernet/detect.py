@@ -224,11 +224,19 @@ class Detector:
 
 
 def open_detector(model, keep_res=False, input_size=None, device="cpu", threads=0, names=None,
-                  cache_fallback=None, log=print, flip=False):
+                  cache_fallback=None, log=print, flip=False, backend="onnxruntime", torch_options=None):
     """A Detector for an .onnx model or a .pth checkpoint (exported once,
-    cached: with a dynamic input size when keep_res); flip: upstream's flip
-    test (the image and its mirror, averaged)."""
+    cached: with a dynamic input size when keep_res), or with backend="torch"
+    the checkpoint in PyTorch (torch_options: a TorchOptions); flip:
+    upstream's flip test (the image and its mirror, averaged)."""
     model = Path(model)
+    if backend == "torch":
+        from .backends import open_session
+        size = None if keep_res else tuple(input_size or (INPUT_SIZE, INPUT_SIZE))
+        session = open_session(model, "torch", device=device, threads=threads, input_size=size,
+                               torch_options=torch_options, log=log)
+        return Detector(session, keep_res=keep_res, input_size=input_size, names=names, model_name=str(model),
+                        flip=flip)
     if is_checkpoint(model):
         size = tuple(input_size or (INPUT_SIZE, INPUT_SIZE))
         model = cached_export(model, dynamic_size=keep_res, input_size=size, threads=threads,
@@ -498,7 +506,7 @@ def write_detections_json(path, header, entries):
 
 def run_demo(inputs, model, output="demo_out", thresh=VIS_THRESH, keep_res=False, input_size=None,
              device="cpu", threads=0, names_file=None, limit=None, progress=True, log=_log_stdout,
-             log_error=None, flip=False):
+             log_error=None, flip=False, backend="onnxruntime", torch_options=None):
     """Detect on every input (image file, folder of images, video file);
     write annotated copies and detections.json into `output`.
     Returns {"images", "videos", "errors": [lines], "json": path, "output"}.
@@ -519,7 +527,8 @@ def run_demo(inputs, model, output="demo_out", thresh=VIS_THRESH, keep_res=False
     for line in errors:
         log_error(line)
     detector = open_detector(model, keep_res=keep_res, input_size=input_size, device=device, threads=threads,
-                             names=names, cache_fallback=output, log=log, flip=flip)
+                             names=names, cache_fallback=output, log=log, flip=flip, backend=backend,
+                             torch_options=torch_options)
     log(f"input: {detector.mode}; showing detections with score >= {thresh:g}")
     run = DemoRun(detector, output, thresh=thresh, progress=progress, model_name=model, log=log,
                   log_error=log_error)

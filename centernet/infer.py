@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .backends import describe_session
 from .binio import input_bins, make_dirs, output_bin_path, read_bin, write_atomic, write_bin
 from .errors import Interrupted, UserError, WriteError
 from .preprocess import META_NAME, load_meta
@@ -212,7 +213,7 @@ def run_folder(model, input_dir, output_root, output_dirname, batchsize=1, devic
     summary.update(model=str(model), batchsize=batchsize, device=device, threads=threads,
                    skipped=skipped, input_sizes=len({shapes[p] for p in files}),
                    wall_seconds=round(time.perf_counter() - start, 3), input=str(input_dir),
-                   output=str(out_dir))
+                   output=str(out_dir), backend=describe_session(session))
     write_atomic(Path(output_root) / f"{output_dirname}_summary.json",
                  (json.dumps(summary, indent=2) + "\n").encode())
     return summary
@@ -249,7 +250,8 @@ def run_loop(model, loop=20, batchsize=1, device="cpu", threads=0, input_size=No
     timings = time_batches(lambda batch: run_session(session, batch), x, loop, warmup=warmup,
                            progress=progress, desc=f"bs{batchsize}")
     summary = latency_stats(timings, loop * batchsize)
-    summary.update(model=str(model), batchsize=batchsize, device=device, threads=threads, loop=loop)
+    summary.update(model=str(model), batchsize=batchsize, device=device, threads=threads, loop=loop,
+                   backend=describe_session(session))
     return summary
 
 

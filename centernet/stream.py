@@ -6,7 +6,8 @@ Each network input (an image at one test scale) is read and preprocessed in
 a worker process, inputs of equal size are inferred together in batches by
 one ONNX Runtime session (keep resolution and scales give many sizes: the
 inputs are ordered by size so that they batch, and no session is rebuilt),
-and decoded on a thread while the next batch runs. The detections are the
+and decoded on a thread while the next batch runs (the PyTorch backend takes
+the warped uint8 images and normalises them on its device). The detections are the
 ones the staged scripts produce (same tensors, same session, same decoder),
 and the results JSON has the same format.
 """
@@ -31,7 +32,7 @@ from .infer import EXPORT_DYNAMIC_HINT, latency_stats, model_input_shape
 from .modes import TestMode, combine_flip, flip_batch
 from .runtime import graph_flip_test, make_session, run_session
 from .soft_nms import detections_by_class, merge_detections
-from .transforms import DOWN_RATIO, INPUT_SIZE, prepare_input, test_geometry
+from .transforms import DOWN_RATIO, INPUT_SIZE, prepare_input, test_geometry, warp_input
 
 
 def _init_worker():
@@ -57,20 +58,24 @@ def _worker_pool(ctx, workers):
 UNREADABLE = "cannot read or decode the image (corrupt, empty or not an image)"
 
 
-def _load(path, input_size, keep_res, test_scale):
+def _load(path, input_size, keep_res, test_scale, warped=False):
     """Worker: image file -> ((1x3xHxW float32, center, scale, out_hw), None)
-    or (None, error line). The geometry is the image's own (as read)."""
+    or (None, error line). The geometry is the image's own (as read).
+    warped: the warped HxWx3 uint8 image instead of the float32 input, for a
+    session that normalises on its device (a quarter of the bytes to move)."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         return None, f"{path}: {UNREADABLE}"
-    return load_input(image, path, input_size, keep_res, test_scale)
+    return load_input(image, path, input_size, keep_res, test_scale, warped)
 
 
-def load_input(image, source, input_size, keep_res, test_scale):
+def load_input(image, source, input_size, keep_res, test_scale, warped=False):
     """One network input of a BGR image at one test scale: ((1x3xHxW float32,
-    center, scale, out_hw), None), or (None, error line naming `source`)."""
+    center, scale, out_hw), None), or (None, error line naming `source`);
+    warped: the warped HxWx3 uint8 image instead of the float32 input."""
     try:
-        tensor, center, scale, (in_h, in_w) = prepare_input(image, input_size, keep_res, test_scale)
+        prepare = warp_input if warped else prepare_input
+        tensor, center, scale, (in_h, in_w) = prepare(image, input_size, keep_res, test_scale)
     except ValueError as e:
         return None, f"{source}: {e}"
     except cv2.error as e:
@@ -136,6 +141,8 @@ def stream_detections(model, images_dir, annotation_file, batchsize=1, device="c
     session = session or make_session(model, device=device, threads=threads)
     mode, input_size, numpy_flip = resolve_mode(session, model, mode, input_size, log)
     scales = tuple(mode.scales)
+    # The PyTorch backend takes the warped uint8 images and normalises on its device.
+    warped = bool(getattr(session, "accepts_warped", False)) and not numpy_flip
 
     # One unit per (image, scale), ordered by input size (from the annotated
     # width and height) so that equal sizes arrive together and batch.
@@ -185,7 +192,7 @@ def stream_detections(model, images_dir, annotation_file, batchsize=1, device="c
                 if u is None:
                     return
                 pending.append((u, pool.apply_async(_load, (paths[u[0]], input_size, mode.keep_res,
-                                                            scales[u[1]]))))
+                                                            scales[u[1]], warped))))
 
         def collect(job):
             entries, finished = job.result()
@@ -214,9 +221,15 @@ def stream_detections(model, images_dir, annotation_file, batchsize=1, device="c
                 batch.append((u, loaded))
             if not batch:
                 continue
-            x = np.concatenate([loaded[0] for _, loaded in batch])
+            if warped:
+                x = np.stack([loaded[0] for _, loaded in batch])
+            else:
+                x = np.concatenate([loaded[0] for _, loaded in batch])
             t0 = time.perf_counter()
-            outputs = run_session(session, flip_batch(x) if numpy_flip else x)
+            if warped:
+                outputs = session.run_warped(x)
+            else:
+                outputs = run_session(session, flip_batch(x) if numpy_flip else x)
             timings.append(time.perf_counter() - t0)
             if decoding is not None:
                 collect(decoding)

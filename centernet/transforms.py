@@ -86,6 +86,7 @@ test_geometry.__test__ = False  # not a pytest test, despite the name
 _NORMALISE_LUT = ((np.arange(256, dtype=np.float64)[None, :] / 255.0 - MEAN[:, None])
                   / STD[:, None]).astype(np.float32)
 _NORMALISE_LUT_ROWS = [np.ascontiguousarray(row).reshape(1, 256) for row in _NORMALISE_LUT]
+NORMALISE_LUT = _NORMALISE_LUT  # (3, 256) float32: B, G, R value -> network input
 
 
 def normalise_to_chw(warped, out=None):
@@ -99,21 +100,25 @@ def normalise_to_chw(warped, out=None):
     return out
 
 
+def warp_image(image, center, scale, input_hw, warp_buffer=None):
+    """BGR uint8 HxWx3 -> the warped BGR uint8 input_hw image of the test transform."""
+    in_h, in_w = input_hw
+    trans = get_affine_transform(center, scale, (in_w, in_h))
+    return cv2.warpAffine(image, trans, (in_w, in_h), dst=warp_buffer, flags=cv2.INTER_LINEAR)
+
+
 def preprocess_image(image, center, scale, input_hw, out=None, warp_buffer=None):
     """BGR uint8 HxWx3 -> float32 1x3xHxW network input (warp, normalise, CHW).
     `out` (1x3xHxW float32) and `warp_buffer` (HxWx3 uint8) may be reused arrays."""
-    in_h, in_w = input_hw
-    trans = get_affine_transform(center, scale, (in_w, in_h))
-    warped = cv2.warpAffine(image, trans, (in_w, in_h), dst=warp_buffer, flags=cv2.INTER_LINEAR)
-    return normalise_to_chw(warped, out)
+    return normalise_to_chw(warp_image(image, center, scale, input_hw, warp_buffer), out)
 
 
-def prepare_input(image, input_size=(INPUT_SIZE, INPUT_SIZE), keep_res=False, test_scale=1.0,
-                  out=None, warp_buffer=None):
-    """BGR uint8 image -> (1x3xHxW float32 input, center, scale, (in_h, in_w))
+def warp_input(image, input_size=(INPUT_SIZE, INPUT_SIZE), keep_res=False, test_scale=1.0, warp_buffer=None):
+    """BGR uint8 image -> (warped BGR uint8 HxWx3, center, scale, (in_h, in_w))
     for one test scale: cv2.resize to (int(w*t), int(h*t)) first (bilinear,
     as upstream; skipped at the image's own size, where OpenCV copies), then
-    the test transform of that size (test_geometry)."""
+    the warp of the test transform of that size (test_geometry). The network
+    input is normalise_to_chw of it (or NORMALISE_LUT applied elsewhere)."""
     height, width = image.shape[:2]
     new_h, new_w = resized_size(height, width, test_scale)
     if min(new_h, new_w) < 1:
@@ -121,7 +126,15 @@ def prepare_input(image, input_size=(INPUT_SIZE, INPUT_SIZE), keep_res=False, te
     if (new_h, new_w) != (height, width):
         image = cv2.resize(image, (new_w, new_h))
     center, scale, input_hw = test_geometry(height, width, input_size, keep_res, test_scale)
-    return preprocess_image(image, center, scale, input_hw, out, warp_buffer), center, scale, input_hw
+    return warp_image(image, center, scale, input_hw, warp_buffer), center, scale, input_hw
+
+
+def prepare_input(image, input_size=(INPUT_SIZE, INPUT_SIZE), keep_res=False, test_scale=1.0,
+                  out=None, warp_buffer=None):
+    """BGR uint8 image -> (1x3xHxW float32 input, center, scale, (in_h, in_w))
+    for one test scale (warp_input, then normalise_to_chw)."""
+    warped, center, scale, input_hw = warp_input(image, input_size, keep_res, test_scale, warp_buffer)
+    return normalise_to_chw(warped, out), center, scale, input_hw
 
 
 def transform_points(points, matrix):

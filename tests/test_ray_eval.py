@@ -112,12 +112,17 @@ def test_annotate_without_ground_truth_writes_the_demos_detections(local_ray, sy
     assert sum(len(e["detections"]) for e in doc["images"]) > 0
 
 
-def test_plain_path_without_annotations_says_what_to_do(synthetic_coco, small_onnx, tmp_path, capsys):
+def test_what_runs_where_is_one_line(synthetic_coco, small_onnx, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         eval_main("--model", small_onnx, "--dataset", tmp_path / "nowhere", "--images", synthetic_coco["images_dir"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "instances_val2017.json: annotation file not found" in err[0] and "--ray" in err[0]
+    with pytest.raises(SystemExit) as exit_info:  # Ray actors hold ONNX Runtime sessions only
+        eval_main("--model", small_onnx, "--dataset", synthetic_coco["root"], "--ray", "--backend", "torch")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --ray runs ONNX Runtime sessions"), err
 
 
 class Interrupt(KeyboardInterrupt):

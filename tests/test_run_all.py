@@ -103,7 +103,11 @@ def test_missing_weights_says_what_to_fetch_then_runs_demo(demo_run, tmp_path):
 
 def test_bad_option(tmp_path):
     r = run_all("--backend", "tpu", cwd=tmp_path)
-    assert r.returncode == 2 and "--backend must be onnxruntime or ascend" in r.stderr
+    assert r.returncode == 2 and "--backend must be onnxruntime, ascend or torch" in r.stderr
+    r = run_all("--precision", "bf16", cwd=tmp_path)
+    assert r.returncode == 2 and "--precision is for --backend torch" in r.stderr
+    r = run_all("--backend", "torch", "--device", "tensorrt", cwd=tmp_path)
+    assert r.returncode == 2 and "--backend torch runs on cpu or cuda" in r.stderr
 
 
 def test_keep_res_flip_staged(demo_run, tmp_path):
@@ -142,6 +146,25 @@ def test_keep_res_flip_staged(demo_run, tmp_path):
 def test_mode_option_errors(tmp_path, args, message):
     r = run_all(*args, cwd=tmp_path)
     assert r.returncode == 2 and message in r.stderr
+
+
+def test_torch_backend_runs_the_checkpoint_without_an_export(demo_run, tmp_path):
+    """--backend torch, staged, keep resolution: run_infer.sh on the .pth over
+    bins of many sizes (the PyTorch network takes any size), no export stage,
+    s1 and s2 as usual, and the demo pictures drawn by PyTorch too."""
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(demo_run[0] / "data", work / "data")
+    shutil.copy(demo_run[0] / "ctdet_demo.pth", work)
+    r = run_all("--demo", "--workdir", work, "--backend", "torch", "--keep-res", "--threads", 1, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "== export" not in r.stdout and not list(work.glob("*.onnx"))
+    assert "torch backend: cpu, fp32" in r.stdout and "| AP |" in r.stdout and "| keep-res |" in r.stdout
+    assert len(json.loads((work / "save" / "results.json").read_text())) == 100 * N
+    assert "warning: CenterNet_demo.py" not in r.stdout
+    assert len(list((work / "demo_out").glob("*.jpg"))) == N
+
+
 def test_bad_weights_fail_before_any_heavy_stage(tmp_path, synthetic_coco):
     empty = tmp_path / "EMPTY.pth"
     empty.write_bytes(b"")

@@ -1,0 +1,408 @@
+"""The PyTorch backend: the .pth checkpoint run by PyTorch itself, on CPU or CUDA.
+
+`TorchSession` has the part of an ONNX Runtime InferenceSession that the
+toolkit uses (get_inputs, get_outputs, run), so `runtime.run_session`,
+`infer.run_folder` / `run_loop`, `stream.stream_detections` and the demo's
+Detector run it unchanged: a float32 (N, 3, H, W) numpy batch in, [hm, wh,
+reg] float32 numpy arrays out, the same tensors as the ONNX export gives.
+
+Each technique that makes the network fast on a GPU is a switch of
+`TorchOptions`, so that a benchmark can measure what each one buys:
+- precision: fp32 (strict: no TF32), tf32 (CUDA's TensorFloat-32 for
+  convolutions and matmuls), fp16, bf16;
+- cast: "autocast" (torch.autocast: convolutions in fp16/bf16, numerically
+  sensitive ops in fp32) or "model" (the whole network converted to
+  fp16/bf16); either way the DCN sampling stays in fp32 (dcn_kernels.KernelDCN)
+  and, with fp32_heads, the heads' final 1x1 convolutions run in fp32, so the
+  logits the decoder ranks are not rounded to 8 (bf16) or 11 (fp16) bits;
+- fuse_bn: every BatchNorm folded into the convolution before it;
+- channels_last: NHWC activations (what tensor-core convolutions want);
+- compile: torch.compile (optional; Inductor needs a C++ compiler on CPU and
+  Triton on CUDA);
+- cuda_graphs: one CUDA graph per input shape, replayed (CUDA only);
+- pin_memory: page-locked host buffers for the copies in and out (CUDA);
+- warped_input: the streaming evaluation's workers send the warped uint8
+  image (a quarter of the float32 input's bytes through their pipes and to
+  the GPU) and the normalisation runs on the device (run_warped), to the
+  same float32 bits as on the CPU;
+- dcn: the deformable convolution's kernel (dcn_kernels: ours, torchvision, auto).
+"""
+import contextlib
+import copy
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from dcn_v2 import DCN
+
+from .backends import CASTS, DCN_KERNELS, PRECISIONS, TORCH_DEVICES
+from .dcn_kernels import install_kernel, select_kernel, tf32_allowed
+from .errors import UserError
+from .export import INPUT_NAME, OUTPUT_NAMES
+from .transforms import MEAN, STD
+
+LOW_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+DOWN_RATIO = 4
+
+
+@dataclass
+class TorchOptions:
+    """How the PyTorch backend runs the network. None means: the device's default."""
+    device: str = "cpu"
+    precision: str = "fp32"
+    cast: str = "autocast"
+    fp32_heads: bool = True
+    fuse_bn: bool = True
+    channels_last: bool = None   # default: on for CUDA, off for CPU
+    compile: bool = False
+    compile_mode: str = None     # torch.compile's mode (e.g. max-autotune-no-cudagraphs)
+    compile_backend: str = "inductor"
+    cuda_graphs: bool = False
+    pin_memory: bool = None      # default: on for CUDA
+    cudnn_benchmark: bool = None  # default: on for CUDA (fixed shapes: let cuDNN pick its fastest algorithms)
+    dcn: str = "auto"
+    warped_input: bool = True    # run_warped for the streaming evaluation (see the module docstring)
+    threads: int = 0             # CPU intra-op threads, 0 = PyTorch's default (the physical cores)
+
+    def resolved(self):
+        """A copy with the device defaults filled in, after checking the combination."""
+        o = copy.copy(self)
+        if o.device not in TORCH_DEVICES:
+            raise UserError(f"the torch backend runs on {' or '.join(TORCH_DEVICES)}, not {o.device!r}")
+        if o.precision not in PRECISIONS:
+            raise UserError(f"unknown precision {o.precision!r}; choose from {', '.join(PRECISIONS)}")
+        if o.cast not in CASTS:
+            raise UserError(f"unknown cast {o.cast!r}; choose from {', '.join(CASTS)}")
+        if o.dcn not in DCN_KERNELS:
+            raise UserError(f"unknown DCN kernel {o.dcn!r}; choose from {', '.join(DCN_KERNELS)}")
+        cuda = o.device == "cuda"
+        if cuda and not torch.cuda.is_available():
+            raise UserError("--device cuda: this PyTorch sees no CUDA GPU "
+                            f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})")
+        if o.cuda_graphs and not cuda:
+            raise UserError("CUDA graphs need --device cuda")
+        if o.precision == "tf32" and not cuda:
+            raise UserError("tf32 is a CUDA precision; on CPU use fp32 or bf16")
+        if o.threads < 0:
+            raise UserError(f"--threads must be >= 0, got {o.threads}")
+        o.channels_last = cuda if o.channels_last is None else bool(o.channels_last)
+        o.pin_memory = cuda if o.pin_memory is None else bool(o.pin_memory and cuda)
+        o.cudnn_benchmark = cuda if o.cudnn_benchmark is None else bool(o.cudnn_benchmark)
+        return o
+
+    @property
+    def low_dtype(self):
+        return LOW_DTYPES.get(self.precision)
+
+
+class _Fp32Conv(nn.Module):
+    """A head's final convolution run in float32 whatever the network's precision."""
+
+    def __init__(self, conv):
+        super().__init__()
+        self.conv = conv.float()
+
+    def forward(self, x):
+        with torch.autocast(x.device.type, enabled=False):
+            return self.conv(x.float())
+
+
+def _fold(weight, bias, bn):
+    """Weight and bias of a convolution with BatchNorm `bn` (eval mode) folded in."""
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    w = weight.double() * scale.view(-1, *[1] * (weight.dim() - 1))
+    b = (bias.double() if bias is not None else torch.zeros_like(scale)) - bn.running_mean.double()
+    return w.to(weight.dtype), (b * scale + bn.bias.double()).to(weight.dtype)
+
+
+def _fold_into(conv, bn):
+    w, b = _fold(conv.weight.data, None if conv.bias is None else conv.bias.data, bn)
+    conv.weight = nn.Parameter(w, requires_grad=False)
+    conv.bias = nn.Parameter(b, requires_grad=False)
+
+
+def fuse_batchnorms(model):
+    """Fold every BatchNorm2d of ctdet DLA-34 (eval mode) into the convolution
+    (or DCN) it follows, in place, and put an Identity in its place. Returns
+    the number folded; raises if any BatchNorm is left (a layout this does not know)."""
+    count = 0
+    for module in model.modules():
+        pairs = []
+        if isinstance(module, nn.Sequential):
+            # DLA's base_layer, level0/1 and Tree.project: (conv, bn[, relu])...
+            items = list(module._modules.items())
+            pairs += [(module, (n1, n2)) for (n1, a), (n2, b) in zip(items, items[1:])
+                      if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d)]
+        for conv_name, bn_name in (("conv1", "bn1"), ("conv2", "bn2"), ("conv", "bn")):  # BasicBlock, Root
+            if isinstance(getattr(module, bn_name, None), nn.BatchNorm2d) and \
+                    isinstance(getattr(module, conv_name, None), nn.Conv2d):
+                pairs.append((module, (conv_name, bn_name)))
+        for parent, (conv_name, bn_name) in pairs:
+            _fold_into(getattr(parent, conv_name), getattr(parent, bn_name))
+            setattr(parent, bn_name, nn.Identity())
+            count += 1
+        # pose_dla_dcn.DeformConv: conv (DCN) then actf = (BN, ReLU).
+        if isinstance(getattr(module, "conv", None), DCN) and isinstance(getattr(module, "actf", None), nn.Sequential) \
+                and isinstance(module.actf[0], nn.BatchNorm2d):
+            _fold_into(module.conv, module.actf[0])
+            module.actf[0] = nn.Identity()
+            count += 1
+    left = [name for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    if left:
+        raise ValueError(f"fuse_batchnorms: BatchNorm layers not after a convolution: {left[:3]}")
+    return count
+
+
+def prepare_model(model, options):
+    """A copy of `model` (eval mode) set up as `options` (resolved) say; returns
+    (the copy, the module to call: the copy or its compiled form, a description dict).
+    When "auto" falls back to our DCN kernel, it does so silently: the reason
+    is in the description only."""
+    o = options
+    model = copy.deepcopy(model).float().eval()
+    info = {}
+    if o.fuse_bn:
+        info["batchnorms_folded"] = fuse_batchnorms(model)
+    name, kernel, note = select_kernel(o.dcn, o.device)
+    info["dcn_kernel"], info["dcn_note"] = name, note
+    low = o.low_dtype
+    info["dcn_layers"] = install_kernel(model, kernel, low_dtype=low)
+    if low is not None and o.cast == "model":
+        model.to(low)
+    if low is not None and o.fp32_heads:
+        for head in model.heads:
+            seq = getattr(model, head)
+            seq[-1] = _Fp32Conv(seq[-1])
+    model.to(o.device)
+    if o.channels_last:
+        model.to(memory_format=torch.channels_last)
+    module = model
+    if o.compile:
+        try:
+            module = torch.compile(model, backend=o.compile_backend, mode=o.compile_mode, dynamic=False)
+        except Exception as e:  # noqa: BLE001 - e.g. no compiler toolchain
+            raise UserError(f"torch.compile is not available here ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200]}); run without --compile") from None
+    return model, module, info
+
+
+class _Arg:
+    """What ONNX Runtime's NodeArg tells about an input or output."""
+
+    def __init__(self, name, shape):
+        self.name, self.shape, self.type = name, shape, "tensor(float)"
+
+
+class TorchSession:
+    """ctdet DLA-34 in PyTorch behind ONNX Runtime's session interface.
+
+    model: an nn.Module (copied, never changed) or the path of an upstream
+    checkpoint. input_size: (H, W) the inputs must have, like the default
+    ONNX export's fixed 512x512, or None for any size (multiples of 32)."""
+
+    def __init__(self, model, options=None, input_size=(512, 512), name=None, log=None):
+        self.options = (options or TorchOptions()).resolved()
+        if isinstance(model, (str, Path)):
+            from .checkpoint import load_model
+            name = name or str(model)
+            model = load_model(model, log=log or (lambda msg: None))
+        self.name = name or "model"
+        self.device = torch.device(self.options.device)
+        self.input_size = tuple(int(v) for v in input_size) if input_size else None
+        if self.options.cudnn_benchmark and self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.model, self.module, self.info = prepare_model(model, self.options)
+        self.heads = dict(self.model.heads)
+        self._graphs = {}
+        self._mean_std = None
+        self._compute_dtype = self.options.low_dtype if self.options.cast == "model" else None
+
+    # --- ONNX Runtime's interface ------------------------------------------
+
+    def get_inputs(self):
+        h, w = self.input_size or ("height", "width")
+        return [_Arg(INPUT_NAME, ["batch", 3, h, w])]
+
+    def get_outputs(self):
+        if self.input_size:
+            h, w = (v // DOWN_RATIO for v in self.input_size)
+        else:
+            h, w = "out_height", "out_width"
+        return [_Arg(name, ["batch", c, h, w]) for name, c in zip(OUTPUT_NAMES, self.heads.values())]
+
+    def get_providers(self):
+        return [f"torch-{self.options.device}"]
+
+    def get_modelmeta(self):
+        """No metadata: in particular no flip test in the graph (the test
+        modes mirror in numpy around it)."""
+        class _Meta:
+            custom_metadata_map = {}
+        return _Meta()
+
+    def run(self, output_names, feed):
+        """ONNX Runtime's run(None, {input name: batch}) -> list of float32 arrays."""
+        if len(feed) != 1:
+            raise ValueError(f"one input expected, got {list(feed)}")
+        outputs = self.run_batch(next(iter(feed.values())))
+        if output_names:
+            names = list(OUTPUT_NAMES)
+            outputs = [outputs[names.index(n)] for n in output_names]
+        return outputs
+
+    # --- running -----------------------------------------------------------
+
+    def describe(self):
+        """The settings in effect, for summaries and benchmark JSON."""
+        d = asdict(self.options)
+        d.update(self.info, backend="torch", torch=torch.__version__, input_size=self.input_size)
+        if self.device.type == "cuda":
+            d["gpu"] = torch.cuda.get_device_name(self.device)
+        return d
+
+    def _check(self, shape):
+        if len(shape) != 4 or shape[1] != 3:
+            raise ValueError(f"{self.name}: input of shape {tuple(shape)}, expected (N, 3, H, W)")
+        h, w = shape[2:]
+        if self.input_size and (h, w) != self.input_size:
+            raise ValueError(f"{self.name}: input {h}x{w}, the session takes "
+                             f"{self.input_size[0]}x{self.input_size[1]}")
+        if not self.input_size and (h % 32 or w % 32):
+            raise ValueError(f"{self.name}: input {h}x{w}; height and width must be multiples of 32")
+
+    @contextlib.contextmanager
+    def _context(self):
+        threads = self.options.threads if self.device.type == "cpu" else 0
+        previous = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            with torch.no_grad(), tf32_allowed(self.options.precision == "tf32"):
+                yield
+        finally:
+            if threads:
+                torch.set_num_threads(previous)
+
+    def to_device(self, batch):
+        """numpy float32 batch -> the network's input tensor on the device (in
+        the compute dtype and memory format), through pinned memory on CUDA."""
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if self.device.type == "cuda":
+            if self.options.pin_memory:
+                pinned = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+                pinned.copy_(x)
+                x = pinned
+            x = x.to(self.device, non_blocking=self.options.pin_memory)
+        if self._compute_dtype is not None:
+            x = x.to(self._compute_dtype)
+        if self.options.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _forward(self, x):
+        """The network on a device tensor -> contiguous float32 device tensors."""
+        low = self.options.low_dtype
+        # No autocast cache: each weight is used once per forward anyway, and
+        # a cache must be off for CUDA graph capture.
+        ctx = (torch.autocast(self.device.type, dtype=low, cache_enabled=False)
+               if low is not None and self.options.cast == "autocast" else contextlib.nullcontext())
+        with ctx:
+            outs = self.module(x)
+        return [o.float().contiguous() for o in outs]
+
+    def _graph(self, x):
+        """The CUDA graph for x's shape: captured on first use (after warm-up
+        runs on a side stream, as CUDA graph capture requires), then replayed."""
+        key = (tuple(x.shape), x.dtype)
+        if key not in self._graphs:
+            static_in = torch.zeros_like(x)
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(3):
+                    self._forward(static_in)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._forward(static_in)
+            self._graphs[key] = (graph, static_in, static_out)
+        graph, static_in, static_out = self._graphs[key]
+        static_in.copy_(x)
+        graph.replay()
+        return static_out
+
+    def _to_host(self, outs):
+        if self.device.type != "cuda":
+            return [o.numpy() for o in outs]
+        pin = self.options.pin_memory
+        # Fresh host tensors every call: the caller keeps the arrays (a writer
+        # thread may still hold them while the next batch runs). Pinned ones
+        # come from PyTorch's caching host allocator, so this is no cudaHostAlloc.
+        hosts = [torch.empty(o.shape, dtype=torch.float32, pin_memory=pin) for o in outs]
+        for h, o in zip(hosts, outs):
+            h.copy_(o, non_blocking=pin)
+        torch.cuda.current_stream(self.device).synchronize()
+        return [h.numpy() for h in hosts]
+
+    def run_device(self, x):
+        """The network on `to_device`'s tensor -> float32 device tensors, no copy
+        to the host (for measuring what the copies cost). Not synchronised."""
+        with self._context():
+            return self._graph(x) if self.options.cuda_graphs else self._forward(x)
+
+    @property
+    def accepts_warped(self):
+        """Whether run_warped is on (the streaming evaluation then uses it)."""
+        return self.options.warped_input
+
+    def warped_to_device(self, batch):
+        """uint8 (N, H, W, 3) BGR warped images -> the network input on the
+        device: (v / 255 - mean) / std per channel in float64, then float32 -
+        the same bits as the CPU's table (transforms.NORMALISE_LUT) - and
+        NHWC memory seen as NCHW, which is channels_last already."""
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.uint8))
+        if self.device.type == "cuda":
+            if self.options.pin_memory:
+                pinned = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+                pinned.copy_(x)
+                x = pinned
+            x = x.to(self.device, non_blocking=self.options.pin_memory)
+        if self._mean_std is None:
+            self._mean_std = tuple(torch.tensor(np.asarray(v, np.float64), device=self.device) for v in (MEAN, STD))
+        mean, std = self._mean_std
+        x = ((x.double() / 255.0 - mean) / std).to(self._compute_dtype or torch.float32).permute(0, 3, 1, 2)
+        return x.contiguous(memory_format=torch.channels_last if self.options.channels_last
+                            else torch.contiguous_format)
+
+    def run_warped(self, batch):
+        """uint8 (N, H, W, 3) BGR warped images (transforms.warp_input) ->
+        [hm, wh, reg] float32 numpy arrays, as run_batch on their normalised form."""
+        batch = np.asarray(batch)
+        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
+            raise ValueError(f"{self.name}: warped images of shape {batch.shape} and type {batch.dtype}, "
+                             "expected uint8 (N, H, W, 3)")
+        self._check((len(batch), 3, *batch.shape[1:3]))
+        with self._context():
+            x = self.warped_to_device(batch)
+            outs = self._graph(x) if self.options.cuda_graphs else self._forward(x)
+            return self._to_host(outs)
+
+    def run_batch(self, batch):
+        """float32 (N, 3, H, W) numpy -> [hm, wh, reg] float32 numpy arrays."""
+        batch = np.asarray(batch)
+        self._check(batch.shape)
+        with self._context():
+            x = self.to_device(batch)
+            outs = self._graph(x) if self.options.cuda_graphs else self._forward(x)
+            return self._to_host(outs)
+
+
+def open_torch_session(checkpoint, options=None, input_size=(512, 512), log=None):
+    """A TorchSession on an upstream checkpoint (the .pth), with one-line errors."""
+    path = Path(checkpoint)
+    if path.suffix.lower() == ".onnx":
+        raise UserError(f"{path}: the torch backend takes the .pth checkpoint, not an ONNX file")
+    return TorchSession(path, options, input_size=input_size, log=log)
