@@ -103,11 +103,8 @@ def main(argv=None):
     args = parse_args(argv)
     from centernet.backends import (check_backend_args, describe_line, describe_session, open_session,
                                     torch_options_from_args)
-    from centernet.binio import make_dirs, write_atomic
-    from centernet.coco import (default_annotation_file, evaluate_coco, format_best_worst, write_per_class_table,
-                                write_results)
+    from centernet.coco import default_annotation_file, write_results
     from centernet.modes import TestMode, parse_scales
-    from centernet.plots import write_eval_plots
     from centernet.stream import stream_detections
     if args.batchsize < 1 or args.workers < 1:
         raise UserError("--batchsize and --workers must be >= 1")
@@ -144,15 +141,23 @@ def main(argv=None):
         stats["backend"] = describe_session(session)
         write_results(output, results)
         print(f"mode: {stats['mode']}; wrote {len(results)} detections for {len(image_ids)} images to {output}")
-    if stats.get("fps"):
-        print(f"end to end {stats['end_to_end_fps']} images/s; inference alone {stats['fps']} images/s "
-              f"({stats['end_to_end_fps'] / stats['fps']:.0%})")
+    # From here the detections are on disk: a Ctrl-C keeps them and says so.
     try:
-        metrics = evaluate_coco(ann, results, img_ids=image_ids if args.limit else None,
-                                results_source=output)
+        return report(args, ann, output, results, image_ids, errors, stats)
     except KeyboardInterrupt:
         raise Interrupted(f"the detections are in {output}; CenterNet_postprocess_s2.py --results "
                           f"{output} evaluates them") from None
+
+
+def report(args, ann, output, results, image_ids, errors, stats):
+    """Score the detections, write the metrics, the tables and the plots."""
+    from centernet.binio import make_dirs, write_atomic
+    from centernet.coco import evaluate_coco, format_best_worst, write_per_class_table
+    from centernet.plots import write_eval_plots
+    if stats.get("fps"):
+        print(f"end to end {stats['end_to_end_fps']} images/s; inference alone {stats['fps']} images/s "
+              f"({stats['end_to_end_fps'] / stats['fps']:.0%})")
+    metrics = evaluate_coco(ann, results, img_ids=image_ids if args.limit else None, results_source=output)
     print(format_best_worst(metrics["per_class"]))
     folder = make_dirs(args.resultfolder)
     metrics["mode"] = stats["mode"]
