@@ -168,10 +168,15 @@ def report(args, ann, output, results, image_ids, errors, stats):
     pictures = write_eval_plots(metrics, folder)
     if pictures:
         print("plots: " + ", ".join(map(str, pictures)))
+    return report_errors(errors, "AP counts them as missed")
+
+
+def report_errors(errors, consequence):
+    """One line per unreadable image, then the count; the exit status."""
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     if errors:
-        print(f"error: {len(errors)} image(s) could not be read; AP counts them as missed", file=sys.stderr)
+        print(f"error: {len(errors)} image(s) could not be read; {consequence}", file=sys.stderr)
         return 1
     return 0
 
@@ -194,12 +199,7 @@ def annotate(args, images, mode):
     print(f"mode: {stats['mode']}; wrote detections for {count} images to {output}")
     if stats.get("end_to_end_fps"):
         print(f"end to end {stats['end_to_end_fps']} images/s")
-    for e in errors:
-        print(f"error: {e}", file=sys.stderr)
-    if errors:
-        print(f"error: {len(errors)} image(s) could not be read; the others are done", file=sys.stderr)
-        return 1
-    return 0
+    return report_errors(errors, "the others are done")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from centernet.benchmark import cpu_model  # noqa: E402
 from centernet.coco import write_results  # noqa: E402
 from centernet.stream import stream_detections  # noqa: E402
 
@@ -213,14 +214,6 @@ def main():
     return 0
 
 
-def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "CPU model unknown"
 
 
 if __name__ == "__main__":

@@ -286,16 +286,22 @@ class TorchSession:
             if threads:
                 torch.set_num_threads(previous)
 
-    def to_device(self, batch):
-        """numpy float32 batch -> the network's input tensor on the device (in
-        the compute dtype and memory format), through pinned memory on CUDA."""
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+    def _host_to_device(self, x):
+        """A CPU tensor on the device, through a page-locked copy on CUDA
+        (pin_memory) so that the transfer can run asynchronously."""
         if self.device.type == "cuda":
             if self.options.pin_memory:
                 pinned = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
                 pinned.copy_(x)
                 x = pinned
             x = x.to(self.device, non_blocking=self.options.pin_memory)
+        return x
+
+    def to_device(self, batch):
+        """numpy float32 batch -> the network's input tensor on the device (in
+        the compute dtype and memory format), through pinned memory on CUDA."""
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        x = self._host_to_device(x)
         if self._compute_dtype is not None:
             x = x.to(self._compute_dtype)
         if self.options.channels_last:
@@ -364,12 +370,7 @@ class TorchSession:
         the same bits as the CPU's table (transforms.NORMALISE_LUT) - and
         NHWC memory seen as NCHW, which is channels_last already."""
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.uint8))
-        if self.device.type == "cuda":
-            if self.options.pin_memory:
-                pinned = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
-                pinned.copy_(x)
-                x = pinned
-            x = x.to(self.device, non_blocking=self.options.pin_memory)
+        x = self._host_to_device(x)
         if self._mean_std is None:
             self._mean_std = tuple(torch.tensor(np.asarray(v, np.float64), device=self.device) for v in (MEAN, STD))
         mean, std = self._mean_std
