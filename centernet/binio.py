@@ -5,6 +5,7 @@ Input files are `<stem>.bin`; output i of input `<stem>.bin` is
 name in the same folder and is renamed when complete, so an interrupted run
 never leaves a half file under the final name.
 """
+import json
 import os
 from pathlib import Path
 
@@ -92,3 +93,20 @@ def input_bins(folder):
 def output_bin_path(out_dir, stem, index):
     """ais_bench's name for output `index` of input `<stem>.bin`."""
     return Path(out_dir) / f"{stem}_{index}.bin"
+
+
+def load_json(path, what):
+    """Parsed JSON of `path`; a missing, unreadable or malformed file is one
+    UserError naming it (`what` says what the file was meant to be)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not valid JSON (not UTF-8 text)") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None

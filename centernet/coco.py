@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .binio import make_dirs, write_atomic
+from .binio import load_json, make_dirs, write_atomic
 from .errors import UserError
 
 NUM_CLASSES = 80
@@ -69,21 +69,6 @@ def _is_int(x):
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _load_json(path, what):
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: {what} not found")
-    try:
-        with open(path, "rb") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not valid JSON (not UTF-8 text)") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
-
-
 def load_annotations(path, require_annotations=False):
     """Read and check a COCO instances file; returns the parsed dict.
 
@@ -92,7 +77,7 @@ def load_annotations(path, require_annotations=False):
     COCOeval needs of every annotation (image_id, category_id, bbox, area,
     iscrowd).
     """
-    data = _load_json(path, "annotation file")
+    data = load_json(path, "annotation file")
     validate_annotations(data, path, require_annotations)
     return data
 
@@ -174,7 +159,7 @@ def write_results(path, results):
 
 def load_results(path):
     """Read a COCO results JSON file (a list of detections)."""
-    data = _load_json(path, "results file")
+    data = load_json(path, "results file")
     if not isinstance(data, list):
         raise UserError(f"{path}: not a COCO results file (top level is not a list)")
     return data

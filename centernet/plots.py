@@ -14,11 +14,11 @@ pictures of a saved run with
     python -m centernet.plots run_eval_result/metrics.json      # or work/benchmark/benchmark.json
 """
 import argparse
-import json
 import sys
 import textwrap
 from pathlib import Path
 
+from .binio import load_json
 from .errors import UserError, cli
 
 PR_CURVES = "pr_curves.png"
@@ -198,12 +198,7 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="folder for the pictures (default: the JSON file's folder)")
     args = p.parse_args(argv)
     path = Path(args.json)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{path}: not valid JSON") from None
+    data = load_json(path, "metrics or benchmark file")
     out = Path(args.out) if args.out else path.parent
     if isinstance(data, dict) and "rows" in data:
         written = [plot_benchmark(data, out / BENCHMARK)]

@@ -5,11 +5,11 @@ and the AP beside upstream's published AP for the test mode.
     python -m centernet.report run_eval_result/metrics.json --keep-res --flip
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from .errors import UserError, cli
+from .binio import load_json
+from .errors import cli
 from .modes import TestMode, parse_scales
 
 STATS = [("AP", "AP @[IoU=0.50:0.95 | area=all | maxDets=100]"),
@@ -54,12 +54,7 @@ def main(argv=None):
     p.add_argument("--scales", default="1", help="the run's test scales (default: %(default)s)")
     args = p.parse_args(argv)
     path = Path(args.metrics)
-    try:
-        metrics = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not JSON ({e})") from None
+    metrics = load_json(path, "metrics file")
     print(format_metrics(metrics))
     print()
     print(format_mode(metrics, TestMode(args.keep_res, args.flip, parse_scales(args.scales))))
