@@ -27,10 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-from centernet.backends import add_torch_arguments, torch_options_from_args
-from centernet.benchmark import BACKENDS, DEFAULT_BACKENDS, format_table, run_benchmark, usable_cores, write_json
-from centernet.errors import UserError, cli
-from centernet.mode_benchmark import DEFAULT_MODES, MODES, format_mode_table, run_mode_benchmark, write_mode_json
+from centernet.errors import UserError, cli, quiet_interrupt
+
+with quiet_interrupt():  # torch loads here
+    from centernet.backends import add_torch_arguments, torch_options_from_args
+    from centernet.benchmark import BACKENDS, DEFAULT_BACKENDS, format_table, run_benchmark, usable_cores, write_json
+    from centernet.mode_benchmark import DEFAULT_MODES, MODES, format_mode_table, run_mode_benchmark, write_mode_json
 
 DEFAULT_WEIGHTS = "ctdet_coco_dla_2x.pth"
 QUICK = {"batchsizes": [1, 4], "loop": 4}

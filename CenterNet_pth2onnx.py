@@ -11,10 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-from centernet.binio import make_dirs
-from centernet.checkpoint import load_model
-from centernet.errors import UserError, cli
-from centernet.export import DCN_FORMS, TARGETS, FlipTest, check_export, count_ops, export_onnx, require_passed
+from centernet.errors import UserError, cli, quiet_interrupt
+
+with quiet_interrupt():  # torch loads here
+    from centernet.binio import make_dirs
+    from centernet.checkpoint import load_model
+    from centernet.export import DCN_FORMS, TARGETS, FlipTest, check_export, count_ops, export_onnx, require_passed
 
 
 def parse_args(argv=None):

@@ -90,6 +90,18 @@ def sigint_blocked():
 DEFAULT_INTERRUPTED = "finished outputs are kept"
 
 
+@contextlib.contextmanager
+def quiet_interrupt(message="nothing was done yet"):
+    """Around a script's slow top-level imports (torch takes a second or
+    more), before cli() takes over: a Ctrl-C there ends the program with
+    'interrupted: MESSAGE' and exit status 130, not a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"interrupted: {message}", file=sys.stderr)
+        sys.exit(130)
+
+
 def cli(main=None, *, interrupted=DEFAULT_INTERRUPTED):
     """Decorate a script's main() (as @cli or @cli(interrupted=...)):
     UserError -> 'error: ...' and exit 2; Ctrl-C -> 'interrupted: ...' and

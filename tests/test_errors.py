@@ -8,6 +8,7 @@ import time
 import pytest
 
 from centernet.errors import Interrupted, UserError, cli, sigint_blocked
+from conftest import ctrl_c, start_script, wait_until_loaded
 
 
 def _exit_of(main, capsys):
@@ -74,3 +75,17 @@ def test_ctrl_c_while_workers_start_waits_for_the_end_of_the_block():
     assert reached  # the block ran to its end, then the Ctrl-C was raised
     blocked = int(child.stdout.split("SigBlk:")[1].split()[0], 16)
     assert blocked & (1 << (signal.SIGINT - 1))  # and a process started in it has SIGINT blocked
+
+
+@pytest.mark.parametrize("script", ["CenterNet_pth2onnx.py", "CenterNet_benchmark.py"])
+def test_ctrl_c_while_torch_loads_ends_quietly(script, upstream_checkpoint, tmp_path):
+    # These scripts import torch at the top (a second or more), before
+    # main() and its Ctrl-C handling run: the Ctrl-C lands in that import.
+    args = {"CenterNet_pth2onnx.py": [upstream_checkpoint, tmp_path / "CenterNet.onnx"],
+            "CenterNet_benchmark.py": ["--quick", "--weights", upstream_checkpoint]}[script]
+    proc = start_script(script, *args, cwd=tmp_path)
+    wait_until_loaded(proc, "libtorch_cpu")
+    ctrl_c(proc)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.startswith("interrupted: ") and err.count("\n") == 1, err
