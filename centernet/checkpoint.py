@@ -12,6 +12,7 @@ import argparse
 import pickle
 import re
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -36,7 +37,11 @@ def _read(path):
     if path.stat().st_size == 0:
         raise UserError(f"{path}: empty file (0 bytes), not a checkpoint; an interrupted download?")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # Any pickle that is not a legacy torch.save file (protocol 2) makes torch
+            # warn about its protocol before failing: noise beside our one line.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError,
             OSError, AttributeError, ImportError) as e:
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # torch colours parts of its messages
@@ -47,7 +52,10 @@ def _read(path):
             raise UserError(f"{path}: holds a pickled {pickled.group(1)} object, not a state_dict; "
                             f"{UPSTREAM_LAYOUT} (save one with torch.save({{'state_dict': "
                             f"model.state_dict()}}, path))") from None
-        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        # torch's weights-only refusal opens with advice to load unsafely; the
+        # cause is the line after "WeightsUnpickler error:".
+        cause = text.split("WeightsUnpickler error:", 1)[-1]
+        first = next((ln.strip() for ln in cause.splitlines() if ln.strip()), type(e).__name__)
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
 
 

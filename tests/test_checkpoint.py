@@ -49,7 +49,17 @@ def test_missing_file(tmp_path):
 def test_not_a_checkpoint(tmp_path):
     path = tmp_path / "junk.pth"
     path.write_bytes(b"\x80\x04 this is not a pickle at all")
-    assert "not a readable PyTorch checkpoint" in _error(path)
+    msg = _error(path)
+    assert "not a readable PyTorch checkpoint" in msg
+    assert "weights_only" not in msg  # not torch's advice to load it unsafely
+
+
+def test_not_a_checkpoint_from_the_command_line_is_one_line(tmp_path):
+    path = tmp_path / "junk.pth"
+    path.write_bytes(b"\x80\x04 this is not a pickle at all")  # protocol 4: torch warns before failing
+    r = subprocess.run([sys.executable, "-m", "centernet.checkpoint", str(path)], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
 
 
 def test_truncated_checkpoint(upstream_checkpoint, tmp_path):
