@@ -9,6 +9,7 @@ shape for shape; otherwise this is not a ctdet DLA-34 checkpoint.
     python -m centernet.checkpoint ctdet_coco_dla_2x.pth   # check that a file loads
 """
 import argparse
+import io
 import pickle
 import re
 import sys
@@ -20,6 +21,7 @@ import torch
 
 from pose_dla_dcn import get_pose_net
 
+from .binio import write_atomic
 from .errors import UserError, cli
 
 IGNORED_PREFIXES = ("base.fc.",)
@@ -105,13 +107,18 @@ def load_model(path, log=print):
 def save_upstream_checkpoint(model, path, epoch=140, seed=0):
     """Save `model` the way upstream's zoo file is laid out: {'epoch', 'state_dict'},
     `module.`-prefixed keys, a `base.fc` classifier, no num_batches_tracked.
-    For tests and the demo; the fc weights are random like any other."""
+    For tests and the demo; the fc weights are random like any other. Written
+    atomically (binio.write_atomic)."""
     gen = torch.Generator().manual_seed(seed)
     state = {f"module.{k}": v.clone() for k, v in model.state_dict().items()
              if not k.endswith("num_batches_tracked")}
     state["module.base.fc.weight"] = torch.randn(1000, 512, 1, 1, generator=gen) * 0.01
     state["module.base.fc.bias"] = torch.zeros(1000)
-    torch.save({"epoch": epoch, "state_dict": state}, path)
+    # Serialised in memory, then written whole under a temp name: a full disk is
+    # a one-line WriteError naming `path`, and no half-written checkpoint is left.
+    buffer = io.BytesIO()
+    torch.save({"epoch": epoch, "state_dict": state}, buffer)
+    write_atomic(path, buffer.getbuffer())
 
 
 @cli(interrupted="nothing written")

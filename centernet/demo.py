@@ -27,9 +27,7 @@ def make_demo(folder, num_images=DEMO_IMAGES, seed=0):
         make_synthetic_coco(data, num_images=num_images, seed=seed, progress=True)
     if not weights.is_file():
         make_dirs(folder)
-        tmp = weights.with_name(weights.name + ".tmp")
-        save_upstream_checkpoint(random_model(seed), tmp)
-        tmp.replace(weights)
+        save_upstream_checkpoint(random_model(seed), weights)
     return data, weights
 
 
