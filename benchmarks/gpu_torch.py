@@ -25,7 +25,8 @@ what it finished; a step that would overrun --budget is skipped and says so):
    spent copying to and from the GPU;
 5. torch.compile (Inductor), in a child process with a time limit;
 6. the streaming evaluation end to end (JPEG decode and warp on CPU workers,
-   inference, decoding) on synthetic COCO-format images, against inference alone.
+   inference, decoding on the device or by numpy) on synthetic COCO-format
+   images, against inference alone.
 
 Needs only torch, numpy, onnx, opencv and tqdm (no pycocotools, no network).
 """
@@ -378,9 +379,9 @@ def compile_step(model, x, device, preset, timeout):
 
 def pipeline(model, device, preset, run):
     """CenterNet_eval.py's streaming pass (workers decode and warp JPEGs, the
-    main process batches and infers, a thread decodes) with the torch backend,
-    the workers sending warped uint8 images (normalised on the device) or
-    float32 inputs."""
+    main process batches and infers, the outputs are decoded on the device or
+    by numpy on a thread) with the torch backend, the workers sending warped
+    uint8 images (normalised on the device) or float32 inputs."""
     from centernet.stream import stream_detections
     from centernet.synthetic import make_synthetic_coco
     precision = "fp16" if device == "cuda" else "bf16"
@@ -389,21 +390,22 @@ def pipeline(model, device, preset, run):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         info = make_synthetic_coco(Path(tmp) / "data", num_images=preset["pipeline_images"], seed=0)
-        for warped in (True, False):
+        for warped, on_device in ((True, True), (True, False), (False, False)):
             if run.left() < 20:
-                rows.append({"warped_input": warped, "skipped": "out of time"})
+                rows.append({"warped_input": warped, "device_decode": on_device, "skipped": "out of time"})
                 continue
-            s = TorchSession(model, TorchOptions(device=device, precision=precision, warped_input=warped),
-                             input_size=(preset["size"],) * 2)
+            s = TorchSession(model, TorchOptions(device=device, precision=precision, warped_input=warped,
+                                                 device_decode=on_device), input_size=(preset["size"],) * 2)
             results, ids, errors, stats = stream_detections(
                 "torch", info["images_dir"], info["annotation_file"], batchsize=batch, workers=workers,
                 progress=False, session=s, input_size=(preset["size"],) * 2, log=lambda line: None)
-            rows.append({"warped_input": warped, "images": len(ids), "end_to_end_fps": stats["end_to_end_fps"],
+            rows.append({"warped_input": warped, "device_decode": on_device, "images": len(ids),
+                         "end_to_end_fps": stats["end_to_end_fps"],
                          "inference_fps": stats["fps"],
                          "end_to_end_of_inference": round(stats["end_to_end_fps"] / stats["fps"], 3)
                          if stats["fps"] else None})
-            print(f"  warped_input={warped}: {stats['end_to_end_fps']} images/s end to end, "
-                  f"inference alone {stats['fps']}", flush=True)
+            print(f"  warped_input={warped}, device_decode={on_device}: {stats['end_to_end_fps']} images/s "
+                  f"end to end, inference alone {stats['fps']}", flush=True)
             del s
             free(device)
     return {"precision": precision, "batch": batch, "workers": workers, "rows": rows}
@@ -471,9 +473,11 @@ def markdown(result):
     for r in pipe.get("rows", []):
         if "end_to_end_fps" in r:
             sent = "warped uint8 images" if r["warped_input"] else "float32 inputs"
+            where = "decoded on the device" if r["device_decode"] else "decoded by numpy"
             lines.append(f"streaming evaluation ({pipe['precision']}, batch {pipe['batch']}, {pipe['workers']} "
-                         f"workers sending {sent}, {r['images']} images): {r['end_to_end_fps']:.1f} images/s end "
-                         f"to end, inference alone {r['inference_fps']:.1f} ({r['end_to_end_of_inference']:.0%})")
+                         f"workers sending {sent}, {where}, {r['images']} images): {r['end_to_end_fps']:.1f} "
+                         f"images/s end to end, inference alone {r['inference_fps']:.1f} "
+                         f"({r['end_to_end_of_inference']:.0%})")
     return "\n".join(lines)
 
 

@@ -66,6 +66,9 @@ def add_torch_arguments(parser, several_precisions=False, title="PyTorch backend
     g.add_argument("--warped-input", action=argparse.BooleanOptionalAction, default=True,
                    help="streaming evaluation: the workers send each warped image as uint8 (a quarter of the "
                         "bytes) and the normalisation runs on the device (default: on)")
+    g.add_argument("--device-decode", action=argparse.BooleanOptionalAction, default=None,
+                   help="streaming evaluation: decode on the device and copy back only the 100 detections "
+                        "per image, not the full outputs (not with --flip) (default: on for cuda)")
     g.add_argument("--dcn-kernel", choices=DCN_KERNELS, default="auto",
                    help="deformable convolution: ours (grid_sample + matmul), torchvision's deform_conv2d, "
                         "or auto: torchvision where it imports and agrees with ours within float32 "
@@ -82,7 +85,8 @@ def torch_options_from_args(args, **overrides):
               "precision": args.precision, "cast": args.cast, "fp32_heads": args.fp32_heads,
               "fuse_bn": args.fuse_bn, "channels_last": args.channels_last, "compile": args.compile,
               "compile_mode": args.compile_mode, "cuda_graphs": args.cuda_graphs,
-              "pin_memory": args.pin_memory, "dcn": args.dcn_kernel, "warped_input": args.warped_input}
+              "pin_memory": args.pin_memory, "dcn": args.dcn_kernel, "warped_input": args.warped_input,
+              "device_decode": args.device_decode}
     values.update(overrides)
     names = {f.name for f in fields(TorchOptions)}
     return TorchOptions(**{k: v for k, v in values.items() if k in names})
@@ -140,6 +144,7 @@ def describe_line(session):
     parts = [f"{d['device']}" + (f" ({d['gpu']})" if d.get("gpu") else ""), d["precision"]]
     if d["precision"] in ("fp16", "bf16"):
         parts[-1] += f" by {d['cast']}" + (", heads' final layer fp32" if d["fp32_heads"] else "")
-    parts += [name for name in ("fuse_bn", "channels_last", "compile", "cuda_graphs", "pin_memory") if d.get(name)]
+    parts += [name for name in ("fuse_bn", "channels_last", "compile", "cuda_graphs", "pin_memory", "device_decode")
+              if d.get(name)]
     kernel = d["dcn_kernel"] + (f" ({d['dcn_note']})" if d.get("dcn_note") and d["dcn_note"] != "chosen" else "")
     return f"torch backend: {', '.join(parts)}; DCN kernel {kernel}"

@@ -7,7 +7,8 @@ a worker process, inputs of equal size are inferred together in batches by
 one ONNX Runtime session (keep resolution and scales give many sizes: the
 inputs are ordered by size so that they batch, and no session is rebuilt),
 and decoded on a thread while the next batch runs (the PyTorch backend takes
-the warped uint8 images and normalises them on its device). The detections are the
+the warped uint8 images and normalises them on its device, and on CUDA
+decodes there as well). The detections are the
 ones the staged scripts produce (same tensors, same session, same decoder),
 and the results JSON has the same format.
 """
@@ -26,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .coco import class_category_ids, load_annotations
-from .decode import decode_to_image, detections_to_coco
+from .decode import decode_to_image, detections_to_coco, detections_to_images
 from .errors import UserError, sigint_blocked
 from .infer import EXPORT_DYNAMIC_HINT, latency_stats, model_input_shape
 from .modes import TestMode, combine_flip, flip_batch
@@ -83,12 +84,15 @@ def load_input(image, source, input_size, keep_res, test_scale, warped=False):
     return (tensor, center, scale, (in_h // DOWN_RATIO, in_w // DOWN_RATIO)), None
 
 
-def decode_inputs(outputs, geometries, K=100, numpy_flip=False, hm_is_heat=False):
+def decode_inputs(outputs, geometries, K=100, numpy_flip=False, hm_is_heat=False, decoded=False):
     """Raw outputs of one inference batch -> per input (scores, classes,
     boxes x1, y1, x2, y2 in its image's pixels), best first.
     geometries[i] = (center, scale, (out_h, out_w)) of input i; numpy_flip:
     the batch ran as flip_batch (the mirror is averaged in here); hm_is_heat:
-    a flip test, whose heatmap has had its sigmoid."""
+    a flip test, whose heatmap has had its sigmoid; decoded: the outputs are
+    decode_ctdet's already (the session decoded on its device)."""
+    if decoded:
+        return detections_to_images(*outputs, geometries)
     hm, wh, reg = combine_flip(*outputs) if numpy_flip else outputs
     # a tiny image's output map (keep resolution: 8x8 at least) may hold fewer than K positions
     return decode_to_image(hm, wh, reg, geometries, K=min(K, hm.shape[2] * hm.shape[3]), hm_is_heat=hm_is_heat)
@@ -143,6 +147,8 @@ def stream_detections(model, images_dir, annotation_file, batchsize=1, device="c
     scales = tuple(mode.scales)
     # The PyTorch backend takes the warped uint8 images and normalises on its device.
     warped = bool(getattr(session, "accepts_warped", False)) and not numpy_flip
+    # ... and may decode there too (not the flip test, whose mirror is averaged in numpy).
+    device_decode = bool(getattr(session, "decodes_on_device", False)) and not mode.flip
 
     # One unit per (image, scale), ordered by input size (from the annotated
     # width and height) so that equal sizes arrive together and batch.
@@ -160,7 +166,8 @@ def stream_detections(model, images_dir, annotation_file, batchsize=1, device="c
     start = time.perf_counter()
 
     def decode(batch, outputs):
-        decoded = decode_inputs(outputs, [loaded[1:] for _, loaded in batch], K, numpy_flip, mode.flip)
+        decoded = decode_inputs(outputs, [loaded[1:] for _, loaded in batch], K, numpy_flip, mode.flip,
+                                decoded=device_decode)
         entries, finished = [], []
         for ((n, s), _), (scores, classes, boxes) in zip(batch, decoded):
             image_id = images[n]["id"]
@@ -226,7 +233,10 @@ def stream_detections(model, images_dir, annotation_file, batchsize=1, device="c
             else:
                 x = np.concatenate([loaded[0] for _, loaded in batch])
             t0 = time.perf_counter()
-            if warped:
+            if device_decode:
+                out_h, out_w = batch[0][1][3]
+                outputs = session.run_decoded(x, min(K, out_h * out_w), warped=warped)
+            elif warped:
                 outputs = session.run_warped(x)
             else:
                 outputs = run_session(session, flip_batch(x) if numpy_flip else x)

@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 from centernet.compare import detection_agreement
+from centernet.decode import decode_ctdet
 from centernet.errors import UserError
 from centernet.infer import run_folder
 from centernet.runtime import make_session, run_session
 from centernet.stream import stream_detections
-from centernet.torch_backend import TorchOptions, TorchSession, _Fp32Conv, fuse_batchnorms
+from centernet.torch_backend import TorchOptions, TorchSession, _Fp32Conv, decode_ctdet_torch, fuse_batchnorms
 from conftest import ROOT, assert_one_line_error, assert_parity, photo_inputs
 from test_infer import run_infer
 
@@ -349,3 +350,77 @@ def test_stream_sends_warped_images_to_the_torch_backend(tiny_coco, random_ctdet
     b = stream_detections("m.pth", tiny_coco["images_dir"], tiny_coco["annotation_file"], session=off, **kw)[0]
     assert sent and set(sent) == {np.dtype(np.uint8)}
     assert a == b
+
+
+# --- decoding on the device ---------------------------------------------------
+
+def heat_cases():
+    """Heatmaps (after the sigmoid) that exercise decode_ctdet's rules, with wh and reg."""
+    rng = np.random.default_rng(11)
+    logits = rng.standard_normal((4, 80, 24, 40)) * 2 - 4
+    heat = (1 / (1 + np.exp(-logits))).astype(np.float32)
+    heat[1] = np.round(heat[1] * 20) / 20      # plateaus: equal neighbours, many equal scores
+    heat[2] = 0                                 # fewer peaks than K: zeros fill up, lowest index first
+    heat[2, 5, 3, 4] = heat[2, 7, 10, 10] = 0.7
+    heat[2, 79, 23, 39] = 0.9                   # a peak in the very last position
+    heat[3, :, 0, :] = heat[3, :, :, 0] = 0.99  # equal peaks along two borders
+    wh = (rng.random((4, 2, 24, 40)) * 60).astype(np.float32)
+    reg = rng.random((4, 2, 24, 40)).astype(np.float32)
+    return heat, wh, reg
+
+
+@pytest.mark.parametrize("K", [100, 7, 24 * 40])
+def test_device_decode_is_decode_ctdet_on_the_same_heat(K):
+    heat, wh, reg = heat_cases()
+    expected = decode_ctdet(heat, wh, reg, K=K, hm_is_heat=True)
+    got = decode_ctdet_torch(*map(torch.from_numpy, (heat, wh, reg)), K=K, hm_is_heat=True)
+    for e, g in zip(expected, got):
+        assert np.array_equal(e, g.numpy())  # bit for bit: order and ties included
+
+
+def one_ulp_same(a, b, K):
+    """decode_ctdet results a and b agree but for the sigmoid's last bit: each
+    of b's detections is in a (same class, same box, score within one float32
+    ulp), except where such near-equal scores at the K-th place let another in."""
+    ulp = float(np.spacing(np.float32(1)))
+    matched = same_detections(a, b, box_tol=0, score_tol=ulp)
+    return matched >= K - np.sum(np.abs(b[0] - b[0][-1]) <= ulp)
+
+
+def test_device_decode_of_logits_is_decode_ctdet_to_the_sigmoids_last_bit(plain_outputs):
+    # torch.sigmoid and numpy's 1 / (1 + exp(-x)) round differently in ~1 of 6 values, by one ulp.
+    expected = decode_ctdet(*plain_outputs)
+    got = [t.numpy() for t in decode_ctdet_torch(*map(torch.from_numpy, plain_outputs))]
+    assert got[0].dtype == np.float32 and got[1].dtype == np.int64 and got[2].shape == (2, 100, 4)
+    for i in range(2):
+        assert one_ulp_same(tuple(e[i] for e in expected), tuple(g[i] for g in got), 100)
+
+
+def test_device_decode_is_on_for_cuda_only():
+    assert TorchOptions().resolved().device_decode is False
+    assert TorchOptions(device_decode=True).resolved().device_decode is True
+
+
+@pytest.mark.parametrize("mode", [dict(), dict(keep_res=True, scales=(0.5, 1.0)), dict(flip=True)])
+def test_stream_decodes_on_the_device_to_numpys_detections(tiny_coco, random_ctdet, monkeypatch, mode):
+    # Decoding on the device gives the numpy decoder's detections (to the
+    # sigmoid's last bit), in every mode it serves; the flip test, whose
+    # mirror is averaged in numpy, keeps the numpy decoder.
+    from centernet.modes import TestMode
+    calls = []
+    kw = dict(batchsize=2, workers=1, progress=False, mode=TestMode(**mode), log=lambda line: None)
+    size = SMALL if not mode.get("keep_res") else None
+    on = session(random_ctdet, input_size=size, device_decode=True)
+    off = session(random_ctdet, input_size=size, device_decode=False)
+    original = on.run_decoded
+    monkeypatch.setattr(on, "run_decoded", lambda *a, **k: calls.append(k["warped"]) or original(*a, **k))
+    ann = tiny_coco["annotation_file"]
+    ours, ids, errors, _ = stream_detections("m.pth", tiny_coco["images_dir"], ann, session=on,
+                                             input_size=SMALL, **kw)
+    theirs, ids2, errors2, _ = stream_detections("m.pth", tiny_coco["images_dir"], ann, session=off,
+                                                 input_size=SMALL, **kw)
+    assert ids == ids2 and not errors and not errors2
+    assert calls == ([] if mode.get("flip") else [True] * len(calls)) and (calls or mode.get("flip"))
+    for image_id in ids:
+        a, b = (as_arrays([d for d in res if d["image_id"] == image_id]) for res in (ours, theirs))
+        assert len(a[0]) == len(b[0]) and one_ulp_same(a, b, len(b[0])), image_id
