@@ -1,5 +1,7 @@
 """ONNX Runtime sessions: one place that picks providers, threads and options."""
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +97,37 @@ def graph_flip_test(model_meta):
 
 
 def run_session(session, batch):
-    """Run a session on one input batch; returns the outputs in graph order."""
+    """Run a session on one input batch; returns the outputs in graph order.
+    In the main thread an ONNX Runtime run stops at Ctrl-C (run_interruptible)."""
     name = session.get_inputs()[0].name
-    return session.run(None, {name: np.ascontiguousarray(batch, dtype=np.float32)})
+    feed = {name: np.ascontiguousarray(batch, dtype=np.float32)}
+    # The PyTorch backend (run_batch) returns to Python between operators, so a
+    # Ctrl-C reaches it anyway; signals only ever reach the main thread.
+    if hasattr(session, "run_batch") or threading.current_thread() is not threading.main_thread():
+        return session.run(None, feed)
+    return run_interruptible(session, feed)
+
+
+_runner = None
+
+
+def run_interruptible(session, feed):
+    """session.run(None, feed) of an ONNX Runtime session, stopped by Ctrl-C.
+
+    A run holds its calling thread in C++ until the whole batch is done
+    (seconds for a large batch on a CPU), and Python raises the
+    KeyboardInterrupt only after it. So the run goes to a helper thread while
+    the main thread waits, interruptibly; on Ctrl-C the run's terminate flag
+    stops ONNX Runtime at its next operator and the KeyboardInterrupt goes on."""
+    import onnxruntime as ort
+    global _runner
+    if _runner is None:
+        _runner = ThreadPoolExecutor(1, thread_name_prefix="onnxruntime-run")
+    options = ort.RunOptions()
+    future = _runner.submit(session.run, None, feed, options)
+    try:
+        return future.result()
+    except KeyboardInterrupt:
+        options.terminate = True
+        wait([future])  # ONNX Runtime fails the run at its next operator
+        raise
