@@ -25,8 +25,8 @@ what it finished; a step that would overrun --budget is skipped and says so):
    spent copying to and from the GPU;
 5. torch.compile (Inductor), in a child process with a time limit;
 6. the streaming evaluation end to end (JPEG decode and warp on CPU workers,
-   inference, decoding on the device or by numpy) on synthetic COCO-format
-   images, against inference alone.
+   inference, decoding on the device or by numpy), without and with the flip
+   test, on synthetic COCO-format images, against inference alone.
 
 Needs only torch, numpy, onnx, opencv and tqdm (no pycocotools, no network).
 """
@@ -377,35 +377,43 @@ def compile_step(model, x, device, preset, timeout):
     return {"precision": precision, "batch": preset["technique_batch"], **json.loads(lines[-1][len("RESULT "):])}
 
 
+PIPELINE_ROWS = (  # (flip test, warped uint8 input, decoded on the device)
+    (False, True, True), (False, True, False), (False, False, False), (True, True, True), (True, False, False))
+
+
 def pipeline(model, device, preset, run):
     """CenterNet_eval.py's streaming pass (workers decode and warp JPEGs, the
     main process batches and infers, the outputs are decoded on the device or
     by numpy on a thread) with the torch backend, the workers sending warped
-    uint8 images (normalised on the device) or float32 inputs."""
+    uint8 images (normalised on the device) or float32 inputs; without and
+    with the flip test (its mirror made and averaged in on the device, or in numpy)."""
+    from centernet.modes import TestMode
     from centernet.stream import stream_detections
     from centernet.synthetic import make_synthetic_coco
     precision = "fp16" if device == "cuda" else "bf16"
     batch = preset["technique_batch"]
     workers = max(1, min(16, (os.cpu_count() or 2) - 1))
+    size = (preset["size"],) * 2
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         info = make_synthetic_coco(Path(tmp) / "data", num_images=preset["pipeline_images"], seed=0)
-        for warped, on_device in ((True, True), (True, False), (False, False)):
+        for flip, warped, on_device in PIPELINE_ROWS:
+            row = {"flip": flip, "warped_input": warped, "device_decode": on_device}
             if run.left() < 20:
-                rows.append({"warped_input": warped, "device_decode": on_device, "skipped": "out of time"})
+                rows.append({**row, "skipped": "out of time"})
                 continue
             s = TorchSession(model, TorchOptions(device=device, precision=precision, warped_input=warped,
-                                                 device_decode=on_device), input_size=(preset["size"],) * 2)
+                                                 device_decode=on_device), input_size=size)
             results, ids, errors, stats = stream_detections(
                 "torch", info["images_dir"], info["annotation_file"], batchsize=batch, workers=workers,
-                progress=False, session=s, input_size=(preset["size"],) * 2, log=lambda line: None)
-            rows.append({"warped_input": warped, "device_decode": on_device, "images": len(ids),
-                         "end_to_end_fps": stats["end_to_end_fps"],
+                progress=False, session=s, input_size=size, mode=TestMode(flip=flip, input_size=size),
+                log=lambda line: None)
+            rows.append({**row, "images": len(ids), "end_to_end_fps": stats["end_to_end_fps"],
                          "inference_fps": stats["fps"],
                          "end_to_end_of_inference": round(stats["end_to_end_fps"] / stats["fps"], 3)
                          if stats["fps"] else None})
-            print(f"  warped_input={warped}, device_decode={on_device}: {stats['end_to_end_fps']} images/s "
-                  f"end to end, inference alone {stats['fps']}", flush=True)
+            print(f"  flip={flip}, warped_input={warped}, device_decode={on_device}: {stats['end_to_end_fps']} "
+                  f"images/s end to end, inference alone {stats['fps']}", flush=True)
             del s
             free(device)
     return {"precision": precision, "batch": batch, "workers": workers, "rows": rows}
@@ -474,9 +482,11 @@ def markdown(result):
         if "end_to_end_fps" in r:
             sent = "warped uint8 images" if r["warped_input"] else "float32 inputs"
             where = "decoded on the device" if r["device_decode"] else "decoded by numpy"
-            lines.append(f"streaming evaluation ({pipe['precision']}, batch {pipe['batch']}, {pipe['workers']} "
+            mode = "flip test" if r["flip"] else "no flip"
+            lines.append(f"streaming evaluation ({mode}, {pipe['precision']}, batch {pipe['batch']}, {pipe['workers']} "
                          f"workers sending {sent}, {where}, {r['images']} images): {r['end_to_end_fps']:.1f} "
-                         f"images/s end to end, inference alone {r['inference_fps']:.1f} "
+                         f"images/s end to end, inference{' and decoding' if r['device_decode'] else ''} "
+                         f"alone {r['inference_fps']:.1f} "
                          f"({r['end_to_end_of_inference']:.0%})")
     return "\n".join(lines)
 

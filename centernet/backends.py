@@ -68,7 +68,8 @@ def add_torch_arguments(parser, several_precisions=False, title="PyTorch backend
                         "bytes) and the normalisation runs on the device (default: on)")
     g.add_argument("--device-decode", action=argparse.BooleanOptionalAction, default=None,
                    help="streaming evaluation: decode on the device and copy back only the 100 detections "
-                        "per image, not the full outputs (not with --flip) (default: on for cuda)")
+                        "per image, not the full outputs; with --flip the mirror is made and averaged in "
+                        "there too (default: on for cuda)")
     g.add_argument("--dcn-kernel", choices=DCN_KERNELS, default="auto",
                    help="deformable convolution: ours (grid_sample + matmul), torchvision's deform_conv2d, "
                         "or auto: torchvision where it imports and agrees with ours within float32 "

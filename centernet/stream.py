@@ -8,7 +8,7 @@ one ONNX Runtime session (keep resolution and scales give many sizes: the
 inputs are ordered by size so that they batch, and no session is rebuilt),
 and decoded on a thread while the next batch runs (the PyTorch backend takes
 the warped uint8 images and normalises them on its device, and on CUDA
-decodes there as well). The detections are the
+decodes there as well, a flip test's mirror included). The detections are the
 ones the staged scripts produce (same tensors, same session, same decoder),
 and the results JSON has the same format.
 """
@@ -146,9 +146,10 @@ def stream_detections(model, images_dir, annotation_file, batchsize=1, device="c
     mode, input_size, numpy_flip = resolve_mode(session, model, mode, input_size, log)
     scales = tuple(mode.scales)
     # The PyTorch backend takes the warped uint8 images and normalises on its device.
-    warped = bool(getattr(session, "accepts_warped", False)) and not numpy_flip
-    # ... and may decode there too (not the flip test, whose mirror is averaged in numpy).
-    device_decode = bool(getattr(session, "decodes_on_device", False)) and not mode.flip
+    # ... and may decode there too, making and averaging in a flip test's mirror
+    # there as well; otherwise the mirror is made and averaged in numpy.
+    device_decode = bool(getattr(session, "decodes_on_device", False))
+    warped = bool(getattr(session, "accepts_warped", False)) and (device_decode or not numpy_flip)
 
     # One unit per (image, scale), ordered by input size (from the annotated
     # width and height) so that equal sizes arrive together and batch.
@@ -235,7 +236,7 @@ def stream_detections(model, images_dir, annotation_file, batchsize=1, device="c
             t0 = time.perf_counter()
             if device_decode:
                 out_h, out_w = batch[0][1][3]
-                outputs = session.run_decoded(x, min(K, out_h * out_w), warped=warped)
+                outputs = session.run_decoded(x, min(K, out_h * out_w), warped=warped, flip=numpy_flip)
             elif warped:
                 outputs = session.run_warped(x)
             else:

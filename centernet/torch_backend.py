@@ -28,7 +28,9 @@ Each technique that makes the network fast on a GPU is a switch of
 - device_decode: the streaming evaluation decodes on the device
   (decode_ctdet_torch, as upstream decodes on its GPU) and copies back only
   the K detections per input, instead of the full outputs (5.5 MB per
-  512x512 input) for numpy to decode on one CPU thread;
+  512x512 input) for numpy to decode on one CPU thread; a flip test then
+  mirrors and averages on the device too (combine_flip_torch), so its
+  inputs also go over as warped uint8 images, once;
 - dcn: the deformable convolution's kernel (dcn_kernels: ours, torchvision, auto).
 """
 import contextlib
@@ -230,6 +232,15 @@ def decode_ctdet_torch(hm, wh, reg, K=100, hm_is_heat=False):
     return scores, classes, boxes
 
 
+def combine_flip_torch(hm, wh, reg):
+    """modes.combine_flip on torch tensors: outputs of a batch followed by its
+    mirror (2N) -> (heat, wh, reg) of the N inputs: hm averaged with the
+    mirrored pass after the sigmoid, wh averaged, reg of the unflipped pass."""
+    n = len(hm) // 2
+    heat = torch.sigmoid(hm.float())
+    return (heat[:n] + heat[n:].flip(3)) / 2, (wh[:n].float() + wh[n:].float().flip(3)) / 2, reg[:n].float()
+
+
 class _Arg:
     """What ONNX Runtime's NodeArg tells about an input or output."""
 
@@ -408,16 +419,21 @@ class TorchSession:
         """Whether run_decoded is on (the streaming evaluation then uses it)."""
         return self.options.device_decode
 
-    def run_decoded(self, batch, K=100, warped=False):
+    def run_decoded(self, batch, K=100, warped=False, flip=False):
         """A float32 batch (or, warped, uint8 warped images as run_warped takes)
         -> decode_ctdet's (scores, classes, boxes on the output map) as numpy
-        arrays, decoded on the device: only the K detections per input come back."""
+        arrays, decoded on the device: only the K detections per input come back.
+        flip: upstream's flip test, the mirror made and averaged in on the device
+        (combine_flip_torch)."""
         batch = np.asarray(batch)
         self._check((len(batch), 3, *batch.shape[1:3]) if warped else batch.shape)
         with self._context():
             x = self.warped_to_device(batch) if warped else self.to_device(batch)
-            decoded = decode_ctdet_torch(*self._infer(x), K=K)
-            return self._to_host(decoded)
+            if not flip:
+                return self._to_host(decode_ctdet_torch(*self._infer(x), K=K))
+            layout = torch.channels_last if self.options.channels_last else torch.contiguous_format
+            outputs = self._infer(torch.cat([x, x.flip(3)]).contiguous(memory_format=layout))
+            return self._to_host(decode_ctdet_torch(*combine_flip_torch(*outputs), K=K, hm_is_heat=True))
 
     @property
     def accepts_warped(self):

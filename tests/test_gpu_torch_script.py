@@ -36,6 +36,7 @@ def test_cpu_quick_mode_end_to_end(upstream_checkpoint, tmp_path):
     variants = {row["variant"] for row in result["techniques"]["rows"]}
     assert {"default", "channels_last on", "BN folding off", "cast=model (half model)", "DCN kernel ours"} <= variants
     pipe = result["pipeline"]["rows"]
-    assert [(r["warped_input"], r["device_decode"]) for r in pipe] == [(True, True), (True, False), (False, False)]
+    assert [(r["flip"], r["warped_input"], r["device_decode"]) for r in pipe] == [
+        (False, True, True), (False, True, False), (False, False, False), (True, True, True), (True, False, False)]
     assert all(r["images"] == 4 and r["end_to_end_fps"] > 0 for r in pipe)
     assert "| precision | batch | images/s |" in result["markdown"] and "top-100 recovered" in result["markdown"]
