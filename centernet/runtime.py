@@ -1,5 +1,6 @@
 """ONNX Runtime sessions: one place that picks providers, threads and options."""
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
@@ -101,9 +102,12 @@ def run_session(session, batch):
     In the main thread an ONNX Runtime run stops at Ctrl-C (run_interruptible)."""
     name = session.get_inputs()[0].name
     feed = {name: np.ascontiguousarray(batch, dtype=np.float32)}
-    # The PyTorch backend (run_batch) returns to Python between operators, so a
-    # Ctrl-C reaches it anyway; signals only ever reach the main thread.
-    if hasattr(session, "run_batch") or threading.current_thread() is not threading.main_thread():
+    # Only ONNX Runtime's own sessions take run options (the PyTorch backend
+    # returns to Python between operators, so a Ctrl-C reaches it anyway), and
+    # signals only ever reach the main thread.
+    ort = sys.modules.get("onnxruntime")
+    if ort is None or not isinstance(session, ort.InferenceSession) \
+            or threading.current_thread() is not threading.main_thread():
         return session.run(None, feed)
     return run_interruptible(session, feed)
 
