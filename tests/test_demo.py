@@ -10,7 +10,8 @@ from centernet.synthetic import make_synthetic_coco
 from conftest import ROOT, assert_one_line_error
 
 
-def test_demo_is_made_once_and_reused(tmp_path):
+def test_demo_is_made_once_and_reused(tmp_path, random_ctdet, monkeypatch):
+    monkeypatch.setattr("centernet.demo.random_model", lambda seed: random_ctdet)  # built once per test run
     data, weights = make_demo(tmp_path, num_images=2)
     assert (data / "coco" / "annotations" / "instances_val2017.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ctdet_demo.pth", "data"]  # no temp file left
