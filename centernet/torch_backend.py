@@ -356,9 +356,7 @@ class TorchSession:
         x = self._host_to_device(x)
         if self._compute_dtype is not None:
             x = x.to(self._compute_dtype)
-        if self.options.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return x.contiguous(memory_format=self._layout)
 
     def _forward(self, x):
         """The network on a device tensor -> contiguous float32 device tensors."""
@@ -425,14 +423,11 @@ class TorchSession:
         arrays, decoded on the device: only the K detections per input come back.
         flip: upstream's flip test, the mirror made and averaged in on the device
         (combine_flip_torch)."""
-        batch = np.asarray(batch)
-        self._check((len(batch), 3, *batch.shape[1:3]) if warped else batch.shape)
         with self._context():
-            x = self.warped_to_device(batch) if warped else self.to_device(batch)
+            x = self._input(batch, warped)
             if not flip:
                 return self._to_host(decode_ctdet_torch(*self._infer(x), K=K))
-            layout = torch.channels_last if self.options.channels_last else torch.contiguous_format
-            outputs = self._infer(torch.cat([x, x.flip(3)]).contiguous(memory_format=layout))
+            outputs = self._infer(torch.cat([x, x.flip(3)]).contiguous(memory_format=self._layout))
             return self._to_host(decode_ctdet_torch(*combine_flip_torch(*outputs), K=K, hm_is_heat=True))
 
     @property
@@ -451,26 +446,35 @@ class TorchSession:
             self._mean_std = tuple(torch.tensor(np.asarray(v, np.float64), device=self.device) for v in (MEAN, STD))
         mean, std = self._mean_std
         x = ((x.double() / 255.0 - mean) / std).to(self._compute_dtype or torch.float32).permute(0, 3, 1, 2)
-        return x.contiguous(memory_format=torch.channels_last if self.options.channels_last
-                            else torch.contiguous_format)
+        return x.contiguous(memory_format=self._layout)
 
-    def run_warped(self, batch):
-        """uint8 (N, H, W, 3) BGR warped images (transforms.warp_input) ->
-        [hm, wh, reg] float32 numpy arrays, as run_batch on their normalised form."""
+    @property
+    def _layout(self):
+        return torch.channels_last if self.options.channels_last else torch.contiguous_format
+
+    def _input(self, batch, warped):
+        """A numpy batch checked and on the device: float32 (N, 3, H, W), or
+        with `warped` uint8 (N, H, W, 3) warped images (see warped_to_device)."""
         batch = np.asarray(batch)
+        if not warped:
+            self._check(batch.shape)
+            return self.to_device(batch)
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
             raise ValueError(f"{self.name}: warped images of shape {batch.shape} and type {batch.dtype}, "
                              "expected uint8 (N, H, W, 3)")
         self._check((len(batch), 3, *batch.shape[1:3]))
+        return self.warped_to_device(batch)
+
+    def run_warped(self, batch):
+        """uint8 (N, H, W, 3) BGR warped images (transforms.warp_input) ->
+        [hm, wh, reg] float32 numpy arrays, as run_batch on their normalised form."""
         with self._context():
-            return self._to_host(self._infer(self.warped_to_device(batch)))
+            return self._to_host(self._infer(self._input(batch, warped=True)))
 
     def run_batch(self, batch):
         """float32 (N, 3, H, W) numpy -> [hm, wh, reg] float32 numpy arrays."""
-        batch = np.asarray(batch)
-        self._check(batch.shape)
         with self._context():
-            return self._to_host(self._infer(self.to_device(batch)))
+            return self._to_host(self._infer(self._input(batch, warped=False)))
 
 
 def open_torch_session(checkpoint, options=None, input_size=(512, 512), log=None):
