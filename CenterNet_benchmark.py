@@ -30,9 +30,9 @@ from pathlib import Path
 from centernet.errors import UserError, cli, quiet_interrupt
 
 with quiet_interrupt():  # torch loads here
-    from centernet.backends import add_torch_arguments, torch_options_from_args
-    from centernet.benchmark import BACKENDS, DEFAULT_BACKENDS, format_table, run_benchmark, usable_cores, write_json
-    from centernet.mode_benchmark import DEFAULT_MODES, MODES, format_mode_table, run_mode_benchmark, write_mode_json
+    from centernet.runtime.backends import add_torch_arguments, torch_options_from_args
+    from centernet.bench.benchmark import BACKENDS, DEFAULT_BACKENDS, format_table, run_benchmark, usable_cores, write_json
+    from centernet.bench.mode_benchmark import DEFAULT_MODES, MODES, format_mode_table, run_mode_benchmark, write_mode_json
 
 DEFAULT_WEIGHTS = "ctdet_coco_dla_2x.pth"
 QUICK = {"batchsizes": [1, 4], "loop": 4}
@@ -119,8 +119,8 @@ def parse_args(argv=None):
 
 def load_weights(path):
     """(model, description) for --weights, the default checkpoint if present, or random weights."""
-    from centernet.checkpoint import load_model
-    from centernet.random_weights import random_model
+    from centernet.model.checkpoint import load_model
+    from centernet.model.random_weights import random_model
     if path is None and Path(DEFAULT_WEIGHTS).is_file():
         path = DEFAULT_WEIGHTS
     if path is None:
@@ -155,7 +155,7 @@ def main(argv=None):
     write_json(result, args.json)
     print(f"\nwrote {args.json} ({time.perf_counter() - start:.0f}s in all)")
     if args.plot:
-        from centernet.plots import plot_benchmark
+        from centernet.report.plots import plot_benchmark
         print(f"plot: {plot_benchmark(result, args.plot)}")
     return 0
 

@@ -19,10 +19,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from centernet.backends import add_backend_arguments, check_backend_args, torch_options_from_args
-from centernet.detect import VIS_THRESH, run_demo
+from centernet.runtime.backends import add_backend_arguments, check_backend_args, torch_options_from_args
+from centernet.pipeline.demo import VIS_THRESH, run_demo
 from centernet.errors import UserError, cli
-from centernet.runtime import PROVIDERS
+from centernet.runtime.ort_session import PROVIDERS
 
 DEFAULT_MODELS = ("CenterNet.onnx", "ctdet_coco_dla_2x.pth")
 

@@ -34,12 +34,12 @@ from centernet.errors import Interrupted, UserError, cli
 def parse_args(argv=None):
     # The package is imported here, under main's @cli: a Ctrl-C while numpy,
     # OpenCV and ONNX Runtime load ends quietly too.
-    from centernet.backends import add_backend_arguments
-    from centernet.detect import VIS_THRESH
-    from centernet.modes import UPSTREAM_SCALES
-    from centernet.ray_eval import BLOCK_SIZE  # Ray itself is imported only by a --ray run
-    from centernet.runtime import PROVIDERS
-    from centernet.stream import default_workers
+    from centernet.runtime.backends import add_backend_arguments
+    from centernet.pipeline.demo import VIS_THRESH
+    from centernet.core.modes import UPSTREAM_SCALES
+    from centernet.pipeline.ray_eval import BLOCK_SIZE  # Ray itself is imported only by a --ray run
+    from centernet.runtime.ort_session import PROVIDERS
+    from centernet.pipeline.stream import default_workers
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="CenterNet.onnx",
                    help="ONNX model, or the .pth checkpoint for --backend torch (default: %(default)s)")
@@ -101,11 +101,11 @@ def parse_args(argv=None):
                  "run the same command again to start over")
 def main(argv=None):
     args = parse_args(argv)
-    from centernet.backends import (check_backend_args, describe_line, describe_session, open_session,
+    from centernet.runtime.backends import (check_backend_args, describe_line, describe_session, open_session,
                                     torch_options_from_args)
-    from centernet.coco import default_annotation_file, write_results
-    from centernet.modes import TestMode, parse_scales
-    from centernet.stream import stream_detections
+    from centernet.io.coco import default_annotation_file, write_results
+    from centernet.core.modes import TestMode, parse_scales
+    from centernet.pipeline.stream import stream_detections
     if args.batchsize < 1 or args.workers < 1:
         raise UserError("--batchsize and --workers must be >= 1")
     ann = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset)
@@ -120,7 +120,7 @@ def main(argv=None):
         return annotate(args, images, mode)
     output = args.output or "save/results.json"
     if args.ray is not None:
-        from centernet.ray_eval import evaluate_on_ray
+        from centernet.pipeline.ray_eval import evaluate_on_ray
         check_ray_backend(args)
         image_ids, errors, stats = evaluate_on_ray(
             args.model, images, ann, output, batchsize=args.batchsize, device=args.device, threads=args.threads,
@@ -151,9 +151,9 @@ def main(argv=None):
 
 def report(args, ann, output, results, image_ids, errors, stats):
     """Score the detections, write the metrics, the tables and the plots."""
-    from centernet.binio import make_dirs, write_atomic
-    from centernet.coco import evaluate_coco, format_best_worst, write_per_class_table
-    from centernet.plots import write_eval_plots
+    from centernet.io.binio import make_dirs, write_atomic
+    from centernet.io.coco import evaluate_coco, format_best_worst, write_per_class_table
+    from centernet.report.plots import write_eval_plots
     if stats.get("fps"):
         print(f"end to end {stats['end_to_end_fps']} images/s; inference alone {stats['fps']} images/s "
               f"({stats['end_to_end_fps'] / stats['fps']:.0%})")
@@ -189,7 +189,7 @@ def check_ray_backend(args):
 
 def annotate(args, images, mode):
     """--ray with --images and no annotation file: detections.json, no AP."""
-    from centernet.ray_eval import annotate_on_ray
+    from centernet.pipeline.ray_eval import annotate_on_ray
     output = args.output or "save/detections.json"
     print(f"no annotation file: annotating the images of {images} (detections with score >= {args.vis_thresh:g})")
     count, errors, stats = annotate_on_ray(

@@ -24,13 +24,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from centernet.backends import (add_backend_arguments, check_backend_args, describe_line, open_session,
+from centernet.runtime.backends import (add_backend_arguments, check_backend_args, describe_line, open_session,
                                 torch_options_from_args)
 from centernet.errors import Interrupted, UserError, WriteError, cli
-from centernet.infer import format_summary, run_folder, run_loop
-from centernet.preprocess import META_NAME, load_meta
-from centernet.runtime import PROVIDERS
-from centernet.transforms import INPUT_SIZE
+from centernet.pipeline.staged_infer import format_summary, run_folder, run_loop
+from centernet.pipeline.preprocess import META_NAME, load_meta
+from centernet.runtime.ort_session import PROVIDERS
+from centernet.core.transforms import INPUT_SIZE
 
 AIS_BENCH_HELP = ("ais_bench is not installed: it comes from Ascend's tool repository "
                   "(https://gitee.com/ascend/tools, folder ais-bench_workload/tool/ais_bench), "

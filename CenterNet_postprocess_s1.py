@@ -14,12 +14,12 @@ import json
 import sys
 from pathlib import Path
 
-from centernet.coco import (class_category_ids, default_annotation_file, default_category_ids, load_annotations,
+from centernet.io.coco import (class_category_ids, default_annotation_file, default_category_ids, load_annotations,
                             write_results)
-from centernet.decode import (decode_bins_to_coco, images_from_annotations, images_from_meta,
+from centernet.core.decode import (decode_bins_to_coco, images_from_annotations, images_from_meta,
                               split_missing)
 from centernet.errors import UserError, cli
-from centernet.preprocess import load_meta
+from centernet.pipeline.preprocess import load_meta
 
 
 def meta_listing_exactly(bin_dir, images):

@@ -12,11 +12,11 @@ import json
 import sys
 from pathlib import Path
 
-from centernet.binio import make_dirs, write_atomic
-from centernet.coco import (coco_from_dataset, default_annotation_file, evaluate_coco, format_best_worst,
+from centernet.io.binio import make_dirs, write_atomic
+from centernet.io.coco import (coco_from_dataset, default_annotation_file, evaluate_coco, format_best_worst,
                             load_annotations, load_results, write_per_class_table)
-from centernet.plots import write_eval_plots
-from centernet.preprocess import load_meta
+from centernet.report.plots import write_eval_plots
+from centernet.pipeline.preprocess import load_meta
 from centernet.errors import UserError, cli
 
 

@@ -44,7 +44,7 @@ def main(argv=None):
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: must be at least 1")
     # Imported here, under @cli: a Ctrl-C while numpy and OpenCV load ends quietly too.
-    from centernet.preprocess import preprocess_folder
+    from centernet.pipeline.preprocess import preprocess_folder
     summary = preprocess_folder(args.src_dir, args.dst_dir, tuple(args.input_size), args.workers,
                                 progress=not args.no_progress, limit=args.limit,
                                 keep_res=args.keep_res, flip_test=args.flip)

@@ -22,11 +22,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from centernet.binio import output_bin_path, write_bin  # noqa: E402
-from centernet.coco import class_category_ids, write_results  # noqa: E402
-from centernet.decode import decode_bins_to_coco, images_from_annotations, split_missing  # noqa: E402
-from centernet.preprocess import list_images, preprocess_folder  # noqa: E402
-from centernet.synthetic import make_synthetic_coco  # noqa: E402
+from centernet.io.binio import output_bin_path, write_bin  # noqa: E402
+from centernet.io.coco import class_category_ids, write_results  # noqa: E402
+from centernet.core.decode import decode_bins_to_coco, images_from_annotations, split_missing  # noqa: E402
+from centernet.pipeline.preprocess import list_images, preprocess_folder  # noqa: E402
+from centernet.io.synthetic import make_synthetic_coco  # noqa: E402
 
 BIN_BYTES = 3 * 512 * 512 * 4
 
@@ -69,7 +69,7 @@ def pool_startup(workers):
     (empty) task: the fixed cost every multi-worker run pays."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
-    from centernet.preprocess import _worker_chunk, _worker_init
+    from centernet.pipeline.preprocess import _worker_chunk, _worker_init
     t = time.perf_counter()
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_init) as pool:

@@ -23,7 +23,7 @@ The passes alternate (stream, Ray, stream, Ray, ...) for --rounds rounds and
 the best of each is kept, so a burst of other work on the machine hits both.
 The two results files are checked to be identical.
 
-By default the data is the demo's (centernet.demo: synthetic COCO-like photos
+By default the data is the demo's (centernet.model.demo_data: synthetic COCO-like photos
 of 360-640 px) and the model the demo weights exported at 512x512, made once
 in --workdir.
 """
@@ -36,17 +36,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from centernet.benchmark import cpu_model  # noqa: E402
-from centernet.coco import write_results  # noqa: E402
-from centernet.stream import stream_detections  # noqa: E402
+from centernet.bench.benchmark import cpu_model  # noqa: E402
+from centernet.io.coco import write_results  # noqa: E402
+from centernet.pipeline.stream import stream_detections  # noqa: E402
 
 
 def demo_inputs(workdir, images):
     """Demo data with `images` images and the demo weights exported to ONNX
     (512x512), made once under workdir."""
-    from centernet.checkpoint import load_model
-    from centernet.demo import make_demo
-    from centernet.export import export_onnx
+    from centernet.model.checkpoint import load_model
+    from centernet.model.demo_data import make_demo
+    from centernet.model.export import export_onnx
     data, weights = make_demo(Path(workdir) / f"demo{images}", num_images=images)
     onnx_path = Path(workdir) / "ctdet_demo_512.onnx"
     if not onnx_path.is_file():
@@ -143,7 +143,7 @@ def main():
     p.add_argument("--workdir", default="/tmp/bench_ray", help="scratch folder, kept (default: %(default)s)")
     args = p.parse_args()
 
-    from centernet.ray_eval import evaluate_on_ray, init_ray
+    from centernet.pipeline.ray_eval import evaluate_on_ray, init_ray
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -164,9 +164,9 @@ def main():
     print(f"{n_images} images, model {model}, {args.threads} ONNX Runtime threads, batch {args.batchsize}; "
           f"local Ray with {args.cpus} CPUs started in {ray_start:.1f} s (not counted)")
 
-    import centernet.ray_eval
-    import centernet.stream
-    centernet.stream.tqdm = centernet.ray_eval.tqdm = Timeline
+    import centernet.pipeline.ray_eval
+    import centernet.pipeline.stream
+    centernet.pipeline.stream.tqdm = centernet.pipeline.ray_eval.tqdm = Timeline
 
     def stream_pass():
         results, ids, errors, stats = stream_detections(model, images_dir, ann, batchsize=args.batchsize,

@@ -49,13 +49,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from centernet.benchmark import count_flops, cpu_model, matmul_ceiling  # noqa: E402
-from centernet.binio import write_atomic  # noqa: E402
-from centernet.compare import detection_agreement, output_differences  # noqa: E402
-from centernet.dcn_kernels import torchvision_kernel  # noqa: E402
-from centernet.infer import latency_stats, time_batches  # noqa: E402
-from centernet.synthetic import synthetic_input_batch  # noqa: E402
-from centernet.torch_backend import TorchOptions, TorchSession  # noqa: E402
+from centernet.bench.benchmark import count_flops, cpu_model, matmul_ceiling  # noqa: E402
+from centernet.io.binio import write_atomic  # noqa: E402
+from centernet.core.compare import detection_agreement, output_differences  # noqa: E402
+from centernet.model.dcn_kernels import torchvision_kernel  # noqa: E402
+from centernet.pipeline.staged_infer import latency_stats, time_batches  # noqa: E402
+from centernet.io.synthetic import synthetic_input_batch  # noqa: E402
+from centernet.runtime.torch_session import TorchOptions, TorchSession  # noqa: E402
 
 FULL = {"size": 512, "parity_images": 8, "batches": [1, 8, 32, 128], "precisions": ["fp32", "tf32", "fp16", "bf16"],
         "images_per_row": 256, "technique_batch": 32, "pipeline_images": 512, "matmul_n": 8192, "budget": 450}
@@ -147,10 +147,10 @@ def free(device):
 
 def load_model(weights):
     if weights:
-        from centernet.checkpoint import load_model as load
+        from centernet.model.checkpoint import load_model as load
         return load(weights, log=lambda m: None), str(weights)
-    from centernet.random_weights import random_model
-    return random_model(seed=0), "random, calibrated on synthetic photos (centernet/random_weights.py)"
+    from centernet.model.random_weights import random_model
+    return random_model(seed=0), "random, calibrated on synthetic photos (centernet/model/random_weights.py)"
 
 
 def environment(args, weights):
@@ -387,9 +387,9 @@ def pipeline(model, device, preset, run):
     by numpy on a thread) with the torch backend, the workers sending warped
     uint8 images (normalised on the device) or float32 inputs; without and
     with the flip test (its mirror made and averaged in on the device, or in numpy)."""
-    from centernet.modes import TestMode
-    from centernet.stream import stream_detections
-    from centernet.synthetic import make_synthetic_coco
+    from centernet.core.modes import TestMode
+    from centernet.pipeline.stream import stream_detections
+    from centernet.io.synthetic import make_synthetic_coco
     precision = "fp16" if device == "cuda" else "bf16"
     batch = preset["technique_batch"]
     workers = max(1, min(16, (os.cpu_count() or 2) - 1))

@@ -24,7 +24,7 @@ def synthetic_coco(tmp_path_factory):
     """A 6-image synthetic dataset in the recipe layout (read-only for tests:
     copy before modifying). Returns make_synthetic_coco's dict plus the
     loaded annotations under "dataset"."""
-    from centernet.synthetic import make_synthetic_coco
+    from centernet.io.synthetic import make_synthetic_coco
     info = make_synthetic_coco(tmp_path_factory.mktemp("synth") / "data", num_images=6, seed=0,
                                image_sizes=SMALL_SIZES, max_objects=4)
     info["dataset"] = json.loads(Path(info["annotation_file"]).read_text())
@@ -172,7 +172,7 @@ def no_torch_env(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ctdet_onnx(random_ctdet, tmp_path_factory):
     """`random_ctdet` exported with the default target (512x512, DeformConv)."""
-    from centernet.export import export_onnx
+    from centernet.model.export import export_onnx
     path = tmp_path_factory.mktemp("onnx") / "CenterNet.onnx"
     export_onnx(random_ctdet, path)
     return path
@@ -198,15 +198,15 @@ def assert_parity(got, ref, rel=PARITY_REL, what=""):
 def photo_inputs(num_images, input_size, seed=0):
     """Network input from synthetic photos (the test transform applied), not
     white noise: the fixture model is calibrated on photos, as a trained one is."""
-    from centernet.synthetic import synthetic_input_batch
+    from centernet.io.synthetic import synthetic_input_batch
     return synthetic_input_batch(num_images, tuple(input_size), seed=seed)
 
 
 @pytest.fixture(scope="session")
 def random_ctdet():
     """Random ctdet DLA-34 weights calibrated to behave like the trained network
-    (centernet/random_weights.py; its output ranges: tests/test_random_weights.py)."""
-    from centernet.random_weights import random_model
+    (centernet/model/random_weights.py; its output ranges: tests/test_random_weights.py)."""
+    from centernet.model.random_weights import random_model
     return random_model(seed=0)
 
 
@@ -214,7 +214,7 @@ def random_ctdet():
 def upstream_checkpoint(random_ctdet, tmp_path_factory):
     """`random_ctdet` saved in the zoo file's layout: {'epoch', 'state_dict'},
     module.-prefixed keys, base.fc present, num_batches_tracked missing."""
-    from centernet.checkpoint import save_upstream_checkpoint
+    from centernet.model.checkpoint import save_upstream_checkpoint
     path = tmp_path_factory.mktemp("weights") / "ctdet_coco_dla_2x.pth"
     save_upstream_checkpoint(random_ctdet, path)
     return path
@@ -224,7 +224,7 @@ def upstream_checkpoint(random_ctdet, tmp_path_factory):
 def ctdet_onnx_dynamic(random_ctdet, tmp_path_factory):
     """`random_ctdet` with a dynamic input height and width (keep resolution,
     scales); traced at a small size, which keeps the export fast."""
-    from centernet.export import export_onnx
+    from centernet.model.export import export_onnx
     path = tmp_path_factory.mktemp("onnx") / "CenterNet_dynamic.onnx"
     export_onnx(random_ctdet, path, input_size=(64, 64), dynamic_size=True)
     return path
@@ -233,7 +233,7 @@ def ctdet_onnx_dynamic(random_ctdet, tmp_path_factory):
 @pytest.fixture(scope="session")
 def ctdet_onnx_flip_dynamic(random_ctdet, tmp_path_factory):
     """As ctdet_onnx_dynamic, with the flip test in the graph (export --flip)."""
-    from centernet.export import export_onnx
+    from centernet.model.export import export_onnx
     path = tmp_path_factory.mktemp("onnx") / "CenterNet_flip_dynamic.onnx"
     export_onnx(random_ctdet, path, input_size=(64, 64), dynamic_size=True, flip=True)
     return path
@@ -247,7 +247,7 @@ KEEP_RES_SIZES = [(100, 60), (90, 50), (64, 64), (96, 40), (70, 60)]
 @pytest.fixture(scope="session")
 def tiny_coco(tmp_path_factory):
     """A 5-image synthetic dataset of KEEP_RES_SIZES (read-only for tests)."""
-    from centernet.synthetic import make_synthetic_coco
+    from centernet.io.synthetic import make_synthetic_coco
     info = make_synthetic_coco(tmp_path_factory.mktemp("tiny") / "data", num_images=5, seed=1,
                                image_sizes=KEEP_RES_SIZES, max_objects=3)
     info["dataset"] = json.loads(Path(info["annotation_file"]).read_text())

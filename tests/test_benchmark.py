@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from centernet.benchmark import (BACKENDS, ORT_VARIANTS, TABLE_COLUMNS, count_flops, format_table,
+from centernet.bench.benchmark import (BACKENDS, ORT_VARIANTS, TABLE_COLUMNS, count_flops, format_table,
                                  ort_sweep, run_benchmark, write_json)
 from dcn_v2 import DCN, decomposed_deform_conv2d_static, modulated_deform_conv2d
-from centernet.export import check_export, count_ops
+from centernet.model.export import check_export, count_ops
 import CenterNet_benchmark
 
 TINY = (64, 64)

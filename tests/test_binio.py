@@ -1,4 +1,4 @@
-"""centernet.binio: atomic writes, and one line naming the file for an output
+"""centernet.io.binio: atomic writes, and one line naming the file for an output
 that cannot be written (full disk, no permission, no such folder)."""
 import errno
 import os
@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from centernet.binio import make_dirs, read_bin, write_atomic, write_bin
+from centernet.io.binio import make_dirs, read_bin, write_atomic, write_bin
 from centernet.errors import WriteError, write_error
 
 

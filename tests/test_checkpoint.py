@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from centernet.checkpoint import load_model, load_state_dict
+from centernet.model.checkpoint import load_model, load_state_dict
 from centernet.errors import UserError
 from conftest import ROOT
 from pose_dla_dcn import get_pose_net
@@ -57,7 +57,7 @@ def test_not_a_checkpoint(tmp_path):
 def test_not_a_checkpoint_from_the_command_line_is_one_line(tmp_path):
     path = tmp_path / "junk.pth"
     path.write_bytes(b"\x80\x04 this is not a pickle at all")  # protocol 4: torch warns before failing
-    r = subprocess.run([sys.executable, "-m", "centernet.checkpoint", str(path)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "centernet.model.checkpoint", str(path)], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
 
@@ -110,6 +110,6 @@ def test_a_folder(tmp_path):
 
 def test_cli_check(upstream_checkpoint):
     # (its one-line errors: test_run_all.py's bad weights)
-    r = subprocess.run([sys.executable, "-m", "centernet.checkpoint", str(upstream_checkpoint)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "centernet.model.checkpoint", str(upstream_checkpoint)], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout == f"{upstream_checkpoint}: a ctdet DLA-34 checkpoint\n", r.stderr

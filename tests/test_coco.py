@@ -1,11 +1,11 @@
-"""centernet.coco and CenterNet_postprocess_s2.py: class mapping, results
+"""centernet.io.coco and CenterNet_postprocess_s2.py: class mapping, results
 files, COCOeval wrapper against hand-worked cases, and one-line errors."""
 import json
 import shutil
 
 import pytest
 
-from centernet.coco import (COCO_CATEGORIES, PER_CLASS_TABLE, STAT_NAMES, class_category_ids, class_names,
+from centernet.io.coco import (COCO_CATEGORIES, PER_CLASS_TABLE, STAT_NAMES, class_category_ids, class_names,
                             evaluate_coco, format_best_worst, load_annotations, stable_image_id, write_results)
 from centernet.errors import UserError
 from conftest import assert_one_line_error

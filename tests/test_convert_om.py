@@ -90,7 +90,7 @@ def test_missing_atc_is_explained(stubs):
 def write_meta(path, sizes, keep_res=True):
     """A keep-resolution meta.json for images of the given (width, height)."""
     import json
-    from centernet.preprocess import meta_entry
+    from centernet.pipeline.preprocess import meta_entry
     images = {f"{i:03d}.jpg": meta_entry(h, w, keep_res=keep_res) for i, (w, h) in enumerate(sizes)}
     path.write_text(json.dumps({"images": images, "keep_res": keep_res, "input_size": None}))
     return path
@@ -123,8 +123,8 @@ def test_keep_res_with_one_size_is_a_static_shape(stubs):
 def test_keep_res_flip_export_through_atc(stubs, random_ctdet, tiny_coco):
     """The recipe's keep resolution + flip on Ascend: an ascend-target export
     with --flip --dynamic-size and the gears of a real keep-res preprocessing."""
-    from centernet.export import export_onnx
-    from centernet.preprocess import preprocess_folder
+    from centernet.model.export import export_onnx
+    from centernet.pipeline.preprocess import preprocess_folder
     tmp, _, log, env = stubs
     model = tmp / "CenterNet_ascend_flip.onnx"
     export_onnx(random_ctdet, model, target="ascend", input_size=(64, 64), dynamic_size=True, flip=True)

@@ -1,4 +1,4 @@
-"""The choice of DCN kernel (centernet/dcn_kernels.py): torchvision's
+"""The choice of DCN kernel (centernet/model/dcn_kernels.py): torchvision's
 deform_conv2d where it imports and agrees with ours, ours otherwise.
 
 torchvision does not import beside this CPU torch, so these tests put a fake
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from centernet.dcn_kernels import (AGREE_REL, KernelDCN, agreement, ours, probe_case, select_kernel,
+from centernet.model.dcn_kernels import (AGREE_REL, KernelDCN, agreement, ours, probe_case, select_kernel,
                                    torchvision_kernel)
 from centernet.errors import UserError
-from centernet.torch_backend import TorchOptions, TorchSession
+from centernet.runtime.torch_session import TorchOptions, TorchSession
 from conftest import ROOT, assert_parity, photo_inputs
 
 FAKE_OPS = '''

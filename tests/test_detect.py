@@ -1,4 +1,4 @@
-"""CenterNet_demo.py and centernet.detect: images, folders, a short video, the
+"""CenterNet_demo.py and centernet.pipeline.demo: images, folders, a short video, the
 .pth path with its export cache, bad inputs, and detections.json."""
 import json
 import shutil
@@ -9,11 +9,11 @@ import onnx
 import pytest
 import torch
 
-from centernet.coco import COCO_CATEGORIES
-from centernet.detect import (CACHE_KEY, Detector, cached_export, export_cache_path, open_detector, run_demo)
+from centernet.io.coco import COCO_CATEGORIES
+from centernet.pipeline.demo import (CACHE_KEY, Detector, cached_export, export_cache_path, open_detector, run_demo)
 from centernet.errors import UserError
-from centernet.runtime import make_session
-from centernet.stream import stream_detections
+from centernet.runtime.ort_session import make_session
+from centernet.pipeline.stream import stream_detections
 from conftest import assert_one_line_error
 
 SMALL = (128, 128)  # fixed input of the test model: fast, and real decoding (32x32 output map)
@@ -293,7 +293,7 @@ def test_output_into_an_input_folder_is_refused(synthetic_coco, tmp_path):
 def test_a_flip_export_is_decoded_as_a_heatmap(ctdet_onnx_flip_dynamic, tiny_coco):
     """An export with --flip outputs the averaged heatmap: the demo decodes it
     without a second sigmoid, as the streaming evaluation does."""
-    from centernet.modes import TestMode
+    from centernet.core.modes import TestMode
     detector = Detector(make_session(ctdet_onnx_flip_dynamic, threads=2), keep_res=True)
     assert detector.mode == "keep resolution + flip (in the model)"
     streamed, _, _, _ = stream_detections(ctdet_onnx_flip_dynamic, tiny_coco["images_dir"],
@@ -308,7 +308,7 @@ def test_a_flip_export_is_decoded_as_a_heatmap(ctdet_onnx_flip_dynamic, tiny_coc
 def test_flip_option_runs_the_flip_test_like_the_evaluation(ctdet_onnx_dynamic, tiny_coco):
     """--flip on a plain export: the image and its mirror in one batch,
     averaged as upstream's flip test: the streaming evaluation's detections."""
-    from centernet.modes import TestMode
+    from centernet.core.modes import TestMode
     detector = Detector(make_session(ctdet_onnx_dynamic, threads=2), keep_res=True, flip=True)
     assert detector.mode == "keep resolution + flip"
     streamed, _, _, _ = stream_detections(ctdet_onnx_dynamic, tiny_coco["images_dir"], tiny_coco["annotation_file"],

@@ -8,8 +8,8 @@ import torch
 from onnx import helper
 
 from centernet.errors import UserError
-from centernet.export import REL_TOL, FlipTest, ascend_to_deformconv, check_export, count_ops, export_onnx
-from centernet.runtime import make_session
+from centernet.model.export import REL_TOL, FlipTest, ascend_to_deformconv, check_export, count_ops, export_onnx
+from centernet.runtime.ort_session import make_session
 from conftest import PARITY_REL, PYTHON, ROOT, assert_parity, photo_inputs
 
 SMALL = (128, 160)  # H != W, and fast
@@ -268,7 +268,7 @@ def assert_close_to_reference(got, ref, scales):
 
 @pytest.mark.parametrize("target", ["onnxruntime", "ascend"])
 def test_flip_export_equals_hand_flip_test(random_ctdet, ctdet_onnx, tmp_path, target):
-    from centernet.runtime import graph_flip_test
+    from centernet.runtime.ort_session import graph_flip_test
     proto = export_onnx(random_ctdet, tmp_path / "f.onnx", target=target, input_size=SMALL, dynamic_size=True,
                         flip=True)
     assert graph_flip_test(proto) and not graph_flip_test(onnx.load(ctdet_onnx))

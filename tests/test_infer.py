@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from centernet.binio import write_bin
-from centernet.infer import run_loop
+from centernet.io.binio import write_bin
+from centernet.pipeline.staged_infer import run_loop
 from conftest import ROOT, assert_one_line_error, assert_parity, ctrl_c, photo_inputs, start_command
 
 
@@ -127,7 +127,7 @@ def test_skip_existing_resumes(ctdet_onnx, inputs, reference, tmp_path):
 @pytest.fixture(scope="module")
 def keep_res_prep(tiny_coco, tmp_path_factory):
     """Keep-resolution bins of five tiny images: three input sizes."""
-    from centernet.preprocess import preprocess_folder
+    from centernet.pipeline.preprocess import preprocess_folder
     prep = tmp_path_factory.mktemp("prep_keepres")
     preprocess_folder(tiny_coco["images_dir"], prep, workers=1, progress=False, keep_res=True)
     meta = json.loads((prep / "meta.json").read_text())

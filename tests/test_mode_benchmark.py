@@ -4,10 +4,10 @@ is printed, never asserted)."""
 import pytest
 
 import CenterNet_benchmark
-from centernet.benchmark import count_flops
+from centernet.bench.benchmark import count_flops
 from centernet.errors import UserError
-from centernet.mode_benchmark import MODE_COLUMNS, flop_ratio, format_mode_table, run_mode_benchmark
-from centernet.modes import TestMode
+from centernet.bench.mode_benchmark import MODE_COLUMNS, flop_ratio, format_mode_table, run_mode_benchmark
+from centernet.core.modes import TestMode
 
 
 def test_flops_are_proportional_to_the_input_area(random_ctdet):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from centernet.errors import UserError
-from centernet.modes import UPSTREAM_SCALES, TestMode, combine_flip, flip_batch, parse_scales
-from centernet.runtime import make_session, run_session
+from centernet.core.modes import UPSTREAM_SCALES, TestMode, combine_flip, flip_batch, parse_scales
+from centernet.runtime.ort_session import make_session, run_session
 from conftest import photo_inputs
 
 

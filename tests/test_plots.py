@@ -1,4 +1,4 @@
-"""centernet.plots: the evaluation's and the benchmark's pictures exist, have
+"""centernet.report.plots: the evaluation's and the benchmark's pictures exist, have
 the size they are drawn at, and come out of the scripts that promise them."""
 import json
 import shutil
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import CenterNet_benchmark
-from centernet.coco import COCO_CATEGORIES, evaluate_coco, write_results
-from centernet.plots import DPI, plot_benchmark, write_eval_plots
+from centernet.io.coco import COCO_CATEGORIES, evaluate_coco, write_results
+from centernet.report.plots import DPI, plot_benchmark, write_eval_plots
 from conftest import ROOT
 
 
@@ -92,7 +92,7 @@ def test_redraw_from_saved_json(tmp_path):
     (tmp_path / "bench" / "benchmark.json").write_text(json.dumps(fake_benchmark()))
     for name, pictures in (("metrics.json", ["pr_curves.png", "per_class_ap.png"]),
                            ("bench/benchmark.json", ["bench/benchmark.png"])):
-        r = subprocess.run([sys.executable, "-m", "centernet.plots", str(tmp_path / name)], cwd=ROOT,
+        r = subprocess.run([sys.executable, "-m", "centernet.report.plots", str(tmp_path / name)], cwd=ROOT,
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         for p in pictures:

@@ -1,4 +1,4 @@
-"""CenterNet_preprocess.py / centernet.preprocess: bins, meta.json, resume, errors."""
+"""CenterNet_preprocess.py / centernet.pipeline.preprocess: bins, meta.json, resume, errors."""
 import json
 import os
 import random
@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from centernet import preprocess
-from centernet.preprocess import preprocess_array, preprocess_folder
-from centernet.transforms import preprocess_image, test_geometry
+from centernet.pipeline import preprocess
+from centernet.pipeline.preprocess import preprocess_array, preprocess_folder
+from centernet.core.transforms import preprocess_image, test_geometry
 from conftest import assert_one_line_error, ctrl_c, start_script, wait_until_loaded
 
 BIN_BYTES = 3 * 512 * 512 * 4  # 3,145,728

@@ -1,4 +1,4 @@
-"""The Ray Data path (centernet.ray_eval, CenterNet_eval.py --ray) on one local
+"""The Ray Data path (centernet.pipeline.ray_eval, CenterNet_eval.py --ray) on one local
 Ray of 2 CPUs for the module: the same results file and AP as the one-process
 streaming evaluation, the demo's detections.json format without ground truth,
 resuming after an interruption, and an inference actor killed mid-run."""
@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from centernet.coco import evaluate_coco, write_results
+from centernet.io.coco import evaluate_coco, write_results
 from centernet.errors import UserError
-from centernet.stream import stream_detections
+from centernet.pipeline.stream import stream_detections
 from conftest import ROOT
 
 ray = pytest.importorskip("ray")
 
 import CenterNet_eval  # noqa: E402
-from centernet import ray_eval  # noqa: E402
-from centernet.ray_eval import BlockStore, actor_resources, check_resources, evaluate_on_ray  # noqa: E402
+from centernet.pipeline import ray_eval  # noqa: E402
+from centernet.pipeline.ray_eval import BlockStore, actor_resources, check_resources, evaluate_on_ray  # noqa: E402
 
 SMALL = (128, 128)  # fixed input of the test model: fast, and real decoding (32x32 output map)
 
@@ -37,7 +37,7 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def small_onnx(random_ctdet, tmp_path_factory):
-    from centernet.export import export_onnx
+    from centernet.model.export import export_onnx
     path = tmp_path_factory.mktemp("onnx_small") / "CenterNet_128.onnx"
     export_onnx(random_ctdet, path, input_size=SMALL)
     return path
@@ -92,7 +92,7 @@ def test_annotate_without_ground_truth_writes_the_demos_detections(local_ray, sy
     """--images and no annotation file: detections.json as CenterNet_demo.py
     writes it, with the same detections; an unreadable image is named, the
     others are done."""
-    from centernet.detect import run_demo
+    from centernet.pipeline.demo import run_demo
     folder = tmp_path / "photos"
     shutil.copytree(synthetic_coco["images_dir"], folder)
     bad = folder / "zz_not_an_image.jpg"
@@ -194,7 +194,7 @@ def _cpu_seconds(pid):
 
 
 def test_actor_killed_mid_run_is_restarted_and_every_image_is_written_once(local_ray, small_onnx, tmp_path):
-    from centernet.synthetic import make_synthetic_coco
+    from centernet.io.synthetic import make_synthetic_coco
     info = make_synthetic_coco(tmp_path / "data", num_images=60, seed=1, image_sizes=[(64, 48), (48, 64)],
                                max_objects=2)
     ann, images_dir = info["annotation_file"], info["images_dir"]
@@ -261,7 +261,7 @@ def test_resources_each_actor_reserves():
 
 
 def test_ray_is_imported_only_when_used():
-    code = ("import sys; import CenterNet_eval, centernet.ray_eval, centernet.stream; "
+    code = ("import sys; import CenterNet_eval, centernet.pipeline.ray_eval, centernet.pipeline.stream; "
             "assert 'ray' not in sys.modules, 'ray imported'")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -273,7 +273,7 @@ def test_test_modes_equal_the_streaming_eval(local_ray, tiny_coco, ctdet_onnx_dy
     """Keep resolution (a size per image), the flip test (mirrored here, or in
     the exported graph) and a multi-scale merge (scale 0.5 leaves an 8x8 map:
     fewer than 100 detections) give stream_detections' results exactly."""
-    from centernet.modes import TestMode
+    from centernet.core.modes import TestMode
     if flip_in_graph:
         model, mode = ctdet_onnx_flip_dynamic, TestMode(keep_res=True)
     else:

@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from centernet.checkpoint import load_model
-from centernet.coco import STAT_NAMES
-from centernet.export import export_onnx
+from centernet.model.checkpoint import load_model
+from centernet.io.coco import STAT_NAMES
+from centernet.model.export import export_onnx
 from conftest import ROOT, ctrl_c, start_command
 
 N = 3

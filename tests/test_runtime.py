@@ -1,4 +1,4 @@
-"""centernet.runtime: ONNX Runtime sessions, and runs that Ctrl-C stops mid-batch."""
+"""centernet.runtime.ort_session: ONNX Runtime sessions, and runs that Ctrl-C stops mid-batch."""
 import os
 import signal
 import threading
@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from centernet.runtime import make_session, run_session
+from centernet.runtime.ort_session import make_session, run_session
 
 
 class RecordingSession(ort.InferenceSession):

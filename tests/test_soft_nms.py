@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from centernet.soft_nms import detections_by_class, merge_detections, soft_nms
+from centernet.core.soft_nms import detections_by_class, merge_detections, soft_nms
 
 F32 = np.float32
 ONE = F32(1)            # nms.pyx adds the C int 1 to C floats: a float32 operation

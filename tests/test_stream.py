@@ -7,15 +7,15 @@ import cv2
 import numpy as np
 import pytest
 
-from centernet.coco import class_category_ids, load_annotations
-from centernet.decode import (decode_bins_to_coco, decode_ctdet, detections_to_coco, images_from_meta,
+from centernet.io.coco import class_category_ids, load_annotations
+from centernet.core.decode import (decode_bins_to_coco, decode_ctdet, detections_to_coco, images_from_meta,
                               map_boxes_to_image, sigmoid)
-from centernet.modes import TestMode
-from centernet.runtime import make_session, run_session
-from centernet.soft_nms import detections_by_class, merge_detections
-from centernet.infer import run_folder
-from centernet.preprocess import load_meta, preprocess_folder
-from centernet.stream import stream_detections
+from centernet.core.modes import TestMode
+from centernet.runtime.ort_session import make_session, run_session
+from centernet.core.soft_nms import detections_by_class, merge_detections
+from centernet.pipeline.staged_infer import run_folder
+from centernet.pipeline.preprocess import load_meta, preprocess_folder
+from centernet.pipeline.stream import stream_detections
 from conftest import assert_one_line_error, ctrl_c, start_script, wait_until_loaded
 
 
@@ -255,7 +255,7 @@ def test_a_fixed_size_model_cannot_keep_resolution(tiny_coco, ctdet_onnx, tmp_pa
 def test_a_tiny_image_keeps_resolution_with_fewer_detections(tmp_path, ctdet_onnx_dynamic):
     """A 20x30 image has a 32x32 keep-resolution input: an 8x8 output map
     holds 64 positions, so it gets 64 detections, streamed and staged alike."""
-    from centernet.synthetic import make_synthetic_coco
+    from centernet.io.synthetic import make_synthetic_coco
     info = make_synthetic_coco(tmp_path / "data", num_images=2, seed=3, image_sizes=[(30, 20), (64, 64)],
                                max_objects=1)
     streamed, _, errors, _ = stream_detections(ctdet_onnx_dynamic, info["images_dir"], info["annotation_file"],

@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from centernet.coco import COCO_CATEGORIES, load_annotations
+from centernet.io.coco import COCO_CATEGORIES, load_annotations
 from centernet.errors import UserError
-from centernet.synthetic import make_synthetic_coco
+from centernet.io.synthetic import make_synthetic_coco
 
 
 def test_layout_and_contents(synthetic_coco):

@@ -1,4 +1,4 @@
-"""The PyTorch backend (centernet/torch_backend.py) on the CPU: the ONNX Runtime
+"""The PyTorch backend (centernet/runtime/torch_session.py) on the CPU: the ONNX Runtime
 backend's outputs and detections in fp32, its switches, bf16, the scripts' flags.
 Speed is not asserted here: CenterNet_benchmark.py and benchmarks/gpu_torch.py measure it."""
 import json
@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from centernet.compare import detection_agreement
-from centernet.decode import decode_ctdet
+from centernet.core.compare import detection_agreement
+from centernet.core.decode import decode_ctdet
 from centernet.errors import UserError
-from centernet.infer import run_folder
-from centernet.runtime import make_session, run_session
-from centernet.stream import stream_detections
-from centernet.torch_backend import (TorchOptions, TorchSession, _Fp32Conv, combine_flip_torch, decode_ctdet_torch,
+from centernet.pipeline.staged_infer import run_folder
+from centernet.runtime.ort_session import make_session, run_session
+from centernet.pipeline.stream import stream_detections
+from centernet.runtime.torch_session import (TorchOptions, TorchSession, _Fp32Conv, combine_flip_torch, decode_ctdet_torch,
                                      fuse_batchnorms)
 from conftest import ROOT, assert_one_line_error, assert_parity, photo_inputs
 from test_infer import run_infer
@@ -69,7 +69,7 @@ def session(model, input_size=SMALL, **options):
 def test_run_infer_torch_backend_matches_onnxruntime(upstream_checkpoint, ctdet_onnx, tmp_path):
     # run_infer.sh with the .pth: ais_bench's layout, the same tensors as
     # ONNX Runtime on the export.
-    from centernet.binio import write_bin
+    from centernet.io.binio import write_bin
     folder = tmp_path / "prep"
     folder.mkdir()
     x = photo_inputs(2, (512, 512), seed=5)
@@ -250,7 +250,7 @@ def test_torch_only_flags_on_onnxruntime_are_refused(ctdet_onnx, upstream_checkp
     r = run_script("CenterNet_infer.py", "--model", upstream_checkpoint, "--loop", 1, "--cuda-graphs",
                    cwd=tmp_path)
     assert_one_line_error(r, "CUDA graphs need --device cuda")
-    from centernet.backends import open_session
+    from centernet.runtime.backends import open_session
     with pytest.raises(UserError, match="a PyTorch checkpoint; run it with --backend torch"):
         open_session(upstream_checkpoint, "onnxruntime")
     with pytest.raises(UserError, match="takes the .pth checkpoint"):
@@ -260,7 +260,7 @@ def test_torch_only_flags_on_onnxruntime_are_refused(ctdet_onnx, upstream_checkp
 
 
 def test_run_folder_with_a_torch_session_in_process(random_ctdet, tmp_path):
-    from centernet.binio import write_bin
+    from centernet.io.binio import write_bin
     folder = tmp_path / "in"
     folder.mkdir()
     x = photo_inputs(2, SMALL, seed=4)
@@ -275,7 +275,7 @@ def test_run_folder_with_a_torch_session_in_process(random_ctdet, tmp_path):
 
 
 def test_benchmark_rows_for_the_torch_backend(random_ctdet, tmp_path):
-    from centernet.benchmark import format_table, run_benchmark
+    from centernet.bench.benchmark import format_table, run_benchmark
     result = run_benchmark(random_ctdet, "random", backends=["torch-cpu", "torch-cuda"], batchsizes=(1,), loop=1,
                            threads=1, input_size=(64, 64), workdir=tmp_path, sgemm_n=128,
                            torch_precisions=("fp32", "bf16", "tf32"), log=lambda m: None)
@@ -302,7 +302,7 @@ def test_streamed_test_modes_give_the_onnxruntime_detections(tiny_coco, ctdet_on
     # Keep resolution (many input sizes), flip and multi-scale around a
     # dynamic-size PyTorch session: ONNX Runtime's detections on the
     # dynamic-size export, within the same tolerances as in fixed mode.
-    from centernet.modes import TestMode
+    from centernet.core.modes import TestMode
     ann = tiny_coco["annotation_file"]
     kw = dict(batchsize=2, workers=1, progress=False, mode=TestMode(**mode), log=lambda line: None)
     theirs, ids, errors, _ = stream_detections(ctdet_onnx_dynamic, tiny_coco["images_dir"], ann, threads=1, **kw)
@@ -319,8 +319,8 @@ def test_streamed_test_modes_give_the_onnxruntime_detections(tiny_coco, ctdet_on
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_warped_images_normalise_on_the_device_to_the_cpu_bits(random_ctdet, channels_last):
-    from centernet.synthetic import synthetic_photo
-    from centernet.transforms import prepare_input, warp_input
+    from centernet.io.synthetic import synthetic_photo
+    from centernet.core.transforms import prepare_input, warp_input
     rng = np.random.default_rng(7)
     images = [synthetic_photo(rng, w, h)[0] for w, h in ((150, 100), (90, 140))]
     warped = np.stack([warp_input(im, SMALL)[0] for im in images])
@@ -340,7 +340,7 @@ def test_warped_images_normalise_on_the_device_to_the_cpu_bits(random_ctdet, cha
 def test_stream_sends_warped_images_to_the_torch_backend(tiny_coco, random_ctdet, monkeypatch):
     # The workers send uint8 warped images when the session takes them: the
     # same detections as with float32 inputs, bit for bit.
-    from centernet.modes import TestMode
+    from centernet.core.modes import TestMode
     sent = []
     kw = dict(batchsize=2, workers=1, progress=False, mode=TestMode(keep_res=True), log=lambda line: None)
     on = session(random_ctdet, input_size=None, warped_input=True)
@@ -399,7 +399,7 @@ def test_device_decode_of_logits_is_decode_ctdet_to_the_sigmoids_last_bit(plain_
 
 
 def test_flip_combined_on_the_device_is_combine_flip(random_ctdet, small_batch):
-    from centernet.modes import combine_flip, flip_batch
+    from centernet.core.modes import combine_flip, flip_batch
     with torch.no_grad():
         outputs = [o.numpy() for o in random_ctdet(torch.from_numpy(flip_batch(small_batch)))]
     expected = combine_flip(*outputs)
@@ -420,7 +420,7 @@ def test_stream_decodes_on_the_device_to_numpys_detections(tiny_coco, random_ctd
     # Decoding on the device gives the numpy decoder's detections (to the
     # sigmoid's last bit) in every mode; with the flip test the device also
     # makes and averages in the mirror, so the workers send warped images then too.
-    from centernet.modes import TestMode
+    from centernet.core.modes import TestMode
     calls = []
     kw = dict(batchsize=2, workers=1, progress=False, mode=TestMode(**mode), log=lambda line: None)
     size = SMALL if not mode.get("keep_res") else None

@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from centernet.transforms import (MEAN, STD, get_affine_transform, normalise_to_chw, prepare_input, preprocess_image,
+from centernet.core.transforms import (MEAN, STD, get_affine_transform, normalise_to_chw, prepare_input, preprocess_image,
                                   test_geometry, transform_points)
 
 SIZES = [(640, 480), (480, 640), (500, 375), (333, 500), (161, 97), (97, 161), (1, 1), (3, 700)]  # (w, h)

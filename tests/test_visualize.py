@@ -1,10 +1,10 @@
-"""centernet.visualize: boxes land on their outlines and nowhere far from any
+"""centernet.report.visualize: boxes land on their outlines and nowhere far from any
 box, stay inside the image, and labels stay readable at any size."""
 import cv2
 import numpy as np
 import pytest
 
-from centernet.visualize import (FONT, ascii_label, box_pixels, class_colours, draw_detections, label_rect,
+from centernet.report.visualize import (FONT, ascii_label, box_pixels, class_colours, draw_detections, label_rect,
                                  style_for, text_colour)
 
 NAMES = ["cat", "dog", "car"]

@@ -21,15 +21,15 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .binio import make_dirs, write_atomic, write_atomic_chunks
-from .coco import COCO_CATEGORIES
-from .decode import decode_ctdet, map_boxes_to_image
-from .errors import UserError
-from .modes import combine_flip, flip_batch
-from .preprocess import IMAGE_EXTENSIONS
-from .runtime import graph_flip_test, make_session, run_session
-from .transforms import INPUT_SIZE, preprocess_image, test_geometry
-from .visualize import class_colours, clip_box, draw_detections
+from centernet.io.binio import make_dirs, write_atomic, write_atomic_chunks
+from centernet.io.coco import COCO_CATEGORIES
+from centernet.core.decode import decode_ctdet, map_boxes_to_image
+from centernet.errors import UserError
+from centernet.core.modes import combine_flip, flip_batch
+from centernet.pipeline.preprocess import IMAGE_EXTENSIONS
+from centernet.runtime.ort_session import graph_flip_test, make_session, run_session
+from centernet.core.transforms import INPUT_SIZE, preprocess_image, test_geometry
+from centernet.report.visualize import class_colours, clip_box, draw_detections
 
 VIS_THRESH = 0.3  # upstream's --vis_thresh
 K = 100           # detections decoded per image, as in the evaluation
@@ -110,8 +110,8 @@ def cached_export(checkpoint, dynamic_size=False, input_size=(INPUT_SIZE, INPUT_
             return path
         log(f"model: {path} is from another checkpoint or older; exporting again")
 
-    from .checkpoint import load_model
-    from .export import check_export, export_onnx, require_passed
+    from centernet.model.checkpoint import load_model
+    from centernet.model.export import check_export, export_onnx, require_passed
     t0 = time.perf_counter()
     log(f"model: exporting {checkpoint} to {path} ({'dynamic input size' if dynamic_size else form}; "
         f"once, reused while the checkpoint is unchanged)")
@@ -231,7 +231,7 @@ def open_detector(model, keep_res=False, input_size=None, device="cpu", threads=
     upstream's flip test (the image and its mirror, averaged)."""
     model = Path(model)
     if backend == "torch":
-        from .backends import open_session
+        from centernet.runtime.backends import open_session
         size = None if keep_res else tuple(input_size or (INPUT_SIZE, INPUT_SIZE))
         session = open_session(model, "torch", device=device, threads=threads, input_size=size,
                                torch_options=torch_options, log=log)

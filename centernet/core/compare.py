@@ -10,7 +10,7 @@ say) on the same inputs:
 """
 import numpy as np
 
-from .decode import decode_ctdet
+from centernet.core.decode import decode_ctdet
 
 OUTPUT_NAMES = ("hm", "wh", "reg")
 MATCH_IOU = 0.9

@@ -45,11 +45,11 @@ from torch import nn
 
 from dcn_v2 import DCN
 
-from .backends import CASTS, DCN_KERNELS, PRECISIONS, TORCH_DEVICES
-from .dcn_kernels import install_kernel, select_kernel, tf32_allowed
-from .errors import UserError
-from .export import INPUT_NAME, OUTPUT_NAMES
-from .transforms import MEAN, STD
+from centernet.runtime.backends import CASTS, DCN_KERNELS, PRECISIONS, TORCH_DEVICES
+from centernet.model.dcn_kernels import install_kernel, select_kernel, tf32_allowed
+from centernet.errors import UserError
+from centernet.model.export import INPUT_NAME, OUTPUT_NAMES
+from centernet.core.transforms import MEAN, STD
 
 LOW_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 DOWN_RATIO = 4
@@ -258,7 +258,7 @@ class TorchSession:
     def __init__(self, model, options=None, input_size=(512, 512), name=None, log=None):
         self.options = (options or TorchOptions()).resolved()
         if isinstance(model, (str, Path)):
-            from .checkpoint import load_model
+            from centernet.model.checkpoint import load_model
             name = name or str(model)
             model = load_model(model, log=log or (lambda msg: None))
         self.name = name or "model"

@@ -20,7 +20,7 @@ from torch import nn
 
 from pose_dla_dcn import get_pose_net
 
-from .synthetic import synthetic_input_batch
+from centernet.io.synthetic import synthetic_input_batch
 
 CALIBRATION_IMAGES = 16
 CALIBRATION_SIZE = (256, 256)  # input side of the calibration pass: 16 images in ~3 s on 2 cores

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .binio import load_json, make_dirs, write_atomic
-from .errors import UserError
+from centernet.io.binio import load_json, make_dirs, write_atomic
+from centernet.errors import UserError
 
 NUM_CLASSES = 80
 

@@ -33,11 +33,11 @@ from torch import nn
 
 from dcn_v2 import DCN
 
-from .binio import make_dirs, write_atomic
-from .errors import UserError
-from .export import ORT_MAX_IR_VERSION, export_onnx
-from .infer import latency_stats, time_batches
-from .runtime import PROVIDERS, make_session, run_session
+from centernet.io.binio import make_dirs, write_atomic
+from centernet.errors import UserError
+from centernet.model.export import ORT_MAX_IR_VERSION, export_onnx
+from centernet.pipeline.staged_infer import latency_stats, time_batches
+from centernet.runtime.ort_session import PROVIDERS, make_session, run_session
 
 EXPECTED_GFLOP_512 = 66.2  # ctdet DLA-34 at 512x512, a multiply-add counted as 2 FLOPs
 # Flag a row when other processes used more than this share of the CPUs: with
@@ -244,7 +244,7 @@ def matmul_ceiling(device="cuda", precision="fp16", n=8192, repeats=10, threads=
     """GFLOP/s of an n x n matrix product in PyTorch in `precision` on `device`
     (2 n^3 FLOPs, best of `repeats`): the same-precision ceiling for a row of
     the PyTorch backend. fp32 is strict (TF32 off); tf32 allows TF32."""
-    from .dcn_kernels import tf32_allowed
+    from centernet.model.dcn_kernels import tf32_allowed
     dtype = getattr(torch, MATMUL_DTYPES[precision])
     dev = torch.device(device)
     previous = torch.get_num_threads()
@@ -330,7 +330,7 @@ class _TorchSessionRunner:
     """The PyTorch backend as configured (TorchSession), one precision."""
 
     def __init__(self, model, options, input_size):
-        from .torch_backend import TorchSession
+        from centernet.runtime.torch_session import TorchSession
         self.session = TorchSession(model, options, input_size=input_size)
 
     def runner(self, batch):
@@ -563,7 +563,7 @@ def run_benchmark(model, weights, backends=DEFAULT_BACKENDS, batchsizes=(1, 4, 8
             if name not in runners:
                 options = None
                 if device:
-                    from .torch_backend import TorchOptions
+                    from centernet.runtime.torch_session import TorchOptions
                     options = replace(torch_options or TorchOptions(), device=device, precision=precision,
                                       threads=threads)
                 runners[name] = make_runner(name, model, graphs, threads, options, input_size)

@@ -27,9 +27,9 @@ from torch import nn
 
 from dcn_v2 import export_flavour
 
-from .binio import write_atomic
-from .errors import UserError
-from .runtime import FLIP_KEY, HM_KEY, make_session, run_session
+from centernet.io.binio import write_atomic
+from centernet.errors import UserError
+from centernet.runtime.ort_session import FLIP_KEY, HM_KEY, make_session, run_session
 
 INPUT_NAME = "actual_input"
 OUTPUT_NAMES = ("output1", "output2", "output3")
@@ -193,7 +193,7 @@ class OutputCheck:
 def check_input(batch=2, input_size=(512, 512), seed=0):
     """The self-check's input: synthetic photos through the test transform,
     so the network runs at the activations it has on real images."""
-    from .synthetic import synthetic_input_batch
+    from centernet.io.synthetic import synthetic_input_batch
     return synthetic_input_batch(batch, input_size, seed=seed)
 
 

@@ -1,16 +1,16 @@
 """Print a metrics.json (written by CenterNet_postprocess_s2.py) as a table,
 and the AP beside upstream's published AP for the test mode.
 
-    python -m centernet.report run_eval_result/metrics.json
-    python -m centernet.report run_eval_result/metrics.json --keep-res --flip
+    python -m centernet.report.summary run_eval_result/metrics.json
+    python -m centernet.report.summary run_eval_result/metrics.json --keep-res --flip
 """
 import argparse
 import sys
 from pathlib import Path
 
-from .binio import load_json
-from .errors import cli
-from .modes import TestMode, parse_scales
+from centernet.io.binio import load_json
+from centernet.errors import cli
+from centernet.core.modes import TestMode, parse_scales
 
 STATS = [("AP", "AP @[IoU=0.50:0.95 | area=all | maxDets=100]"),
          ("AP50", "AP @[IoU=0.50 | area=all | maxDets=100]"),

@@ -14,15 +14,15 @@ import json
 import time
 from pathlib import Path
 
-from .benchmark import BUSY_FLAG, CpuShare, machine_info, usable_cores
-from .binio import write_atomic
-from .errors import UserError
-from .export import export_onnx
-from .modes import UPSTREAM_SCALES, TestMode
-from .runtime import make_session
-from .stream import stream_detections
-from .synthetic import COCO_LIKE_SIZES, make_synthetic_coco
-from .transforms import INPUT_SIZE, test_geometry
+from centernet.bench.benchmark import BUSY_FLAG, CpuShare, machine_info, usable_cores
+from centernet.io.binio import write_atomic
+from centernet.errors import UserError
+from centernet.model.export import export_onnx
+from centernet.core.modes import UPSTREAM_SCALES, TestMode
+from centernet.runtime.ort_session import make_session
+from centernet.pipeline.stream import stream_detections
+from centernet.io.synthetic import COCO_LIKE_SIZES, make_synthetic_coco
+from centernet.core.transforms import INPUT_SIZE, test_geometry
 
 # name -> (mode, model form: "static" 512x512 export or "dynamic" size)
 MODES = {

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .backends import describe_session
-from .binio import input_bins, make_dirs, output_bin_path, read_bin, write_atomic, write_bin
-from .errors import Interrupted, UserError, WriteError
-from .preprocess import META_NAME, load_meta
-from .runtime import graph_flip_test, make_session, run_session
-from .transforms import DOWN_RATIO
+from centernet.runtime.backends import describe_session
+from centernet.io.binio import input_bins, make_dirs, output_bin_path, read_bin, write_atomic, write_bin
+from centernet.errors import Interrupted, UserError, WriteError
+from centernet.pipeline.preprocess import META_NAME, load_meta
+from centernet.runtime.ort_session import graph_flip_test, make_session, run_session
+from centernet.core.transforms import DOWN_RATIO
 
 EXPORT_DYNAMIC_HINT = "python CenterNet_pth2onnx.py ctdet_coco_dla_2x.pth CenterNet_dynamic.onnx --dynamic-size"
 

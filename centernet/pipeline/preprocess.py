@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .binio import make_dirs, write_atomic, write_bin
-from .errors import Interrupted, UserError, WriteError, sigint_blocked
-from .transforms import INPUT_SIZE, prepare_input, test_geometry
+from centernet.io.binio import make_dirs, write_atomic, write_bin
+from centernet.errors import Interrupted, UserError, WriteError, sigint_blocked
+from centernet.core.transforms import INPUT_SIZE, prepare_input, test_geometry
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 META_NAME = "meta.json"

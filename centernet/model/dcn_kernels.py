@@ -25,8 +25,8 @@ import torch
 
 from dcn_v2 import DCN, modulated_deform_conv2d
 
-from .backends import DCN_KERNELS as KERNELS
-from .errors import UserError
+from centernet.runtime.backends import DCN_KERNELS as KERNELS
+from centernet.errors import UserError
 # Agreement of the library kernel with ours on the probe, as a fraction of the
 # probe output's largest magnitude: float32 rounding of a 9*C-term sum and of
 # the bilinear weights is ~1e-6 of it; a wrong convention (x/y swapped, no

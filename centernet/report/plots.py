@@ -11,15 +11,15 @@ matplotlib is imported inside the functions, so importing this module (or
 the scripts that use it) costs nothing until a picture is drawn. Redraw the
 pictures of a saved run with
 
-    python -m centernet.plots run_eval_result/metrics.json      # or work/benchmark/benchmark.json
+    python -m centernet.report.plots run_eval_result/metrics.json      # or work/benchmark/benchmark.json
 """
 import argparse
 import sys
 import textwrap
 from pathlib import Path
 
-from .binio import load_json
-from .errors import UserError, cli
+from centernet.io.binio import load_json
+from centernet.errors import UserError, cli
 
 PR_CURVES = "pr_curves.png"
 PER_CLASS_AP = "per_class_ap.png"
@@ -40,7 +40,7 @@ def _figure(width_in, height_in):
 def _save(fig, path):
     """Render to PNG in memory and write it atomically."""
     import io
-    from .binio import make_dirs, write_atomic
+    from centernet.io.binio import make_dirs, write_atomic
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     path = Path(path)

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .binio import output_bin_path, read_bin
-from .coco import stable_image_id
-from .errors import UserError
-from .transforms import DOWN_RATIO, INPUT_SIZE, get_affine_transform, test_geometry, transform_points
+from centernet.io.binio import output_bin_path, read_bin
+from centernet.io.coco import stable_image_id
+from centernet.errors import UserError
+from centernet.core.transforms import DOWN_RATIO, INPUT_SIZE, get_affine_transform, test_geometry, transform_points
 
 NUM_OUTPUTS = 3  # hm, wh, reg
 

@@ -26,14 +26,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .coco import class_category_ids, load_annotations
-from .decode import decode_to_image, detections_to_coco, detections_to_images
-from .errors import UserError, sigint_blocked
-from .infer import EXPORT_DYNAMIC_HINT, latency_stats, model_input_shape
-from .modes import TestMode, combine_flip, flip_batch
-from .runtime import graph_flip_test, make_session, run_session
-from .soft_nms import detections_by_class, merge_detections
-from .transforms import DOWN_RATIO, INPUT_SIZE, prepare_input, test_geometry, warp_input
+from centernet.io.coco import class_category_ids, load_annotations
+from centernet.core.decode import decode_to_image, detections_to_coco, detections_to_images
+from centernet.errors import UserError, sigint_blocked
+from centernet.pipeline.staged_infer import EXPORT_DYNAMIC_HINT, latency_stats, model_input_shape
+from centernet.core.modes import TestMode, combine_flip, flip_batch
+from centernet.runtime.ort_session import graph_flip_test, make_session, run_session
+from centernet.core.soft_nms import detections_by_class, merge_detections
+from centernet.core.transforms import DOWN_RATIO, INPUT_SIZE, prepare_input, test_geometry, warp_input
 
 
 def _init_worker():

@@ -9,8 +9,8 @@ import argparse
 from dataclasses import fields, replace
 from pathlib import Path
 
-from .errors import UserError
-from .runtime import make_session
+from centernet.errors import UserError
+from centernet.runtime.ort_session import make_session
 
 BACKENDS = ("onnxruntime", "torch")
 TORCH_DEVICES = ("cpu", "cuda")
@@ -81,7 +81,7 @@ def torch_options_from_args(args, **overrides):
     None when args.backend is ONNX Runtime's (torch is then never imported)."""
     if getattr(args, "backend", "torch") != "torch":
         return None
-    from .torch_backend import TorchOptions
+    from centernet.runtime.torch_session import TorchOptions
     values = {"device": getattr(args, "device", "cpu"), "threads": getattr(args, "threads", 0) or 0,
               "precision": args.precision, "cast": args.cast, "fp32_heads": args.fp32_heads,
               "fuse_bn": args.fuse_bn, "channels_last": args.channels_last, "compile": args.compile,
@@ -123,7 +123,7 @@ def open_session(model, backend=None, device="cpu", threads=0, input_size=(512, 
         return make_session(model, device=device, threads=threads)
     if device not in TORCH_DEVICES:
         raise UserError(f"--backend torch runs on {' or '.join(TORCH_DEVICES)}, not {device}")
-    from .torch_backend import TorchOptions, open_torch_session
+    from centernet.runtime.torch_session import TorchOptions, open_torch_session
     options = replace(torch_options or TorchOptions(), device=device, threads=int(threads or 0))
     return open_torch_session(model, options, input_size=input_size, log=log)
 

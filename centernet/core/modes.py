@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .decode import sigmoid
-from .errors import UserError
-from .transforms import INPUT_SIZE
+from centernet.core.decode import sigmoid
+from centernet.errors import UserError
+from centernet.core.transforms import INPUT_SIZE
 
 # Upstream's multi-scale test (MODEL_ZOO: "multi scale (0.5, 0.75, 1, 1.25, 1.5)").
 UPSTREAM_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)

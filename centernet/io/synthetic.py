@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .binio import make_dirs, output_bin_path, write_atomic, write_bin
-from .coco import COCO_CATEGORIES
-from .errors import UserError
-from .transforms import (DOWN_RATIO, INPUT_SIZE, get_affine_transform, preprocess_image, test_geometry,
+from centernet.io.binio import make_dirs, output_bin_path, write_atomic, write_bin
+from centernet.io.coco import COCO_CATEGORIES
+from centernet.errors import UserError
+from centernet.core.transforms import (DOWN_RATIO, INPUT_SIZE, get_affine_transform, preprocess_image, test_geometry,
                          transform_points)
 
 SYNTHETIC_TAG = "synthetic COCO-format data"

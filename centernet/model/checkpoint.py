@@ -6,7 +6,7 @@ ImageNet classifier `base.fc.*`, and BatchNorm `num_batches_tracked` entries
 that may be missing. Everything else must match the network key for key and
 shape for shape; otherwise this is not a ctdet DLA-34 checkpoint.
 
-    python -m centernet.checkpoint ctdet_coco_dla_2x.pth   # check that a file loads
+    python -m centernet.model.checkpoint ctdet_coco_dla_2x.pth   # check that a file loads
 """
 import argparse
 import io
@@ -21,8 +21,8 @@ import torch
 
 from pose_dla_dcn import get_pose_net
 
-from .binio import write_atomic
-from .errors import UserError, cli
+from centernet.io.binio import write_atomic
+from centernet.errors import UserError, cli
 
 IGNORED_PREFIXES = ("base.fc.",)
 

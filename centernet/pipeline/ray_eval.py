@@ -39,16 +39,16 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .binio import write_atomic, write_atomic_chunks
-from .coco import class_category_ids, default_category_ids, load_annotations, stable_image_id, COCO_CATEGORIES
-from .decode import detections_to_coco
-from .detect import DEMO_IMAGE_EXTENSIONS, VIS_THRESH, detections_entry, detections_header, write_detections_json
-from .errors import Interrupted, UserError
-from .infer import latency_stats
-from .modes import TestMode, flip_batch
-from .runtime import PROVIDERS, make_session, run_session
-from .stream import UNREADABLE, decode_inputs, load_input, merge_scales, resolve_mode
-from .transforms import INPUT_SIZE
+from centernet.io.binio import write_atomic, write_atomic_chunks
+from centernet.io.coco import class_category_ids, default_category_ids, load_annotations, stable_image_id, COCO_CATEGORIES
+from centernet.core.decode import detections_to_coco
+from centernet.pipeline.demo import DEMO_IMAGE_EXTENSIONS, VIS_THRESH, detections_entry, detections_header, write_detections_json
+from centernet.errors import Interrupted, UserError
+from centernet.pipeline.staged_infer import latency_stats
+from centernet.core.modes import TestMode, flip_batch
+from centernet.runtime.ort_session import PROVIDERS, make_session, run_session
+from centernet.pipeline.stream import UNREADABLE, decode_inputs, load_input, merge_scales, resolve_mode
+from centernet.core.transforms import INPUT_SIZE
 
 BLOCK_SIZE = 256          # images per resumable block (one part file each)
 ACTOR_MAX_RESTARTS = 8    # an inference actor that dies is started again up to this many times

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError, WriteError, write_error
+from centernet.errors import UserError, WriteError, write_error
 
 OUTPUT_NAMES = ("hm", "wh", "reg")  # the order of output1..3 / <stem>_0..2.bin
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from centernet.errors import UserError
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],

@@ -2,16 +2,16 @@
 weights in the upstream checkpoint layout, so the whole pipeline runs on a
 fresh machine with nothing downloaded. A smoke test: its AP means nothing.
 
-    python -m centernet.demo work/demo      # writes work/demo/data and work/demo/ctdet_demo.pth
+    python -m centernet.model.demo_data work/demo      # writes work/demo/data and work/demo/ctdet_demo.pth
 """
 import argparse
 from pathlib import Path
 
-from .binio import make_dirs
-from .checkpoint import save_upstream_checkpoint
-from .random_weights import random_model
-from .errors import cli
-from .synthetic import make_synthetic_coco
+from centernet.io.binio import make_dirs
+from centernet.model.checkpoint import save_upstream_checkpoint
+from centernet.model.random_weights import random_model
+from centernet.errors import cli
+from centernet.io.synthetic import make_synthetic_coco
 
 DEMO_IMAGES = 24
 
