@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from centernet.runtime.backends import add_backend_arguments, check_backend_args, torch_options_from_args
+from centernet.core.modes import parse_scales
 from centernet.pipeline.demo import VIS_THRESH, run_demo
 from centernet.errors import UserError, cli
 from centernet.runtime.ort_session import PROVIDERS
@@ -44,6 +45,11 @@ def parse_args(argv=None):
     p.add_argument("--flip", action="store_true",
                    help="flip test: each image also runs mirrored and the two are averaged, as upstream's "
                         "--flip_test (twice the work; default: off)")
+    p.add_argument("--scales", default="1",
+                   help="multi-scale test: comma-separated scales, detections merged with soft-NMS, as "
+                        "upstream's multi-scale test (default: %(default)s)")
+    p.add_argument("--batchsize", type=int, default=1,
+                   help="images of one input size per inference batch (default: %(default)s)")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="fixed-mode input height and width, multiples of 32 (default: the ONNX model's "
                         "own, 512 512 for a .pth)")
@@ -81,11 +87,14 @@ def main(argv=None):
                        keep_res=args.keep_res, input_size=args.input_size, device=args.device,
                        threads=args.threads, names_file=args.names, limit=args.limit,
                        progress=not args.no_progress, flip=args.flip, backend=args.backend,
-                       torch_options=torch_options_from_args(args))
+                       torch_options=torch_options_from_args(args), scales=parse_scales(args.scales),
+                       batchsize=args.batchsize)
     counts = [f"{n} {what}{'s' if n != 1 else ''}" for n, what in ((summary["images"], "image"),
                                                                   (summary["videos"], "video")) if n]
-    print(f"annotated {' and '.join(counts) or 'nothing'} -> {summary['output']}/; "
-          f"detections in {summary['json']}")
+    if summary["json"] is None:
+        print(f"annotated nothing; {summary['output']}/ is left as it was")
+    else:
+        print(f"annotated {' and '.join(counts)} -> {summary['output']}/; detections in {summary['json']}")
     if summary["errors"]:
         print(f"error: {len(summary['errors'])} input(s) skipped (named above); the others are done",
               file=sys.stderr)

@@ -97,56 +97,87 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-@cli(interrupted="nothing written (the streaming evaluation keeps no partial results); "
-                 "run the same command again to start over")
+@cli(interrupted="stopped before any image was finished")
 def main(argv=None):
     args = parse_args(argv)
-    from centernet.runtime.backends import (check_backend_args, describe_line, describe_session, open_session,
-                                    torch_options_from_args)
-    from centernet.io.coco import default_annotation_file, write_results
+    from centernet.runtime.backends import check_backend_args, torch_options_from_args
+    from centernet.io.coco import default_annotation_file
     from centernet.core.modes import TestMode, parse_scales
-    from centernet.pipeline.stream import stream_detections
+    from centernet.pipeline.jobs import AnnotationJob, EvaluationJob
     if args.batchsize < 1 or args.workers < 1:
         raise UserError("--batchsize and --workers must be >= 1")
     ann = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset)
     images = args.images or Path(args.dataset) / "coco" / "val2017"
     mode = TestMode(keep_res=args.keep_res, flip=args.flip, scales=parse_scales(args.scales))
     check_backend_args(args)
-    if args.images and not args.annotations and not ann.is_file():  # images without ground truth
-        if args.ray is None:
-            raise UserError(f"{ann}: annotation file not found; to annotate --images without ground truth, "
-                            "add --ray (or use CenterNet_demo.py)")
-        check_ray_backend(args)
-        return annotate(args, images, mode)
-    output = args.output or "save/results.json"
-    if args.ray is not None:
-        from centernet.pipeline.ray_eval import evaluate_on_ray
-        check_ray_backend(args)
-        image_ids, errors, stats = evaluate_on_ray(
-            args.model, images, ann, output, batchsize=args.batchsize, device=args.device, threads=args.threads,
-            actors=args.actors, limit=args.limit, block_size=args.block_size, address=args.ray,
-            progress=not args.no_progress, mode=mode, upstream_rounding=args.upstream_rounding)
-        results = output
-        print(f"mode: {stats['mode']}; wrote detections for {len(image_ids)} images to {output}")
+    torch_options = torch_options_from_args(args)
+    annotating = bool(args.images and not args.annotations and not ann.is_file())  # images without ground truth
+    if annotating:
+        output = args.output or "save/detections.json"
+        print(f"no annotation file: annotating the images of {images} (detections with score >= "
+              f"{args.vis_thresh:g})")
+        job = AnnotationJob(str(images), num_classes=80, vis_thresh=args.vis_thresh, limit=args.limit)
     else:
-        # The PyTorch network takes any input size (every test mode); an ONNX file has its own.
-        session = open_session(args.model, args.backend, device=args.device, threads=args.threads,
-                               input_size=None, torch_options=torch_options_from_args(args))
-        if describe_line(session):
-            print(describe_line(session))
-        results, image_ids, errors, stats = stream_detections(
-            args.model, images, ann, batchsize=args.batchsize, device=args.device, threads=args.threads,
-            workers=args.workers, limit=args.limit, progress=not args.no_progress, mode=mode,
-            upstream_rounding=args.upstream_rounding, session=session)
-        stats["backend"] = describe_session(session)
-        write_results(output, results)
-        print(f"mode: {stats['mode']}; wrote {len(results)} detections for {len(image_ids)} images to {output}")
+        output = args.output or "save/results.json"
+        job = EvaluationJob(str(ann), str(images), args.limit, args.upstream_rounding)
+    check_writable(output, None if annotating else args.resultfolder)
+    stats = run_job(args, job, mode, output, torch_options)
+    image_ids = [im.image_id for im in job.images]
+    if annotating:
+        print(f"mode: {stats['mode']}; wrote detections for {len(image_ids)} images to {output}")
+        if stats.get("end_to_end_fps"):
+            print(f"end to end {stats['end_to_end_fps']} images/s")
+        return report_errors(stats.pop("errors"), "the others are done")
+    print(f"mode: {stats['mode']}; wrote detections for {len(image_ids)} images to {output}")
     # From here the detections are on disk: a Ctrl-C keeps them and says so.
     try:
-        return report(args, ann, output, results, image_ids, errors, stats)
+        return report(args, ann, output, output, image_ids, stats.pop("errors"), stats)
     except KeyboardInterrupt:
         raise Interrupted(f"the detections are in {output}; CenterNet_postprocess_s2.py --results "
                           f"{output} evaluates them") from None
+
+
+def check_writable(output, resultfolder):
+    """Make and test the output folders before hours of inference, not after."""
+    from centernet.io.binio import make_dirs
+    import os
+    for folder in [Path(output).parent] + ([Path(resultfolder)] if resultfolder else []):
+        make_dirs(folder)
+        if not os.access(folder, os.W_OK):
+            raise UserError(f"{folder}: not writable; choose another --output or --resultfolder")
+
+
+def run_job(args, job, mode, output, torch_options):
+    """The job on Ray (--ray) or in this process: the same predictor, the same
+    resumable blocks, the same output file. Returns the stats (with the
+    error lines under "errors")."""
+    from centernet.constants import K
+    from centernet.io.blocks import BlockStore
+    from centernet.pipeline.jobs import mode_text
+    from centernet.pipeline.jobs import run_key
+    if args.ray is not None:
+        from centernet.pipeline.ray_eval import run_on_ray
+        parts, stats = run_on_ray(job, args.model, output, mode, args.backend, args.batchsize, args.device,
+                                  args.threads, args.actors, torch_options, block_size=args.block_size,
+                                  address=args.ray, progress=not args.no_progress)
+    else:
+        from centernet.runtime.backends import describe_session, open_session
+        from centernet.pipeline.predictor import Predictor
+        from centernet.pipeline.stream import run_stream
+        # The PyTorch network takes any input size (every test mode); an ONNX file has its own.
+        session = open_session(args.model, args.backend, device=args.device, threads=args.threads,
+                               input_size=None, torch_options=torch_options)
+        if session.describe_line():
+            print(session.describe_line())
+        predictor = Predictor(session, mode)
+        store = BlockStore(output, run_key(args.model, args.backend, predictor, K, job.key))
+        parts, stats = run_stream(predictor, job, batchsize=args.batchsize, workers=args.workers, store=store,
+                                  block_size=args.block_size, progress=not args.no_progress)
+        job.write(output, parts, args.model, mode_text(predictor.mode))
+        store.remove()
+        stats["backend"] = describe_session(session)
+    stats["errors"] = [e for part in parts for e in part["errors"]]
+    return stats
 
 
 def report(args, ann, output, results, image_ids, errors, stats):
@@ -179,27 +210,6 @@ def report_errors(errors, consequence):
         print(f"error: {len(errors)} image(s) could not be read; {consequence}", file=sys.stderr)
         return 1
     return 0
-
-
-def check_ray_backend(args):
-    if args.backend != "onnxruntime":
-        raise UserError("--ray runs ONNX Runtime sessions: give an .onnx --model (CenterNet_pth2onnx.py exports "
-                        "the checkpoint), not --backend torch")
-
-
-def annotate(args, images, mode):
-    """--ray with --images and no annotation file: detections.json, no AP."""
-    from centernet.pipeline.ray_eval import annotate_on_ray
-    output = args.output or "save/detections.json"
-    print(f"no annotation file: annotating the images of {images} (detections with score >= {args.vis_thresh:g})")
-    count, errors, stats = annotate_on_ray(
-        args.model, images, output, vis_thresh=args.vis_thresh, batchsize=args.batchsize, device=args.device,
-        threads=args.threads, actors=args.actors, limit=args.limit, block_size=args.block_size, address=args.ray,
-        progress=not args.no_progress, mode=mode)
-    print(f"mode: {stats['mode']}; wrote detections for {count} images to {output}")
-    if stats.get("end_to_end_fps"):
-        print(f"end to end {stats['end_to_end_fps']} images/s")
-    return report_errors(errors, "the others are done")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,7 @@ from pathlib import Path
 
 from centernet.io.coco import (class_category_ids, default_annotation_file, default_category_ids, load_annotations,
                             write_results)
-from centernet.core.decode import (decode_bins_to_coco, images_from_annotations, images_from_meta,
-                              split_missing)
+from centernet.pipeline.staged_decode import decode_bins_to_coco, images_from_annotations, images_from_meta, split_missing
 from centernet.errors import UserError, cli
 from centernet.pipeline.preprocess import load_meta
 

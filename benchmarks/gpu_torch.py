@@ -53,7 +53,7 @@ from centernet.bench.benchmark import count_flops, cpu_model, matmul_ceiling  # 
 from centernet.io.binio import write_atomic  # noqa: E402
 from centernet.core.compare import detection_agreement, output_differences  # noqa: E402
 from centernet.model.dcn_kernels import torchvision_kernel  # noqa: E402
-from centernet.pipeline.staged_infer import latency_stats, time_batches  # noqa: E402
+from centernet.core.timing import latency_stats, time_batches  # noqa: E402
 from centernet.io.synthetic import synthetic_input_batch  # noqa: E402
 from centernet.runtime.torch_session import TorchOptions, TorchSession  # noqa: E402
 

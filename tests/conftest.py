@@ -1,5 +1,7 @@
 """Shared test fixtures: the repository on sys.path, a small synthetic COCO
 dataset, and a runner for the top-level scripts."""
+import contextlib
+import logging
 import json
 import os
 import signal
@@ -252,3 +254,20 @@ def tiny_coco(tmp_path_factory):
                                image_sizes=KEEP_RES_SIZES, max_objects=3)
     info["dataset"] = json.loads(Path(info["annotation_file"]).read_text())
     return info
+
+
+@contextlib.contextmanager
+def captured_logs(lines, name="centernet"):
+    """Collect the messages the package logs (INFO and up) into `lines`."""
+    class _Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+    logger, handler = logging.getLogger(name), _Collect()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from centernet.core.decode import (_peaks, _top_k, _top_k_thresholded, check_hm_kind, decode_ctdet, detections_to_coco,
-                              map_boxes_to_image, max_pool3x3, sigmoid)
+from centernet.core.decode import _peaks, _top_k, _top_k_thresholded, decode_ctdet, detections_to_coco, map_boxes_to_image, max_pool3x3, sigmoid
+from centernet.pipeline.staged_decode import check_hm_kind
 from centernet.errors import UserError
 from centernet.io.synthetic import write_perfect_model_bins
 from conftest import assert_one_line_error
@@ -301,7 +301,7 @@ def test_decode_folder_batches_of_mixed_sizes(tmp_path):
     """decode_bins_to_coco over batches (reused buffers, several output sizes)
     gives what decoding each image alone gives."""
     from centernet.io.binio import output_bin_path, write_bin
-    from centernet.core.decode import ImageToDecode, decode_bins_to_coco
+    from centernet.pipeline.staged_decode import ImageToDecode, decode_bins_to_coco
     rng = np.random.default_rng(5)
     cats = list(range(1, 81))
     images, expected = [], []

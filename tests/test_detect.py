@@ -10,11 +10,15 @@ import pytest
 import torch
 
 from centernet.io.coco import COCO_CATEGORIES
-from centernet.pipeline.demo import (CACHE_KEY, Detector, cached_export, export_cache_path, open_detector, run_demo)
+from centernet.core.modes import TestMode
+from centernet.model.cache import CACHE_KEY, cached_export, export_cache_path
+from centernet.pipeline.demo import DemoModel, run_demo
+from centernet.pipeline.predictor import Predictor, open_predictor
+from centernet.runtime.ort_session import OrtSession
 from centernet.errors import UserError
 from centernet.runtime.ort_session import make_session
 from centernet.pipeline.stream import stream_detections
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, captured_logs
 
 SMALL = (128, 128)  # fixed input of the test model: fast, and real decoding (32x32 output map)
 NAMES = [name for _, name, _ in COCO_CATEGORIES]
@@ -38,8 +42,9 @@ def first_pth_run(upstream_checkpoint, synthetic_coco, tmp_path_factory):
     pth = folder / "ctdet_coco_dla_2x.pth"
     shutil.copy(upstream_checkpoint, pth)
     logs = []
-    summary = demo([images_of(synthetic_coco)[0]], pth, folder / "out", thresh=0.0, input_size=SMALL,
-                   log=logs.append)
+    with captured_logs(logs):
+        summary = demo([images_of(synthetic_coco)[0]], pth, folder / "out", thresh=0.0, input_size=SMALL,
+                       log=logs.append)
     return pth, logs, summary
 
 
@@ -195,18 +200,24 @@ def test_keep_res_needs_a_dynamic_model(small_onnx, tmp_path, synthetic_coco, ru
                           "python CenterNet_pth2onnx.py", "--dynamic-size")
 
 
-class RecordingSession:
+class RecordingSession(OrtSession):
     """An ONNX Runtime session that records the input shapes it is given."""
 
     def __init__(self, session):
-        self.session, self.shapes = session, []
+        super().__init__(session)
+        self.shapes = []
 
-    def __getattr__(self, name):
-        return getattr(self.session, name)
+    def run(self, batch):
+        self.shapes.append(batch.shape)
+        return super().run(batch)
 
-    def run(self, names, feed):
-        self.shapes.append(next(iter(feed.values())).shape)
-        return self.session.run(names, feed)
+
+def Detector(session, keep_res=False, input_size=None, flip=False):
+    """The demo's model on a session, in a test mode."""
+    if not isinstance(session, OrtSession):
+        session = OrtSession(session)
+    mode = TestMode(keep_res, flip, (1.0,), tuple(input_size or (512, 512)))
+    return DemoModel(Predictor(session, mode))
 
 
 def test_pth_exports_once_and_reuses_while_unchanged(first_pth_run, synthetic_coco, tmp_path):
@@ -220,7 +231,8 @@ def test_pth_exports_once_and_reuses_while_unchanged(first_pth_run, synthetic_co
     image = images_of(synthetic_coco)[0]
 
     logs = []
-    second = demo([image], pth, tmp_path / "b", thresh=0.0, input_size=SMALL, log=logs.append)
+    with captured_logs(logs):
+        second = demo([image], pth, tmp_path / "b", thresh=0.0, input_size=SMALL, log=logs.append)
     assert cache.stat().st_mtime_ns == stamp and not any("exporting" in ln for ln in logs)
     assert any("cached export" in ln for ln in logs)
     dets = [json.loads(s["json"].read_text())["images"][0]["detections"] for s in (first, second)]
@@ -235,7 +247,8 @@ def test_pth_exports_once_and_reuses_while_unchanged(first_pth_run, synthetic_co
     state["state_dict"]["module.hm.2.bias"] += 0.5
     torch.save(state, other / pth.name)
     logs = []
-    third = demo([image], other / pth.name, tmp_path / "c", thresh=0.0, input_size=SMALL, log=logs.append)
+    with captured_logs(logs):
+        third = demo([image], other / pth.name, tmp_path / "c", thresh=0.0, input_size=SMALL, log=logs.append)
     assert any("exporting again" in ln for ln in logs)
     new_meta = {p.key: p.value for p in onnx.load(str(other / cache.name)).metadata_props}
     assert new_meta[CACHE_KEY] != meta[CACHE_KEY]
@@ -245,10 +258,10 @@ def test_pth_exports_once_and_reuses_while_unchanged(first_pth_run, synthetic_co
 
 def test_pth_keep_res_caches_a_dynamic_export_beside_the_fixed_one(first_pth_run, synthetic_coco):
     pth = first_pth_run[0]
-    path = cached_export(pth, dynamic_size=True, input_size=(64, 96), threads=2, log=quiet)
+    path = cached_export(pth, dynamic_size=True, input_size=(64, 96), threads=2)
     assert path == pth.parent / "ctdet_coco_dla_2x.cache-dynamic.onnx"
     assert export_cache_path(pth, False, SMALL).is_file()  # one file per form
-    assert cached_export(pth, dynamic_size=True, input_size=(64, 96), log=quiet) == path  # reused
+    assert cached_export(pth, dynamic_size=True, input_size=(64, 96)) == path  # reused
     session = RecordingSession(make_session(path, threads=2))
     detector = Detector(session, keep_res=True)
     assert detector.mode == "keep resolution"
@@ -278,7 +291,7 @@ def test_custom_names_and_their_errors(small_onnx, synthetic_coco, tmp_path):
     with pytest.raises(UserError, match="names file not found"):
         demo([images_of(synthetic_coco)[0]], small_onnx, tmp_path / "o", names_file=tmp_path / "none.txt")
     with pytest.raises(UserError, match="does not match"):
-        open_detector(small_onnx, input_size=(256, 256))
+        open_predictor(small_onnx, TestMode(input_size=(256, 256)))
 
 
 def test_output_into_an_input_folder_is_refused(synthetic_coco, tmp_path):
@@ -293,12 +306,11 @@ def test_output_into_an_input_folder_is_refused(synthetic_coco, tmp_path):
 def test_a_flip_export_is_decoded_as_a_heatmap(ctdet_onnx_flip_dynamic, tiny_coco):
     """An export with --flip outputs the averaged heatmap: the demo decodes it
     without a second sigmoid, as the streaming evaluation does."""
-    from centernet.core.modes import TestMode
     detector = Detector(make_session(ctdet_onnx_flip_dynamic, threads=2), keep_res=True)
     assert detector.mode == "keep resolution + flip (in the model)"
     streamed, _, _, _ = stream_detections(ctdet_onnx_flip_dynamic, tiny_coco["images_dir"],
                                           tiny_coco["annotation_file"], threads=2, progress=False,
-                                          mode=TestMode(keep_res=True), log=lambda m: None)
+                                          mode=TestMode(keep_res=True))
     for img in tiny_coco["dataset"]["images"][:2]:
         scores, _, _ = detector.detect(cv2.imread(str(tiny_coco["images_dir"] / img["file_name"])))
         expected = sorted((r["score"] for r in streamed if r["image_id"] == img["id"]), reverse=True)
@@ -308,7 +320,6 @@ def test_a_flip_export_is_decoded_as_a_heatmap(ctdet_onnx_flip_dynamic, tiny_coc
 def test_flip_option_runs_the_flip_test_like_the_evaluation(ctdet_onnx_dynamic, tiny_coco):
     """--flip on a plain export: the image and its mirror in one batch,
     averaged as upstream's flip test: the streaming evaluation's detections."""
-    from centernet.core.modes import TestMode
     detector = Detector(make_session(ctdet_onnx_dynamic, threads=2), keep_res=True, flip=True)
     assert detector.mode == "keep resolution + flip"
     streamed, _, _, _ = stream_detections(ctdet_onnx_dynamic, tiny_coco["images_dir"], tiny_coco["annotation_file"],
@@ -319,4 +330,4 @@ def test_flip_option_runs_the_flip_test_like_the_evaluation(ctdet_onnx_dynamic, 
         scores, _, _ = detector.detect(image)
         expected = sorted((r["score"] for r in streamed if r["image_id"] == img["id"]), reverse=True)
         assert scores.tolist() == expected
-        assert scores.tolist() != plain.detect(image)[0].tolist()
+        assert scores.tolist() != plain.detect(image).scores.tolist()

@@ -145,7 +145,7 @@ def test_resume_skips_finished_blocks_and_writes_each_image_once(local_ray, synt
 
     monkeypatch.setattr(BlockStore, "write", write_then_interrupt)
     with pytest.raises(KeyboardInterrupt, match=r"2 of 3 block\(s\) finished, kept in .*ray.json.parts; run the"):
-        evaluate_on_ray(small_onnx, images_dir, ann, out, threads=2, block_size=2, progress=False, log=quiet)
+        evaluate_on_ray(small_onnx, images_dir, ann, out, threads=2, block_size=2, progress=False)
     monkeypatch.undo()
     assert not out.exists() and len(list((tmp_path / "ray.json.parts").glob("block-*.json"))) == 2
 
@@ -217,7 +217,7 @@ def test_actor_killed_mid_run_is_restarted_and_every_image_is_written_once(local
     killer.start()
     try:
         ids, errors, stats = evaluate_on_ray(small_onnx, images_dir, ann, tmp_path / "ray.json", threads=2,
-                                             block_size=4, progress=False, log=quiet)
+                                             block_size=4, progress=False)
     finally:
         finished.set()
         killer.join()
@@ -231,11 +231,11 @@ def test_actor_killed_mid_run_is_restarted_and_every_image_is_written_once(local
 def test_missing_or_broken_model_is_one_line(local_ray, synthetic_coco, tmp_path):
     ann, images_dir = synthetic_coco["annotation_file"], synthetic_coco["images_dir"]
     with pytest.raises(UserError, match="nope.onnx: model file not found"):
-        evaluate_on_ray(tmp_path / "nope.onnx", images_dir, ann, tmp_path / "r.json", progress=False, log=quiet)
+        evaluate_on_ray(tmp_path / "nope.onnx", images_dir, ann, tmp_path / "r.json", progress=False)
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"\x08\x07garbage")
     with pytest.raises(UserError, match="broken.onnx: ONNX Runtime cannot load it"):
-        evaluate_on_ray(broken, images_dir, ann, tmp_path / "r.json", progress=False, log=quiet)
+        evaluate_on_ray(broken, images_dir, ann, tmp_path / "r.json", progress=False)
     # An ONNX file that ONNX Runtime refuses: one line, before any worker starts.
     import onnx
     from onnx import TensorProto, helper
@@ -244,8 +244,7 @@ def test_missing_or_broken_model_is_one_line(local_ray, synthetic_coco, tmp_path
     graph = helper.make_graph([helper.make_node("NoSuchOp", ["input"], ["hm"])], "g", [x], [y])
     onnx.save(helper.make_model(graph), tmp_path / "unloadable.onnx")
     with pytest.raises(UserError, match=r"^\S*unloadable.onnx: ONNX Runtime cannot load it \("):
-        evaluate_on_ray(tmp_path / "unloadable.onnx", images_dir, ann, tmp_path / "r.json", progress=False,
-                        log=quiet)
+        evaluate_on_ray(tmp_path / "unloadable.onnx", images_dir, ann, tmp_path / "r.json", progress=False)
 
 
 def test_resources_each_actor_reserves():
@@ -280,10 +279,10 @@ def test_test_modes_equal_the_streaming_eval(local_ray, tiny_coco, ctdet_onnx_dy
         model, mode = ctdet_onnx_dynamic, TestMode(keep_res=True, flip=True, scales=(0.5, 1.0))
     ann, images_dir = tiny_coco["annotation_file"], tiny_coco["images_dir"]
     results, _, errors, want = stream_detections(model, images_dir, ann, threads=2, progress=False, mode=mode,
-                                                 upstream_rounding=True, log=quiet)
+                                                 upstream_rounding=True)
     write_results(tmp_path / "plain.json", results)
     _, ray_errors, stats = evaluate_on_ray(model, images_dir, ann, tmp_path / "ray.json", threads=2, mode=mode,
-                                           upstream_rounding=True, block_size=2, progress=False, log=quiet)
+                                           upstream_rounding=True, block_size=2, progress=False)
     assert not errors and not ray_errors and stats["mode"] == want["mode"]
     # The same entries of every image, in the same order; the images' order differs (the
     # one-process path goes by input size, Ray by file name).

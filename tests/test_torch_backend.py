@@ -304,7 +304,7 @@ def test_streamed_test_modes_give_the_onnxruntime_detections(tiny_coco, ctdet_on
     # dynamic-size export, within the same tolerances as in fixed mode.
     from centernet.core.modes import TestMode
     ann = tiny_coco["annotation_file"]
-    kw = dict(batchsize=2, workers=1, progress=False, mode=TestMode(**mode), log=lambda line: None)
+    kw = dict(batchsize=2, workers=1, progress=False, mode=TestMode(**mode))
     theirs, ids, errors, _ = stream_detections(ctdet_onnx_dynamic, tiny_coco["images_dir"], ann, threads=1, **kw)
     ours, ids2, errors2, stats = stream_detections("model.pth", tiny_coco["images_dir"], ann,
                                                    session=session(random_ctdet, input_size=None), **kw)
@@ -342,7 +342,7 @@ def test_stream_sends_warped_images_to_the_torch_backend(tiny_coco, random_ctdet
     # same detections as with float32 inputs, bit for bit.
     from centernet.core.modes import TestMode
     sent = []
-    kw = dict(batchsize=2, workers=1, progress=False, mode=TestMode(keep_res=True), log=lambda line: None)
+    kw = dict(batchsize=2, workers=1, progress=False, mode=TestMode(keep_res=True))
     on = session(random_ctdet, input_size=None, warped_input=True)
     off = session(random_ctdet, input_size=None, warped_input=False)
     original = on.run_warped
@@ -422,7 +422,7 @@ def test_stream_decodes_on_the_device_to_numpys_detections(tiny_coco, random_ctd
     # makes and averages in the mirror, so the workers send warped images then too.
     from centernet.core.modes import TestMode
     calls = []
-    kw = dict(batchsize=2, workers=1, progress=False, mode=TestMode(**mode), log=lambda line: None)
+    kw = dict(batchsize=2, workers=1, progress=False, mode=TestMode(**mode))
     size = SMALL if not mode.get("keep_res") else None
     on = session(random_ctdet, input_size=size, device_decode=True)
     off = session(random_ctdet, input_size=size, device_decode=False)

@@ -6,20 +6,11 @@ decode_ctdet restates upstream's ctdet_decode in numpy over a batch: sigmoid,
 map. map_boxes_to_image undoes the test transform. decode_bins_to_coco runs
 both over a folder of ais_bench output bins and yields COCO results entries.
 """
-import sys
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from centernet.io.binio import output_bin_path, read_bin
-from centernet.io.coco import stable_image_id
 from centernet.errors import UserError
-from centernet.core.transforms import DOWN_RATIO, INPUT_SIZE, get_affine_transform, test_geometry, transform_points
-
-NUM_OUTPUTS = 3  # hm, wh, reg
+from centernet.core.transforms import get_affine_transform, transform_points
 
 
 def sigmoid(x):
@@ -212,95 +203,6 @@ def detections_to_images(scores, classes, boxes, geometries):
             for i, (center, scale, (out_h, out_w)) in enumerate(geometries)]
 
 
-@dataclass
-class ImageToDecode:
-    """What decoding needs of one image: its bin stem, COCO id and geometry."""
-    stem: str
-    image_id: int
-    center: tuple
-    scale: object  # a number (fixed mode) or (sx, sy) (keep-resolution mode)
-    out_hw: tuple  # output map (height, width)
-
-
-def images_from_annotations(data, input_size=(INPUT_SIZE, INPUT_SIZE)):
-    """One ImageToDecode per image of a COCO dict, geometry from its width and
-    height (fixed-resolution mode; no image is read)."""
-    out = []
-    for img in data["images"]:
-        center, scale, (in_h, in_w) = test_geometry(img["height"], img["width"], input_size)
-        out.append(ImageToDecode(Path(img["file_name"]).stem, img["id"], tuple(map(float, center)),
-                                 scale, (in_h // DOWN_RATIO, in_w // DOWN_RATIO)))
-    return out
-
-
-def images_from_meta(meta, annotations=None, source="meta.json"):
-    """One ImageToDecode per image of a preprocessing meta.json dict. Image ids
-    come from the annotations' file names where given, else stable_image_id."""
-    ids = {}
-    if annotations is not None:
-        ids = {Path(img["file_name"]).stem: img["id"] for img in annotations["images"]}
-    out = []
-    for name, entry in sorted(meta.get("images", {}).items()):
-        try:
-            in_h, in_w = entry["input_size"]
-            scale = entry["scale"]
-            scale = float(scale) if np.ndim(scale) == 0 else tuple(map(float, scale))
-            center = tuple(map(float, entry["center"]))
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{source}: entry for {name} lacks a valid center, scale or input_size") from None
-        stem = Path(name).stem
-        out.append(ImageToDecode(stem, ids.get(stem, stable_image_id(stem)), center, scale,
-                                 (int(in_h) // DOWN_RATIO, int(in_w) // DOWN_RATIO)))
-    if not out:
-        raise UserError(f"{source}: no images listed")
-    return out
-
-
-def split_missing(bin_dir, images):
-    """(images whose three output bins all exist, images missing any)."""
-    present, missing = [], []
-    for im in images:
-        ok = all(output_bin_path(bin_dir, im.stem, i).is_file() for i in range(NUM_OUTPUTS))
-        (present if ok else missing).append(im)
-    return present, missing
-
-
-def _read_into(path, out):
-    """Fill `out` from a raw float32 file of exactly out.nbytes bytes (read
-    straight into the array: no fresh multi-MB allocation per file)."""
-    try:
-        with open(path, "rb") as f:
-            got = f.readinto(memoryview(out).cast("B"))
-            extra = f.read(1)
-    except FileNotFoundError:
-        got, extra = -1, b""
-    if got != out.nbytes or extra:
-        read_bin(path, out.shape)  # raises binio's one-line error naming the file and sizes
-        raise UserError(f"{path}: changed while being read")
-
-
-def _read_batch(bin_dir, batch, buffers):
-    """Read hm, wh, reg of each image of `batch` into the first len(batch)
-    rows of `buffers` ((B,C,H,W), (B,2,H,W), (B,2,H,W)); returns those rows."""
-    views = [buf[:len(batch)] for buf in buffers]
-    for j, im in enumerate(batch):
-        for i, view in enumerate(views):
-            _read_into(output_bin_path(bin_dir, im.stem, i), view[j])
-    return views
-
-
-def _batches(images, batch_size):
-    """Consecutive runs of images with the same output size, at most batch_size long."""
-    batch = []
-    for im in images:
-        if batch and (len(batch) == batch_size or im.out_hw != batch[0].out_hw):
-            yield batch
-            batch = []
-        batch.append(im)
-    if batch:
-        yield batch
-
-
 def _round2(values):
     """Upstream's float("{:.2f}".format(v)) of every value (coco.py convert_eval_format)."""
     return [float(f"{v:.2f}") for v in values]
@@ -324,66 +226,3 @@ def detections_to_coco(image_id, scores, classes, boxes, category_ids, upstream_
             for c, b, s in zip(cat, xywh, scores.astype(np.float64).tolist())]
 
 
-def check_hm_kind(hm, hm_is_heat, source):
-    """One-line error when the hm read does not fit what decoding was told:
-    a heatmap must lie in [0, 1]; raw logits of a trained network never do
-    (the background is strongly negative)."""
-    lo, hi = float(hm.min()), float(hm.max())
-    if hm_is_heat and not (lo >= 0 and hi <= 1):
-        raise UserError(f"{source}: hm runs from {lo:.3g} to {hi:.3g}, so it holds raw logits, but it was to be "
-                        f"decoded as the flip test's averaged heatmap (meta.json written with --flip, or --flip "
-                        f"given); was the model exported without --flip?")
-    if not hm_is_heat and lo >= 0 and hi <= 1:
-        raise UserError(f"{source}: every hm value lies in [0, 1], so it holds the averaged heatmap of a model "
-                        f"exported with --flip, not raw logits; decode with --flip (or preprocess with --flip "
-                        f"so that meta.json says so)")
-
-
-def decode_bins_to_coco(bin_dir, images, category_ids, K=100, batch_size=8, progress=True,
-                        hm_is_heat=False, upstream_rounding=False):
-    """Decode `<stem>_0/1/2.bin` of every ImageToDecode in bin_dir into COCO
-    results entries (K per image, full-precision scores unless
-    upstream_rounding). hm_is_heat: the bins come from a model exported with
-    the flip test (hm already averaged after the sigmoid). Images of equal
-    output size are decoded together; the next batch is read in a background
-    thread while this one decodes."""
-    num_classes = len(category_ids)
-    # Images of one size decode together; the results keep the given order.
-    order = sorted(range(len(images)), key=lambda n: images[n].out_hw)
-    batches = list(_batches([images[n] for n in order], batch_size))
-    # Two sets of batch buffers: the reader thread fills one while the
-    # other is decoded. Reused, because fresh arrays of this size cost more
-    # in page faults than reading the files does.
-    buffer_sets = [{}, {}]
-
-    def read(b):
-        batch, slot = batches[b], buffer_sets[b % 2]
-        h, w = batch[0].out_hw
-        if (h, w) not in slot:
-            slot.clear()
-            slot[(h, w)] = [np.empty((batch_size, ch, h, w), np.float32) for ch in (num_classes, 2, 2)]
-        return _read_batch(bin_dir, batch, slot[(h, w)])
-
-    per_image = []  # in `order`
-    with ThreadPoolExecutor(1) as reader, \
-            tqdm(total=len(images), desc="decode", unit="img", disable=not progress, file=sys.stderr) as bar:
-        pending = reader.submit(read, 0) if batches else None
-        for b, batch in enumerate(batches):
-            hm, wh, reg = pending.result()
-            if b + 1 < len(batches):  # into the other buffer set, whose batch b - 1 is done
-                pending = reader.submit(read, b + 1)
-            for i, im in enumerate(batch):
-                check_hm_kind(hm[i], hm_is_heat, output_bin_path(bin_dir, im.stem, 0))
-            # a tiny image's output map (keep resolution: 8x8 at least) may hold fewer than K positions
-            scores, classes, boxes = decode_ctdet(hm, wh, reg, min(K, hm.shape[2] * hm.shape[3]),
-                                                  hm_is_heat=hm_is_heat)
-            for i, im in enumerate(batch):
-                out_h, out_w = im.out_hw
-                img_boxes = map_boxes_to_image(boxes[i], im.center, im.scale, (out_w, out_h))
-                per_image.append(detections_to_coco(im.image_id, scores[i], classes[i], img_boxes, category_ids,
-                                                    upstream_rounding))
-            bar.update(len(batch))
-    results = [None] * len(images)
-    for k, n in enumerate(order):
-        results[n] = per_image[k]
-    return [entry for entries in results for entry in entries]

@@ -8,13 +8,7 @@ differs only in the last bits can move pixel values visibly.
 import cv2
 import numpy as np
 
-# Per-channel statistics in B, G, R order (the image is read by OpenCV).
-MEAN = np.array([0.40789654, 0.44719302, 0.47026115], dtype=np.float32)
-STD = np.array([0.28863828, 0.27408164, 0.27809835], dtype=np.float32)
-
-INPUT_SIZE = 512   # fixed-resolution input side (the recipe's mode)
-DOWN_RATIO = 4     # output stride of the network
-KEEP_RES_PAD = 31  # keep-resolution inputs are rounded up to a multiple of 32
+from centernet.constants import DOWN_RATIO, INPUT_SIZE, KEEP_RES_PAD, MEAN, STD  # noqa: F401 (re-exported)
 
 
 def _third_point(a, b):
@@ -141,3 +135,13 @@ def transform_points(points, matrix):
     """Apply a 2x3 affine matrix to an (N, 2) array of points."""
     points = np.asarray(points, dtype=np.float64)
     return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def clip_box(box, height, width):
+    """(x1, y1, x2, y2) in continuous image coordinates, corners in order and
+    clipped to [0, width] x [0, height]."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    x1, x2 = sorted((x1, x2))
+    y1, y2 = sorted((y1, y2))
+    return (min(max(x1, 0.0), width), min(max(y1, 0.0), height),
+            min(max(x2, 0.0), width), min(max(y2, 0.0), height))

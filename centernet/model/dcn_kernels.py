@@ -25,7 +25,7 @@ import torch
 
 from dcn_v2 import DCN, modulated_deform_conv2d
 
-from centernet.runtime.backends import DCN_KERNELS as KERNELS
+from centernet.constants import DCN_KERNELS as KERNELS
 from centernet.errors import UserError
 # Agreement of the library kernel with ours on the probe, as a fraction of the
 # probe output's largest magnitude: float32 rounding of a 9*C-term sum and of

@@ -29,10 +29,9 @@ from dcn_v2 import export_flavour
 
 from centernet.io.binio import write_atomic
 from centernet.errors import UserError
-from centernet.runtime.ort_session import FLIP_KEY, HM_KEY, make_session, run_session
+from centernet.constants import FLIP_KEY, HM_KEY, INPUT_NAME, OUTPUT_NAMES  # noqa: F401 (re-exported)
+from centernet.runtime.ort_session import make_session, run_session
 
-INPUT_NAME = "actual_input"
-OUTPUT_NAMES = ("output1", "output2", "output3")
 TARGETS = ("onnxruntime", "ascend")
 # deformconv is the default because it is the fast one in ONNX Runtime: the
 # decomposed graph ran at 0.83x on the CPU (batch 1, 2 threads); its GridSample,

@@ -21,31 +21,27 @@ from centernet.runtime.backends import describe_session
 from centernet.io.binio import input_bins, make_dirs, output_bin_path, read_bin, write_atomic, write_bin
 from centernet.errors import Interrupted, UserError, WriteError
 from centernet.pipeline.preprocess import META_NAME, load_meta
-from centernet.runtime.ort_session import graph_flip_test, make_session, run_session
-from centernet.core.transforms import DOWN_RATIO
-
-EXPORT_DYNAMIC_HINT = "python CenterNet_pth2onnx.py ctdet_coco_dla_2x.pth CenterNet_dynamic.onnx --dynamic-size"
-
+from centernet.core.timing import latency_stats, time_batches
+from centernet.pipeline.predictor import EXPORT_DYNAMIC_HINT, batches_by_shape
+from centernet.runtime.backends import as_session, open_ort_session
 
 def model_input_shape(session, input_size=None, required=True):
-    """(batch or None, 3, H, W) of the session's input; `input_size` (H, W)
-    fills dynamic spatial dims and must agree with static ones. With
-    required=False, dynamic dims left unfilled are None."""
-    shape = session.get_inputs()[0].shape
-    batch = shape[0] if isinstance(shape[0], int) else None
-    hw = []
-    for dim, given in zip(shape[2:], input_size or (None, None)):
-        if isinstance(dim, int):
-            if given is not None and given != dim:
-                raise UserError(f"--input-size {input_size} does not match the model's fixed input {shape[2:]}")
-            hw.append(dim)
-        elif given is None:
-            if required:
-                raise UserError("the model has a dynamic input size; give --input-size H W")
-            hw.append(None)
-        else:
-            hw.append(int(given))
-    return batch, (shape[1] if isinstance(shape[1], int) else 3, *hw)
+    """(static batch or None, (3, H, W)) of a Session's input: its fixed size,
+    or `input_size` (H, W) for a dynamic one, which must agree with a fixed
+    one. With required=False a dynamic size left unfilled is (None, None)."""
+    caps = session.capabilities
+    fixed = caps.input_size
+    if fixed is not None:
+        if input_size is not None and tuple(input_size) != tuple(fixed):
+            raise UserError(f"--input-size {tuple(input_size)} does not match the model's fixed input {tuple(fixed)}")
+        hw = tuple(fixed)
+    elif input_size is not None:
+        hw = tuple(int(v) for v in input_size)
+    elif required:
+        raise UserError("the model has a dynamic input size; give --input-size H W")
+    else:
+        hw = (None, None)
+    return caps.static_batch, (3, *hw)
 
 
 def bin_shapes(input_dir, files, session, model, input_size=None):
@@ -79,7 +75,7 @@ def bin_shapes(input_dir, files, session, model, input_size=None):
 
 
 def _check_flip(meta, session, model, meta_path):
-    in_graph = graph_flip_test(session)
+    in_graph = session.capabilities.flip_in_graph
     if bool(meta.get("flip_test")) != in_graph:
         if in_graph:
             raise UserError(f"{model} has the flip test in its graph (exported with --flip) but {meta_path} was "
@@ -89,56 +85,27 @@ def _check_flip(meta, session, model, meta_path):
                         f"export it with CenterNet_pth2onnx.py --flip")
 
 
-def latency_stats(batch_seconds, images):
-    """Throughput and per-batch latency figures (milliseconds)."""
-    t = np.asarray(batch_seconds, dtype=np.float64)
-    total = float(t.sum())
-    return {
-        "images": int(images),
-        "batches": int(len(t)),
-        "infer_seconds": round(total, 4),
-        "fps": round(images / total, 3) if total > 0 else None,
-        "latency_ms_mean": round(float(t.mean()) * 1e3, 3) if len(t) else None,
-        "latency_ms_p50": round(float(np.percentile(t, 50)) * 1e3, 3) if len(t) else None,
-        "latency_ms_p99": round(float(np.percentile(t, 99)) * 1e3, 3) if len(t) else None,
-    }
-
-
 def _run_batch(session, batch, static_batch):
     n = len(batch)
     if static_batch is not None and n != static_batch:
         # A static-batch model (like an .om) gets its last batch zero-padded.
         batch = np.concatenate([batch, np.zeros((static_batch - n, *batch.shape[1:]), batch.dtype)])
     t0 = time.perf_counter()
-    outputs = run_session(session, batch)
+    outputs = session.run(batch)
     return [o[:n] for o in outputs], time.perf_counter() - t0
 
 
-def _output_nbytes(session, chw, cache):
-    """Bytes of each output file of one image of input shape chw: from the
-    graph's channel counts and the output stride, without running it."""
-    if chw not in cache:
-        dims = [o.shape[1:] for o in session.get_outputs()]
-        if all(isinstance(d, int) for s in dims for d in s):
-            cache[chw] = [int(np.prod(s)) * 4 for s in dims]
-        elif all(isinstance(s[0], int) for s in dims):
-            cache[chw] = [s[0] * (chw[1] // DOWN_RATIO) * (chw[2] // DOWN_RATIO) * 4 for s in dims]
-        else:
-            cache[chw] = [o[0].nbytes for o in run_session(session, np.zeros((1, *chw), np.float32))]
-    return cache[chw]
+def _output_nbytes(session, chw):
+    """Bytes of each output file of one image of input shape chw, from the
+    session's heads and the output stride, without running it."""
+    return [int(np.prod(shape)) * 4 for shape in session.capabilities.output_shapes(chw[1:])]
 
 
 def group_batches(files, shapes, batchsize):
     """Batches of at most `batchsize` files of one shape: files sorted by
     (shape, stem), so each size's images run together."""
     order = sorted(files, key=lambda p: (shapes[p], p.stem))
-    batches = []
-    for path in order:
-        if batches and len(batches[-1]) < batchsize and shapes[batches[-1][0]] == shapes[path]:
-            batches[-1].append(path)
-        else:
-            batches.append([path])
-    return batches
+    return list(batches_by_shape(order, lambda p: shapes[p], batchsize))
 
 
 def _outputs_complete(out_dir, stem, sizes):
@@ -162,7 +129,8 @@ def run_folder(model, input_dir, output_root, output_dirname, batchsize=1, devic
     files = input_bins(input_dir)
     if not files:
         raise UserError(f"{input_dir}: no .bin files to infer")
-    session = session or make_session(model, device=device, threads=threads)
+    session = as_session(session, model) if session is not None else open_ort_session(model, device=device,
+                                                                                       threads=threads)
     static_batch, _ = model_input_shape(session, input_size, required=False)
     if static_batch is not None and batchsize != static_batch:
         raise UserError(f"{model}: the model has a fixed batch of {static_batch}; use --batchsize {static_batch}")
@@ -170,8 +138,7 @@ def run_folder(model, input_dir, output_root, output_dirname, batchsize=1, devic
     out_dir = make_dirs(Path(output_root) / output_dirname)
     skipped = 0
     if skip_existing:
-        cache = {}
-        todo = [p for p in files if not _outputs_complete(out_dir, p.stem, _output_nbytes(session, shapes[p], cache))]
+        todo = [p for p in files if not _outputs_complete(out_dir, p.stem, _output_nbytes(session, shapes[p]))]
         skipped, files = len(files) - len(todo), todo
     if not files:
         return {"images": 0, "skipped": skipped, "output": str(out_dir)}
@@ -226,28 +193,17 @@ def _write_outputs(out_dir, paths, outputs, written):
         written[0] += 1
 
 
-def time_batches(run, x, loops, warmup=1, progress=False, desc="loop"):
-    """Seconds per call of `loops` timed calls run(x) after `warmup` untimed ones."""
-    for _ in range(warmup):
-        run(x)
-    seconds = []
-    for _ in tqdm(range(loops), desc=desc, disable=not progress):
-        t0 = time.perf_counter()
-        run(x)
-        seconds.append(time.perf_counter() - t0)
-    return seconds
-
-
 def run_loop(model, loop=20, batchsize=1, device="cpu", threads=0, input_size=None, warmup=2,
              session=None, progress=False):
     """Pure inference throughput on random input: `loop` timed batches after
     `warmup` untimed ones. Returns the summary dict."""
-    session = session or make_session(model, device=device, threads=threads)
+    session = as_session(session, model) if session is not None else open_ort_session(model, device=device,
+                                                                                       threads=threads)
     static_batch, chw = model_input_shape(session, input_size)
     if static_batch is not None:
         batchsize = static_batch
     x = np.random.default_rng(0).standard_normal((batchsize, *chw)).astype(np.float32)
-    timings = time_batches(lambda batch: run_session(session, batch), x, loop, warmup=warmup,
+    timings = time_batches(session.run, x, loop, warmup=warmup,
                            progress=progress, desc=f"bs{batchsize}")
     summary = latency_stats(timings, loop * batchsize)
     summary.update(model=str(model), batchsize=batchsize, device=device, threads=threads, loop=loop,

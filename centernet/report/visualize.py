@@ -13,6 +13,8 @@ import colorsys
 from dataclasses import dataclass
 
 import cv2
+
+from centernet.core.transforms import clip_box  # noqa: F401 (re-exported)
 import numpy as np
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -70,16 +72,6 @@ def style_for(height, width):
 def ascii_label(text):
     """OpenCV's built-in fonts draw ASCII only: other characters become '?'."""
     return text.encode("ascii", "replace").decode("ascii")
-
-
-def clip_box(box, height, width):
-    """(x1, y1, x2, y2) in continuous image coordinates, corners in order and
-    clipped to [0, width] x [0, height]."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    x1, x2 = sorted((x1, x2))
-    y1, y2 = sorted((y1, y2))
-    return (min(max(x1, 0.0), width), min(max(y1, 0.0), height),
-            min(max(x2, 0.0), width), min(max(y2, 0.0), height))
 
 
 def box_pixels(box, height, width):

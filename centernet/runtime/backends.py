@@ -1,22 +1,21 @@
 """Choosing the inference backend: an ONNX Runtime session on an .onnx file,
-or the PyTorch backend (torch_backend.TorchSession) on the .pth checkpoint.
+or the PyTorch backend (torch_session.TorchSession) on the .pth checkpoint.
 
-Both have the same interface (get_inputs, get_outputs, run; see
-runtime.run_session), so everything downstream is backend-agnostic. This
-module imports no torch: the ONNX Runtime path runs without it.
+Both implement runtime.session.Session, so everything downstream is
+backend-agnostic. This module imports no torch: the ONNX Runtime path runs
+without it.
 """
 import argparse
 from dataclasses import fields, replace
 from pathlib import Path
 
 from centernet.errors import UserError
-from centernet.runtime.ort_session import make_session
+from centernet.runtime.ort_session import OrtSession, open_ort_session  # noqa: F401 (re-exported)
+from centernet.runtime.session import Session
+
+from centernet.constants import CASTS, DCN_KERNELS, PRECISIONS, TORCH_DEVICES  # noqa: F401 (re-exported)
 
 BACKENDS = ("onnxruntime", "torch")
-TORCH_DEVICES = ("cpu", "cuda")
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
-CASTS = ("autocast", "model")
-DCN_KERNELS = ("auto", "ours", "torchvision")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar")
 
 
@@ -120,7 +119,7 @@ def open_session(model, backend=None, device="cpu", threads=0, input_size=(512, 
         if default_backend(model) == "torch":
             raise UserError(f"{model}: a PyTorch checkpoint; run it with --backend torch, or export it "
                             "with CenterNet_pth2onnx.py for ONNX Runtime")
-        return make_session(model, device=device, threads=threads)
+        return open_ort_session(model, device=device, threads=threads)
     if device not in TORCH_DEVICES:
         raise UserError(f"--backend torch runs on {' or '.join(TORCH_DEVICES)}, not {device}")
     from centernet.runtime.torch_session import TorchOptions, open_torch_session
@@ -129,23 +128,20 @@ def open_session(model, backend=None, device="cpu", threads=0, input_size=(512, 
 
 
 def describe_session(session):
-    """What ran, for summaries: the PyTorch backend's settings, or ONNX Runtime's providers."""
-    if hasattr(session, "describe"):
-        return session.describe()
-    providers = session.get_providers() if hasattr(session, "get_providers") else None
-    return {"backend": "onnxruntime", "providers": providers}
-
+    """What ran, for summaries: the session's own description."""
+    return session.describe()
 
 
 def describe_line(session):
-    """One line saying how the PyTorch backend runs (None for ONNX Runtime)."""
-    if not hasattr(session, "describe"):
-        return None
-    d = session.describe()
-    parts = [f"{d['device']}" + (f" ({d['gpu']})" if d.get("gpu") else ""), d["precision"]]
-    if d["precision"] in ("fp16", "bf16"):
-        parts[-1] += f" by {d['cast']}" + (", heads' final layer fp32" if d["fp32_heads"] else "")
-    parts += [name for name in ("fuse_bn", "channels_last", "compile", "cuda_graphs", "pin_memory", "device_decode")
-              if d.get(name)]
-    kernel = d["dcn_kernel"] + (f" ({d['dcn_note']})" if d.get("dcn_note") and d["dcn_note"] != "chosen" else "")
-    return f"torch backend: {', '.join(parts)}; DCN kernel {kernel}"
+    """One line saying how the backend runs (None where there is nothing to say)."""
+    return session.describe_line()
+
+
+def as_session(session, name=None):
+    """A Session as it is; an ONNX Runtime InferenceSession in an OrtSession."""
+    if isinstance(session, Session):
+        return session
+    import onnxruntime as ort
+    if isinstance(session, ort.InferenceSession):
+        return OrtSession(session, name=name)
+    raise TypeError(f"not a session: {type(session).__name__}")

@@ -1,13 +1,15 @@
-"""ONNX Runtime sessions: one place that picks providers, threads and options."""
+"""ONNX Runtime sessions: one place that picks providers, threads and options
+(make_session), and OrtSession, the Session interface over one."""
 import os
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
 
+from centernet.constants import FLIP_KEY
 from centernet.errors import UserError
+from centernet.runtime.session import Capabilities, Session, heads_from_channels
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -81,33 +83,26 @@ def make_session(model, device="cpu", threads=0, optimization="all", profile_pre
         raise UserError(f"{name}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:300]})") from None
 
 
-# ONNX metadata (metadata_props) of an exported file saying what output1 holds.
-FLIP_KEY = "centernet.flip_test"  # "1": the flip test is in the graph (export --flip), "0": it is not
-HM_KEY = "centernet.hm"           # "logits" (raw) or "sigmoid" (the flip test's averaged heatmap)
 
 
-def graph_flip_test(model_meta):
-    """Whether an exported file has the flip test in its graph (hm averaged
-    after the sigmoid), from its metadata: an ONNX Runtime session, an onnx
-    ModelProto, or a {key: value} dict. Files without the key have none."""
-    if hasattr(model_meta, "get_modelmeta"):
-        model_meta = model_meta.get_modelmeta().custom_metadata_map
-    elif hasattr(model_meta, "metadata_props"):
-        model_meta = {p.key: p.value for p in model_meta.metadata_props}
-    return model_meta.get(FLIP_KEY) == "1"
+def graph_flip_test(session):
+    """Whether the model of an ONNX Runtime InferenceSession has the flip test
+    in its graph (hm averaged after the sigmoid), from its metadata. Files
+    without the key have none."""
+    return metadata_flip_test(session.get_modelmeta().custom_metadata_map)
+
+
+def metadata_flip_test(metadata):
+    """The same from a {key: value} dict of ONNX metadata_props."""
+    return metadata.get(FLIP_KEY) == "1"
 
 
 def run_session(session, batch):
-    """Run a session on one input batch; returns the outputs in graph order.
-    In the main thread an ONNX Runtime run stops at Ctrl-C (run_interruptible)."""
-    name = session.get_inputs()[0].name
-    feed = {name: np.ascontiguousarray(batch, dtype=np.float32)}
-    # Only ONNX Runtime's own sessions take run options (the PyTorch backend
-    # returns to Python between operators, so a Ctrl-C reaches it anyway), and
-    # signals only ever reach the main thread.
-    ort = sys.modules.get("onnxruntime")
-    if ort is None or not isinstance(session, ort.InferenceSession) \
-            or threading.current_thread() is not threading.main_thread():
+    """Run an ONNX Runtime InferenceSession on one input batch; returns the
+    outputs in graph order. In the main thread a run stops at Ctrl-C
+    (run_interruptible)."""
+    feed = {session.get_inputs()[0].name: np.ascontiguousarray(batch, dtype=np.float32)}
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         return session.run(None, feed)
     return run_interruptible(session, feed)
 
@@ -135,3 +130,42 @@ def run_interruptible(session, feed):
         options.terminate = True
         wait([future])  # ONNX Runtime fails the run at its next operator
         raise
+
+
+class OrtSession(Session):
+    """An ONNX Runtime InferenceSession behind the Session interface; its
+    capabilities come from the graph's input shape, output channels and
+    metadata (FLIP_KEY). `inner` is the InferenceSession itself."""
+
+    def __init__(self, inner, name=None):
+        self.inner = inner
+        self.name = str(name or "model")
+        self._input_name = inner.get_inputs()[0].name
+        shape = inner.get_inputs()[0].shape
+        hw = tuple(shape[2:4])
+        self._caps = Capabilities(
+            input_size=hw if all(isinstance(d, int) for d in hw) else None,
+            static_batch=shape[0] if isinstance(shape[0], int) else None,
+            flip_in_graph=graph_flip_test(inner),
+            heads=heads_from_channels([o.shape[1] for o in inner.get_outputs()]))
+
+    @property
+    def capabilities(self):
+        return self._caps
+
+    def run(self, batch):
+        feed = {self._input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        # Signals only ever reach the main thread: elsewhere run plainly.
+        if threading.current_thread() is not threading.main_thread():
+            return self.inner.run(None, feed)
+        return run_interruptible(self.inner, feed)
+
+    def describe(self):
+        return {"backend": "onnxruntime", "providers": self.inner.get_providers()}
+
+
+def open_ort_session(model, device="cpu", threads=0, name=None, **options):
+    """An OrtSession on a path or serialized model (make_session's arguments)."""
+    if name is None and isinstance(model, (str, os.PathLike)):
+        name = str(model)
+    return OrtSession(make_session(model, device=device, threads=threads, name=name, **options), name=name)

@@ -1,10 +1,10 @@
 """The PyTorch backend: the .pth checkpoint run by PyTorch itself, on CPU or CUDA.
 
-`TorchSession` has the part of an ONNX Runtime InferenceSession that the
-toolkit uses (get_inputs, get_outputs, run), so `runtime.run_session`,
-`infer.run_folder` / `run_loop`, `stream.stream_detections` and the demo's
-Detector run it unchanged: a float32 (N, 3, H, W) numpy batch in, [hm, wh,
-reg] float32 numpy arrays out, the same tensors as the ONNX export gives.
+`TorchSession` implements the Session interface (runtime/session.py), so the
+predictor and every runner take it as they take ONNX Runtime: a float32
+(N, 3, H, W) numpy batch in, [hm, wh, reg] float32 numpy arrays out, the same
+tensors as the ONNX export gives; it also takes warped uint8 images and
+decodes on its device where its options say so (its Capabilities).
 
 Each technique that makes the network fast on a GPU is a switch of
 `TorchOptions`, so that a benchmark can measure what each one buys:
@@ -45,14 +45,12 @@ from torch import nn
 
 from dcn_v2 import DCN
 
-from centernet.runtime.backends import CASTS, DCN_KERNELS, PRECISIONS, TORCH_DEVICES
+from centernet.constants import CASTS, DCN_KERNELS, MEAN, PRECISIONS, STD, TORCH_DEVICES
 from centernet.model.dcn_kernels import install_kernel, select_kernel, tf32_allowed
 from centernet.errors import UserError
-from centernet.model.export import INPUT_NAME, OUTPUT_NAMES
-from centernet.core.transforms import MEAN, STD
+from centernet.runtime.session import Capabilities, Session, heads_from_channels
 
 LOW_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-DOWN_RATIO = 4
 
 
 @dataclass
@@ -241,15 +239,8 @@ def combine_flip_torch(hm, wh, reg):
     return (heat[:n] + heat[n:].flip(3)) / 2, (wh[:n].float() + wh[n:].float().flip(3)) / 2, reg[:n].float()
 
 
-class _Arg:
-    """What ONNX Runtime's NodeArg tells about an input or output."""
-
-    def __init__(self, name, shape):
-        self.name, self.shape, self.type = name, shape, "tensor(float)"
-
-
-class TorchSession:
-    """ctdet DLA-34 in PyTorch behind ONNX Runtime's session interface.
+class TorchSession(Session):
+    """ctdet DLA-34 in PyTorch behind the Session interface.
 
     model: an nn.Module (copied, never changed) or the path of an upstream
     checkpoint. input_size: (H, W) the inputs must have, like the default
@@ -271,39 +262,18 @@ class TorchSession:
         self._graphs = {}
         self._mean_std = None
         self._compute_dtype = self.options.low_dtype if self.options.cast == "model" else None
+        # The flip test is never in this graph: the predictor mirrors around it.
+        self._caps = Capabilities(input_size=self.input_size, accepts_warped=self.options.warped_input,
+                                  decodes_on_device=self.options.device_decode,
+                                  heads=heads_from_channels(list(self.heads.values())))
 
-    # --- ONNX Runtime's interface ------------------------------------------
+    @property
+    def capabilities(self):
+        return self._caps
 
-    def get_inputs(self):
-        h, w = self.input_size or ("height", "width")
-        return [_Arg(INPUT_NAME, ["batch", 3, h, w])]
-
-    def get_outputs(self):
-        if self.input_size:
-            h, w = (v // DOWN_RATIO for v in self.input_size)
-        else:
-            h, w = "out_height", "out_width"
-        return [_Arg(name, ["batch", c, h, w]) for name, c in zip(OUTPUT_NAMES, self.heads.values())]
-
-    def get_providers(self):
-        return [f"torch-{self.options.device}"]
-
-    def get_modelmeta(self):
-        """No metadata: in particular no flip test in the graph (the test
-        modes mirror in numpy around it)."""
-        class _Meta:
-            custom_metadata_map = {}
-        return _Meta()
-
-    def run(self, output_names, feed):
-        """ONNX Runtime's run(None, {input name: batch}) -> list of float32 arrays."""
-        if len(feed) != 1:
-            raise ValueError(f"one input expected, got {list(feed)}")
-        outputs = self.run_batch(next(iter(feed.values())))
-        if output_names:
-            names = list(OUTPUT_NAMES)
-            outputs = [outputs[names.index(n)] for n in output_names]
-        return outputs
+    def run(self, batch):
+        """float32 (N, 3, H, W) numpy -> [hm, wh, reg] float32 numpy arrays."""
+        return self.run_batch(batch)
 
     # --- running -----------------------------------------------------------
 
@@ -314,6 +284,16 @@ class TorchSession:
         if self.device.type == "cuda":
             d["gpu"] = torch.cuda.get_device_name(self.device)
         return d
+
+    def describe_line(self):
+        d = self.describe()
+        parts = [f"{d['device']}" + (f" ({d['gpu']})" if d.get("gpu") else ""), d["precision"]]
+        if d["precision"] in ("fp16", "bf16"):
+            parts[-1] += f" by {d['cast']}" + (", heads' final layer fp32" if d["fp32_heads"] else "")
+        parts += [name for name in ("fuse_bn", "channels_last", "compile", "cuda_graphs", "pin_memory",
+                                    "device_decode") if d.get(name)]
+        kernel = d["dcn_kernel"] + (f" ({d['dcn_note']})" if d.get("dcn_note") and d["dcn_note"] != "chosen" else "")
+        return f"torch backend: {', '.join(parts)}; DCN kernel {kernel}"
 
     def _check(self, shape):
         if len(shape) != 4 or shape[1] != 3:
@@ -412,11 +392,6 @@ class TorchSession:
     def _infer(self, x):
         return self._graph(x) if self.options.cuda_graphs else self._forward(x)
 
-    @property
-    def decodes_on_device(self):
-        """Whether run_decoded is on (the streaming evaluation then uses it)."""
-        return self.options.device_decode
-
     def run_decoded(self, batch, K=100, warped=False, flip=False):
         """A float32 batch (or, warped, uint8 warped images as run_warped takes)
         -> decode_ctdet's (scores, classes, boxes on the output map) as numpy
@@ -429,11 +404,6 @@ class TorchSession:
                 return self._to_host(decode_ctdet_torch(*self._infer(x), K=K))
             outputs = self._infer(torch.cat([x, x.flip(3)]).contiguous(memory_format=self._layout))
             return self._to_host(decode_ctdet_torch(*combine_flip_torch(*outputs), K=K, hm_is_heat=True))
-
-    @property
-    def accepts_warped(self):
-        """Whether run_warped is on (the streaming evaluation then uses it)."""
-        return self.options.warped_input
 
     def warped_to_device(self, batch):
         """uint8 (N, H, W, 3) BGR warped images -> the network input on the

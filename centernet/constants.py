@@ -1,0 +1,36 @@
+"""The toolkit's fixed facts, in one leaf module that imports nothing of ours.
+
+Numbers come from upstream CenterNet's ctdet test code (opts.py, the COCO
+dataset class, base_detector.py); names are those of our ONNX files and
+output folders.
+"""
+import numpy as np
+
+# Per-channel statistics in B, G, R order (the image is read by OpenCV).
+MEAN = np.array([0.40789654, 0.44719302, 0.47026115], dtype=np.float32)
+STD = np.array([0.28863828, 0.27408164, 0.27809835], dtype=np.float32)
+
+INPUT_SIZE = 512   # fixed-resolution input side (the recipe's mode)
+DOWN_RATIO = 4     # output stride of the network
+KEEP_RES_PAD = 31  # keep-resolution inputs are rounded up to a multiple of 32
+K = 100            # detections decoded per image (upstream's --K)
+VIS_THRESH = 0.3   # upstream's --vis_thresh: the demo draws detections at or above it
+
+# The exported graph's input and outputs (output i is <stem>_i.bin in ais_bench's layout).
+INPUT_NAME = "actual_input"
+OUTPUT_NAMES = ("output1", "output2", "output3")
+HEADS = ("hm", "wh", "reg")
+
+# ONNX metadata (metadata_props) of an exported file saying what output1 holds.
+FLIP_KEY = "centernet.flip_test"  # "1": the flip test is in the graph (export --flip), "0": it is not
+HM_KEY = "centernet.hm"           # "logits" (raw) or "sigmoid" (the flip test's averaged heatmap)
+
+# Image files the preprocessing reads, and the wider set the demo and annotation take.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+DEMO_IMAGE_EXTENSIONS = IMAGE_EXTENSIONS + (".webp", ".tif", ".tiff")
+
+# The PyTorch backend's choices.
+TORCH_DEVICES = ("cpu", "cuda")
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+CASTS = ("autocast", "model")
+DCN_KERNELS = ("auto", "ours", "torchvision")

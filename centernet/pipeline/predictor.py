@@ -1,0 +1,294 @@
+"""The one path from pixels to detections: prepare an image for a test mode,
+batch inputs by shape, run the session, decode, map back onto the image,
+merge the scales.
+
+Every runner composes these pieces: the staged scripts (the decoding half,
+on ais_bench's output bins), the streaming evaluation, Ray Data, the demo
+and the mode benchmark. A test mode or a backend capability added here works
+in all of them.
+
+- InputSpec prepares one image at one test scale (picklable: worker
+  processes and Ray tasks take it);
+- batches_by_shape is the one batching rule: consecutive inputs of one shape;
+- Decoder turns a batch's raw outputs into Detections on the images and
+  merges an image's scales (picklable, numpy only);
+- Predictor puts a Session, an InputSpec and a Decoder together, after
+  checking once that the model can serve the test mode.
+"""
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from centernet.constants import DOWN_RATIO, INPUT_SIZE, K
+from centernet.core.decode import decode_ctdet, detections_to_coco, map_boxes_to_image
+from centernet.core.modes import TestMode, combine_flip, flip_batch
+from centernet.core.soft_nms import detections_by_class, merge_detections
+from centernet.core.transforms import prepare_input, test_geometry, warp_input
+from centernet.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+UNREADABLE = "cannot read or decode the image (corrupt, empty or not an image)"
+EXPORT_DYNAMIC_HINT = "python CenterNet_pth2onnx.py ctdet_coco_dla_2x.pth CenterNet_dynamic.onnx --dynamic-size"
+
+
+# --- preparing inputs ----------------------------------------------------------
+
+@dataclass
+class Prepared:
+    """One network input: an image at one test scale, and the geometry that
+    maps its outputs back onto the image. tensor: float32 (3, H, W), or
+    uint8 (H, W, 3) warped BGR for a session that normalises on its device."""
+    tensor: np.ndarray
+    center: np.ndarray
+    scale: object        # a number (fixed size) or (sx, sy) (keep resolution)
+    out_hw: tuple        # output map (height, width)
+
+    @property
+    def geometry(self):
+        return self.center, self.scale, self.out_hw
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How an image becomes its network inputs, one per test scale."""
+    input_size: tuple = (INPUT_SIZE, INPUT_SIZE)
+    keep_res: bool = False
+    scales: tuple = (1.0,)
+    warped: bool = False
+
+    def input_hw(self, height, width, scale_index=0):
+        """The input size of an image of height x width at one scale, without reading it."""
+        return test_geometry(height, width, self.input_size, self.keep_res, self.scales[scale_index])[2]
+
+    def prepare(self, image, source, scale_index=0):
+        """A BGR image -> (Prepared, None), or (None, one error line naming `source`)."""
+        try:
+            if self.warped:
+                tensor, center, scale, (in_h, in_w) = warp_input(image, self.input_size, self.keep_res,
+                                                                 self.scales[scale_index])
+            else:
+                tensor, center, scale, (in_h, in_w) = prepare_input(image, self.input_size, self.keep_res,
+                                                                    self.scales[scale_index])
+                tensor = tensor[0]
+        except ValueError as e:
+            return None, f"{source}: {e}"
+        except cv2.error as e:
+            return None, f"{source}: OpenCV cannot process the image ({e.err})"
+        return Prepared(tensor, center, scale, (in_h // DOWN_RATIO, in_w // DOWN_RATIO)), None
+
+    def prepare_file(self, path, scale_index=0):
+        """An image file -> (Prepared, None) or (None, error line)."""
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            return None, f"{path}: {UNREADABLE}"
+        return self.prepare(image, path, scale_index)
+
+
+def batches_by_shape(items, shape_of, batch_size):
+    """Consecutive runs of `items` (any iterable, consumed lazily) whose
+    shape_of(item) is the same, at most batch_size long: the one batching
+    rule. Sort the items by shape first to batch all of a shape together."""
+    batch, shape = [], None
+    for item in items:
+        s = shape_of(item)
+        if batch and (len(batch) == batch_size or s != shape):
+            yield batch
+            batch = []
+        batch.append(item)
+        shape = s
+    if batch:
+        yield batch
+
+
+# --- decoding ------------------------------------------------------------------
+
+@dataclass
+class Detections:
+    """One image's detections: scores (N,) float32, class indices (N,) int64
+    and boxes (N, 4) x1, y1, x2, y2 in image pixels. Decoded at one scale
+    they are best first (boxes float64 from the inverse affine); merged
+    across scales, class by class as upstream lists them (boxes float32)."""
+    scores: np.ndarray
+    classes: np.ndarray
+    boxes: np.ndarray
+
+    def __len__(self):
+        return len(self.scores)
+
+    def __iter__(self):  # scores, classes, boxes = detections
+        return iter((self.scores, self.classes, self.boxes))
+
+    def best_first(self):
+        order = np.argsort(-self.scores, kind="stable")
+        return Detections(self.scores[order], self.classes[order], self.boxes[order])
+
+    def to_coco(self, image_id, category_ids, upstream_rounding=False):
+        """COCO results entries (see core.decode.detections_to_coco)."""
+        return detections_to_coco(image_id, self.scores, self.classes, self.boxes, category_ids, upstream_rounding)
+
+    def to_rows(self):
+        """(N, 6) float64 [x1, y1, x2, y2, score, class]: every value exact, for transport."""
+        return np.column_stack([self.boxes, self.scores, self.classes]).astype(np.float64).reshape(-1, 6)
+
+    @classmethod
+    def from_rows(cls, rows, merged=False):
+        rows = np.asarray(rows, dtype=np.float64).reshape(-1, 6)
+        boxes = rows[:, :4].astype(np.float32) if merged else rows[:, :4]
+        return cls(rows[:, 4].astype(np.float32), rows[:, 5].astype(np.int64), boxes)
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """Raw outputs of a batch -> Detections per input, and an image's scales
+    merged. numpy_flip: the batch ran as flip_batch (its mirror is averaged
+    in here); hm_is_heat: a flip test, whose heatmap has had its sigmoid."""
+    num_classes: int
+    K: int = K
+    numpy_flip: bool = False
+    hm_is_heat: bool = False
+    scales: tuple = (1.0,)
+
+    def decode(self, outputs, geometries, decoded=False):
+        """outputs of one batch (or, decoded, decode_ctdet's result from the
+        device) -> [Detections] per input; geometries[i] = (center, scale, (out_h, out_w))."""
+        if decoded:
+            scores, classes, boxes = outputs
+        else:
+            hm, wh, reg = combine_flip(*outputs) if self.numpy_flip else outputs
+            scores, classes, boxes = decode_ctdet(hm, wh, reg, K=self.k_for(hm.shape[2:]), hm_is_heat=self.hm_is_heat)
+        return [Detections(scores[i], classes[i], map_boxes_to_image(boxes[i], center, scale, (out_w, out_h)))
+                for i, (center, scale, (out_h, out_w)) in enumerate(geometries)]
+
+    def k_for(self, out_hw):
+        """K, or fewer where the output map has fewer positions (keep
+        resolution: a tiny image's map is 8x8 at least)."""
+        return min(self.K, int(out_hw[0]) * int(out_hw[1]))
+
+    def merge(self, per_scale):
+        """One image's Detections at each test scale (scale order) -> its
+        result: the one scale as it is, or upstream's multi-scale merge
+        (soft-NMS per class, top 100 overall), class by class."""
+        if len(self.scales) == 1:
+            return per_scale[0]
+        merged = merge_detections([detections_by_class(d.scores, d.classes, d.boxes, self.num_classes, scale=t)
+                                   for d, t in zip(per_scale, self.scales)])
+        classes = sorted(j for j in merged if len(merged[j]))
+        if not classes:
+            return Detections(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros((0, 4), np.float32))
+        rows = np.concatenate([merged[j] for j in classes])
+        return Detections(rows[:, 4], np.concatenate([np.full(len(merged[j]), j, np.int64) for j in classes]),
+                          rows[:, :4])
+
+
+# --- the model and the mode ------------------------------------------------------
+
+def resolve_mode(capabilities, model_name, mode):
+    """Check that a model can serve `mode` and settle what runs where.
+    Returns (mode, numpy_flip): a model with the flip test in its graph
+    makes every run a flip test (and needs no mirror outside it); a fixed
+    mode runs at the model's own fixed size."""
+    fixed = capabilities.input_size
+    if mode.keep_res and fixed is not None:
+        raise UserError(f"{model_name}: fixed {fixed[0]}x{fixed[1]} input, but --keep-res feeds each image at its own "
+                        f"size; export a model with a dynamic height and width: {EXPORT_DYNAMIC_HINT}, or give "
+                        "the .pth checkpoint as --model")
+    input_size = tuple(fixed) if fixed is not None and not mode.keep_res else tuple(mode.input_size)
+    if not mode.keep_res and (min(input_size) <= 0 or any(v % 32 for v in input_size)):
+        raise UserError(f"input size {input_size[0]}x{input_size[1]}: height and width must be positive "
+                        "multiples of 32")
+    in_graph = capabilities.flip_in_graph
+    if in_graph and not mode.flip:
+        logger.info(f"note: {model_name} has the flip test in its graph (exported with --flip): this is a flip test")
+    mode = TestMode(mode.keep_res, mode.flip or in_graph, tuple(mode.scales), input_size)
+    return mode, mode.flip and not in_graph
+
+
+class Predictor:
+    """A session in one test mode: prepare, run, decode, merge."""
+
+    def __init__(self, session, mode=TestMode(), K=K):
+        self.session = session
+        caps = session.capabilities
+        self.mode, numpy_flip = resolve_mode(caps, session.name, mode)
+        # A session that decodes on its device makes and averages in a flip
+        # test's mirror there too; otherwise the mirror is made in numpy, from
+        # float32 inputs.
+        self.device_decode = caps.decodes_on_device
+        self.numpy_flip = numpy_flip
+        warped = caps.accepts_warped and (self.device_decode or not numpy_flip)
+        self.spec = InputSpec(self.mode.input_size, self.mode.keep_res, tuple(self.mode.scales), warped)
+        self.decoder = Decoder(caps.num_classes, K, numpy_flip, self.mode.flip, tuple(self.mode.scales))
+
+    @property
+    def num_classes(self):
+        return self.decoder.num_classes
+
+    def run(self, prepared):
+        """Inputs of one shape -> the session's outputs (decode_ctdet's, where
+        it decodes on its device)."""
+        x = np.stack([p.tensor for p in prepared])
+        if self.device_decode:
+            return self.session.run_decoded(x, self.decoder.k_for(prepared[0].out_hw), warped=self.spec.warped,
+                                            flip=self.numpy_flip)
+        if self.spec.warped:
+            return self.session.run_warped(x)
+        return self.session.run(flip_batch(x) if self.numpy_flip else x)
+
+    def decode(self, prepared, outputs):
+        """run()'s outputs -> [Detections] per input, on its image."""
+        return self.decoder.decode(outputs, [p.geometry for p in prepared], decoded=self.device_decode)
+
+    def predict(self, prepared):
+        """Inputs of one shape -> [Detections] per input."""
+        return self.decode(prepared, self.run(prepared))
+
+    def detect(self, images, batch_size=1, sources=None):
+        """BGR images -> (Detections of each, every scale merged; error
+        lines). An image that cannot be prepared gets None and its error."""
+        sources = sources or [f"image {i}" for i in range(len(images))]
+        units, errors, failed = [], [], set()
+        for n, image in enumerate(images):
+            for s in range(len(self.spec.scales)):
+                prepared, err = self.spec.prepare(image, sources[n], s)
+                if err:
+                    errors.append(err)
+                    failed.add(n)
+                    break
+                units.append(((n, s), prepared))
+        units = [u for u in units if u[0][0] not in failed]
+        units.sort(key=lambda u: (u[1].tensor.shape, u[0]))
+        parts = {}
+        for batch in batches_by_shape(units, lambda u: u[1].tensor.shape, batch_size):
+            for (key, _), found in zip(batch, self.predict([p for _, p in batch])):
+                parts[key] = found
+        scales = range(len(self.spec.scales))
+        results = [None if n in failed else self.decoder.merge([parts[(n, s)] for s in scales])
+                   for n in range(len(images))]
+        return results, errors
+
+
+def open_predictor(model, mode=TestMode(), backend=None, device="cpu", threads=0, torch_options=None,
+                   cache_fallback=None, input_size_given=True, K=K):
+    """A Predictor on an .onnx model, or on a .pth checkpoint: run by
+    PyTorch (backend torch), or exported once for ONNX Runtime (cached next
+    to it, with a dynamic input size for keep resolution)."""
+    from centernet.runtime.backends import default_backend, open_ort_session, open_session
+    backend = backend or default_backend(model)
+    if backend == "torch":
+        size = None if mode.keep_res else tuple(mode.input_size)
+        session = open_session(model, "torch", device=device, threads=threads, input_size=size,
+                               torch_options=torch_options)
+        return Predictor(session, mode, K=K)
+    if default_backend(model) == "torch":  # a checkpoint for ONNX Runtime: the cached export
+        from centernet.model.cache import cached_export
+        model = cached_export(model, dynamic_size=mode.keep_res, input_size=tuple(mode.input_size), threads=threads,
+                              fallback_folder=cache_fallback)
+    session = open_ort_session(model, device=device, threads=threads)
+    fixed = session.capabilities.input_size
+    if fixed is not None and input_size_given and not mode.keep_res and tuple(mode.input_size) != tuple(fixed):
+        raise UserError(f"{model}: fixed {fixed[0]}x{fixed[1]} input; --input-size {mode.input_size[0]} "
+                        f"{mode.input_size[1]} does not match")
+    return Predictor(session, mode, K=K)
