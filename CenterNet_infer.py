@@ -28,7 +28,7 @@ from centernet.runtime.backends import (add_backend_arguments, check_backend_arg
                                 torch_options_from_args)
 from centernet.errors import Interrupted, UserError, WriteError, cli
 from centernet.pipeline.staged_infer import format_summary, run_folder, run_loop
-from centernet.pipeline.preprocess import META_NAME, load_meta
+from centernet.io.meta import META_NAME, input_sizes, load_meta
 from centernet.runtime.ort_session import PROVIDERS
 from centernet.core.transforms import INPUT_SIZE
 
@@ -88,12 +88,8 @@ def sizes_of_bins(input_dir):
     if not meta_path.is_file():
         return {}
     groups = {}
-    for name, entry in load_meta(meta_path)["images"].items():
-        path = Path(input_dir) / f"{Path(name).stem}.bin"
-        try:
-            size = tuple(int(v) for v in entry["input_size"])
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{meta_path}: entry for {name} lacks a valid input_size") from None
+    for stem, size in input_sizes(load_meta(meta_path), meta_path).items():
+        path = Path(input_dir) / f"{stem}.bin"
         if path.is_file():
             groups.setdefault(size, []).append(path)
     return groups

@@ -18,7 +18,7 @@ from centernet.io.coco import (class_category_ids, default_annotation_file, defa
                             write_results)
 from centernet.pipeline.staged_decode import decode_bins_to_coco, images_from_annotations, images_from_meta, split_missing
 from centernet.errors import UserError, cli
-from centernet.pipeline.preprocess import load_meta
+from centernet.io.meta import load_meta
 
 
 def meta_listing_exactly(bin_dir, images):

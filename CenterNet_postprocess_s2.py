@@ -16,7 +16,7 @@ from centernet.io.binio import make_dirs, write_atomic
 from centernet.io.coco import (coco_from_dataset, default_annotation_file, evaluate_coco, format_best_worst,
                             load_annotations, load_results, write_per_class_table)
 from centernet.report.plots import write_eval_plots
-from centernet.pipeline.preprocess import load_meta
+from centernet.io.meta import load_meta
 from centernet.errors import UserError, cli
 
 

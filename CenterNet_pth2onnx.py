@@ -16,7 +16,7 @@ from centernet.errors import UserError, cli, quiet_interrupt
 with quiet_interrupt():  # torch loads here
     from centernet.io.binio import make_dirs
     from centernet.model.checkpoint import load_model
-    from centernet.model.export import DCN_FORMS, TARGETS, FlipTest, check_export, count_ops, export_onnx, require_passed
+    from centernet.convert.export import DCN_FORMS, TARGETS, FlipTest, check_export, count_ops, export_onnx, require_passed
 
 
 def parse_args(argv=None):

@@ -46,7 +46,7 @@ def demo_inputs(workdir, images):
     (512x512), made once under workdir."""
     from centernet.model.checkpoint import load_model
     from centernet.model.demo_data import make_demo
-    from centernet.model.export import export_onnx
+    from centernet.convert.export import export_onnx
     data, weights = make_demo(Path(workdir) / f"demo{images}", num_images=images)
     onnx_path = Path(workdir) / "ctdet_demo_512.onnx"
     if not onnx_path.is_file():

@@ -174,7 +174,7 @@ def no_torch_env(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ctdet_onnx(random_ctdet, tmp_path_factory):
     """`random_ctdet` exported with the default target (512x512, DeformConv)."""
-    from centernet.model.export import export_onnx
+    from centernet.convert.export import export_onnx
     path = tmp_path_factory.mktemp("onnx") / "CenterNet.onnx"
     export_onnx(random_ctdet, path)
     return path
@@ -226,7 +226,7 @@ def upstream_checkpoint(random_ctdet, tmp_path_factory):
 def ctdet_onnx_dynamic(random_ctdet, tmp_path_factory):
     """`random_ctdet` with a dynamic input height and width (keep resolution,
     scales); traced at a small size, which keeps the export fast."""
-    from centernet.model.export import export_onnx
+    from centernet.convert.export import export_onnx
     path = tmp_path_factory.mktemp("onnx") / "CenterNet_dynamic.onnx"
     export_onnx(random_ctdet, path, input_size=(64, 64), dynamic_size=True)
     return path
@@ -235,7 +235,7 @@ def ctdet_onnx_dynamic(random_ctdet, tmp_path_factory):
 @pytest.fixture(scope="session")
 def ctdet_onnx_flip_dynamic(random_ctdet, tmp_path_factory):
     """As ctdet_onnx_dynamic, with the flip test in the graph (export --flip)."""
-    from centernet.model.export import export_onnx
+    from centernet.convert.export import export_onnx
     path = tmp_path_factory.mktemp("onnx") / "CenterNet_flip_dynamic.onnx"
     export_onnx(random_ctdet, path, input_size=(64, 64), dynamic_size=True, flip=True)
     return path

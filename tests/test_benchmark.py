@@ -12,7 +12,7 @@ from torch import nn
 from centernet.bench.benchmark import (BACKENDS, ORT_VARIANTS, TABLE_COLUMNS, count_flops, format_table,
                                  ort_sweep, run_benchmark, write_json)
 from dcn_v2 import DCN, decomposed_deform_conv2d_static, modulated_deform_conv2d
-from centernet.model.export import check_export, count_ops
+from centernet.convert.export import check_export, count_ops
 import CenterNet_benchmark
 
 TINY = (64, 64)

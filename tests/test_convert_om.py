@@ -123,7 +123,7 @@ def test_keep_res_with_one_size_is_a_static_shape(stubs):
 def test_keep_res_flip_export_through_atc(stubs, random_ctdet, tiny_coco):
     """The recipe's keep resolution + flip on Ascend: an ascend-target export
     with --flip --dynamic-size and the gears of a real keep-res preprocessing."""
-    from centernet.model.export import export_onnx
+    from centernet.convert.export import export_onnx
     from centernet.pipeline.preprocess import preprocess_folder
     tmp, _, log, env = stubs
     model = tmp / "CenterNet_ascend_flip.onnx"

@@ -9,7 +9,7 @@ from onnx import helper, TensorProto
 from onnx.reference import ReferenceEvaluator
 
 from dcn_v2 import DCN, export_flavour, modulated_deform_conv2d
-from centernet.model.export import ORT_MAX_IR_VERSION, ascend_to_deformconv
+from centernet.convert.export import ORT_MAX_IR_VERSION, ascend_to_deformconv
 from centernet.runtime.ort_session import make_session
 
 TOL = 1e-4  # max abs error, float32 sampling + a 27-term sum per channel

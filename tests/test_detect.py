@@ -11,7 +11,7 @@ import torch
 
 from centernet.io.coco import COCO_CATEGORIES
 from centernet.core.modes import TestMode
-from centernet.model.cache import CACHE_KEY, cached_export, export_cache_path
+from centernet.convert.cache import CACHE_KEY, cached_export, export_cache_path
 from centernet.pipeline.demo import DemoModel, run_demo
 from centernet.pipeline.predictor import Predictor, open_predictor
 from centernet.runtime.ort_session import OrtSession

@@ -8,7 +8,7 @@ import torch
 from onnx import helper
 
 from centernet.errors import UserError
-from centernet.model.export import REL_TOL, FlipTest, ascend_to_deformconv, check_export, count_ops, export_onnx
+from centernet.convert.export import REL_TOL, FlipTest, ascend_to_deformconv, check_export, count_ops, export_onnx
 from centernet.runtime.ort_session import make_session
 from conftest import PARITY_REL, PYTHON, ROOT, assert_parity, photo_inputs
 

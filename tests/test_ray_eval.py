@@ -16,7 +16,7 @@ import pytest
 from centernet.io.coco import evaluate_coco, write_results
 from centernet.errors import UserError
 from centernet.pipeline.stream import stream_detections
-from conftest import ROOT
+from conftest import ROOT, captured_logs
 
 ray = pytest.importorskip("ray")
 
@@ -37,7 +37,7 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def small_onnx(random_ctdet, tmp_path_factory):
-    from centernet.model.export import export_onnx
+    from centernet.convert.export import export_onnx
     path = tmp_path_factory.mktemp("onnx_small") / "CenterNet_128.onnx"
     export_onnx(random_ctdet, path, input_size=SMALL)
     return path
@@ -112,17 +112,26 @@ def test_annotate_without_ground_truth_writes_the_demos_detections(local_ray, sy
     assert sum(len(e["detections"]) for e in doc["images"]) > 0
 
 
-def test_what_runs_where_is_one_line(synthetic_coco, small_onnx, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        eval_main("--model", small_onnx, "--dataset", tmp_path / "nowhere", "--images", synthetic_coco["images_dir"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "instances_val2017.json: annotation file not found" in err[0] and "--ray" in err[0]
-    with pytest.raises(SystemExit) as exit_info:  # Ray actors hold ONNX Runtime sessions only
-        eval_main("--model", small_onnx, "--dataset", synthetic_coco["root"], "--ray", "--backend", "torch")
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: --ray runs ONNX Runtime sessions"), err
+def test_annotating_without_ray_equals_ray(local_ray, synthetic_coco, small_onnx, tmp_path):
+    """--images and no annotation file, with and without --ray: the same detections.json, byte for byte."""
+    folder = tmp_path / "photos"
+    shutil.copytree(synthetic_coco["images_dir"], folder)
+    common = ["--model", small_onnx, "--dataset", tmp_path / "no_dataset", "--images", folder, "--threads", 2,
+              "--block-size", 4, "--vis-thresh", 0.05, "--no-progress"]
+    assert eval_main(*common, "--output", tmp_path / "plain.json") == 0
+    assert eval_main(*common, "--ray", "--output", tmp_path / "ray.json") == 0
+    assert (tmp_path / "plain.json").read_bytes() == (tmp_path / "ray.json").read_bytes()
+    assert json.loads((tmp_path / "plain.json").read_text())["images"]
+
+
+def test_ray_with_the_torch_backend_equals_the_plain_run(local_ray, synthetic_coco, upstream_checkpoint, tmp_path):
+    """--ray --backend torch: actors hold PyTorch sessions of the .pth; the
+    results file is the plain torch run's, byte for byte."""
+    common = ["--model", upstream_checkpoint, "--backend", "torch", "--dataset", synthetic_coco["root"],
+              "--threads", 1, "--limit", 3, "--no-progress"]
+    assert eval_main(*common, "--output", tmp_path / "plain.json", "--resultfolder", tmp_path / "ev") == 0
+    assert eval_main(*common, "--ray", "--output", tmp_path / "ray.json", "--resultfolder", tmp_path / "ev_ray") == 0
+    assert (tmp_path / "plain.json").read_bytes() == (tmp_path / "ray.json").read_bytes()
 
 
 class Interrupt(KeyboardInterrupt):
@@ -150,8 +159,9 @@ def test_resume_skips_finished_blocks_and_writes_each_image_once(local_ray, synt
     assert not out.exists() and len(list((tmp_path / "ray.json.parts").glob("block-*.json"))) == 2
 
     logs = []
-    ids, errors, stats = evaluate_on_ray(small_onnx, images_dir, ann, out, threads=2, block_size=2,
-                                         progress=False, log=logs.append)
+    with captured_logs(logs):
+        ids, errors, stats = evaluate_on_ray(small_onnx, images_dir, ann, out, threads=2, block_size=2,
+                                             progress=False)
     assert stats["blocks_resumed"] == 2 and stats["images"] == 2  # only the third block ran
     assert any("resuming: 2 of 3 block(s)" in line for line in logs)
     assert out.read_bytes() == (tmp_path / "plain.json").read_bytes()  # each image once, in order
@@ -169,8 +179,9 @@ def test_blocks_from_another_model_are_not_reused(local_ray, synthetic_coco, sma
     fake = {"images": ["x.jpg"], "ids": [1], "errors": [], "entries": [{"image_id": 1}]}
     (parts / "block-000000.json").write_text(json.dumps(fake))
     logs = []
-    _, _, stats = evaluate_on_ray(small_onnx, images_dir.as_uri(), ann, out, threads=2, limit=3, block_size=8,
-                                  progress=False, log=logs.append)
+    with captured_logs(logs):
+        _, _, stats = evaluate_on_ray(small_onnx, images_dir.as_uri(), ann, out, threads=2, limit=3, block_size=8,
+                                      progress=False)
     assert stats["blocks_resumed"] == 0 and stats["images"] == 3
     assert any("from another model or other settings; starting over" in line for line in logs)
     assert out.read_bytes() == (tmp_path / "plain.json").read_bytes()

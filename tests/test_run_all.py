@@ -11,7 +11,7 @@ import pytest
 
 from centernet.model.checkpoint import load_model
 from centernet.io.coco import STAT_NAMES
-from centernet.model.export import export_onnx
+from centernet.convert.export import export_onnx
 from conftest import ROOT, ctrl_c, start_command
 
 N = 3

@@ -14,7 +14,8 @@ from centernet.core.modes import TestMode
 from centernet.runtime.ort_session import make_session, run_session
 from centernet.core.soft_nms import detections_by_class, merge_detections
 from centernet.pipeline.staged_infer import run_folder
-from centernet.pipeline.preprocess import load_meta, preprocess_folder
+from centernet.io.meta import load_meta
+from centernet.pipeline.preprocess import preprocess_folder
 from centernet.pipeline.stream import stream_detections
 from conftest import captured_logs, assert_one_line_error, ctrl_c, start_script, wait_until_loaded
 

@@ -35,7 +35,7 @@ from dcn_v2 import DCN
 
 from centernet.io.binio import make_dirs, write_atomic
 from centernet.errors import UserError
-from centernet.model.export import ORT_MAX_IR_VERSION, export_onnx
+from centernet.convert.export import ORT_MAX_IR_VERSION, export_onnx
 from centernet.core.timing import latency_stats, time_batches
 from centernet.runtime.ort_session import PROVIDERS, make_session, run_session
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from centernet.bench.benchmark import BUSY_FLAG, CpuShare, machine_info, usable_cores
 from centernet.io.binio import write_atomic
 from centernet.errors import UserError
-from centernet.model.export import export_onnx
+from centernet.convert.export import export_onnx
 from centernet.core.modes import UPSTREAM_SCALES, TestMode
 from centernet.runtime.ort_session import make_session
 from centernet.pipeline.stream import stream_detections

@@ -16,16 +16,29 @@ OUTPUT_NAMES = ("hm", "wh", "reg")
 MATCH_IOU = 0.9
 
 
+def difference(got, ref):
+    """(max |got - ref|, max |ref|, their ratio): the one parity metric of
+    the export self-check, the DCN kernel choice and the benchmarks. A
+    non-finite value makes the difference infinite."""
+    g, r = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    if g.shape != r.shape:
+        raise ValueError(f"shape {g.shape} vs reference {r.shape}")
+    diff = float(np.abs(g - r).max()) if g.size else 0.0
+    if not np.isfinite(diff):
+        diff = float("inf")
+    scale = float(np.abs(r).max()) if r.size else 0.0
+    return diff, scale, diff / scale if scale > 0 else diff
+
+
 def output_differences(got, ref, names=OUTPUT_NAMES):
     """[{output, max_abs_diff, max_abs_ref, rel}] for each pair of outputs."""
     rows = []
     for name, g, r in zip(names, got, ref):
-        g, r = np.asarray(g, np.float64), np.asarray(r, np.float64)
-        if g.shape != r.shape:
-            raise ValueError(f"{name}: shape {g.shape} vs reference {r.shape}")
-        diff, scale = float(np.abs(g - r).max()), float(np.abs(r).max())
-        rows.append({"output": name, "max_abs_diff": diff, "max_abs_ref": scale,
-                     "rel": diff / scale if scale > 0 else diff})
+        try:
+            diff, scale, rel = difference(g, r)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+        rows.append({"output": name, "max_abs_diff": diff, "max_abs_ref": scale, "rel": rel})
     return rows
 
 

@@ -90,15 +90,20 @@ class InputSpec:
 def batches_by_shape(items, shape_of, batch_size):
     """Consecutive runs of `items` (any iterable, consumed lazily) whose
     shape_of(item) is the same, at most batch_size long: the one batching
-    rule. Sort the items by shape first to batch all of a shape together."""
+    rule. A full batch is given out before the next item is read (a stream
+    never waits for an input it does not need yet). Sort the items by shape
+    first to batch all of a shape together."""
     batch, shape = [], None
     for item in items:
         s = shape_of(item)
-        if batch and (len(batch) == batch_size or s != shape):
+        if batch and s != shape:
             yield batch
             batch = []
         batch.append(item)
         shape = s
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
     if batch:
         yield batch
 
@@ -235,7 +240,22 @@ class Predictor:
                                             flip=self.numpy_flip)
         if self.spec.warped:
             return self.session.run_warped(x)
-        return self.session.run(flip_batch(x) if self.numpy_flip else x)
+        return self._run_float(flip_batch(x) if self.numpy_flip else x)
+
+    def _run_float(self, x):
+        """session.run, in pieces of a fixed-batch model's batch (the last
+        one zero-padded), outputs cut back to the inputs."""
+        batch = self.session.capabilities.static_batch
+        if batch is None or len(x) == batch:
+            return self.session.run(x)
+        pieces = []
+        for i in range(0, len(x), batch):
+            part = x[i:i + batch]
+            n = len(part)
+            if n < batch:
+                part = np.concatenate([part, np.zeros((batch - n, *part.shape[1:]), part.dtype)])
+            pieces.append([o[:n] for o in self.session.run(part)])
+        return [np.concatenate(outs) for outs in zip(*pieces)]
 
     def decode(self, prepared, outputs):
         """run()'s outputs -> [Detections] per input, on its image."""
@@ -283,7 +303,7 @@ def open_predictor(model, mode=TestMode(), backend=None, device="cpu", threads=0
                                torch_options=torch_options)
         return Predictor(session, mode, K=K)
     if default_backend(model) == "torch":  # a checkpoint for ONNX Runtime: the cached export
-        from centernet.model.cache import cached_export
+        from centernet.convert.cache import cached_export
         model = cached_export(model, dynamic_size=mode.keep_res, input_size=tuple(mode.input_size), threads=threads,
                               fallback_folder=cache_fallback)
     session = open_ort_session(model, device=device, threads=threads)

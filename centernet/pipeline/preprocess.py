@@ -22,11 +22,11 @@ import numpy as np
 from tqdm import tqdm
 
 from centernet.io.binio import make_dirs, write_atomic, write_bin
+from centernet.io.meta import META_NAME, load_meta, save_meta  # noqa: F401 (re-exported)
 from centernet.errors import Interrupted, UserError, WriteError, sigint_blocked
 from centernet.core.transforms import INPUT_SIZE, prepare_input, test_geometry
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-META_NAME = "meta.json"
 META_SAVE_INTERVAL_S = 10.0  # how often meta.json is refreshed during a run
 
 def list_images(src_dir):
@@ -175,28 +175,6 @@ def _worker_chunk(jobs):
         if results[-1][3]:  # a failed write: the next ones would fail too
             break
     return results
-
-
-def load_meta(path, missing_ok=False):
-    """A meta.json written by preprocessing, as a dict; with missing_ok, an
-    empty one if the file does not exist yet."""
-    path = Path(path)
-    if not path.is_file():
-        if missing_ok:
-            return {"images": {}}
-        raise UserError(f"{path}: meta file not found (written by CenterNet_preprocess.py)")
-    rebuild = "CenterNet_preprocess.py rebuilds it if you delete it"
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{path}: not valid JSON ({rebuild})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("images"), dict):
-        raise UserError(f"{path}: not a preprocessing meta file, no 'images' object ({rebuild})")
-    return meta
-
-
-def save_meta(path, meta):
-    write_atomic(path, json.dumps(meta, indent=1, sort_keys=True).encode("utf-8"))
 
 
 def _is_complete(dst, entry, input_size, keep_res):

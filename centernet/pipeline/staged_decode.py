@@ -15,6 +15,7 @@ from centernet.core.transforms import test_geometry
 from centernet.errors import UserError
 from centernet.io.binio import output_bin_path, read_bin
 from centernet.io.coco import stable_image_id
+from centernet.io.meta import meta_entries
 from centernet.pipeline.predictor import Decoder, batches_by_shape
 
 NUM_OUTPUTS = len(HEADS)  # hm, wh, reg
@@ -48,17 +49,11 @@ def images_from_meta(meta, annotations=None, source="meta.json"):
     if annotations is not None:
         ids = {Path(img["file_name"]).stem: img["id"] for img in annotations["images"]}
     out = []
-    for name, entry in sorted(meta.get("images", {}).items()):
-        try:
-            in_h, in_w = entry["input_size"]
-            scale = entry["scale"]
-            scale = float(scale) if np.ndim(scale) == 0 else tuple(map(float, scale))
-            center = tuple(map(float, entry["center"]))
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{source}: entry for {name} lacks a valid center, scale or input_size") from None
+    for name, entry in meta_entries(meta, source).items():
         stem = Path(name).stem
-        out.append(ImageToDecode(stem, ids.get(stem, stable_image_id(stem)), center, scale,
-                                 (int(in_h) // DOWN_RATIO, int(in_w) // DOWN_RATIO)))
+        in_h, in_w = entry.input_size
+        out.append(ImageToDecode(stem, ids.get(stem, stable_image_id(stem)), entry.center, entry.scale,
+                                 (in_h // DOWN_RATIO, in_w // DOWN_RATIO)))
     if not out:
         raise UserError(f"{source}: no images listed")
     return out

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from centernet.runtime.backends import describe_session
 from centernet.io.binio import input_bins, make_dirs, output_bin_path, read_bin, write_atomic, write_bin
 from centernet.errors import Interrupted, UserError, WriteError
-from centernet.pipeline.preprocess import META_NAME, load_meta
+from centernet.io.meta import META_NAME, input_sizes, load_meta
 from centernet.core.timing import latency_stats, time_batches
 from centernet.pipeline.predictor import EXPORT_DYNAMIC_HINT, batches_by_shape
 from centernet.runtime.backends import as_session, open_ort_session
@@ -55,11 +55,7 @@ def bin_shapes(input_dir, files, session, model, input_size=None):
     if meta_path.is_file():
         meta = load_meta(meta_path)
         _check_flip(meta, session, model, meta_path)
-        for name, entry in meta["images"].items():
-            try:
-                sizes[Path(name).stem] = tuple(int(v) for v in entry["input_size"])
-            except (KeyError, TypeError, ValueError):
-                raise UserError(f"{meta_path}: entry for {name} lacks a valid input_size") from None
+        sizes = input_sizes(meta, meta_path)
     fixed = tuple(default[1:]) if None not in default else None
     shapes = {}
     for path in files:

@@ -180,6 +180,10 @@ def run_stream(predictor, job, batchsize=1, workers=1, store=None, block_size=BL
         except KeyboardInterrupt:
             if store is None:
                 raise
+            try:  # the batch being decoded finishes its images (and perhaps a block) first
+                decoding_done()
+            except Exception:
+                pass
             kept = len(blocks) - len(todo) + len(done_parts)
             raise Interrupted(f"{kept} of {len(blocks)} block(s) finished, kept in {store.folder}; run the same "
                               "command again to go on from there") from None

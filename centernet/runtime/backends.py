@@ -15,13 +15,16 @@ from centernet.runtime.session import Session
 
 from centernet.constants import CASTS, DCN_KERNELS, PRECISIONS, TORCH_DEVICES  # noqa: F401 (re-exported)
 
-BACKENDS = ("onnxruntime", "torch")
+BACKENDS = ("onnxruntime", "torch", "ais_bench")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar")
 
 
 def default_backend(model):
-    """torch for a checkpoint (.pth, .pt, .tar), onnxruntime otherwise."""
-    return "torch" if Path(str(model)).suffix.lower() in CHECKPOINT_SUFFIXES else "onnxruntime"
+    """torch for a checkpoint (.pth, .pt, .tar), ais_bench for an .om, onnxruntime otherwise."""
+    suffix = Path(str(model)).suffix.lower()
+    if suffix in CHECKPOINT_SUFFIXES:
+        return "torch"
+    return "ais_bench" if suffix == ".om" else "onnxruntime"
 
 
 def add_backend_arguments(parser, default=None):
@@ -103,7 +106,7 @@ def check_backend_args(args):
         if torch_only:
             raise UserError(f"{', '.join(torch_only)}: PyTorch backend options; add --backend torch "
                             "(and give the .pth checkpoint as --model)")
-    elif args.device not in TORCH_DEVICES:
+    elif args.backend == "torch" and args.device not in TORCH_DEVICES:
         raise UserError(f"--backend torch runs on {' or '.join(TORCH_DEVICES)}, not {args.device}")
     return args
 
@@ -115,6 +118,9 @@ def open_session(model, backend=None, device="cpu", threads=0, input_size=(512, 
     backend = backend or default_backend(model)
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "ais_bench":
+        from centernet.runtime.ais_bench_session import AisBenchSession
+        return AisBenchSession(model, device_id=int(device) if str(device).isdigit() else 0)
     if backend == "onnxruntime":
         if default_backend(model) == "torch":
             raise UserError(f"{model}: a PyTorch checkpoint; run it with --backend torch, or export it "

@@ -28,6 +28,7 @@ from torch import nn
 from dcn_v2 import export_flavour
 
 from centernet.io.binio import write_atomic
+from centernet.core.compare import difference
 from centernet.errors import UserError
 from centernet.constants import FLIP_KEY, HM_KEY, INPUT_NAME, OUTPUT_NAMES  # noqa: F401 (re-exported)
 from centernet.runtime.ort_session import make_session, run_session
@@ -220,9 +221,9 @@ def check_export(model, proto, target="onnxruntime", input_size=(512, 512), batc
             checks.append(OutputCheck(name, math.inf, 0.0, math.nan, 0.0,
                                       problem=f"shape {got.shape} instead of {ref.shape}"))
             continue
-        scale = float(np.abs(ref).max())
-        float32_diff = float(np.abs(f32 - ref).max())
-        checks.append(OutputCheck(name, float(np.abs(got - ref).max()), scale, float32_diff,
+        abs_diff, scale, _ = difference(got, ref)
+        float32_diff = difference(f32, ref)[0]
+        checks.append(OutputCheck(name, abs_diff, scale, float32_diff,
                                   max(REL_TOL * scale, FLOAT32_FACTOR * float32_diff)))
     return checks
 

@@ -79,7 +79,7 @@ def cached_export(checkpoint, dynamic_size=False, input_size=(INPUT_SIZE, INPUT_
         logger.info(f"model: {path} is from another checkpoint or older; exporting again")
 
     from centernet.model.checkpoint import load_model
-    from centernet.model.export import check_export, export_onnx, require_passed
+    from centernet.convert.export import check_export, export_onnx, require_passed
     t0 = time.perf_counter()
     logger.info(f"model: exporting {checkpoint} to {path} ({'dynamic input size' if dynamic_size else form}; "
         f"once, reused while the checkpoint is unchanged)")
