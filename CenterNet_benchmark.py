@@ -19,8 +19,8 @@ ceiling measured in the same run, speed-up over eager PyTorch) and writes it
 as JSON with the machine's description.
 
 Every row needs at least a warm-up and a timed batch, so the default run
-(five batch sizes up to 32) takes many times longer than --quick; the README
-gives measured run times with the CPU they were measured on.
+(five batch sizes up to 32) takes many times longer than --quick;
+docs/benchmarks.md gives measured run times with the CPU they were measured on.
 """
 import argparse
 import sys

@@ -1,5 +1,6 @@
-"""What users read: README, --help and messages stand alone, figures come
-with the CPU they were measured on, and the README's demo recipe runs."""
+"""What users read: README, docs/, --help and messages stand alone, links
+resolve, figures come with the CPU they were measured on, and the demo recipe
+of docs/recipe.md runs. No test depends on the README's headings."""
 import ast
 import importlib
 import re
@@ -31,9 +32,9 @@ def string_constants(path):
 
 
 def test_no_user_facing_text_cites_reference():
-    # Users do not have REFERENCE.md: README, requirements, the shell scripts and
+    # Users do not have REFERENCE.md: README, docs/, requirements, the shell scripts and
     # every string in the code (messages, --help, docstrings) stand on their own.
-    texts = {p.name: p.read_text() for p in [ROOT / "README.md", *ROOT.glob("requirements*.txt"),
+    texts = {str(p.relative_to(ROOT)): p.read_text() for p in [*doc_files(), *ROOT.glob("requirements*.txt"),
                                              *ROOT.glob("*.sh"), ROOT / "tools" / "venv.sh"]}
     texts.update({str(p.relative_to(ROOT)): "\n".join(string_constants(p)) for p in python_files()})
     assert [name for name, text in texts.items() if "REFERENCE" in text] == []
@@ -47,42 +48,111 @@ def test_help_stands_alone_without_durations(module, capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert "usage:" in text and "REFERENCE" not in text
-    assert not DURATION.search(text), DURATION.search(text)  # times vary with the machine: README, with its CPU
+    assert not DURATION.search(text), DURATION.search(text)  # times vary with the machine: docs, with the CPU
 
 
-def readme_sections():
-    """(heading, body) of every section of the README."""
-    parts = re.split(r"^(#{2,3} .*)$", (ROOT / "README.md").read_text(), flags=re.M)
-    return list(zip(["(top)"] + parts[1::2], parts[0::2]))
+def doc_files():
+    """README.md and every page under docs/: what users read."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def test_readme_gives_times_only_with_the_cpu_model():
-    sections = dict(readme_sections())
-    cpu = re.search(r"CPU model\s+`([^`]+)`\s+\(as `grep -m1 'model name' /proc/cpuinfo` prints it",
-                    sections["### Measured here"]).group(1)
-    for heading, body in readme_sections():
-        if f"`{cpu}`" in body:
+def without_code(text):
+    """The text with fenced code blocks blanked out (commands are not prose)."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+
+
+def paragraphs(text):
+    """The prose paragraphs of a markdown text: blocks between blank lines,
+    each list item its own paragraph, and a table counted with the paragraph
+    before it (its caption)."""
+    found = []
+    for block in re.split(r"\n[ \t]*\n", without_code(text)):
+        if block.lstrip().startswith("|") and found:
+            found[-1] += "\n" + block
             continue
-        prose = re.sub(r"```.*?```", "", body, flags=re.S)  # commands are not figures
-        figures = [m.group(0) for m in DURATION.finditer(prose)]
-        assert not figures, (heading, figures)
+        found.extend(item for item in re.split(r"\n(?=[-*] )", block) if item.strip())
+    return found
 
 
-def test_readme_layout_lists_every_module():
-    layout = dict(readme_sections())["## Layout"]
+def heading_anchors(text):
+    """GitHub's anchors for the headings of a markdown text."""
+    anchors, seen = set(), {}
+    for title in re.findall(r"^#{1,6} +(.+?) *#*$", without_code(text), flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        anchors.add(slug if n == 0 else f"{slug}-{n}")
+    return anchors
+
+
+def measured_cpu():
+    """The CPU model every measured figure was taken on, as docs/benchmarks.md names it."""
+    return re.search(r"CPU model\s+`([^`]+)`\s+\(as `grep -m1 'model name' /proc/cpuinfo` prints it",
+                     (ROOT / "docs" / "benchmarks.md").read_text()).group(1)
+
+
+def test_doc_links_resolve():
+    # Every relative link of the README and docs/ leads to an existing file, and
+    # an anchor to a heading of its target.
+    broken = []
+    for doc in doc_files():
+        text = without_code(doc.read_text())
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            dest = (doc.parent / path).resolve() if path else doc
+            if not dest.exists():
+                broken.append((doc.name, target, "no such file"))
+            elif anchor and (dest.suffix != ".md" or anchor not in heading_anchors(dest.read_text())):
+                broken.append((doc.name, target, "no such heading"))
+    assert broken == []
+
+
+def test_readme_is_short():
+    lines = len((ROOT / "README.md").read_text().splitlines())
+    assert lines <= 250, f"README.md has {lines} lines: move detail into docs/"
+
+
+def test_docs_give_times_only_with_the_cpu_model():
+    # A time means nothing without the machine: every paragraph (or table with
+    # its caption) that gives one names the CPU it was measured on, or, for
+    # upstream's GPU figure, the GPU.
+    machines = [measured_cpu(), "Titan Xp"]
+    unnamed = []
+    for doc in doc_files():
+        for paragraph in paragraphs(doc.read_text()):
+            figures = [m.group(0) for m in DURATION.finditer(paragraph)]
+            if figures and not any(machine in paragraph for machine in machines):
+                unnamed.append((doc.name, paragraph[:80], figures))
+    assert unnamed == []
+
+
+def test_architecture_lists_every_module():
+    layout = (ROOT / "docs" / "architecture.md").read_text()
     missing = [p.name for p in (ROOT / "centernet").glob("*.py")
                if p.name != "__init__.py" and p.name not in layout]
     assert missing == []
 
 
-def test_readme_demo_recipe_runs(tmp_path, synthetic_coco, upstream_checkpoint):
-    """The "follow the recipe on the demo" commands, one by one, as written
+def marked_block(marker):
+    """The fenced block right after `<!-- test: MARKER -->` in the README or
+    docs/, wherever it lives (exactly one)."""
+    found = [m.group(1) for doc in doc_files()
+             for m in re.finditer(rf"^<!-- test: {re.escape(marker)} -->\n```\w*\n(.*?)^```",
+                                  doc.read_text(), flags=re.S | re.M)]
+    assert len(found) == 1, (marker, len(found))
+    return found[0]
+
+
+def test_demo_recipe_runs(tmp_path, synthetic_coco, upstream_checkpoint):
+    """The "follow the recipe on the demo" commands (docs/recipe.md, the block
+    marked `<!-- test: demo-recipe -->`), one by one, as written
     (in a temporary work/demo, and the export's self-check left to
     test_export.py). The demo's data and weights are put there first, from
     the test fixtures, so that its first command finds them instead of
     spending time making them (test_run_all.py makes them)."""
-    section = dict(readme_sections())["### Follow the recipe on the demo"]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    block = marked_block("demo-recipe")
     commands = [ln.split("#")[0].strip() for ln in block.splitlines()]
     commands = [c for c in commands if c and not c.startswith("source ")]
     assert [c.split()[1] for c in commands] == [

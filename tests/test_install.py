@@ -8,7 +8,7 @@ import sys
 
 from conftest import ROOT
 
-CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # the README's example; never contacted here
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # docs/install.md's example; never contacted here
 
 
 def pins(path):

@@ -226,7 +226,7 @@ def test_bf16_runs_on_cpu_within_bf16_rounding(random_ctdet, small_batch, plain_
         assert m <= 4 * y, f"{name}: bf16 moved it by {m:.2e} of its mean, input rounding alone {y:.2e}"
     # Detections: the measure the GPU script reports (share of the fp32 top 100
     # recovered with IoU >= 0.9 and the same class). On the fixture network it is
-    # low for bf16 (see the README); here only that it is measured and sane.
+    # low for bf16 (see docs/benchmarks.md); here only that it is measured and sane.
     agree = detection_agreement(outs, plain_outputs)
     assert 0 < agree["share"] <= 1 and len(agree["per_image"]) == 2
 
