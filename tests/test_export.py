@@ -268,10 +268,11 @@ def assert_close_to_reference(got, ref, scales):
 
 @pytest.mark.parametrize("target", ["onnxruntime", "ascend"])
 def test_flip_export_equals_hand_flip_test(random_ctdet, ctdet_onnx, tmp_path, target):
-    from centernet.runtime.ort_session import graph_flip_test
+    from centernet.runtime.ort_session import metadata_flip_test
     proto = export_onnx(random_ctdet, tmp_path / "f.onnx", target=target, input_size=SMALL, dynamic_size=True,
                         flip=True)
-    assert graph_flip_test(proto) and not graph_flip_test(onnx.load(ctdet_onnx))
+    meta = lambda m: {p.key: p.value for p in m.metadata_props}  # noqa: E731
+    assert metadata_flip_test(meta(proto)) and not metadata_flip_test(meta(onnx.load(ctdet_onnx)))
     assert [o.name for o in proto.graph.output] == ["output1", "output2", "output3"]
     # the export's own self-check, with the flip test as its reference
     checks = check_export(FlipTest(random_ctdet), proto, target=target, input_size=(64, 96), batch=1)

@@ -53,19 +53,16 @@ def test_ctrl_c_stops_an_onnxruntime_run_mid_batch(ctdet_onnx):
     assert [o.shape for o in outputs] == [(1, 80, 128, 128), (1, 2, 128, 128), (1, 2, 128, 128)]
 
 
-def test_sessions_of_other_kinds_are_called_directly(ctdet_onnx):
-    # A wrapper with ONNX Runtime's interface but no run options (a test double, say).
-    class Wrapper:
-        def __init__(self, session):
-            self.session = session
-
-        def get_inputs(self):
-            return self.session.get_inputs()
-
-        def run(self, names, feed):
-            return self.session.run(names, feed)
-    outputs = run_session(Wrapper(make_session(ctdet_onnx, threads=1)), np.zeros((1, 3, 512, 512), np.float32))
-    assert outputs[0].shape == (1, 80, 128, 128)
+def test_ort_session_declares_what_its_graph_says(ctdet_onnx, ctdet_onnx_flip_dynamic):
+    from centernet.runtime.ort_session import OrtSession
+    from centernet.runtime.session import Capabilities
+    fixed = OrtSession(make_session(ctdet_onnx, threads=1))
+    assert fixed.capabilities == Capabilities(input_size=(512, 512))
+    flip = OrtSession(make_session(ctdet_onnx_flip_dynamic, threads=1))
+    assert flip.capabilities == Capabilities(input_size=None, flip_in_graph=True)
+    outputs = fixed.run(np.zeros((1, 3, 512, 512), np.float32))
+    assert [o.shape for o in outputs] == [(1, c, 128, 128) for c in (80, 2, 2)]
+    assert [o.shape[1:] for o in outputs] == fixed.capabilities.output_shapes((512, 512))
 
 
 def test_runs_outside_the_main_thread_call_the_session_directly(ctdet_onnx):

@@ -120,18 +120,18 @@ def test_eval_script_torch_backend_gives_the_onnxruntime_detections(synthetic_co
     assert stats["backend"]["backend"] == "torch"
 
 
-def test_session_has_onnxruntime_interface(random_ctdet, small_batch, plain_outputs):
+def test_session_declares_its_capabilities(random_ctdet, small_batch, plain_outputs):
+    from centernet.runtime.session import Capabilities
     s = session(random_ctdet)
-    assert s.get_inputs()[0].shape == ["batch", 3, 128, 128]
-    assert [o.shape for o in s.get_outputs()] == [["batch", 80, 32, 32], ["batch", 2, 32, 32], ["batch", 2, 32, 32]]
-    outs = run_session(s, small_batch)
+    assert s.capabilities == Capabilities(input_size=(128, 128), accepts_warped=True, decodes_on_device=False)
+    outs = s.run(small_batch)
     assert [o.dtype for o in outs] == [np.float32] * 3
     for name, got, ref in zip("hm wh reg".split(), outs, plain_outputs):
         assert_parity(got, ref, what=name)
     with pytest.raises(ValueError, match="the session takes 128x128"):
         s.run_batch(np.zeros((1, 3, 64, 64), np.float32))
     dynamic = session(random_ctdet, input_size=None)
-    assert dynamic.get_inputs()[0].shape == ["batch", 3, "height", "width"]
+    assert dynamic.capabilities.input_size is None
     assert dynamic.run_batch(small_batch[:1, :, :96, :64])[0].shape == (1, 80, 24, 16)
     with pytest.raises(ValueError, match="multiples of 32"):
         dynamic.run_batch(np.zeros((1, 3, 100, 64), np.float32))

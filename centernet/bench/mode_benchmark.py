@@ -92,8 +92,7 @@ def run_mode_benchmark(model, weights, modes=DEFAULT_MODES, num_images=8, datase
     for name in modes:
         mode, form = MODES[name]
         path, session = sessions[form]
-        kwargs = dict(batchsize=batchsize, limit=num_images, progress=False, session=session, mode=mode,
-                      log=lambda line: None)
+        kwargs = dict(batchsize=batchsize, limit=num_images, progress=False, session=session, mode=mode)
         for _ in range(warmup):
             stream_detections(path, images_dir, ann, **kwargs)
         share = CpuShare().start()
