@@ -31,10 +31,12 @@ from pathlib import Path
 from centernet.errors import Interrupted, UserError, cli
 
 
-def parse_args(argv=None):
+def build_parser():
     # The package is imported here, under main's @cli: a Ctrl-C while numpy,
     # OpenCV and ONNX Runtime load ends quietly too.
-    from centernet.runtime.backends import add_backend_arguments
+    from centernet.cli.args import (add_backend_arguments, add_batchsize_argument, add_device_arguments,
+                                    add_flip_argument, add_keep_res_argument, add_progress_arguments,
+                                    add_scales_argument)
     from centernet.pipeline.demo import VIS_THRESH
     from centernet.core.modes import UPSTREAM_SCALES
     from centernet.pipeline.ray_eval import BLOCK_SIZE  # Ray itself is imported only by a --ray run
@@ -48,27 +50,16 @@ def parse_args(argv=None):
     p.add_argument("--annotations", default=None,
                    help="annotation file (default: DATASET/coco/annotations/instances_val2017.json)")
     p.add_argument("--images", default=None, help="image folder (default: DATASET/coco/val2017)")
-    p.add_argument("--keep-res", action="store_true",
-                   help="keep resolution (upstream's --keep_res): each image at its own size rounded up to a "
-                        "multiple of 32, unscaled; needs a model exported with --dynamic-size "
-                        "(default: fixed 512x512)")
-    p.add_argument("--flip", action="store_true",
-                   help="flip test: each input also runs mirrored; heatmaps (after the sigmoid) and sizes are "
-                        "averaged. Implied by a model exported with --flip (default: off)")
-    p.add_argument("--scales", default="1",
-                   help="multi-scale test: comma-separated scales, each image resized by each, detections "
-                        "merged with soft-NMS; upstream's is " + ",".join(f"{t:g}" for t in UPSTREAM_SCALES)
-                        + " (default: %(default)s)")
+    add_keep_res_argument(p, "each image at its own size rounded up to a multiple of 32, unscaled; needs a "
+                             "model exported with --dynamic-size")
+    add_flip_argument(p, "run it here, heatmaps (after the sigmoid) and sizes averaged; implied by a model "
+                         "exported with --flip")
+    add_scales_argument(p, "each image resized by each, detections merged with soft-NMS", UPSTREAM_SCALES)
     p.add_argument("--upstream-rounding", action="store_true",
                    help="round box coordinates and scores to 2 decimals as upstream's results JSON does "
                         "(its published AP was computed that way) (default: full precision)")
-    p.add_argument("--batchsize", type=int, default=1,
-                   help="inputs of one size per inference batch (default: %(default)s)")
-    p.add_argument("--device", choices=sorted(PROVIDERS), default="cpu",
-                   help="ONNX Runtime execution provider, or the PyTorch backend's device (cpu/cuda) "
-                        "(default: %(default)s)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU intra-op threads, 0 = all cores (default: %(default)s)")
+    add_batchsize_argument(p, what="inputs of one size per inference batch")
+    add_device_arguments(p, PROVIDERS)
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="preprocessing processes; with --ray, Ray Data runs as many tasks as CPUs allow "
                         "(default: %(default)s here)")
@@ -80,7 +71,7 @@ def parse_args(argv=None):
     p.add_argument("--resultfolder", default="run_eval_result",
                    help="folder for metrics.json, stream_summary.json, per_class_ap.txt and the plots "
                         "(default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
+    add_progress_arguments(p)
     add_backend_arguments(p)
     ray = p.add_argument_group("Ray Data (a local Ray or a cluster)")
     ray.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
@@ -94,15 +85,22 @@ def parse_args(argv=None):
                      help="images per resumable block (default: %(default)s)")
     ray.add_argument("--vis-thresh", type=float, default=VIS_THRESH,
                      help="annotating: list detections with at least this score (default: %(default)s)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    from centernet.cli.args import parse_args as parse_cli_args
+    return parse_cli_args(build_parser(), argv)
 
 
 @cli(interrupted="nothing written (the streaming evaluation keeps no partial results); "
                  "run the same command again to start over")
 def main(argv=None):
     args = parse_args(argv)
-    from centernet.runtime.backends import (check_backend_args, describe_line, describe_session, open_session,
-                                    torch_options_from_args)
+    from centernet.cli.args import check_backend_args, progress_enabled, torch_options_from_args
+    from centernet.cli.logs import setup_logging
+    from centernet.runtime.backends import describe_line, describe_session, open_session
+    setup_logging(info_stream="stdout")
     from centernet.io.coco import default_annotation_file, write_results
     from centernet.core.modes import TestMode, parse_scales
     from centernet.pipeline.stream import stream_detections
@@ -125,7 +123,7 @@ def main(argv=None):
         image_ids, errors, stats = evaluate_on_ray(
             args.model, images, ann, output, batchsize=args.batchsize, device=args.device, threads=args.threads,
             actors=args.actors, limit=args.limit, block_size=args.block_size, address=args.ray,
-            progress=not args.no_progress, mode=mode, upstream_rounding=args.upstream_rounding)
+            progress=progress_enabled(args), mode=mode, upstream_rounding=args.upstream_rounding)
         results = output
         print(f"mode: {stats['mode']}; wrote detections for {len(image_ids)} images to {output}")
     else:
@@ -136,7 +134,7 @@ def main(argv=None):
             print(describe_line(session))
         results, image_ids, errors, stats = stream_detections(
             args.model, images, ann, batchsize=args.batchsize, device=args.device, threads=args.threads,
-            workers=args.workers, limit=args.limit, progress=not args.no_progress, mode=mode,
+            workers=args.workers, limit=args.limit, progress=progress_enabled(args), mode=mode,
             upstream_rounding=args.upstream_rounding, session=session)
         stats["backend"] = describe_session(session)
         write_results(output, results)
@@ -195,7 +193,7 @@ def annotate(args, images, mode):
     count, errors, stats = annotate_on_ray(
         args.model, images, output, vis_thresh=args.vis_thresh, batchsize=args.batchsize, device=args.device,
         threads=args.threads, actors=args.actors, limit=args.limit, block_size=args.block_size, address=args.ray,
-        progress=not args.no_progress, mode=mode)
+        progress=progress_enabled(args), mode=mode)
     print(f"mode: {stats['mode']}; wrote detections for {count} images to {output}")
     if stats.get("end_to_end_fps"):
         print(f"end to end {stats['end_to_end_fps']} images/s")
