@@ -28,7 +28,9 @@ def default_backend(model):
 def open_session(model, backend=None, device="cpu", threads=0, input_size=(512, 512), torch_options=None,
                  log=None):
     """The inference session for `model`: ONNX Runtime's on an .onnx file, or
-    the PyTorch backend on a checkpoint (input_size: what it accepts, None = any)."""
+    the PyTorch backend on a checkpoint (input_size: what it accepts, None = any).
+    log: a callback for the checkpoint's loading messages, kept for the
+    callers that still pass one (default: logging)."""
     backend = backend or default_backend(model)
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
