@@ -32,7 +32,7 @@ def test_upstream_layout_loads_exactly(random_ctdet, upstream_checkpoint, caplog
 def test_bare_state_dict_without_prefix(random_ctdet, tmp_path):
     path = tmp_path / "bare.pth"
     torch.save(random_ctdet.state_dict(), path)
-    model = load_state_dict(get_pose_net(), path, log=lambda *_: None)
+    model = load_state_dict(get_pose_net(), path)
     assert torch.equal(model.hm[2].weight, random_ctdet.hm[2].weight)
 
 
