@@ -4,10 +4,10 @@
     python CenterNet_benchmark.py                      # batch 1 4 8 16 32, all backends present
     python CenterNet_benchmark.py --quick              # batch 1 4, fewer loops
     python CenterNet_benchmark.py --quick --plot       # and draw images/s against batch size
-    python CenterNet_benchmark.py --batchsizes 1 --profile --ort-sweep  # why ONNX Runtime is as fast as it is
-    python CenterNet_benchmark.py --weights ctdet_coco_dla_2x.pth --batchsizes 1 --loop 20
+    python CenterNet_benchmark.py --batchsize 1 --profile --ort-sweep  # why ONNX Runtime is as fast as it is
+    python CenterNet_benchmark.py --weights ctdet_coco_dla_2x.pth --batchsize 1 --loop 20
     python CenterNet_benchmark.py --modes              # upstream's test modes side by side, with FLOP ratios
-    python CenterNet_benchmark.py --backends torch-cuda --precision fp32 fp16 bf16 --batchsizes 1 8 32 128
+    python CenterNet_benchmark.py --backends torch-cuda --precision fp32 fp16 bf16 --batchsize 1 8 32 128
 
 Backends: ONNX Runtime CPU (CUDA and TensorRT when onnxruntime-gpu is
 installed), our PyTorch model in eager mode, the PyTorch backend
@@ -30,7 +30,9 @@ from pathlib import Path
 from centernet.errors import UserError, cli, quiet_interrupt
 
 with quiet_interrupt():  # torch loads here
-    from centernet.runtime.backends import add_torch_arguments, torch_options_from_args
+    from centernet.cli.args import (add_batchsize_argument, add_input_size_argument, add_torch_arguments,
+                                    torch_options_from_args)
+    from centernet.cli.logs import setup_logging
     from centernet.bench.benchmark import BACKENDS, DEFAULT_BACKENDS, format_table, run_benchmark, usable_cores, write_json
     from centernet.bench.mode_benchmark import DEFAULT_MODES, MODES, format_mode_table, run_mode_benchmark, write_mode_json
 
@@ -39,7 +41,7 @@ QUICK = {"batchsizes": [1, 4], "loop": 4}
 FULL = {"batchsizes": [1, 4, 8, 16, 32], "loop": 8}
 
 
-def parse_args(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default=None,
                    help=f"upstream checkpoint; without it {DEFAULT_WEIGHTS} is used if present, else "
@@ -49,9 +51,10 @@ def parse_args(argv=None):
                    help="backends to measure; those not installed are skipped; onnxruntime-cpu-decompose "
                         "(ONNX Runtime on the decomposed-DCN graph) only runs when named "
                         f"(default: {' '.join(DEFAULT_BACKENDS)})")
-    p.add_argument("--batchsizes", type=int, nargs="+", default=None,
-                   help=f"batch sizes, the recipe's table (default: {' '.join(map(str, FULL['batchsizes']))}; "
-                        f"--quick: {' '.join(map(str, QUICK['batchsizes']))})")
+    add_batchsize_argument(p, None, what="batch sizes, the recipe's table", aliases=("--batchsizes",),
+                           dest="batchsizes", several=True,
+                           default_text=f"{' '.join(map(str, FULL['batchsizes']))}; "
+                                        f"--quick: {' '.join(map(str, QUICK['batchsizes']))}")
     p.add_argument("--loop", type=int, default=None,
                    help="timed batches at batch 1; batch B times ceil(LOOP/B) batches, at least one "
                         f"(default: {FULL['loop']}; --quick: {QUICK['loop']})")
@@ -63,8 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None,
                    help=f"threads for every backend and the sgemm ceiling (default: all usable cores, "
                         f"here {usable_cores()})")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=(512, 512),
-                   help="input height and width (default: 512 512)")
+    add_input_size_argument(p, what="input height and width")
     p.add_argument("--quick", action="store_true",
                    help="smaller default batch sizes and loop, for a first look (default: off)")
     p.add_argument("--workdir", default="work/benchmark",
@@ -85,7 +87,7 @@ def parse_args(argv=None):
                         "decomposed-DCN graph at the first batch size (default: off)")
     p.add_argument("--modes", nargs="*", choices=list(MODES), default=None,
                    help="instead of the backend table: images/s of upstream's test modes on the same images "
-                        "(the streaming evaluation, ONNX Runtime CPU, batch = first --batchsizes value or 1), "
+                        "(the streaming evaluation, ONNX Runtime CPU, batch = first --batchsize value or 1), "
                         "each beside the FLOP ratio it should cost; no names = "
                         f"{' '.join(DEFAULT_MODES)} (default: off)")
     p.add_argument("--mode-images", type=int, default=8,
@@ -100,7 +102,11 @@ def parse_args(argv=None):
                    help="also draw images/s against batch size, a line per backend, with this run's sgemm "
                         "ceiling dashed, to PNG (default: off; without PNG: WORKDIR/benchmark.png)")
     add_torch_arguments(p, several_precisions=True, title="PyTorch backend rows (torch-cpu, torch-cuda)")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
     args.mode_batch = args.batchsizes[0] if args.batchsizes else 1
     preset = QUICK if args.quick else FULL
     args.batchsizes = args.batchsizes or preset["batchsizes"]
@@ -125,12 +131,13 @@ def load_weights(path):
         path = DEFAULT_WEIGHTS
     if path is None:
         return random_model(seed=0), "random, calibrated on synthetic photos (no checkpoint given or found)"
-    return load_model(path, log=lambda msg: None), str(path)
+    return load_model(path), str(path)
 
 
 @cli(interrupted="no table or JSON written; run the same command again")
 def main(argv=None):
     args = parse_args(argv)
+    setup_logging(info_stream="stdout")
     start = time.perf_counter()
     model, weights = load_weights(args.weights)
     print(f"weights: {weights}")

@@ -19,7 +19,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from centernet.runtime.backends import add_backend_arguments, check_backend_args, torch_options_from_args
+from centernet.cli.args import (add_backend_arguments, add_batchsize_argument, add_device_arguments,
+                                add_flip_argument, add_input_size_argument, add_keep_res_argument,
+                                add_progress_arguments, add_scales_argument,
+                                check_backend_args, progress_enabled, torch_options_from_args)
+from centernet.cli.args import parse_args as parse_cli_args
+from centernet.cli.logs import setup_logging
 from centernet.core.modes import parse_scales
 from centernet.pipeline.demo import VIS_THRESH, run_demo
 from centernet.errors import UserError, cli
@@ -28,7 +33,7 @@ from centernet.runtime.ort_session import PROVIDERS
 DEFAULT_MODELS = ("CenterNet.onnx", "ctdet_coco_dla_2x.pth")
 
 
-def parse_args(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders of images, video files")
     p.add_argument("--model", default=None,
@@ -38,33 +43,25 @@ def parse_args(argv=None):
                    help="folder for the annotated copies and detections.json (default: %(default)s)")
     p.add_argument("--vis-thresh", type=float, default=VIS_THRESH,
                    help="draw and list detections with at least this score (default: %(default)s)")
-    p.add_argument("--keep-res", action="store_true",
-                   help="run at each image's own resolution (rounded up to a multiple of 32), as upstream's "
-                        "37.4 AP setting; needs a .pth or an ONNX model exported with --dynamic-size "
-                        "(default: off, fixed 512x512)")
-    p.add_argument("--flip", action="store_true",
-                   help="flip test: each image also runs mirrored and the two are averaged, as upstream's "
-                        "--flip_test (twice the work; default: off)")
-    p.add_argument("--scales", default="1",
-                   help="multi-scale test: comma-separated scales, detections merged with soft-NMS, as "
-                        "upstream's multi-scale test (default: %(default)s)")
-    p.add_argument("--batchsize", type=int, default=1,
-                   help="images of one input size per inference batch (default: %(default)s)")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="fixed-mode input height and width, multiples of 32 (default: the ONNX model's "
-                        "own, 512 512 for a .pth)")
-    p.add_argument("--device", choices=sorted(PROVIDERS), default="cpu",
-                   help="ONNX Runtime execution provider (cuda/tensorrt need onnxruntime-gpu), or the "
-                        "PyTorch backend's device (cpu/cuda) (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU intra-op threads, 0 = all cores (default: %(default)s)")
+    add_keep_res_argument(p, "run at each image's own resolution (rounded up to a multiple of 32); needs a "
+                             ".pth or an ONNX model exported with --dynamic-size")
+    add_flip_argument(p, "run it here (twice the work)")
+    add_input_size_argument(p, None, what="fixed-mode input height and width, multiples of 32",
+                            default_text="the ONNX model's own, 512 512 for a .pth")
+    add_device_arguments(p, PROVIDERS)
+    add_scales_argument(p, "each image resized by each, detections merged with soft-NMS")
+    add_batchsize_argument(p, what="images of one input size per inference batch")
     p.add_argument("--names", default=None, metavar="FILE",
                    help="class names, one per line in the model's class order (default: the 80 COCO names)")
     p.add_argument("--limit", type=int, default=None,
                    help="only the first N images (by file name) of each folder (default: all)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars (default: shown)")
+    add_progress_arguments(p)
     add_backend_arguments(p, default="onnxruntime")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return parse_cli_args(build_parser(), argv)
 
 
 def default_model():
@@ -79,6 +76,7 @@ def default_model():
                  "a re-run starts over")
 def main(argv=None):
     args = parse_args(argv)
+    setup_logging(info_stream="stdout")
     if args.threads < 0:
         raise UserError(f"--threads {args.threads}: must be 0 (all cores) or more")
     args.model = args.model or default_model()
@@ -86,7 +84,7 @@ def main(argv=None):
     summary = run_demo(args.paths, args.model, output=args.output, thresh=args.vis_thresh,
                        keep_res=args.keep_res, input_size=args.input_size, device=args.device,
                        threads=args.threads, names_file=args.names, limit=args.limit,
-                       progress=not args.no_progress, flip=args.flip, backend=args.backend,
+                       progress=progress_enabled(args), flip=args.flip, backend=args.backend,
                        torch_options=torch_options_from_args(args), scales=parse_scales(args.scales),
                        batchsize=args.batchsize)
     counts = [f"{n} {what}{'s' if n != 1 else ''}" for n, what in ((summary["images"], "image"),

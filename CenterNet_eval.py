@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Streaming COCO evaluation: images -> preprocess -> ONNX Runtime -> decode ->
+"""Streaming COCO evaluation: images -> preprocess -> inference -> decode ->
 COCO AP in one pass, with no .bin files (43 GB for val2017 otherwise).
 
     python CenterNet_eval.py --model CenterNet.onnx --dataset ./data
@@ -16,12 +16,16 @@ On Ray Data (a local Ray, or a cluster), with the same results:
 
     python CenterNet_eval.py --model CenterNet.onnx --dataset ./data --ray              # local Ray
     python CenterNet_eval.py --model CenterNet.onnx --dataset ./data --ray auto --actors 8
-    python CenterNet_eval.py --model CenterNet.onnx --images photos/ --ray              # no annotations: annotate
+    python CenterNet_eval.py --model ctdet_coco_dla_2x.pth --backend torch --device cuda --ray --actors 4
 
-With --ray, an --images folder and no annotation file, every image is
-annotated instead (no AP): detections per file name in CenterNet_demo.py's
-detections.json format. Ray runs are resumable: finished blocks of images are
-kept in OUTPUT.parts/ and a re-run skips them.
+With an --images folder and no annotation file, every image is annotated
+instead (no AP), with or without --ray: detections per file name in
+CenterNet_demo.py's detections.json format.
+
+    python CenterNet_eval.py --model CenterNet.onnx --images photos/       # no annotations: annotate
+
+Runs are resumable: finished blocks of images are kept in OUTPUT.parts/ and
+a re-run of the same command skips them.
 """
 import argparse
 import json
@@ -31,13 +35,15 @@ from pathlib import Path
 from centernet.errors import Interrupted, UserError, cli
 
 
-def parse_args(argv=None):
+def build_parser():
     # The package is imported here, under main's @cli: a Ctrl-C while numpy,
     # OpenCV and ONNX Runtime load ends quietly too.
-    from centernet.runtime.backends import add_backend_arguments
+    from centernet.cli.args import (add_backend_arguments, add_batchsize_argument, add_device_arguments,
+                                    add_flip_argument, add_keep_res_argument, add_progress_arguments,
+                                    add_scales_argument)
     from centernet.pipeline.demo import VIS_THRESH
     from centernet.core.modes import UPSTREAM_SCALES
-    from centernet.pipeline.ray_eval import BLOCK_SIZE  # Ray itself is imported only by a --ray run
+    from centernet.io.blocks import BLOCK_SIZE
     from centernet.runtime.ort_session import PROVIDERS
     from centernet.pipeline.stream import default_workers
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,39 +54,28 @@ def parse_args(argv=None):
     p.add_argument("--annotations", default=None,
                    help="annotation file (default: DATASET/coco/annotations/instances_val2017.json)")
     p.add_argument("--images", default=None, help="image folder (default: DATASET/coco/val2017)")
-    p.add_argument("--keep-res", action="store_true",
-                   help="keep resolution (upstream's --keep_res): each image at its own size rounded up to a "
-                        "multiple of 32, unscaled; needs a model exported with --dynamic-size "
-                        "(default: fixed 512x512)")
-    p.add_argument("--flip", action="store_true",
-                   help="flip test: each input also runs mirrored; heatmaps (after the sigmoid) and sizes are "
-                        "averaged. Implied by a model exported with --flip (default: off)")
-    p.add_argument("--scales", default="1",
-                   help="multi-scale test: comma-separated scales, each image resized by each, detections "
-                        "merged with soft-NMS; upstream's is " + ",".join(f"{t:g}" for t in UPSTREAM_SCALES)
-                        + " (default: %(default)s)")
+    add_keep_res_argument(p, "each image at its own size rounded up to a multiple of 32, unscaled; needs a "
+                             "model exported with --dynamic-size")
+    add_flip_argument(p, "run it here, heatmaps (after the sigmoid) and sizes averaged; implied by a model "
+                         "exported with --flip")
+    add_scales_argument(p, "each image resized by each, detections merged with soft-NMS", UPSTREAM_SCALES)
     p.add_argument("--upstream-rounding", action="store_true",
                    help="round box coordinates and scores to 2 decimals as upstream's results JSON does "
                         "(its published AP was computed that way) (default: full precision)")
-    p.add_argument("--batchsize", type=int, default=1,
-                   help="inputs of one size per inference batch (default: %(default)s)")
-    p.add_argument("--device", choices=sorted(PROVIDERS), default="cpu",
-                   help="ONNX Runtime execution provider, or the PyTorch backend's device (cpu/cuda) "
-                        "(default: %(default)s)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU intra-op threads, 0 = all cores (default: %(default)s)")
+    add_batchsize_argument(p, what="inputs of one size per inference batch")
+    add_device_arguments(p, PROVIDERS)
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="preprocessing processes; with --ray, Ray Data runs as many tasks as CPUs allow "
                         "(default: %(default)s here)")
     p.add_argument("--limit", type=int, default=None,
                    help="only the first N images by file name, evaluated on those alone (default: all)")
     p.add_argument("--output", default=None,
-                   help="COCO results JSON, or with --ray and no annotations the detections JSON "
+                   help="COCO results JSON, or when annotating (--images without annotations) the detections JSON "
                         "(default: save/results.json, save/detections.json)")
     p.add_argument("--resultfolder", default="run_eval_result",
                    help="folder for metrics.json, stream_summary.json, per_class_ap.txt and the plots "
                         "(default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
+    add_progress_arguments(p)
     add_backend_arguments(p)
     ray = p.add_argument_group("Ray Data (a local Ray or a cluster)")
     ray.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
@@ -88,19 +83,27 @@ def parse_args(argv=None):
                           "local Ray; 'auto' joins the cluster started on this machine (ray start), "
                           "'ray://HOST:10001' or 'HOST:6379' a remote one (default: off, one process)")
     ray.add_argument("--actors", type=int, default=1,
-                     help="inference actors, each with one ONNX Runtime session of --threads threads "
-                          "(one GPU each with --device cuda) (default: %(default)s)")
-    ray.add_argument("--block-size", type=int, default=BLOCK_SIZE,
-                     help="images per resumable block (default: %(default)s)")
-    ray.add_argument("--vis-thresh", type=float, default=VIS_THRESH,
-                     help="annotating: list detections with at least this score (default: %(default)s)")
-    return p.parse_args(argv)
+                     help="inference actors, each with one session of the model (--backend), --threads "
+                          "threads, one GPU each with --device cuda (default: %(default)s)")
+    p.add_argument("--block-size", type=int, default=BLOCK_SIZE,
+                   help="images per resumable block, written as soon as it is done (default: %(default)s)")
+    p.add_argument("--vis-thresh", type=float, default=VIS_THRESH,
+                   help="annotating (--images without annotations): list detections with at least this score "
+                        "(default: %(default)s)")
+    return p
+
+
+def parse_args(argv=None):
+    from centernet.cli.args import parse_args as parse_cli_args
+    return parse_cli_args(build_parser(), argv)
 
 
 @cli(interrupted="stopped before any image was finished")
 def main(argv=None):
     args = parse_args(argv)
-    from centernet.runtime.backends import check_backend_args, torch_options_from_args
+    from centernet.cli.args import check_backend_args, torch_options_from_args
+    from centernet.cli.logs import setup_logging
+    setup_logging(info_stream="stdout")
     from centernet.io.coco import default_annotation_file
     from centernet.core.modes import TestMode, parse_scales
     from centernet.pipeline.jobs import AnnotationJob, EvaluationJob
@@ -151,6 +154,7 @@ def run_job(args, job, mode, output, torch_options):
     """The job on Ray (--ray) or in this process: the same predictor, the same
     resumable blocks, the same output file. Returns the stats (with the
     error lines under "errors")."""
+    from centernet.cli.args import progress_enabled
     from centernet.constants import K
     from centernet.io.blocks import BlockStore
     from centernet.pipeline.jobs import mode_text
@@ -159,7 +163,7 @@ def run_job(args, job, mode, output, torch_options):
         from centernet.pipeline.ray_eval import run_on_ray
         parts, stats = run_on_ray(job, args.model, output, mode, args.backend, args.batchsize, args.device,
                                   args.threads, args.actors, torch_options, block_size=args.block_size,
-                                  address=args.ray, progress=not args.no_progress)
+                                  address=args.ray, progress=progress_enabled(args))
     else:
         from centernet.runtime.backends import describe_session, open_session
         from centernet.pipeline.predictor import Predictor
@@ -172,7 +176,7 @@ def run_job(args, job, mode, output, torch_options):
         predictor = Predictor(session, mode)
         store = BlockStore(output, run_key(args.model, args.backend, predictor, K, job.key))
         parts, stats = run_stream(predictor, job, batchsize=args.batchsize, workers=args.workers, store=store,
-                                  block_size=args.block_size, progress=not args.no_progress)
+                                  block_size=args.block_size, progress=progress_enabled(args))
         job.write(output, parts, args.model, mode_text(predictor.mode))
         store.remove()
         stats["backend"] = describe_session(session)

@@ -24,8 +24,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from centernet.runtime.backends import (add_backend_arguments, check_backend_args, describe_line, open_session,
+from centernet.cli.args import (add_backend_arguments, add_batchsize_argument, add_device_arguments,
+                                add_input_size_argument, add_progress_arguments, check_backend_args, progress_enabled,
                                 torch_options_from_args)
+from centernet.cli.args import parse_args as parse_cli_args
+from centernet.cli.logs import setup_logging
+from centernet.runtime.backends import describe_line, open_session
 from centernet.errors import Interrupted, UserError, WriteError, cli
 from centernet.pipeline.staged_infer import format_summary, run_folder, run_loop
 from centernet.io.meta import META_NAME, input_sizes, load_meta
@@ -37,31 +41,33 @@ AIS_BENCH_HELP = ("ais_bench is not installed: it comes from Ascend's tool repos
                   "not from PyPI; install it with the CANN toolkit's Python")
 
 
-def parse_args(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
-                   help="CenterNet .onnx (ONNX Runtime), .pth checkpoint (PyTorch) or .om (ais_bench) model")
-    p.add_argument("--input", help="folder of <stem>.bin inputs; omit with --loop for pure throughput")
+                   help="CenterNet .onnx (ONNX Runtime), .pth checkpoint (PyTorch) or .om (ais_bench) model "
+                        "(required)")
+    p.add_argument("--input", help="folder of <stem>.bin inputs; omit with --loop for pure throughput "
+                                   "(default: none)")
     p.add_argument("--output", default="result", help="output root folder (default: %(default)s)")
     p.add_argument("--output_dirname", default="dumpout",
                    help="subfolder of --output for the <stem>_<i>.bin outputs (default: %(default)s)")
-    p.add_argument("--batchsize", type=int, default=1, help="images per batch (default: %(default)s)")
+    add_batchsize_argument(p)
     p.add_argument("--loop", type=int, default=None,
                    help="pure inference mode: time this many batches of random input (default: off)")
-    p.add_argument("--device", choices=sorted(PROVIDERS), default="cpu",
-                   help="ONNX Runtime execution provider (cuda/tensorrt need onnxruntime-gpu), or the "
-                        "PyTorch backend's device (cpu/cuda) (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU intra-op threads, 0 = all physical cores (default: %(default)s)")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="input H W for models with a dynamic input size (default: the model's; "
-                        f"--backend torch: each bin's size from meta.json, else {INPUT_SIZE} {INPUT_SIZE})")
+    add_device_arguments(p, PROVIDERS, threads_help="CPU intra-op threads, 0 = all physical cores")
+    add_input_size_argument(p, None, what="input H W for models with a dynamic input size",
+                            default_text=f"the model's; --backend torch: each bin's size from meta.json, "
+                                         f"else {INPUT_SIZE} {INPUT_SIZE}")
     p.add_argument("--skip-existing", action="store_true",
-                   help="resume: leave out inputs whose outputs are already complete (default: redo all, "
-                        "as ais_bench does)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
+                   help="resume: leave out inputs whose outputs are already complete (default: off, redo "
+                        "all, as ais_bench does)")
+    add_progress_arguments(p)
     add_backend_arguments(p)
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return parse_cli_args(build_parser(), argv)
 
 
 def resume_command(argv):
@@ -136,6 +142,7 @@ def run_ais_bench_by_size(argv, input_dir):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    setup_logging()
     if args.model.endswith(".om"):
         return run_ais_bench_by_size(argv, args.input) if args.input else run_ais_bench(argv)
     if args.input is None and args.loop is None:
@@ -154,13 +161,13 @@ def main(argv=None):
         print(describe_line(session))
     if args.input is None:
         summary = run_loop(args.model, loop=args.loop, batchsize=args.batchsize, device=args.device,
-                           threads=args.threads, input_size=size, progress=not args.no_progress, session=session)
+                           threads=args.threads, input_size=size, progress=progress_enabled(args), session=session)
     else:
         try:
             summary = run_folder(args.model, args.input, args.output, args.output_dirname,
                                  batchsize=args.batchsize, device=args.device, threads=args.threads,
                                  input_size=size, skip_existing=args.skip_existing,
-                                 progress=not args.no_progress, session=session)
+                                 progress=progress_enabled(args), session=session)
         except (Interrupted, WriteError) as e:
             # A plain re-run redoes every image, as ais_bench does: say the command that resumes.
             raise type(e)(f"{e}; to resume, run: {resume_command(argv)}") from None

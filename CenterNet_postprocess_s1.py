@@ -14,6 +14,10 @@ import json
 import sys
 from pathlib import Path
 
+from centernet.cli.args import (add_batchsize_argument, add_flip_argument, add_input_size_argument,
+                                add_progress_arguments, progress_enabled)
+from centernet.cli.args import parse_args as parse_cli_args
+from centernet.cli.logs import setup_logging
 from centernet.io.coco import (class_category_ids, default_annotation_file, default_category_ids, load_annotations,
                             write_results)
 from centernet.pipeline.staged_decode import decode_bins_to_coco, images_from_annotations, images_from_meta, split_missing
@@ -44,36 +48,43 @@ def meta_listing_exactly(bin_dir, images):
     return None
 
 
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bin_data_path", default="./result/dumpout_bs1/",
+                        help="folder of ais_bench outputs <stem>_0.bin, _1.bin, _2.bin (default: %(default)s)")
+    parser.add_argument("--dataset", default="./data",
+                        help="dataset root holding coco/annotations/ (default: %(default)s)")
+    parser.add_argument("--annotations", default=None,
+                        help="annotation file (default: DATASET/coco/annotations/instances_val2017.json)")
+    parser.add_argument("--meta", default=None,
+                        help="prep_dataset/meta.json: take the images and their geometry from it instead of "
+                             "the annotation file (which then only supplies image ids, if present) "
+                             "(default: none, the annotation file's images)")
+    add_input_size_argument(parser, what="network input height and width (without --meta); output maps are "
+                                         "1/4 of it")
+    parser.add_argument("--output", default="save/results.json",
+                        help="COCO results JSON to write (default: %(default)s)")
+    parser.add_argument("--K", type=int, default=100, help="detections per image (default: %(default)s)")
+    add_batchsize_argument(parser, default=8, what="images decoded together", aliases=("--batch-size",),
+                           dest="batch_size")
+    add_flip_argument(parser, "the outputs come from a model exported with --flip, so hm is already the "
+                              "averaged heatmap after the sigmoid; implied when meta.json was written with --flip")
+    parser.add_argument("--upstream-rounding", action="store_true",
+                        help="round box coordinates and scores to 2 decimals as upstream's results JSON does "
+                             "(its published AP was computed that way) (default: off, full precision)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="skip images without output bins (with a warning) instead of failing (default: off)")
+    add_progress_arguments(parser)
+    return parser
+
+
 @cli(interrupted="nothing written (the results file is written whole at the end); run the same command "
                  "again to decode from the start")
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--bin_data_path", default="./result/dumpout_bs1/",
-                        help="folder of ais_bench outputs <stem>_0.bin, _1.bin, _2.bin")
-    parser.add_argument("--dataset", default="./data", help="dataset root holding coco/annotations/")
-    parser.add_argument("--annotations", default=None,
-                        help="annotation file; None means DATASET/coco/annotations/instances_val2017.json")
-    parser.add_argument("--meta", default=None,
-                        help="prep_dataset/meta.json: take the images and their geometry from it instead of "
-                             "the annotation file (which then only supplies image ids, if present)")
-    parser.add_argument("--input-size", nargs=2, type=int, default=[512, 512], metavar=("H", "W"),
-                        help="network input height and width (without --meta); output maps are 1/4 of it")
-    parser.add_argument("--output", default="save/results.json", help="COCO results JSON to write")
-    parser.add_argument("--K", type=int, default=100, help="detections per image")
-    parser.add_argument("--batch-size", type=int, default=8, help="images decoded together")
-    parser.add_argument("--flip", action="store_true",
-                        help="the outputs come from a model exported with --flip: hm is already the averaged "
-                             "heatmap after the sigmoid (implied when meta.json was written with --flip)")
-    parser.add_argument("--upstream-rounding", action="store_true",
-                        help="round box coordinates and scores to 2 decimals as upstream's results JSON does "
-                             "(its published AP was computed that way); default: full precision")
-    parser.add_argument("--allow-missing", action="store_true",
-                        help="skip images without output bins (with a warning) instead of failing")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
+    args = parse_cli_args(build_parser(), argv)
+    setup_logging()
     if args.K < 1 or args.batch_size < 1:
-        raise UserError("--K and --batch-size must be at least 1")
+        raise UserError("--K and --batchsize must be at least 1")
     if min(args.input_size) <= 0 or any(v % 4 for v in args.input_size):
         raise UserError(f"--input-size {args.input_size[0]} {args.input_size[1]}: "
                         f"height and width must be positive multiples of 4 (the output stride)")
@@ -114,7 +125,7 @@ def main(argv=None):
         print(f"warning: {what}; skipped (they count as missed in the evaluation)", file=sys.stderr)
 
     results = decode_bins_to_coco(bin_dir, present, category_ids, K=args.K, batch_size=args.batch_size,
-                                  progress=not args.no_progress, hm_is_heat=flip,
+                                  progress=progress_enabled(args), hm_is_heat=flip,
                                   upstream_rounding=args.upstream_rounding)
     write_results(args.output, results)
     hm = "flip-averaged heatmap" if flip else "logits"

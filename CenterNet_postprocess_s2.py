@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from centernet.cli.logs import setup_logging
 from centernet.io.binio import make_dirs, write_atomic
 from centernet.io.coco import (coco_from_dataset, default_annotation_file, evaluate_coco, format_best_worst,
                             load_annotations, load_results, write_per_class_table)
@@ -20,20 +21,27 @@ from centernet.io.meta import load_meta
 from centernet.errors import UserError, cli
 
 
-@cli(interrupted="nothing written; run the same command again")
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--dataset", default="./data", help="dataset root holding coco/annotations/")
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="./data",
+                        help="dataset root holding coco/annotations/ (default: %(default)s)")
     parser.add_argument("--annotations", default=None,
-                        help="annotation file; None means DATASET/coco/annotations/instances_val2017.json")
-    parser.add_argument("--results", default="save/results.json", help="COCO results JSON to evaluate")
+                        help="annotation file (default: DATASET/coco/annotations/instances_val2017.json)")
+    parser.add_argument("--results", default="save/results.json",
+                        help="COCO results JSON to evaluate (default: %(default)s)")
     parser.add_argument("--resultfolder", default="run_eval_result",
-                        help="folder for metrics.json, per_class_ap.txt, pr_curves.png and per_class_ap.png")
+                        help="folder for metrics.json, per_class_ap.txt, pr_curves.png and per_class_ap.png "
+                             "(default: %(default)s)")
     parser.add_argument("--meta", default=None,
                         help="prep_dataset/meta.json: evaluate only the images it lists (e.g. after "
-                             "CenterNet_preprocess.py --limit); None means every annotated image")
-    args = parser.parse_args(argv)
+                             "CenterNet_preprocess.py --limit) (default: none, every annotated image)")
+    return parser
+
+
+@cli(interrupted="nothing written; run the same command again")
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    setup_logging(info_stream="stdout")
     ann_path = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset)
 
     annotations = load_annotations(ann_path, require_annotations=True)

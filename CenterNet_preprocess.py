@@ -11,31 +11,35 @@ finished bins; unreadable images are reported and make the exit status 1.
 import argparse
 import sys
 
+from centernet.cli.args import (add_flip_argument, add_input_size_argument, add_keep_res_argument,
+                                add_progress_arguments, progress_enabled)
+from centernet.cli.logs import setup_logging
 from centernet.errors import UserError, cli
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("src_dir", help="folder of images (jpg, jpeg, png, bmp)")
+    parser.add_argument("dst_dir", help="output folder for <stem>.bin and meta.json")
+    add_input_size_argument(parser)
+    add_keep_res_argument(parser, "each image is placed unscaled in an input of its own size rounded up to a "
+                                  "multiple of 32; the model needs a dynamic input size "
+                                  "(CenterNet_pth2onnx.py --dynamic-size)")
+    add_flip_argument(parser, "record in meta.json that inference uses a model exported with --flip (the flip "
+                              "test in the graph, hm already averaged after the sigmoid), so that "
+                              "CenterNet_postprocess_s1.py --meta decodes it as such; the bins are the same")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes (default: one per core)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="only the first N images by file name (default: all)")
+    add_progress_arguments(parser)
+    return parser
 
 
 @cli(interrupted="the finished bins are kept; run the same command again to convert the rest")
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("src_dir", help="folder of images (jpg, jpeg, png, bmp)")
-    parser.add_argument("dst_dir", help="output folder for <stem>.bin and meta.json")
-    parser.add_argument("--input-size", nargs=2, type=int, default=[512, 512], metavar=("H", "W"),
-                        help="network input height and width")
-    parser.add_argument("--keep-res", action="store_true",
-                        help="keep resolution (upstream's --keep_res, its 37.4 AP mode): each image is placed "
-                             "unscaled in an input of its own size rounded up to a multiple of 32; "
-                             "the model needs a dynamic input size (CenterNet_pth2onnx.py --dynamic-size)")
-    parser.add_argument("--flip", action="store_true",
-                        help="record in meta.json that inference uses a model exported with --flip (flip test "
-                             "in the graph, hm already averaged after the sigmoid), so that "
-                             "CenterNet_postprocess_s1.py --meta decodes it as such; the bins are the same")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="worker processes; None means one per core")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="only the first N images by file name; None means all")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    setup_logging()
     if min(args.input_size) <= 0 or any(v % 4 for v in args.input_size):
         raise UserError(f"--input-size {args.input_size[0]} {args.input_size[1]}: "
                         f"height and width must be positive multiples of 4 (the output stride)")
@@ -46,7 +50,7 @@ def main(argv=None):
     # Imported here, under @cli: a Ctrl-C while numpy and OpenCV load ends quietly too.
     from centernet.pipeline.preprocess import preprocess_folder
     summary = preprocess_folder(args.src_dir, args.dst_dir, tuple(args.input_size), args.workers,
-                                progress=not args.no_progress, limit=args.limit,
+                                progress=progress_enabled(args), limit=args.limit,
                                 keep_res=args.keep_res, flip_test=args.flip)
     print(f"{summary['converted']} converted, {summary['skipped']} already done, "
           f"{len(summary['failed'])} failed, of {summary['total']} images -> {args.dst_dir}")

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from centernet.cli.args import add_flip_argument, add_input_size_argument
+from centernet.cli.logs import setup_logging
 from centernet.errors import UserError, cli, quiet_interrupt
 
 with quiet_interrupt():  # torch loads here
@@ -19,7 +21,7 @@ with quiet_interrupt():  # torch loads here
     from centernet.convert.export import DCN_FORMS, TARGETS, FlipTest, check_export, count_ops, export_onnx, require_passed
 
 
-def parse_args(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="upstream ctdet DLA-34 checkpoint (.pth)")
     p.add_argument("output", help="ONNX file to write (missing folders are created)")
@@ -30,28 +32,32 @@ def parse_args(argv=None):
                    help="how deformable convolutions appear for --target onnxruntime: one DeformConv "
                         "node, or decomposed into GridSample + MatMul for runtimes without "
                         "DeformConv (default: %(default)s)")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=(512, 512),
-                   help="fixed input height and width (default: 512 512)")
+    add_input_size_argument(p, what="fixed input height and width")
     p.add_argument("--dynamic-size", action="store_true",
-                   help="make input height and width dynamic too (default: only the batch is)")
-    p.add_argument("--flip", action="store_true",
-                   help="put upstream's flip test into the graph: each image runs together with its mirror; "
-                        "output1 becomes the average of the two heatmaps after the sigmoid (not logits), "
-                        "output2 the average wh, output3 the unflipped reg; names and shapes are unchanged "
-                        "and the file's metadata says so; works for both targets (default: off)")
+                   help="make input height and width dynamic too, as upstream's keep resolution (--keep-res "
+                        "elsewhere) needs (default: off, only the batch is)")
+    add_flip_argument(p, "put it into the graph: each image runs together with its mirror; output1 becomes the "
+                         "average of the two heatmaps after the sigmoid (not logits), output2 the average wh, "
+                         "output3 the unflipped reg; names and shapes are unchanged and the file's metadata "
+                         "says so; works for both targets")
     p.add_argument("--no-check", action="store_true",
                    help="skip the self-check: running the exported file in ONNX Runtime on two synthetic "
                         "photos against the PyTorch model in float64, failing when an output differs by "
-                        "more than float32 rounding explains (default: check)")
+                        "more than float32 rounding explains (default: off, the check runs)")
     p.add_argument("--threads", type=int, default=0,
                    help="ONNX Runtime threads for the check, 0 = all cores (default: %(default)s)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 @cli(interrupted="the ONNX file is written whole or not at all, and may not have been checked yet; "
                  "run the same command again")
 def main(argv=None):
     args = parse_args(argv)
+    setup_logging(info_stream="stdout")
     if Path(args.output).is_dir():
         raise UserError(f"{args.output}: is a folder; give the ONNX file to write, e.g. "
                         f"{Path(args.output) / 'CenterNet.onnx'}")

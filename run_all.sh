@@ -117,7 +117,7 @@ fi
 if [ "$demo" = 1 ]; then
   workdir="${workdir:-./work/demo}"
   echo "== DEMO: a smoke test on generated images with random weights; its AP means nothing =="
-  "$PY" -m centernet.model.demo_data "$workdir" --images "$demo_images"
+  "$PY" -m centernet.cli.make_demo "$workdir" --num-images "$demo_images"
   data="$workdir/data"; weights="$workdir/ctdet_demo.pth"
   ann="$data/coco/annotations/instances_val2017.json"; images="$data/coco/val2017"
 fi
@@ -184,7 +184,7 @@ if [ "$stream" = 1 ]; then
 else
   # Load the weights before any heavy stage: preprocessing val2017 writes 15.7 GB.
   # (The demo's weights were just made by the demo itself.)
-  [ "$demo" = 1 ] || stage check-weights "$PY" -m centernet.model.checkpoint "$weights"
+  [ "$demo" = 1 ] || stage check-weights "$PY" -m centernet.cli.check_weights "$weights"
   stage preprocess "$PY" CenterNet_preprocess.py "$images" "$prep" "${limit_args[@]}" "${prep_args[@]}"
   if [ "$backend" = torch ]; then
     stage infer bash run_infer.sh --model "$weights" --input "$prep" --output "$workdir/result" \
@@ -239,7 +239,7 @@ stage annotate annotate --model "$demo_model" "$images" --limit 4 --output "$ann
 echo
 echo "== summary ($([ "$demo" = 1 ] && echo "DEMO, AP means nothing" || echo "$weights on $data"))"
 for i in "${!stage_names[@]}"; do printf '  %-16s %8.1f s\n' "${stage_names[$i]}" "${stage_secs[$i]}"; done
-"$PY" -m centernet.report.summary "$evaldir/metrics.json" "${mode_args[@]}"
+"$PY" -m centernet.cli.report "$evaldir/metrics.json" "${mode_args[@]}"
 echo
 echo "pictures:"
 echo "  annotated images: $annotated/ (detections.json beside them)"

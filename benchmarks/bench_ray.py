@@ -51,7 +51,7 @@ def demo_inputs(workdir, images):
     onnx_path = Path(workdir) / "ctdet_demo_512.onnx"
     if not onnx_path.is_file():
         print(f"exporting {weights} to {onnx_path} (once)")
-        export_onnx(load_model(weights, log=lambda line: None), onnx_path)
+        export_onnx(load_model(weights), onnx_path)
     return data, onnx_path
 
 

@@ -148,7 +148,7 @@ def free(device):
 def load_model(weights):
     if weights:
         from centernet.model.checkpoint import load_model as load
-        return load(weights, log=lambda m: None), str(weights)
+        return load(weights), str(weights)
     from centernet.model.random_weights import random_model
     return random_model(seed=0), "random, calibrated on synthetic photos (centernet/model/random_weights.py)"
 

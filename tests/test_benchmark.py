@@ -58,8 +58,7 @@ def tiny_result(random_ctdet, tmp_path_factory):
     # One thread: the timings are not asserted, and one thread does not stall
     # when other processes hold the CPUs.
     result = run_benchmark(random_ctdet, "random", backends=backends, batchsizes=(1, 2), loop=1,
-                           threads=1, input_size=TINY, workdir=work, sgemm_n=128, profile=True,
-                           log=lambda m: None)
+                           threads=1, input_size=TINY, workdir=work, sgemm_n=128, profile=True)
     return result, backends, work
 
 
@@ -126,7 +125,7 @@ def test_ort_profile_and_sweep(tiny_result):
 
     x = np.zeros((1, 3, *TINY), np.float32)
     rows = ort_sweep({k: result["models"][k] for k in ("deformconv", "decompose")}, 1, x, rounds=1,
-                     runs=1, variants=["default (optimization all)", "no spinning"], log=lambda m: None)
+                     runs=1, variants=["default (optimization all)", "no spinning"])
     assert [(r["variant"], r["graph"]) for r in rows] == [
         ("default (optimization all)", "deformconv"), ("no spinning", "deformconv"),
         ("default, decomposed DCN graph", "decompose")]

@@ -1,4 +1,5 @@
 """Loading checkpoints in upstream's layout, and refusing everything else clearly."""
+import logging
 import subprocess
 import sys
 
@@ -11,15 +12,16 @@ from conftest import ROOT
 from pose_dla_dcn import get_pose_net
 
 
-def test_upstream_layout_loads_exactly(random_ctdet, upstream_checkpoint, capsys):
+def test_upstream_layout_loads_exactly(random_ctdet, upstream_checkpoint, caplog):
     raw = torch.load(upstream_checkpoint, weights_only=True)
     keys = raw["state_dict"].keys()
     assert set(raw) == {"epoch", "state_dict"}
     assert all(k.startswith("module.") for k in keys) and "module.base.fc.weight" in keys
     assert not any(k.endswith("num_batches_tracked") for k in keys)
 
-    model = load_model(upstream_checkpoint)
-    assert "ignoring 2 backbone classifier entries" in capsys.readouterr().out
+    caplog.set_level(logging.INFO, logger="centernet")
+    model = load_model(upstream_checkpoint)  # logged, no longer printed
+    assert "ignoring 2 backbone classifier entries" in caplog.text
     ours, ref = model.state_dict(), random_ctdet.state_dict()
     for k, v in ref.items():
         if not k.endswith("num_batches_tracked"):
@@ -30,13 +32,13 @@ def test_upstream_layout_loads_exactly(random_ctdet, upstream_checkpoint, capsys
 def test_bare_state_dict_without_prefix(random_ctdet, tmp_path):
     path = tmp_path / "bare.pth"
     torch.save(random_ctdet.state_dict(), path)
-    model = load_state_dict(get_pose_net(), path, log=lambda *_: None)
+    model = load_state_dict(get_pose_net(), path)
     assert torch.equal(model.hm[2].weight, random_ctdet.hm[2].weight)
 
 
 def _error(path):
     with pytest.raises(UserError) as e:
-        load_model(path, log=lambda *_: None)
+        load_model(path)
     msg = str(e.value)
     assert "\n" not in msg and str(path) in msg
     return msg
@@ -57,7 +59,7 @@ def test_not_a_checkpoint(tmp_path):
 def test_not_a_checkpoint_from_the_command_line_is_one_line(tmp_path):
     path = tmp_path / "junk.pth"
     path.write_bytes(b"\x80\x04 this is not a pickle at all")  # protocol 4: torch warns before failing
-    r = subprocess.run([sys.executable, "-m", "centernet.model.checkpoint", str(path)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "centernet.cli.check_weights", str(path)], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
 
@@ -110,6 +112,6 @@ def test_a_folder(tmp_path):
 
 def test_cli_check(upstream_checkpoint):
     # (its one-line errors: test_run_all.py's bad weights)
-    r = subprocess.run([sys.executable, "-m", "centernet.model.checkpoint", str(upstream_checkpoint)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "centernet.cli.check_weights", str(upstream_checkpoint)], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout == f"{upstream_checkpoint}: a ctdet DLA-34 checkpoint\n", r.stderr

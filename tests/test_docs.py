@@ -15,7 +15,7 @@ from conftest import ROOT
 
 SCRIPTS = ["CenterNet_preprocess", "CenterNet_pth2onnx", "CenterNet_infer", "CenterNet_postprocess_s1",
            "CenterNet_postprocess_s2", "CenterNet_eval", "CenterNet_benchmark", "CenterNet_demo",
-           "centernet.model.checkpoint", "centernet.model.demo_data", "centernet.report.plots"]
+           "centernet.cli.check_weights", "centernet.cli.make_demo", "centernet.cli.plots", "centernet.cli.report"]
 # a duration figure: "6 minutes", "2 min 51 s", "4.2 s", "~55 s", "about a minute"
 DURATION = re.compile(r"\d\s*(ms|s|sec|seconds?|min|minutes?|h|hours?)\b"
                       r"|\b(about|under|over|within|in|takes?|took) (a|one) (minute|second|hour)\b")

@@ -66,7 +66,7 @@ def test_wrong_size_bin_is_named(ctdet_onnx, tmp_path):
     folder.mkdir()
     write_bin(folder / "a.bin", np.zeros((3, 512, 512)))
     write_bin(folder / "b.bin", np.zeros((3, 512, 100)))
-    r = run_infer("--model", ctdet_onnx, "--input", folder, "--output", tmp_path / "out",
+    r = run_infer("--model", ctdet_onnx, "--input", folder, "--output", tmp_path / "out", "--progress",
                   "--output_dirname", "d")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "b.bin" in r.stderr and "bytes, expected 3145728" in r.stderr

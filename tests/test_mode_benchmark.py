@@ -32,7 +32,7 @@ def test_flop_ratio_by_hand():
 def test_mode_rows_on_the_same_images(random_ctdet, tiny_coco, tmp_path):
     result = run_mode_benchmark(random_ctdet, "random", modes=["keep-res", "keep-res-flip", "keep-res-flip-ms"],
                                 num_images=2, dataset=tiny_coco["root"], threads=1, warmup=0,
-                                workdir=tmp_path, log=lambda m: None)
+                                workdir=tmp_path)
     rows = result["rows"]
     assert [r["test_mode"] for r in rows] == ["keep-res", "keep-res + flip",
                                               "keep-res + flip + scales 0.5,0.75,1,1.25,1.5"]

@@ -92,7 +92,7 @@ def test_redraw_from_saved_json(tmp_path):
     (tmp_path / "bench" / "benchmark.json").write_text(json.dumps(fake_benchmark()))
     for name, pictures in (("metrics.json", ["pr_curves.png", "per_class_ap.png"]),
                            ("bench/benchmark.json", ["bench/benchmark.png"])):
-        r = subprocess.run([sys.executable, "-m", "centernet.report.plots", str(tmp_path / name)], cwd=ROOT,
+        r = subprocess.run([sys.executable, "-m", "centernet.cli.plots", str(tmp_path / name)], cwd=ROOT,
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         for p in pictures:

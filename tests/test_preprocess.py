@@ -167,11 +167,11 @@ def test_bad_meta_json_is_a_user_error(tmp_path):
         preprocess_folder(tmp_path / "imgs", tmp_path / "out", workers=1, progress=False)
 
 
-def test_warns_when_the_disk_is_too_small(tmp_path, monkeypatch):
+def test_warns_when_the_disk_is_too_small(tmp_path, monkeypatch, caplog):
     make_folder(tmp_path / "imgs", np.random.default_rng(8))
     monkeypatch.setattr(preprocess.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 10**6))
-    lines = []
-    preprocess_folder(tmp_path / "imgs", tmp_path / "out", workers=1, progress=False, log=lines.append)
+    preprocess_folder(tmp_path / "imgs", tmp_path / "out", workers=1, progress=False)  # logs its warnings
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("centernet")]
     assert len(lines) == 1 and lines[0].startswith("warning:")
     assert "5 bins need 15.7 MB but only 1.0 MB is free" in lines[0]
 

@@ -121,7 +121,7 @@ def test_keep_res_flip_staged(demo_run, tmp_path):
     # (test_export checks a --flip export): run_all finds it up to date.
     shutil.copytree(demo_run[0] / "data", work / "data")
     shutil.copy(demo_run[0] / "ctdet_demo.pth", work)
-    export_onnx(load_model(work / "ctdet_demo.pth", log=lambda m: None), work / "CenterNet_dynamic_flip.onnx",
+    export_onnx(load_model(work / "ctdet_demo.pth"), work / "CenterNet_dynamic_flip.onnx",
                 input_size=(64, 64), dynamic_size=True, flip=True)
     r = run_all("--demo", "--workdir", work, "--keep-res", "--flip", "--keep", "--threads", 2, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

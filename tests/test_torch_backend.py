@@ -278,7 +278,7 @@ def test_benchmark_rows_for_the_torch_backend(random_ctdet, tmp_path):
     from centernet.bench.benchmark import format_table, run_benchmark
     result = run_benchmark(random_ctdet, "random", backends=["torch-cpu", "torch-cuda"], batchsizes=(1,), loop=1,
                            threads=1, input_size=(64, 64), workdir=tmp_path, sgemm_n=128,
-                           torch_precisions=("fp32", "bf16", "tf32"), log=lambda m: None)
+                           torch_precisions=("fp32", "bf16", "tf32"))
     assert [r["backend"] for r in result["rows"]] == ["torch-cpu-fp32", "torch-cpu-bf16"]
     assert "torch-cpu-tf32" in result["skipped"]
     if not torch.cuda.is_available():

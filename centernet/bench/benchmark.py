@@ -18,6 +18,7 @@ One run measures, on the same thread count and the same random input:
   skews timings; such rows are flagged rather than silently trusted).
 """
 import json
+import logging
 import math
 import os
 import platform
@@ -38,6 +39,8 @@ from centernet.errors import UserError
 from centernet.convert.export import ORT_MAX_IR_VERSION, export_onnx
 from centernet.core.timing import latency_stats, time_batches
 from centernet.runtime.ort_session import PROVIDERS, make_session, run_session
+
+logger = logging.getLogger(__name__)
 
 EXPECTED_GFLOP_512 = 66.2  # ctdet DLA-34 at 512x512, a multiply-add counted as 2 FLOPs
 # Flag a row when other processes used more than this share of the CPUs: with
@@ -426,7 +429,7 @@ ORT_VARIANTS = {
 }
 
 
-def ort_sweep(graphs, threads, x, rounds=3, runs=3, variants=None, log=print):
+def ort_sweep(graphs, threads, x, rounds=3, runs=3, variants=None):
     """Median ms per batch of each ORT_VARIANTS entry on the DeformConv graph, and
     of the default options on the decomposed graph when given. Variants take
     turns for `rounds` rounds of `runs` runs (plus one warm-up each), so slow
@@ -449,7 +452,7 @@ def ort_sweep(graphs, threads, x, rounds=3, runs=3, variants=None, log=print):
                 seconds.append(time.perf_counter() - t0)
             best[name] = min(best.get(name, math.inf), float(np.median(seconds)))
             del session
-        log(f"ort sweep round {r + 1}/{rounds} done")
+        logger.info(f"ort sweep round {r + 1}/{rounds} done")
     base = best[cases[0][0]]
     return [{"variant": name, "graph": form, "ms": round(best[name] * 1e3, 1),
              "vs_default": round(base / best[name], 3)} for name, form, _ in cases]
@@ -471,7 +474,7 @@ def format_profile(rows, limit=12):
 
 # --- the benchmark -----------------------------------------------------------
 
-def export_graphs(model, forms, workdir, input_size, log=print, given=None):
+def export_graphs(model, forms, workdir, input_size, given=None):
     """ONNX files for each DCN form in `forms`: the given path, else exported to `workdir`."""
     given = given or {}
     paths = {}
@@ -484,7 +487,7 @@ def export_graphs(model, forms, workdir, input_size, log=print, given=None):
         path = Path(workdir) / f"ctdet_{input_size[0]}x{input_size[1]}_{form}.onnx"
         t0 = time.perf_counter()
         export_onnx(model, path, dcn=form, input_size=input_size)
-        log(f"exported {path} ({form}) in {time.perf_counter() - t0:.1f}s")
+        logger.info(f"exported {path} ({form}) in {time.perf_counter() - t0:.1f}s")
         paths[form] = path
     return paths
 
@@ -492,8 +495,7 @@ def export_graphs(model, forms, workdir, input_size, log=print, given=None):
 def run_benchmark(model, weights, backends=DEFAULT_BACKENDS, batchsizes=(1, 4, 8, 16, 32), loop=8,
                   threads=None, input_size=(512, 512), workdir="work/benchmark", onnx=None,
                   onnx_decompose=None, warmup=1, sgemm_n=3072, profile=False, sweep=False,
-                  eager_max_batch=4, torch_precisions=("fp32",), torch_options=None, gpu_matmul_n=8192,
-                  log=print):
+                  eager_max_batch=4, torch_precisions=("fp32",), torch_options=None, gpu_matmul_n=8192):
     """Measure every available backend in `backends` at every batch size
     (eager PyTorch and the PyTorch backend on CPU only up to `eager_max_batch`,
     0 = all: they are slow at large batches). The PyTorch backends (torch-cpu,
@@ -517,7 +519,7 @@ def run_benchmark(model, weights, backends=DEFAULT_BACKENDS, batchsizes=(1, 4, 8
         why = backend_unavailable(name)
         if why:
             skipped[name] = why
-            log(f"skipping {name}: {why}")
+            logger.info(f"skipping {name}: {why}")
         elif name in TORCH_BACKENDS:
             for precision in dict.fromkeys(torch_precisions):
                 if precision == "tf32" and TORCH_BACKENDS[name] == "cpu":
@@ -529,18 +531,18 @@ def run_benchmark(model, weights, backends=DEFAULT_BACKENDS, batchsizes=(1, 4, 8
 
     flops = count_flops(model, input_size)
     reference = EXPECTED_GFLOP_512 * input_size[0] * input_size[1] / 512 ** 2
-    log(f"counted {flops['total'] / 1e9:.2f} GFLOP per {input_size[0]}x{input_size[1]} image "
+    logger.info(f"counted {flops['total'] / 1e9:.2f} GFLOP per {input_size[0]}x{input_size[1]} image "
         f"(expected {EXPECTED_GFLOP_512} at 512x512, {reference:.2f} scaled to this size)")
 
     forms = list(dict.fromkeys(f for f in map(needs_graph, present) if f))
     if (profile or sweep) and backend_unavailable("onnxruntime-cpu") is None:
         forms = list(dict.fromkeys(forms + ["deformconv"] + (["decompose"] if sweep else [])))
-    graphs = export_graphs(model, forms, workdir, input_size, log=log,
+    graphs = export_graphs(model, forms, workdir, input_size,
                            given={"deformconv": onnx, "decompose": onnx_decompose})
 
-    log(f"sgemm ceiling: {sgemm_n}x{sgemm_n} fp32 matrix product on {threads} threads ...")
+    logger.info(f"sgemm ceiling: {sgemm_n}x{sgemm_n} fp32 matrix product on {threads} threads ...")
     sgemm = sgemm_ceiling(threads, n=sgemm_n)
-    log("sgemm GFLOP/s: " + ", ".join(f"{k} {sgemm[k]}" for k in ("torch", "numpy", "onnxruntime")))
+    logger.info("sgemm GFLOP/s: " + ", ".join(f"{k} {sgemm[k]}" for k in ("torch", "numpy", "onnxruntime")))
     # Same-precision ceilings for the PyTorch backend's other rows: a PyTorch
     # matmul in that precision on that device.
     ceilings = {("cpu", "fp32"): sgemm["ceiling"]}
@@ -548,7 +550,7 @@ def run_benchmark(model, weights, backends=DEFAULT_BACKENDS, batchsizes=(1, 4, 8
         device, precision = _torch_row(name)
         if device and (device, precision) not in ceilings:
             n = gpu_matmul_n if device == "cuda" else sgemm_n
-            log(f"matmul ceiling: {n}x{n} {precision} on {device} ...")
+            logger.info(f"matmul ceiling: {n}x{n} {precision} on {device} ...")
             ceilings[(device, precision)] = matmul_ceiling(device, precision, n=n, threads=threads)
 
     runners, rows = {}, []
@@ -581,7 +583,7 @@ def run_benchmark(model, weights, backends=DEFAULT_BACKENDS, batchsizes=(1, 4, 8
                    "gflops": round(gflops, 2), "of_sgemm": round(gflops / ceiling, 3),
                    "ceiling_gflops": ceiling, "other_cpu": other}
             rows.append(row)
-            log(f"{name} batch {batch}: {row['fps']} fps, {row['ms_per_image']} ms/image"
+            logger.info(f"{name} batch {batch}: {row['fps']} fps, {row['ms_per_image']} ms/image"
                 + (f"  (other processes used {other:.0%} of the CPUs)" if other and other > BUSY_FLAG else ""))
     eager = {r["batch"]: r["fps"] for r in rows if r["backend"] == "pytorch-eager"}
     for r in rows:
@@ -604,12 +606,12 @@ def run_benchmark(model, weights, backends=DEFAULT_BACKENDS, batchsizes=(1, 4, 8
     if "deformconv" in graphs and (profile or sweep):
         x = rng.standard_normal((batchsizes[0], 3, *input_size), dtype=np.float32)
         if profile:
-            log(f"profiling onnxruntime-cpu at batch {batchsizes[0]} ...")
+            logger.info(f"profiling onnxruntime-cpu at batch {batchsizes[0]} ...")
             result["ort_profile"] = {"batch": batchsizes[0], "ops": ort_profile(
                 graphs["deformconv"], threads, x, flops_by_type=flops["by_type"])}
         if sweep:
-            log(f"sweeping onnxruntime-cpu session options at batch {batchsizes[0]} ...")
-            result["ort_sweep"] = {"batch": batchsizes[0], "variants": ort_sweep(graphs, threads, x, log=log)}
+            logger.info(f"sweeping onnxruntime-cpu session options at batch {batchsizes[0]} ...")
+            result["ort_sweep"] = {"batch": batchsizes[0], "variants": ort_sweep(graphs, threads, x)}
     return result
 
 

@@ -11,6 +11,7 @@ mode costs sum(flip x input area) / (512 x 512) per image. A mode whose time
 ratio exceeds its FLOP ratio by more than MODE_SLACK is flagged.
 """
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from centernet.runtime.ort_session import make_session
 from centernet.pipeline.stream import stream_detections
 from centernet.io.synthetic import COCO_LIKE_SIZES, make_synthetic_coco
 from centernet.core.transforms import INPUT_SIZE, test_geometry
+
+logger = logging.getLogger(__name__)
 
 # name -> (mode, model form: "static" 512x512 export or "dynamic" size)
 MODES = {
@@ -64,7 +67,7 @@ def benchmark_data(workdir, num_images, dataset=None):
 
 
 def run_mode_benchmark(model, weights, modes=DEFAULT_MODES, num_images=8, dataset=None, threads=None,
-                       batchsize=1, warmup=1, workdir="work/benchmark", log=print):
+                       batchsize=1, warmup=1, workdir="work/benchmark"):
     """Time each of `modes` (names of MODES) on the same images. Returns the
     result dict (machine, rows, ...)."""
     threads = int(threads or usable_cores())
@@ -72,7 +75,7 @@ def run_mode_benchmark(model, weights, modes=DEFAULT_MODES, num_images=8, datase
     if unknown:
         raise UserError(f"unknown mode {unknown[0]!r}; choose from {', '.join(MODES)}")
     if num_images < 1 or batchsize < 1 or warmup < 0:
-        raise UserError("--mode-images and --batchsizes must be >= 1, --warmup >= 0")
+        raise UserError("--mode-images and --batchsize must be >= 1, --warmup >= 0")
     Path(workdir).mkdir(parents=True, exist_ok=True)
     images_dir, ann = benchmark_data(workdir, num_images, dataset)
     annotated = sorted(json.loads(Path(ann).read_text())["images"], key=lambda i: Path(i["file_name"]).stem)
@@ -85,7 +88,7 @@ def run_mode_benchmark(model, weights, modes=DEFAULT_MODES, num_images=8, datase
         # The dynamic export is traced at a small size (faster); any size runs.
         export_onnx(model, path, input_size=(INPUT_SIZE, INPUT_SIZE) if form == "static" else (64, 64),
                     dynamic_size=form == "dynamic")
-        log(f"exported {path} in {time.perf_counter() - t0:.1f}s")
+        logger.info(f"exported {path} in {time.perf_counter() - t0:.1f}s")
         sessions[form] = (path, make_session(path, threads=threads))
 
     rows = []
@@ -104,7 +107,7 @@ def run_mode_benchmark(model, weights, modes=DEFAULT_MODES, num_images=8, datase
                      "inputs": stats["inputs"], "input_sizes": stats["input_sizes"],
                      "flop_ratio": round(flop_ratio(annotated, mode), 3),
                      "infer_fps": stats["fps"], "end_to_end_fps": stats["end_to_end_fps"], "other_cpu": other})
-        log(f"{name}: {stats['fps']} images/s inference, {stats['end_to_end_fps']} end to end"
+        logger.info(f"{name}: {stats['fps']} images/s inference, {stats['end_to_end_fps']} end to end"
             + (f"  (other processes used {other:.0%} of the CPUs)" if other and other > BUSY_FLAG else ""))
     base = rows[0]
     for r in rows:

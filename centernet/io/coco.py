@@ -8,6 +8,7 @@ user's file is a UserError naming the file and what is wrong with it.
 import contextlib
 import io
 import json
+import logging
 import math
 import zlib
 from pathlib import Path
@@ -16,6 +17,8 @@ import numpy as np
 
 from centernet.io.binio import load_json, make_dirs, write_atomic
 from centernet.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 NUM_CLASSES = 80
 
@@ -246,8 +249,8 @@ def evaluate_coco(annotations, results, img_ids=None, verbose=True, results_sour
     annotations: path of an instances JSON, a loaded dict, or a pycocotools
     COCO. results: path of a results JSON or a list of entries (not modified).
     img_ids: evaluate only these images (default: every annotated image, as
-    upstream; images without detections count as missed). verbose prints
-    pycocotools' 12-line summary (its progress chatter is never printed).
+    upstream; images without detections count as missed). verbose logs
+    pycocotools' 12-line summary (its progress chatter is never shown).
 
     Returns {"AP": .., ..., "ARl": .. (fractions 0..1; -1, as pycocotools
     reports it, where no ground truth falls in that area range),
@@ -284,7 +287,7 @@ def evaluate_coco(annotations, results, img_ids=None, verbose=True, results_sour
     with contextlib.redirect_stdout(summary):
         coco_eval.summarize()
     if verbose:
-        print(summary.getvalue(), end="")
+        logger.info(summary.getvalue().rstrip("\n"))
     metrics = {name: float(v) for name, v in zip(STAT_NAMES, coco_eval.stats)}
     names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
     metrics["per_class"] = {names[cid]: (None if np.isnan(ap) else ap)

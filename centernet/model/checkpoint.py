@@ -6,13 +6,12 @@ ImageNet classifier `base.fc.*`, and BatchNorm `num_batches_tracked` entries
 that may be missing. Everything else must match the network key for key and
 shape for shape; otherwise this is not a ctdet DLA-34 checkpoint.
 
-    python -m centernet.model.checkpoint ctdet_coco_dla_2x.pth   # check that a file loads
+    python -m centernet.cli.check_weights ctdet_coco_dla_2x.pth   # check that a file loads
 """
-import argparse
 import io
+import logging
 import pickle
 import re
-import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -22,7 +21,9 @@ import torch
 from pose_dla_dcn import get_pose_net
 
 from centernet.io.binio import write_atomic
-from centernet.errors import UserError, cli
+from centernet.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 IGNORED_PREFIXES = ("base.fc.",)
 
@@ -67,8 +68,10 @@ def _clip(keys, n=5):
     return ", ".join(keys[:n]) + more
 
 
-def load_state_dict(model, path, log=print):
-    """Load `path` into `model` after the upstream-layout clean-up above."""
+def load_state_dict(model, path, log=None):
+    """Load `path` into `model` after the upstream-layout clean-up above.
+    The ignored entries are logged (log: a callback instead, kept for
+    callers that still pass one)."""
     obj = _read(path)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
@@ -77,7 +80,7 @@ def load_state_dict(model, path, log=print):
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     ignored = [k for k in state if k.startswith(IGNORED_PREFIXES)]
     if ignored:
-        log(f"{path}: ignoring {len(ignored)} backbone classifier entries ({_clip(ignored, 2)}), unused by the detector")
+        (log or logger.info)(f"{path}: ignoring {len(ignored)} backbone classifier entries ({_clip(ignored, 2)}), unused by the detector")
     state = {k: v for k, v in state.items() if k not in ignored}
 
     expected = model.state_dict()
@@ -99,7 +102,7 @@ def load_state_dict(model, path, log=print):
     return model
 
 
-def load_model(path, log=print):
+def load_model(path, log=None):
     """Build ctdet DLA-34 in eval mode and load an upstream checkpoint into it."""
     return load_state_dict(get_pose_net(), path, log=log).eval()
 
@@ -119,18 +122,3 @@ def save_upstream_checkpoint(model, path, epoch=140, seed=0):
     buffer = io.BytesIO()
     torch.save({"epoch": epoch, "state_dict": state}, buffer)
     write_atomic(path, buffer.getbuffer())
-
-
-@cli(interrupted="nothing written")
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Check that a file loads as a ctdet DLA-34 checkpoint (run_all.sh "
-                                            "does this before its first stage).")
-    p.add_argument("checkpoint", help="upstream ctdet DLA-34 checkpoint (.pth)")
-    args = p.parse_args(argv)
-    load_model(args.checkpoint, log=lambda line: None)
-    print(f"{args.checkpoint}: a ctdet DLA-34 checkpoint")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,21 +2,19 @@
 weights in the upstream checkpoint layout, so the whole pipeline runs on a
 fresh machine with nothing downloaded. A smoke test: its AP means nothing.
 
-    python -m centernet.model.demo_data work/demo      # writes work/demo/data and work/demo/ctdet_demo.pth
+    python -m centernet.cli.make_demo work/demo      # writes work/demo/data and work/demo/ctdet_demo.pth
 """
-import argparse
 from pathlib import Path
 
 from centernet.io.binio import make_dirs
 from centernet.model.checkpoint import save_upstream_checkpoint
 from centernet.model.random_weights import random_model
-from centernet.errors import cli
 from centernet.io.synthetic import make_synthetic_coco
 
 DEMO_IMAGES = 24
 
 
-def make_demo(folder, num_images=DEMO_IMAGES, seed=0):
+def make_demo(folder, num_images=DEMO_IMAGES, seed=0, progress=True):
     """Create (or reuse) the demo data and weights under `folder`.
     Returns (data root, checkpoint path)."""
     folder = Path(folder)
@@ -24,24 +22,8 @@ def make_demo(folder, num_images=DEMO_IMAGES, seed=0):
     weights = folder / "ctdet_demo.pth"
     ann = data / "coco" / "annotations" / "instances_val2017.json"
     if not ann.is_file():  # the annotation file is written last
-        make_synthetic_coco(data, num_images=num_images, seed=seed, progress=True)
+        make_synthetic_coco(data, num_images=num_images, seed=seed, progress=progress)
     if not weights.is_file():
         make_dirs(folder)
         save_upstream_checkpoint(random_model(seed), weights)
     return data, weights
-
-
-@cli(interrupted="run the same command again: it makes what is still missing")
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", help="where to write data/ and ctdet_demo.pth")
-    p.add_argument("--images", type=int, default=DEMO_IMAGES, help="number of images (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    args = p.parse_args(argv)
-    data, weights = make_demo(args.folder, args.images, args.seed)
-    print(f"demo data: {data}\ndemo weights: {weights}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -8,10 +8,10 @@ run loses nothing finished. meta.json records each image's size and the
 centre/scale of its transform, so decoding needs no image.
 """
 import json
+import logging
 import os
 import shutil
 import signal
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -25,6 +25,8 @@ from centernet.io.binio import make_dirs, write_atomic, write_bin
 from centernet.io.meta import META_NAME, load_meta, save_meta  # noqa: F401 (re-exported)
 from centernet.errors import Interrupted, UserError, WriteError, sigint_blocked
 from centernet.core.transforms import INPUT_SIZE, prepare_input, test_geometry
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 META_SAVE_INTERVAL_S = 10.0  # how often meta.json is refreshed during a run
@@ -196,7 +198,7 @@ KEEP_RES_TYPICAL_INPUT = (512, 672)
 
 
 def preprocess_folder(src_dir, dst_dir, input_size=(INPUT_SIZE, INPUT_SIZE), workers=None, progress=True,
-                      log=None, limit=None, keep_res=False, flip_test=False):
+                      limit=None, keep_res=False, flip_test=False):
     """Convert every image of src_dir to dst_dir/<stem>.bin, plus dst_dir/meta.json.
 
     keep_res: keep-resolution inputs (each image's own padded size) instead
@@ -207,8 +209,7 @@ def preprocess_folder(src_dir, dst_dir, input_size=(INPUT_SIZE, INPUT_SIZE), wor
     sigmoid again. The bins are the same either way.
     workers: processes (default: all cores; 1 runs in this process).
     limit: only the first `limit` images by file name.
-    log(line): where warnings and per-image errors go (default: stderr,
-    through tqdm so the bar stays intact).
+    Warnings and per-image errors are logged (as warnings and errors).
     Returns {"total", "converted", "skipped", "failed": [(file name, message)],
     "meta_path"}. An unreadable image does not stop the others; a failed
     write (disk full, no permission) stops the stage with a WriteError, and
@@ -216,9 +217,6 @@ def preprocess_folder(src_dir, dst_dir, input_size=(INPUT_SIZE, INPUT_SIZE), wor
     meta.json entries are kept.
     """
     input_size = (int(input_size[0]), int(input_size[1]))
-    if log is None:
-        def log(line):
-            tqdm.write(line, file=sys.stderr)
     images = list_images(src_dir)[:limit]
     dst_dir = make_dirs(dst_dir)
     meta_path = dst_dir / META_NAME
@@ -232,7 +230,7 @@ def preprocess_folder(src_dir, dst_dir, input_size=(INPUT_SIZE, INPUT_SIZE), wor
     free = shutil.disk_usage(dst_dir).free
     if need > free:
         about = "about " if keep_res else ""
-        log(f"warning: {dst_dir}: {len(todo)} bins need {about}{_size_text(need)} but only {_size_text(free)} "
+        logger.warning(f"warning: {dst_dir}: {len(todo)} bins need {about}{_size_text(need)} but only {_size_text(free)} "
             f"is free (COCO val2017 needs 15.7 GB at 512x512, about 21 GB with keep resolution)")
 
     summary = {"total": len(images), "converted": 0, "skipped": len(images) - len(todo), "failed": [],
@@ -260,7 +258,7 @@ def preprocess_folder(src_dir, dst_dir, input_size=(INPUT_SIZE, INPUT_SIZE), wor
         if err:
             summary["failed"].append((name, err))
             entries.pop(name, None)
-            log(f"error: {err}")
+            logger.error(f"error: {err}")
         else:
             entries[name] = entry
             summary["converted"] += 1
@@ -282,7 +280,7 @@ def preprocess_folder(src_dir, dst_dir, input_size=(INPUT_SIZE, INPUT_SIZE), wor
                 except BrokenProcessPool:
                     # e.g. the calling program cannot be re-imported by spawned
                     # children (an interactive session): finish here instead.
-                    log("warning: worker processes could not run; continuing in this process")
+                    logger.warning("warning: worker processes could not run; continuing in this process")
             for job in jobs:
                 if Path(job[0]).name not in done:
                     handle(_worker(job))

@@ -11,15 +11,15 @@ matplotlib is imported inside the functions, so importing this module (or
 the scripts that use it) costs nothing until a picture is drawn. Redraw the
 pictures of a saved run with
 
-    python -m centernet.report.plots run_eval_result/metrics.json      # or work/benchmark/benchmark.json
+    python -m centernet.cli.plots run_eval_result/metrics.json      # or work/benchmark/benchmark.json
 """
-import argparse
-import sys
+import logging
 import textwrap
 from pathlib import Path
 
-from centernet.io.binio import load_json
-from centernet.errors import UserError, cli
+from centernet.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 PR_CURVES = "pr_curves.png"
 PER_CLASS_AP = "per_class_ap.png"
@@ -137,13 +137,13 @@ def plot_per_class_ap(metrics, path):
     return _save(fig, path)
 
 
-def write_eval_plots(metrics, folder, log=None):
+def write_eval_plots(metrics, folder):
     """pr_curves.png and per_class_ap.png in `folder`; returns their paths.
-    Without matplotlib, says so (through `log`, default stderr) and returns []."""
+    Without matplotlib, says so (a logged warning) and returns []."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        (log or (lambda m: print(m, file=sys.stderr)))(
+        logger.warning(
             "warning: matplotlib is not installed, so no plots (pip install -r requirements.txt)")
         return []
     folder = Path(folder)
@@ -188,27 +188,3 @@ def plot_benchmark(result, path):
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
-
-
-@cli
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("json", help="metrics.json (CenterNet_postprocess_s2.py, CenterNet_eval.py) or "
-                                "benchmark.json (CenterNet_benchmark.py)")
-    p.add_argument("--out", default=None, help="folder for the pictures (default: the JSON file's folder)")
-    args = p.parse_args(argv)
-    path = Path(args.json)
-    data = load_json(path, "metrics or benchmark file")
-    out = Path(args.out) if args.out else path.parent
-    if isinstance(data, dict) and "rows" in data:
-        written = [plot_benchmark(data, out / BENCHMARK)]
-    elif isinstance(data, dict) and "per_class" in data:
-        written = write_eval_plots(data, out)
-    else:
-        raise UserError(f"{path}: neither a metrics.json nor a benchmark.json")
-    print("plots: " + ", ".join(map(str, written)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

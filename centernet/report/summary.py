@@ -1,16 +1,10 @@
-"""Print a metrics.json (written by CenterNet_postprocess_s2.py) as a table,
-and the AP beside upstream's published AP for the test mode.
+"""A metrics.json (written by CenterNet_postprocess_s2.py) as a table, and
+the AP beside upstream's published AP for the test mode; run_all.sh prints
+them with
 
-    python -m centernet.report.summary run_eval_result/metrics.json
-    python -m centernet.report.summary run_eval_result/metrics.json --keep-res --flip
+    python -m centernet.cli.report run_eval_result/metrics.json
+    python -m centernet.cli.report run_eval_result/metrics.json --keep-res --flip
 """
-import argparse
-import sys
-from pathlib import Path
-
-from centernet.io.binio import load_json
-from centernet.errors import cli
-from centernet.core.modes import TestMode, parse_scales
 
 STATS = [("AP", "AP @[IoU=0.50:0.95 | area=all | maxDets=100]"),
          ("AP50", "AP @[IoU=0.50 | area=all | maxDets=100]"),
@@ -43,23 +37,3 @@ def format_mode(metrics, mode):
              f"| {mode.name} | {'n/a' if ours is None or ours < 0 else f'{100 * ours:.1f}'} | "
              f"{'none published for this mode' if published is None else f'{published:.1f}'} |"]
     return "\n".join(lines)
-
-
-@cli(interrupted="nothing written")
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("metrics", help="metrics.json of CenterNet_postprocess_s2.py or CenterNet_eval.py")
-    p.add_argument("--keep-res", action="store_true", help="the run kept resolution (default: fixed 512)")
-    p.add_argument("--flip", action="store_true", help="the run used the flip test (default: off)")
-    p.add_argument("--scales", default="1", help="the run's test scales (default: %(default)s)")
-    args = p.parse_args(argv)
-    path = Path(args.metrics)
-    metrics = load_json(path, "metrics file")
-    print(format_metrics(metrics))
-    print()
-    print(format_mode(metrics, TestMode(args.keep_res, args.flip, parse_scales(args.scales))))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

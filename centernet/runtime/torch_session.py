@@ -251,7 +251,7 @@ class TorchSession(Session):
         if isinstance(model, (str, Path)):
             from centernet.model.checkpoint import load_model
             name = name or str(model)
-            model = load_model(model, log=log or (lambda msg: None))
+            model = load_model(model, log=log)  # log: a caller's callback, else logging
         self.name = name or "model"
         self.device = torch.device(self.options.device)
         self.input_size = tuple(int(v) for v in input_size) if input_size else None

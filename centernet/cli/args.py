@@ -1,0 +1,214 @@
+"""Argument groups shared by the top-level scripts: one spelling, one meaning
+and one help style per flag. Every option's help ends with its default,
+"(default: %(default)s)" or a worded one such as "(default: off)".
+
+Parse with parse_args(parser, argv): it also records which options the user
+gave (args._given, their dests), so check_backend_args can refuse PyTorch-only
+options on ONNX Runtime however their values compare with the defaults."""
+import argparse
+import sys
+from dataclasses import fields
+
+from centernet.errors import UserError
+from centernet.runtime.backends import BACKENDS, CASTS, DCN_KERNELS, PRECISIONS, TORCH_DEVICES, default_backend
+
+_NOT_GIVEN = object()
+TORCH_GROUP = "PyTorch backend (--backend torch)"
+
+
+def parse_args(parser, argv=None):
+    """parser.parse_args(argv), and args._given: the dests of the options
+    given on the command line (even when given their default value)."""
+    dests = {a.dest for a in parser._actions if a.option_strings and a.dest is not argparse.SUPPRESS}
+    namespace = argparse.Namespace(**{d: _NOT_GIVEN for d in dests})
+    args = parser.parse_args(argv, namespace)
+    given = set()
+    for action in parser._actions:
+        if action.dest not in dests:
+            continue
+        if getattr(args, action.dest) is _NOT_GIVEN:
+            default = parser.get_default(action.dest)
+            if isinstance(default, str) and action.type is not None:  # as argparse does for its defaults
+                default = parser._get_value(action, default)
+            setattr(args, action.dest, default)
+        else:
+            given.add(action.dest)
+    args._given = given
+    return args
+
+
+# --- model and backend --------------------------------------------------------------------------------
+
+def add_device_arguments(parser, providers, threads_help="CPU intra-op threads, 0 = all cores"):
+    """--device (ONNX Runtime's execution provider or the PyTorch backend's device) and --threads."""
+    parser.add_argument("--device", choices=sorted(providers), default="cpu",
+                        help="ONNX Runtime execution provider (cuda/tensorrt need onnxruntime-gpu), or the "
+                             "PyTorch backend's device (cpu/cuda) (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=0, help=threads_help + " (default: %(default)s)")
+
+
+def add_backend_arguments(parser, default=None):
+    """--backend and the PyTorch backend's switches (the caller has --device
+    and --threads). default None: chosen from --model's suffix."""
+    parser.add_argument("--backend", choices=BACKENDS, default=default,
+                        help="onnxruntime runs an .onnx file; torch runs the .pth checkpoint in PyTorch "
+                             "(CPU or CUDA) with no export (default: "
+                             + (default or "torch for a .pth/.pt/.tar --model, else onnxruntime") + ")")
+    add_torch_arguments(parser)
+
+
+def add_torch_arguments(parser, several_precisions=False, title=TORCH_GROUP):
+    """The PyTorch backend's switches; several_precisions: --precision takes a list."""
+    g = parser.add_argument_group(title)
+    precision_help = ("fp32 (strict, no TF32), tf32 (CUDA only), fp16 or bf16; the heads' final layer "
+                      "and the decoding stay in fp32")
+    if several_precisions:
+        g.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"],
+                       help=precision_help + ", a row each (default: fp32)")
+    else:
+        g.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help=precision_help + " (default: %(default)s)")
+    g.add_argument("--cast", choices=CASTS, default="autocast",
+                   help="fp16/bf16 by torch.autocast, or by converting the whole model (default: %(default)s)")
+    g.add_argument("--fp32-heads", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the heads' final 1x1 convolutions in fp32 under fp16/bf16 (default: on)")
+    g.add_argument("--fuse-bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="fold each BatchNorm into the convolution before it (default: on)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC activations (default: on for cuda, off for cpu)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the network (Inductor; needs a C++ compiler on CPU, Triton on CUDA; "
+                        "the first batch of each shape compiles, minutes) (default: off)")
+    g.add_argument("--compile-mode", default=None,
+                   help="torch.compile mode, e.g. max-autotune-no-cudagraphs (default: torch's)")
+    g.add_argument("--cuda-graphs", action="store_true",
+                   help="capture one CUDA graph per batch shape and replay it (cuda only) (default: off)")
+    g.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="page-locked host buffers for the copies to and from the GPU (default: on for cuda)")
+    g.add_argument("--warped-input", action=argparse.BooleanOptionalAction, default=True,
+                   help="streaming evaluation: the workers send each warped image as uint8 (a quarter of the "
+                        "bytes) and the normalisation runs on the device (default: on)")
+    g.add_argument("--device-decode", action=argparse.BooleanOptionalAction, default=None,
+                   help="streaming evaluation: decode on the device and copy back only the 100 detections "
+                        "per image, not the full outputs; with --flip the mirror is made and averaged in "
+                        "there too (default: on for cuda)")
+    g.add_argument("--dcn-kernel", choices=DCN_KERNELS, default="auto",
+                   help="deformable convolution: ours (grid_sample + matmul), torchvision's deform_conv2d, "
+                        "or auto: torchvision where it imports and agrees with ours within float32 "
+                        "rounding (on cuda: and is faster), else ours (default: %(default)s)")
+    return g
+
+
+# The PyTorch backend's options: (dest, flag), in --help's order.
+TORCH_OPTIONS = (("precision", "--precision"), ("cast", "--cast"), ("fp32_heads", "--fp32-heads"),
+                 ("fuse_bn", "--fuse-bn"), ("channels_last", "--channels-last"), ("compile", "--compile"),
+                 ("compile_mode", "--compile-mode"), ("cuda_graphs", "--cuda-graphs"),
+                 ("pin_memory", "--pin-memory"), ("warped_input", "--warped-input"),
+                 ("device_decode", "--device-decode"), ("dcn_kernel", "--dcn-kernel"))
+_TORCH_DEFAULTS = {"precision": "fp32", "cast": "autocast", "fp32_heads": True, "fuse_bn": True,
+                   "channels_last": None, "compile": False, "compile_mode": None, "cuda_graphs": False,
+                   "pin_memory": None, "warped_input": True, "device_decode": None, "dcn_kernel": "auto"}
+
+
+def torch_options_from_args(args, **overrides):
+    """A TorchOptions from add_backend_arguments' flags (+ --device, --threads);
+    None when args.backend is ONNX Runtime's (torch is then never imported)."""
+    if getattr(args, "backend", "torch") != "torch":
+        return None
+    from centernet.runtime.torch_session import TorchOptions
+    values = {"device": getattr(args, "device", "cpu"), "threads": getattr(args, "threads", 0) or 0,
+              "precision": args.precision, "cast": args.cast, "fp32_heads": args.fp32_heads,
+              "fuse_bn": args.fuse_bn, "channels_last": args.channels_last, "compile": args.compile,
+              "compile_mode": args.compile_mode, "cuda_graphs": args.cuda_graphs,
+              "pin_memory": args.pin_memory, "dcn": args.dcn_kernel, "warped_input": args.warped_input,
+              "device_decode": args.device_decode}
+    values.update(overrides)
+    names = {f.name for f in fields(TorchOptions)}
+    return TorchOptions(**{k: v for k, v in values.items() if k in names})
+
+
+def given_torch_options(args):
+    """The PyTorch-only flags the user gave: from args._given (parse_args),
+    else those whose value is not the default."""
+    given = getattr(args, "_given", None)
+    if given is None:
+        return [flag for dest, flag in TORCH_OPTIONS
+                if hasattr(args, dest) and getattr(args, dest) != _TORCH_DEFAULTS[dest]]
+    return [flag for dest, flag in TORCH_OPTIONS if dest in given]
+
+
+def check_backend_args(args):
+    """Fill args.backend from the model when not given; refuse every PyTorch
+    backend option given for ONNX Runtime (it would silently do nothing), all
+    of them in one line."""
+    args.backend = args.backend or default_backend(args.model)
+    if args.backend != "torch":
+        torch_only = given_torch_options(args)
+        if torch_only:
+            raise UserError(f"{', '.join(torch_only)}: PyTorch backend options; add --backend torch "
+                            "(and give the .pth checkpoint as --model)")
+    elif args.device not in TORCH_DEVICES:
+        raise UserError(f"--backend torch runs on {' or '.join(TORCH_DEVICES)}, not {args.device}")
+    return args
+
+
+# --- test mode ----------------------------------------------------------------------------------------
+
+FLIP_TEST = "upstream's flip test (its --flip_test: each image and its mirror, outputs averaged)"
+
+
+def add_keep_res_argument(parser, what, default_text="off, fixed 512x512"):
+    """--keep-res: upstream's keep-resolution test mode; `what` says what it does in this stage."""
+    parser.add_argument("--keep-res", action="store_true",
+                        help=f"upstream's keep resolution (its --keep_res, the 37.4 AP mode): {what} "
+                             f"(default: {default_text})")
+
+
+def add_flip_argument(parser, what):
+    """--flip: upstream's flip test; `what` says what it does in this stage."""
+    parser.add_argument("--flip", action="store_true", help=f"{FLIP_TEST}: {what} (default: off)")
+
+
+def add_scales_argument(parser, what, upstream_scales=None):
+    """--scales: upstream's multi-scale test, comma-separated."""
+    upstream = f"; upstream's is {','.join(f'{t:g}' for t in upstream_scales)}" if upstream_scales else ""
+    parser.add_argument("--scales", default="1",
+                        help=f"upstream's multi-scale test, comma-separated scales: {what}{upstream} "
+                             "(default: %(default)s)")
+
+
+def add_input_size_argument(parser, default=(512, 512), what="network input height and width",
+                            default_text=None):
+    """--input-size H W."""
+    text = default_text or (" ".join(map(str, default)) if default else "the model's")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                        default=list(default) if default else None, help=f"{what} (default: {text})")
+
+
+# --- batching, progress -------------------------------------------------------------------------------
+
+def add_batchsize_argument(parser, default=1, what="images per inference batch", aliases=(), dest="batchsize",
+                           several=False, default_text=None):
+    """--batchsize (ais_bench's spelling, which the recipe uses); `aliases`:
+    a script's earlier spellings, still accepted."""
+    parser.add_argument("--batchsize", *aliases, dest=dest, type=int, nargs="+" if several else None,
+                        default=default, metavar="BATCHSIZE",
+                        help=what + (f"; also spelled {', '.join(aliases)}" if aliases else "")
+                        + f" (default: {default_text or '%(default)s'})")
+
+
+def add_progress_arguments(parser):
+    """--progress / --no-progress; resolve with progress_enabled(args)."""
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bars on stderr (default: on when stderr is a terminal)")
+
+
+def progress_enabled(args, stream=None):
+    """--progress / --no-progress as given, else whether stderr is a terminal."""
+    if getattr(args, "progress", None) is not None:
+        return bool(args.progress)
+    stream = stream or sys.stderr
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,32 @@
+"""Check that a file loads as a ctdet DLA-34 checkpoint (run_all.sh does this
+before its first stage).
+
+    python -m centernet.cli.check_weights ctdet_coco_dla_2x.pth
+"""
+import argparse
+import sys
+
+from centernet.cli.logs import setup_logging
+from centernet.errors import cli, quiet_interrupt
+
+with quiet_interrupt():  # torch loads here
+    from centernet.model.checkpoint import load_model
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="upstream ctdet DLA-34 checkpoint (.pth)")
+    return p
+
+
+@cli(interrupted="nothing written")
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    load_model(args.checkpoint)
+    print(f"{args.checkpoint}: a ctdet DLA-34 checkpoint")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Print a metrics.json (written by CenterNet_postprocess_s2.py or
+CenterNet_eval.py) as a table, and the AP beside upstream's published AP for
+the test mode (run_all.sh ends with it).
+
+    python -m centernet.cli.report run_eval_result/metrics.json
+    python -m centernet.cli.report run_eval_result/metrics.json --keep-res --flip
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from centernet.cli.args import add_flip_argument, add_keep_res_argument, add_scales_argument
+from centernet.cli.logs import setup_logging
+from centernet.core.modes import TestMode, parse_scales
+from centernet.errors import cli
+from centernet.io.binio import load_json
+from centernet.report.summary import format_metrics, format_mode
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("metrics", help="metrics.json of CenterNet_postprocess_s2.py or CenterNet_eval.py")
+    add_keep_res_argument(p, "the run used it")
+    add_flip_argument(p, "the run used it")
+    add_scales_argument(p, "the run's scales")
+    return p
+
+
+@cli(interrupted="nothing written")
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    metrics = load_json(Path(args.metrics), "metrics file")
+    print(format_metrics(metrics))
+    print()
+    print(format_mode(metrics, TestMode(args.keep_res, args.flip, parse_scales(args.scales))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
