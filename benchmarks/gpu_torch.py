@@ -406,8 +406,7 @@ def pipeline(model, device, preset, run):
                                                  device_decode=on_device), input_size=size)
             results, ids, errors, stats = stream_detections(
                 "torch", info["images_dir"], info["annotation_file"], batchsize=batch, workers=workers,
-                progress=False, session=s, input_size=size, mode=TestMode(flip=flip, input_size=size),
-                log=lambda line: None)
+                progress=False, session=s, input_size=size, mode=TestMode(flip=flip, input_size=size))
             rows.append({**row, "images": len(ids), "end_to_end_fps": stats["end_to_end_fps"],
                          "inference_fps": stats["fps"],
                          "end_to_end_of_inference": round(stats["end_to_end_fps"] / stats["fps"], 3)

@@ -43,8 +43,7 @@ def first_pth_run(upstream_checkpoint, synthetic_coco, tmp_path_factory):
     shutil.copy(upstream_checkpoint, pth)
     logs = []
     with captured_logs(logs):
-        summary = demo([images_of(synthetic_coco)[0]], pth, folder / "out", thresh=0.0, input_size=SMALL,
-                       log=logs.append)
+        summary = demo([images_of(synthetic_coco)[0]], pth, folder / "out", thresh=0.0, input_size=SMALL)
     return pth, logs, summary
 
 
@@ -57,8 +56,6 @@ def small_onnx(first_pth_run):
 def demo(inputs, model, output, **kw):
     kw.setdefault("threads", 2)
     kw.setdefault("progress", False)
-    kw.setdefault("log", quiet)
-    kw.setdefault("log_error", quiet)
     return run_demo([str(p) for p in inputs], model, output=output, **kw)
 
 
@@ -232,7 +229,7 @@ def test_pth_exports_once_and_reuses_while_unchanged(first_pth_run, synthetic_co
 
     logs = []
     with captured_logs(logs):
-        second = demo([image], pth, tmp_path / "b", thresh=0.0, input_size=SMALL, log=logs.append)
+        second = demo([image], pth, tmp_path / "b", thresh=0.0, input_size=SMALL)
     assert cache.stat().st_mtime_ns == stamp and not any("exporting" in ln for ln in logs)
     assert any("cached export" in ln for ln in logs)
     dets = [json.loads(s["json"].read_text())["images"][0]["detections"] for s in (first, second)]
@@ -248,7 +245,7 @@ def test_pth_exports_once_and_reuses_while_unchanged(first_pth_run, synthetic_co
     torch.save(state, other / pth.name)
     logs = []
     with captured_logs(logs):
-        third = demo([image], other / pth.name, tmp_path / "c", thresh=0.0, input_size=SMALL, log=logs.append)
+        third = demo([image], other / pth.name, tmp_path / "c", thresh=0.0, input_size=SMALL)
     assert any("exporting again" in ln for ln in logs)
     new_meta = {p.key: p.value for p in onnx.load(str(other / cache.name)).metadata_props}
     assert new_meta[CACHE_KEY] != meta[CACHE_KEY]

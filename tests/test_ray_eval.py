@@ -103,7 +103,7 @@ def test_annotate_without_ground_truth_writes_the_demos_detections(local_ray, sy
     assert rc == 1  # the unreadable one
     doc = json.loads(out.read_text())
     demo = run_demo([str(p) for p in sorted(folder.iterdir()) if p != bad], small_onnx, output=tmp_path / "demo",
-                    thresh=0.05, threads=2, progress=False, log=quiet, log_error=quiet)
+                    thresh=0.05, threads=2, progress=False)
     want = json.loads(demo["json"].read_text())
     assert {k: doc[k] for k in ("mode", "vis_thresh", "box")} == {k: want[k] for k in ("mode", "vis_thresh", "box")}
     for entry in want["images"]:

@@ -68,10 +68,9 @@ def _clip(keys, n=5):
     return ", ".join(keys[:n]) + more
 
 
-def load_state_dict(model, path, log=None):
-    """Load `path` into `model` after the upstream-layout clean-up above.
-    The ignored entries are logged (log: a callback instead, kept for
-    callers that still pass one)."""
+def load_state_dict(model, path):
+    """Load `path` into `model` after the upstream-layout clean-up above
+    (the ignored entries are logged)."""
     obj = _read(path)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
@@ -80,7 +79,7 @@ def load_state_dict(model, path, log=None):
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     ignored = [k for k in state if k.startswith(IGNORED_PREFIXES)]
     if ignored:
-        (log or logger.info)(f"{path}: ignoring {len(ignored)} backbone classifier entries ({_clip(ignored, 2)}), unused by the detector")
+        logger.info(f"{path}: ignoring {len(ignored)} backbone classifier entries ({_clip(ignored, 2)}), unused by the detector")
     state = {k: v for k, v in state.items() if k not in ignored}
 
     expected = model.state_dict()
@@ -102,9 +101,9 @@ def load_state_dict(model, path, log=None):
     return model
 
 
-def load_model(path, log=None):
+def load_model(path):
     """Build ctdet DLA-34 in eval mode and load an upstream checkpoint into it."""
-    return load_state_dict(get_pose_net(), path, log=log).eval()
+    return load_state_dict(get_pose_net(), path).eval()
 
 
 def save_upstream_checkpoint(model, path, epoch=140, seed=0):

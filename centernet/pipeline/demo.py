@@ -8,6 +8,7 @@ rounded up to a multiple of 32, which needs an ONNX model with a dynamic input
 size. A .pth checkpoint is exported once to an ONNX file next to it (checked
 against PyTorch) and reused while the checkpoint is unchanged.
 """
+import logging
 import math
 import os
 import sys
@@ -29,12 +30,7 @@ from centernet.pipeline.predictor import open_predictor
 from centernet.report.visualize import class_colours, draw_detections
 
 
-def _log_stdout(line):
-    tqdm.write(line, file=sys.stdout)  # keeps a progress bar intact
-
-
-def _log_stderr(line):
-    tqdm.write(line, file=sys.stderr)
+logger = logging.getLogger(__name__)
 
 
 # --- the model ---------------------------------------------------------------
@@ -81,16 +77,13 @@ def summary_text(dets, thresh, best=None, top=4):
 class DemoRun:
     """Detections over many inputs, collected for detections.json."""
 
-    def __init__(self, detector, output, thresh=VIS_THRESH, progress=True, model_name="", log=_log_stdout,
-                 log_error=None):
+    def __init__(self, detector, output, thresh=VIS_THRESH, progress=True, model_name=""):
         self.detector = detector
         self.model_name = str(model_name)
         self.output = make_dirs(output)
         self.names = OutputNames(self.output)
         self.thresh = float(thresh)
         self.progress = progress
-        self.log = log
-        self.log_error = log_error or (lambda line: _log_stderr(f"error: {line}"))
         self.entries = []
         self.errors = []
         self.images = self.videos = 0
@@ -98,7 +91,7 @@ class DemoRun:
 
     def _error(self, line):
         self.errors.append(line)
-        self.log_error(line)
+        logger.error(f"error: {line}")
 
     def _claim_output(self, src, name):
         out = self.names.take(name)
@@ -160,7 +153,7 @@ class DemoRun:
             self.entries.append({"file": str(path), "output": str(out), "width": width, "height": height,
                                  "detections": dets})
             self.images += 1
-            self.log(f"{path.name} ({width}x{height}): {summary_text(dets, self.thresh, best)} "
+            logger.info(f"{path.name} ({width}x{height}): {summary_text(dets, self.thresh, best)} "
                      f"[{seconds / len(loaded):.2f}s]")
 
     def image(self, path):
@@ -176,7 +169,7 @@ class DemoRun:
             return
         fps = cap.get(cv2.CAP_PROP_FPS)
         if not (math.isfinite(fps) and fps > 0):
-            self.log(f"{path.name}: no frame rate stated; writing {DEFAULT_FPS:g} fps")
+            logger.info(f"{path.name}: no frame rate stated; writing {DEFAULT_FPS:g} fps")
             fps = DEFAULT_FPS
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         height, width = frame.shape[:2]
@@ -206,7 +199,7 @@ class DemoRun:
             writer.release()  # what is done stays watchable
             partial = final.with_name(f"{final.stem}.partial{final.suffix}")
             os.replace(tmp, partial)
-            self.log(f"{path.name}: interrupted; the first {frames} frames are in {partial}")
+            logger.info(f"{path.name}: interrupted; the first {frames} frames are in {partial}")
             raise
         finally:
             bar.close()
@@ -215,7 +208,7 @@ class DemoRun:
             tmp.unlink(missing_ok=True)
         self.videos += 1
         top = ", ".join(f"{name} {n / frames:.1f}" for name, n in per_class.most_common(4))
-        self.log(f"{path.name} ({width}x{height}, {frames} frames, {fps:g} fps): "
+        logger.info(f"{path.name} ({width}x{height}, {frames} frames, {fps:g} fps): "
                  f"{sum(per_class.values()) / frames:.1f} objects per frame above {self.thresh:g}"
                  + (f" (per frame: {top})" if top else "") + f" -> {final}")
 
@@ -230,8 +223,7 @@ class DemoRun:
 
 
 def run_demo(inputs, model, output="demo_out", thresh=VIS_THRESH, keep_res=False, input_size=None,
-             device="cpu", threads=0, names_file=None, limit=None, progress=True, log=_log_stdout,
-             log_error=None, flip=False, backend="onnxruntime", torch_options=None, scales=(1.0,), batchsize=1):
+             device="cpu", threads=0, names_file=None, limit=None, progress=True, flip=False, backend="onnxruntime", torch_options=None, scales=(1.0,), batchsize=1):
     """Detect on every input (image file, folder of images, video file) in
     the test mode (keep_res, flip, scales); write annotated copies and
     detections.json into `output`. Returns {"images", "videos", "errors":
@@ -251,18 +243,16 @@ def run_demo(inputs, model, output="demo_out", thresh=VIS_THRESH, keep_res=False
             raise UserError(f"--output {output} is an input folder: the annotated copies would replace the "
                             "originals; choose another folder")
     names = load_names(names_file) if names_file else None
-    log_error = log_error or (lambda line: _log_stderr(f"error: {line}"))
     files, errors = expand_inputs(inputs, limit)
     for line in errors:
-        log_error(line)
+        logger.error(f"error: {line}")
     mode = TestMode(keep_res, flip, tuple(scales), tuple(input_size or (INPUT_SIZE, INPUT_SIZE)))
     predictor = open_predictor(model, mode, backend=backend, device=device, threads=threads,
                                torch_options=torch_options, cache_fallback=output,
                                input_size_given=input_size is not None)
     detector = DemoModel(predictor, names)
-    log(f"input: {detector.mode}; showing detections with score >= {thresh:g}")
-    run = DemoRun(detector, output, thresh=thresh, progress=progress, model_name=model, log=log,
-                  log_error=log_error)
+    logger.info(f"input: {detector.mode}; showing detections with score >= {thresh:g}")
+    run = DemoRun(detector, output, thresh=thresh, progress=progress, model_name=model)
     run.errors = list(errors)
     images = [f for f in files if not is_video(f)]
     videos = [f for f in files if is_video(f)]

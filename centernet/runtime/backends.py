@@ -27,12 +27,10 @@ def default_backend(model):
     return "ais_bench" if suffix == ".om" else "onnxruntime"
 
 
-def open_session(model, backend=None, device="cpu", threads=0, input_size=(512, 512), torch_options=None,
-                 log=None):
+def open_session(model, backend=None, device="cpu", threads=0, input_size=(512, 512), torch_options=None):
     """The inference session for `model`: ONNX Runtime's on an .onnx file, or
-    the PyTorch backend on a checkpoint (input_size: what it accepts, None = any).
-    log: a callback for the checkpoint's loading messages, kept for the
-    callers that still pass one (default: logging)."""
+    the PyTorch backend on a checkpoint (input_size: what it accepts, None =
+    any), or ais_bench's on an .om."""
     backend = backend or default_backend(model)
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -48,7 +46,7 @@ def open_session(model, backend=None, device="cpu", threads=0, input_size=(512, 
         raise UserError(f"--backend torch runs on {' or '.join(TORCH_DEVICES)}, not {device}")
     from centernet.runtime.torch_session import TorchOptions, open_torch_session
     options = replace(torch_options or TorchOptions(), device=device, threads=int(threads or 0))
-    return open_torch_session(model, options, input_size=input_size, log=log)
+    return open_torch_session(model, options, input_size=input_size)
 
 
 def describe_session(session):

@@ -246,12 +246,12 @@ class TorchSession(Session):
     checkpoint. input_size: (H, W) the inputs must have, like the default
     ONNX export's fixed 512x512, or None for any size (multiples of 32)."""
 
-    def __init__(self, model, options=None, input_size=(512, 512), name=None, log=None):
+    def __init__(self, model, options=None, input_size=(512, 512), name=None):
         self.options = (options or TorchOptions()).resolved()
         if isinstance(model, (str, Path)):
             from centernet.model.checkpoint import load_model
             name = name or str(model)
-            model = load_model(model, log=log)  # log: a caller's callback, else logging
+            model = load_model(model)
         self.name = name or "model"
         self.device = torch.device(self.options.device)
         self.input_size = tuple(int(v) for v in input_size) if input_size else None
@@ -447,9 +447,9 @@ class TorchSession(Session):
             return self._to_host(self._infer(self._input(batch, warped=False)))
 
 
-def open_torch_session(checkpoint, options=None, input_size=(512, 512), log=None):
+def open_torch_session(checkpoint, options=None, input_size=(512, 512)):
     """A TorchSession on an upstream checkpoint (the .pth), with one-line errors."""
     path = Path(checkpoint)
     if path.suffix.lower() == ".onnx":
         raise UserError(f"{path}: the torch backend takes the .pth checkpoint, not an ONNX file")
-    return TorchSession(path, options, input_size=input_size, log=log)
+    return TorchSession(path, options, input_size=input_size)
