@@ -187,22 +187,15 @@ def run_job(args, job, mode, output, torch_options):
 def report(args, ann, output, results, image_ids, errors, stats):
     """Score the detections, write the metrics, the tables and the plots."""
     from centernet.io.binio import make_dirs, write_atomic
-    from centernet.io.coco import evaluate_coco, format_best_worst, write_per_class_table
-    from centernet.report.plots import write_eval_plots
-    if stats.get("fps"):
+    from centernet.io.coco import evaluate_coco
+    from centernet.report.evaluation import write_evaluation
+    if stats.get("fps") and stats.get("end_to_end_fps"):
         print(f"end to end {stats['end_to_end_fps']} images/s; inference alone {stats['fps']} images/s "
               f"({stats['end_to_end_fps'] / stats['fps']:.0%})")
     metrics = evaluate_coco(ann, results, img_ids=image_ids if args.limit else None, results_source=output)
-    print(format_best_worst(metrics["per_class"]))
     folder = make_dirs(args.resultfolder)
-    metrics["mode"] = stats["mode"]
-    write_atomic(folder / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
     write_atomic(folder / "stream_summary.json", (json.dumps(stats, indent=2) + "\n").encode())
-    print(f"every class: {write_per_class_table(metrics['per_class'], folder)}")
-    print(f"AP {100 * metrics['AP']:.1f} ({stats['mode']}); metrics in {folder / 'metrics.json'}")
-    pictures = write_eval_plots(metrics, folder)
-    if pictures:
-        print("plots: " + ", ".join(map(str, pictures)))
+    write_evaluation(metrics, folder, stats["mode"])
     return report_errors(errors, "AP counts them as missed")
 
 

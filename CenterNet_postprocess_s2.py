@@ -8,15 +8,13 @@ whole per-class AP table to run_eval_result/per_class_ap.txt, and the
 pictures pr_curves.png (precision-recall) and per_class_ap.png beside them.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from centernet.cli.logs import setup_logging
-from centernet.io.binio import make_dirs, write_atomic
-from centernet.io.coco import (coco_from_dataset, default_annotation_file, evaluate_coco, format_best_worst,
-                            load_annotations, load_results, write_per_class_table)
-from centernet.report.plots import write_eval_plots
+from centernet.io.coco import (coco_from_dataset, default_annotation_file, evaluate_coco,
+                               load_annotations, load_results)
+from centernet.report.evaluation import write_evaluation
 from centernet.io.meta import load_meta
 from centernet.errors import UserError, cli
 
@@ -58,15 +56,7 @@ def main(argv=None):
     if len(covered & wanted) < len(wanted):
         print(f"warning: {args.results} has detections for {len(covered & wanted)} of the {len(wanted)} evaluated "
               f"images; the others count as missed", file=sys.stderr)
-    print()
-    print(format_best_worst(metrics["per_class"]))
-    out_dir = make_dirs(args.resultfolder)
-    write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1).encode("utf-8"))
-    print(f"every class: {write_per_class_table(metrics['per_class'], out_dir)}")
-    print(f"\nAP {100 * metrics['AP']:.1f} (IoU .50:.95) -> {out_dir / 'metrics.json'}")
-    pictures = write_eval_plots(metrics, out_dir)
-    if pictures:
-        print("plots: " + ", ".join(map(str, pictures)))
+    write_evaluation(metrics, args.resultfolder)
     return 0
 
 

@@ -2,7 +2,6 @@
 from its own layer or below (function-level imports included), and no
 modules import each other in a cycle."""
 import ast
-from pathlib import Path
 
 from conftest import ROOT
 

@@ -9,7 +9,6 @@ both over a folder of ais_bench output bins and yields COCO results entries.
 
 import numpy as np
 
-from centernet.errors import UserError
 from centernet.core.transforms import get_affine_transform, transform_points
 
 

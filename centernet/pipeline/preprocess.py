@@ -7,7 +7,6 @@ size, with a meta.json entry); every write is temp + rename, so an interrupted
 run loses nothing finished. meta.json records each image's size and the
 centre/scale of its transform, so decoding needs no image.
 """
-import json
 import logging
 import os
 import shutil
@@ -21,7 +20,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from centernet.io.binio import make_dirs, write_atomic, write_bin
+from centernet.io.binio import make_dirs, write_bin
 from centernet.io.meta import META_NAME, load_meta, save_meta  # noqa: F401 (re-exported)
 from centernet.errors import Interrupted, UserError, WriteError, sigint_blocked
 from centernet.core.transforms import INPUT_SIZE, prepare_input, test_geometry

@@ -1,0 +1,30 @@
+"""The end of every evaluation, staged (CenterNet_postprocess_s2.py) or
+streamed (CenterNet_eval.py): the best and worst classes, metrics.json in
+one format, the per-class table, the AP line and the pictures."""
+import json
+import logging
+
+from centernet.io.binio import make_dirs, write_atomic
+from centernet.io.coco import format_best_worst, write_per_class_table
+from centernet.report.plots import write_eval_plots
+
+logger = logging.getLogger(__name__)
+
+
+def write_evaluation(metrics, folder, mode=None):
+    """Write metrics.json (COCOeval's numbers, per-class AP and PR curves,
+    and the test mode where it is known), per_class_ap.txt and the plots
+    into `folder`, and say so. Returns the metrics.json path."""
+    folder = make_dirs(folder)
+    metrics = {**metrics, "mode": mode}
+    logger.info("")
+    logger.info(format_best_worst(metrics["per_class"]))
+    path = folder / "metrics.json"
+    write_atomic(path, (json.dumps(metrics, indent=1) + "\n").encode("utf-8"))
+    logger.info(f"every class: {write_per_class_table(metrics['per_class'], folder)}")
+    logger.info("")
+    logger.info(f"AP {100 * metrics['AP']:.1f} (IoU .50:.95{'; ' + mode if mode else ''}) -> {path}")
+    pictures = write_eval_plots(metrics, folder)
+    if pictures:
+        logger.info("plots: " + ", ".join(map(str, pictures)))
+    return path
