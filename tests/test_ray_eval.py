@@ -242,6 +242,23 @@ def test_missing_or_broken_model_is_one_line(local_ray, synthetic_coco, tmp_path
                         log=quiet)
 
 
+def test_a_user_error_in_the_inference_actor_is_its_one_line(local_ray, synthetic_coco, small_onnx, tmp_path,
+                                                             monkeypatch):
+    """A UserError where a worker opens the model (ONNX Runtime refusing it on
+    that worker's device, say) reaches the caller as that UserError, its
+    message alone, not Ray's traceback text."""
+    class Refuses(ray_eval._Infer):
+        def _start(self, *args):
+            raise UserError("model.onnx: ONNX Runtime cannot load it on this worker (test)")
+
+    monkeypatch.setattr(ray_eval, "_Infer", Refuses)
+    with pytest.raises(UserError) as info:
+        evaluate_on_ray(small_onnx, synthetic_coco["images_dir"], synthetic_coco["annotation_file"],
+                        tmp_path / "r.json", threads=2, block_size=4, progress=False, log=quiet)
+    assert type(info.value) is UserError
+    assert str(info.value) == "model.onnx: ONNX Runtime cannot load it on this worker (test)"
+
+
 def test_resources_each_actor_reserves():
     assert actor_resources("cpu", 2, node_cpus=2) == {"num_cpus": 1}   # one CPU left for the tasks
     assert actor_resources("cpu", 0, node_cpus=16) == {"num_cpus": 15}
