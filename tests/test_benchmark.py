@@ -9,11 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from centernet.bench.benchmark import (BACKENDS, ORT_VARIANTS, TABLE_COLUMNS, count_flops, format_table,
-                                 ort_sweep, run_benchmark, write_json)
+from centernet.bench.benchmark import (BACKENDS, ORT_VARIANTS, TABLE_COLUMNS, backend_unavailable, count_flops,
+                                       format_table, ort_sweep, run_benchmark, write_json)
+from centernet.errors import UserError
 from dcn_v2 import DCN, decomposed_deform_conv2d_static, modulated_deform_conv2d
 from centernet.convert.export import check_export, count_ops
 import CenterNet_benchmark
+from conftest import assert_parity
 
 TINY = (64, 64)
 
@@ -94,8 +96,6 @@ def test_benchmark_table_and_json(tiny_result, tmp_path):
     lines = table.splitlines()
     header = "| " + " | ".join(TABLE_COLUMNS) + " |"
     assert header in lines
-    assert TABLE_COLUMNS == ("backend", "batch", "fps", "ms/image", "p50 ms", "p99 ms", "GFLOP/s",
-                             "of sgemm", "x eager")
     body = []
     for ln in lines[lines.index(header) + 2:]:
         if not ln.startswith("| "):
@@ -103,6 +103,19 @@ def test_benchmark_table_and_json(tiny_result, tmp_path):
         body.append(ln)
     assert len(body) == len(result["rows"])
     assert all(len(ln.strip("|").split("|")) == len(TABLE_COLUMNS) for ln in body)
+    # Each column holds what its header names, of the row in that line (to the digits shown).
+    for ln, r in zip(body, result["rows"]):
+        cell = dict(zip(TABLE_COLUMNS, (c.strip() for c in ln.strip("|").split("|"))))
+        assert cell["backend"].removesuffix(" *") == r["backend"] and int(cell["batch"]) == r["batch"]
+        for column, key, shown in [("fps", "fps", 1e-3), ("ms/image", "ms_per_image", 0.1),
+                                   ("p50 ms", "latency_ms_p50", 0.1), ("p99 ms", "latency_ms_p99", 0.1),
+                                   ("GFLOP/s", "gflops", 0.1)]:
+            assert float(cell[column]) == pytest.approx(r[key], abs=shown / 2 + 1e-9), column
+        assert float(cell["of sgemm"].removesuffix("%")) == pytest.approx(100 * r["of_sgemm"], abs=0.5 + 1e-9)
+        if r["x_eager"] is None:
+            assert cell["x eager"] == "-"
+        else:
+            assert float(cell["x eager"].removesuffix("x")) == pytest.approx(r["x_eager"], abs=0.005 + 1e-9)
     assert "sgemm ceiling" in table and "weights: random" in table and "GFLOP per image" in table
 
     path = tmp_path / "b.json"
@@ -130,7 +143,24 @@ def test_ort_profile_and_sweep(tiny_result):
         ("default (optimization all)", "deformconv"), ("no spinning", "deformconv"),
         ("default, decomposed DCN graph", "decompose")]
     assert rows[0]["vs_default"] == 1.0 and all(r["ms"] > 0 for r in rows)
-    assert set(ORT_VARIANTS) >= {"optimization extended", "no memory arena", "parallel execution"}
+
+
+def test_every_ort_variant_makes_a_session_that_runs_the_network(tiny_result):
+    """Each session-option variant of the sweep is one ONNX Runtime takes, and
+    runs the same network: its outputs are the default options' to float32
+    rounding."""
+    from centernet.runtime.ort_session import make_session
+    result, _, _ = tiny_result
+    path = result["models"]["deformconv"]
+    x = np.random.default_rng(0).standard_normal((1, 3, *TINY), dtype=np.float32)
+    outputs = {}
+    for name, kw in ORT_VARIANTS.items():
+        session = make_session(path, threads=1, **kw)
+        outputs[name] = session.run(None, {session.get_inputs()[0].name: x})
+    default = outputs.pop("default (optimization all)")
+    for name, got in outputs.items():
+        for a, b in zip(got, default):
+            assert_parity(a, b, what=name)
 
 
 def test_cli_eager_only(tmp_path, capsys):
@@ -153,9 +183,17 @@ def test_cli_missing_weights_is_one_line(capsys):
     assert capsys.readouterr().err.strip().splitlines() == ["error: missing.pth: checkpoint not found"]
 
 
-def test_backend_names_are_listed():
-    assert set(BACKENDS) >= {"onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt",
-                             "pytorch-eager", "openvino-cpu"}
+def test_every_backend_the_cli_offers_is_one_the_benchmark_knows():
+    """A name --backends accepts is run or skipped with a reason, never an
+    unknown backend; a name it does not know is refused."""
+    for name in BACKENDS:
+        assert CenterNet_benchmark.parse_args(["--backends", name]).backends == [name]
+        why = backend_unavailable(name)
+        assert why is None or (isinstance(why, str) and why), name
+    with pytest.raises(SystemExit):
+        CenterNet_benchmark.parse_args(["--backends", "onnxruntime-gpu"])
+    with pytest.raises(UserError, match="unknown backend 'onnxruntime-gpu'"):
+        backend_unavailable("onnxruntime-gpu")
 
 
 # --- the static-size decomposed DCN export (what OpenVINO runs) ---------------

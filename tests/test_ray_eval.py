@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -187,54 +186,49 @@ def test_blocks_from_another_model_are_not_reused(local_ray, synthetic_coco, sma
     assert out.read_bytes() == (tmp_path / "plain.json").read_bytes()
 
 
-def _inference_actor_pids(ray_module):
-    """The processes of this job's live Ray Data inference actors (Ray's
-    actor table; only actors of this test's own Ray session)."""
-    from ray._private import state
-    job = ray_module.get_runtime_context().get_job_id()
-    return [a["Pid"] for a in state.actors().values()
-            if a["State"] == "ALIVE" and a["JobID"] == job and "MapWorker" in a["ActorClassName"]]
+def test_actor_killed_mid_run_is_restarted_and_every_image_is_written_once(local_ray, small_onnx, tmp_path,
+                                                                           monkeypatch):
+    """The inference actor is SIGKILLed at the start of its second Ray task:
+    its first task has ended (an actor runs one task at a time), so images it
+    did reach the driver, and the second task's images and the rest are still
+    to do. Ray restarts the actor, the unfinished task runs again there, and
+    the results file is the undisturbed run's.
 
-
-def _cpu_seconds(pid):
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def test_actor_killed_mid_run_is_restarted_and_every_image_is_written_once(local_ray, small_onnx, tmp_path):
+    The actor kills itself (a subclass of the inference actor, shipped to the
+    worker by value), so the moment is fixed by the work it has done, not by
+    timing: a kill from outside, timed by the clock or by CPU seconds, could
+    come before the actor's first result or after its last one."""
     from centernet.io.synthetic import make_synthetic_coco
-    info = make_synthetic_coco(tmp_path / "data", num_images=60, seed=1, image_sizes=[(64, 48), (48, 64)],
+    info = make_synthetic_coco(tmp_path / "data", num_images=16, seed=1, image_sizes=[(64, 48), (48, 64)],
                                max_objects=2)
     ann, images_dir = info["annotation_file"], info["images_dir"]
     stream_reference(small_onnx, images_dir, ann, tmp_path / "plain.json")
-    killed, finished = [], threading.Event()
+    # Each actor task is one block of the preprocessing's output, PREPROCESS_BATCH images,
+    # one call each at batchsize 1: the call after that many is the second task's first.
+    marker, calls_per_task = str(tmp_path / "killed"), ray_eval.PREPROCESS_BATCH
 
-    def kill_mid_run():
-        """SIGKILL the inference actor once it has spent 0.3 CPU seconds on
-        images (a few of the 60; its start-up is before it counts as alive)."""
-        first = {}
-        while not finished.wait(0.02):
-            for pid in _inference_actor_pids(local_ray):
-                now = _cpu_seconds(pid)
-                if now is not None and now - first.setdefault(pid, now) >= 0.3:
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                    return
+    class KilledAtItsSecondTask(ray_eval._Infer):
+        def __call__(self, batch):
+            self.done = getattr(self, "done", 0)
+            if self.done == calls_per_task:
+                try:
+                    with open(marker, "x") as f:  # once: the restarted actor finds the file
+                        f.write(str(os.getpid()))
+                except FileExistsError:
+                    pass
+                else:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            out = super().__call__(batch)
+            self.done += 1
+            return out
 
-    killer = threading.Thread(target=kill_mid_run, daemon=True)
-    killer.start()
-    try:
-        ids, errors, stats = evaluate_on_ray(small_onnx, images_dir, ann, tmp_path / "ray.json", threads=2,
-                                             block_size=4, progress=False)
-    finally:
-        finished.set()
-        killer.join()
-    assert killed and not errors and len(ids) == 60
-    # The killed actor had done images and a second one did the rest; the results are the
-    # undisturbed run's, each image once and in order.
+    monkeypatch.setattr(ray_eval, "_Infer", KilledAtItsSecondTask)
+    ids, errors, stats = evaluate_on_ray(small_onnx, images_dir, ann, tmp_path / "ray.json", threads=2,
+                                         block_size=4, progress=False)
+    assert Path(marker).is_file()  # the kill happened
+    assert not errors and len(ids) == 16
+    # The killed actor's images and the restarted one's (another process) make up the results,
+    # which are the undisturbed run's: each image once and in order.
     assert stats["actor_processes"] == 2, stats
     assert (tmp_path / "ray.json").read_bytes() == (tmp_path / "plain.json").read_bytes()
 
@@ -256,6 +250,23 @@ def test_missing_or_broken_model_is_one_line(local_ray, synthetic_coco, tmp_path
     onnx.save(helper.make_model(graph), tmp_path / "unloadable.onnx")
     with pytest.raises(UserError, match=r"^\S*unloadable.onnx: ONNX Runtime cannot load it \("):
         evaluate_on_ray(tmp_path / "unloadable.onnx", images_dir, ann, tmp_path / "r.json", progress=False)
+
+
+def test_a_user_error_in_the_inference_actor_is_its_one_line(local_ray, synthetic_coco, small_onnx, tmp_path,
+                                                             monkeypatch):
+    """A UserError where a worker opens the model (ONNX Runtime refusing it on
+    that worker's device, say) reaches the caller as that UserError, its
+    message alone, not Ray's traceback text."""
+    class Refuses(ray_eval._Infer):
+        def _start(self, *args):
+            raise UserError("model.onnx: ONNX Runtime cannot load it on this worker (test)")
+
+    monkeypatch.setattr(ray_eval, "_Infer", Refuses)
+    with pytest.raises(UserError) as info:
+        evaluate_on_ray(small_onnx, synthetic_coco["images_dir"], synthetic_coco["annotation_file"],
+                        tmp_path / "r.json", threads=2, block_size=4, progress=False)
+    assert type(info.value) is UserError
+    assert str(info.value) == "model.onnx: ONNX Runtime cannot load it on this worker (test)"
 
 
 def test_resources_each_actor_reserves():

@@ -72,13 +72,12 @@ def test_preprocess_image_matches_hand_built_warp_and_normalisation(width, heigh
     # Same warp from the hand-built matrix (identical to within 1e-9 above, so
     # warpAffine's fixed point sees the same numbers), normalised by hand.
     warped = cv2.warpAffine(img, hand_fixed_matrix(width, height, 512, 512), (512, 512), flags=cv2.INTER_LINEAR)
-    mean = np.array([0.40789654, 0.44719302, 0.47026115])
-    std = np.array([0.28863828, 0.27408164, 0.27809835])
-    expected = ((warped.astype(np.float64) / 255 - mean) / std).transpose(2, 0, 1)[None]
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
-    # The constants are float32, as upstream's: equal to float32 rounding.
-    np.testing.assert_allclose(MEAN, mean, rtol=1e-7, atol=0)
-    np.testing.assert_allclose(STD, std, rtol=1e-7, atol=0)
+    # Upstream (detectors/base_detector.py pre_process) with its opts.py values, its mean
+    # and std float32 arrays: ((inp / 255. - mean) / std).astype(np.float32), bit for bit.
+    mean = np.array([0.40789654, 0.44719302, 0.47026115], dtype=np.float32)
+    std = np.array([0.28863828, 0.27408164, 0.27809835], dtype=np.float32)
+    expected = ((warped / 255. - mean) / std).astype(np.float32).transpose(2, 0, 1)[None]
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_warp_agrees_with_float_bilinear_sampling_on_a_smooth_image():

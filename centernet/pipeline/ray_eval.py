@@ -18,7 +18,6 @@ Ray is imported only here, and only when a function of this module runs.
 import hashlib
 import logging
 import os
-import re
 import tempfile
 import time
 import warnings
@@ -144,20 +143,25 @@ def check_resources(available, per_actor, actors, strict=True):
 
 
 def _user_error(exc):
-    """The message of a UserError raised inside a Ray task or actor, or None.
-    Ray keeps the exception itself for a task, only its traceback text for an
-    actor's __init__ (e.g. ONNX Runtime refusing the model)."""
+    """The message line of a UserError raised inside a Ray task or actor
+    method, found in the exception Ray Data raised, or None. Ray re-raises
+    such an exception as a RayTaskError holding the original as `cause` (its
+    class also derives from the original's, but its text is the worker's
+    traceback); Ray Data may chain that as __cause__, and appends lines about
+    its retries to the original's message (a UserError's is one line)."""
+    from ray.exceptions import RayTaskError
     seen, stack = set(), [exc]
     while stack:
         e = stack.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if type(e) is UserError:
-            return str(e)
-        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
-    found = re.findall(r"centernet\.errors\.UserError: ([^\n]+)", str(exc))
-    return found[-1].strip() if found else None
+        if isinstance(e, RayTaskError):
+            stack.append(e.cause)
+        elif isinstance(e, UserError):
+            return (str(e).splitlines() or [""])[0]
+        stack += [e.__cause__, e.__context__]
+    return None
 
 
 def _quiet_ray_data_logs():
@@ -265,12 +269,25 @@ class _Infer:
     detections leave the actor."""
 
     def __init__(self, model, source, mode, k):
-        import ray
-        self.predictor = Predictor(source.open(ray.get(model[0])), mode, K=k)
         self.pid = os.getpid()
         self.calls = 0
+        # A UserError here (the backend refusing the model on this worker's
+        # device) is raised from the first call instead: Ray keeps an exception
+        # of an actor's method whole (RayTaskError.cause), but one of its
+        # constructor only as text (ActorDiedError, Ray 2.60).
+        self.error = None
+        try:
+            self._start(model, source, mode, k)
+        except UserError as e:
+            self.error = e
+
+    def _start(self, model, source, mode, k):
+        import ray
+        self.predictor = Predictor(source.open(ray.get(model[0])), mode, K=k)
 
     def __call__(self, batch):
+        if self.error is not None:
+            raise self.error
         ok = [i for i, e in enumerate(batch["error"]) if not e]
         n, scales = len(batch["index"]), range(len(self.predictor.spec.scales))
         found = {}
@@ -420,6 +437,9 @@ def _run_blocks(job, blocks, todo, store, data, source, predictor, batchsize, de
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # ours instead, over images
         ctx.print_on_execution_start = False
+        # A stage's exception as raised, not wrapped in Ray Data's UserCodeException (whose
+        # cause does not survive the trip to the driver): _user_error finds a UserError in it.
+        ctx.raise_original_map_exception = True
         _quiet_ray_data_logs()
         reservation = actor_resources(device, threads, _largest_node_cpus(ray))
         local = (address or os.environ.get("RAY_ADDRESS") or "local") == "local"

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from dcn_v2 import DCN
 
@@ -117,18 +118,19 @@ class _Fp32Conv(nn.Module):
             return self.conv(x.float())
 
 
-def _fold(weight, bias, bn):
-    """Weight and bias of a convolution with BatchNorm `bn` (eval mode) folded in."""
-    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    w = weight.double() * scale.view(-1, *[1] * (weight.dim() - 1))
-    b = (bias.double() if bias is not None else torch.zeros_like(scale)) - bn.running_mean.double()
-    return w.to(weight.dtype), (b * scale + bn.bias.double()).to(weight.dtype)
-
-
 def _fold_into(conv, bn):
-    w, b = _fold(conv.weight.data, None if conv.bias is None else conv.bias.data, bn)
-    conv.weight = nn.Parameter(w, requires_grad=False)
-    conv.bias = nn.Parameter(b, requires_grad=False)
+    """Fold BatchNorm `bn` (eval mode) into `conv` (a convolution or a DCN: a
+    weight (O, C, kh, kw) and a bias), in place, with
+    torch.nn.utils.fusion.fuse_conv_bn_weights. Worked in float64 and
+    rounded once to the convolution's dtype."""
+    def f64(t):
+        return None if t is None else t.detach().double()
+
+    dtype = conv.weight.dtype
+    w, b = fuse_conv_bn_weights(f64(conv.weight), f64(conv.bias), f64(bn.running_mean), f64(bn.running_var),
+                                bn.eps, f64(bn.weight), f64(bn.bias))
+    conv.weight = nn.Parameter(w.detach().to(dtype), requires_grad=False)
+    conv.bias = nn.Parameter(b.detach().to(dtype), requires_grad=False)
 
 
 def fuse_batchnorms(model):
