@@ -207,7 +207,7 @@ def photo_inputs(num_images, input_size, seed=0):
 @pytest.fixture(scope="session")
 def random_ctdet():
     """Random ctdet DLA-34 weights calibrated to behave like the trained network
-    (centernet/model/random_weights.py; its output ranges: tests/test_random_weights.py)."""
+    (centernet/model/random_weights.py; its output ranges: tests/model/test_random_weights.py)."""
     from centernet.model.random_weights import random_model
     return random_model(seed=0)
 
@@ -271,3 +271,37 @@ def captured_logs(lines, name="centernet"):
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def hand_flip_test(model, x):
+    """The flip test with the PyTorch model, written out (float64 averages):
+    the image and its mirror run separately; hm averaged after the sigmoid,
+    wh averaged, reg of the unflipped pass. Also returns, per output, the
+    magnitude that float32 parity is relative to (flip_parity_scales)."""
+    import torch
+    with torch.no_grad():
+        hm0, wh0, reg0 = (t.double() for t in model(torch.from_numpy(x)))
+        hm1, wh1, _ = (t.double() for t in model(torch.from_numpy(np.ascontiguousarray(x[..., ::-1]))))
+    maps = [((hm0.sigmoid() + hm1.sigmoid().flip(3)) / 2).numpy(), ((wh0 + wh1.flip(3)) / 2).numpy(), reg0.numpy()]
+    return maps, flip_parity_scales(hm0, hm1, wh0, wh1, reg0)
+
+
+def flip_parity_scales(hm0, hm1, wh0, wh1, reg0):
+    """float32 parity (conftest.PARITY_REL) holds relative to each raw map's
+    largest magnitude. The sigmoid's slope is at most 1/4, so the averaged
+    heatmap is within PARITY_REL x max|logit| / 4, and the averaged wh within
+    PARITY_REL x max|wh| of either pass."""
+    mag = lambda *ts: max(float(t.abs().max()) for t in ts)  # noqa: E731
+    return [mag(hm0, hm1) / 4, mag(wh0, wh1), mag(reg0)]
+
+
+def assert_close_to_reference(got, ref, scales):
+    for a, b, scale in zip(got, ref, scales):
+        assert a.shape == b.shape
+        diff = float(np.abs(a - b).max())
+        assert diff <= PARITY_REL * scale, f"max abs diff {diff:.3g} > {PARITY_REL:g} x {scale:.3g}"
+
+
+def run_infer(*args, env=None):
+    return subprocess.run(["bash", str(ROOT / "run_infer.sh"), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, env=env)

@@ -154,6 +154,7 @@ def test_keep_res_errors(stubs):
         assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not log.exists()
+@pytest.mark.slow
 def test_ctrl_c_removes_the_half_written_om(stubs):
     tmp, model, log, env = stubs
     # this atc writes part of its .om, then works on

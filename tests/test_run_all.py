@@ -176,6 +176,7 @@ def test_bad_weights_fail_before_any_heavy_stage(tmp_path, synthetic_coco):
     assert not (tmp_path / "w" / "prep_dataset").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_how_to_go_on(tmp_path, synthetic_coco, upstream_checkpoint):
     work = tmp_path / "w"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

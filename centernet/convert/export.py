@@ -159,7 +159,7 @@ def ascend_to_deformconv(proto):
 # that amplifies rounding more than that: ONNX Runtime is then allowed 10x
 # the error of PyTorch's own float32 run. Real bugs (x/y offsets swapped, no
 # sigmoid on the mask, padding off by one, the Ascend packing wrong) move the
-# outputs by 1e-2 to 1 of their magnitude; tests/test_export.py holds each to it.
+# outputs by 1e-2 to 1 of their magnitude; tests/convert/test_export.py holds each to it.
 REL_TOL = 1e-3
 FLOAT32_FACTOR = 10.0
 

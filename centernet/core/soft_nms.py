@@ -104,7 +104,7 @@ def _discard(rest, scores, dead):
       walk ends by discarding in place at L, leaving there the last row it
       rescored: row L+1 if that row was discarded too (it had been copied
       down to L just before), else row L.
-    tests/test_soft_nms.py checks this against a per-row transcription."""
+    tests/core/test_soft_nms.py checks this against a per-row transcription."""
     m = len(rest)
     kept = m - int(dead.sum())
     rest[:kept, 4] = scores[:kept]

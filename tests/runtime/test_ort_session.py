@@ -35,6 +35,7 @@ def ctrl_c_once_started(session, after=0.2):
     threading.Thread(target=fire, daemon=True).start()
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_an_onnxruntime_run_mid_batch(ctdet_onnx):
     # A batch of 8 at 512x512 takes seconds on a CPU; the Ctrl-C comes 0.2 s
     # in. ONNX Runtime must fail the run by its terminate flag (not finish

@@ -61,7 +61,7 @@ def test_flip_test_in_onnx_runtime_equals_hand_computation_with_pytorch(random_c
     """The streaming flip test (flip_batch -> ONNX Runtime -> combine_flip) on
     a keep-resolution-sized photo input, against the PyTorch model run on the
     image and, separately, on its mirror, averaged by hand (float64)."""
-    from test_export import assert_close_to_reference, hand_flip_test
+    from conftest import assert_close_to_reference, hand_flip_test
     x = photo_inputs(1, (64, 96), seed=2)
     session = make_session(ctdet_onnx_dynamic, threads=2)
     got = combine_flip(*run_session(session, flip_batch(x)))

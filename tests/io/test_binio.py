@@ -17,6 +17,7 @@ def test_write_bin_round_trip_leaves_no_temp_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
 
 
+@pytest.mark.slow
 def test_full_disk_is_one_line_naming_the_file(tmp_path):
     # A real ENOSPC from the kernel: the temp name write_atomic will use is
     # a link to /dev/full, which fails every write with "No space left on device".

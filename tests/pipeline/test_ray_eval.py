@@ -186,6 +186,7 @@ def test_blocks_from_another_model_are_not_reused(local_ray, synthetic_coco, sma
     assert out.read_bytes() == (tmp_path / "plain.json").read_bytes()
 
 
+@pytest.mark.slow
 def test_actor_killed_mid_run_is_restarted_and_every_image_is_written_once(local_ray, small_onnx, tmp_path,
                                                                            monkeypatch):
     """The inference actor is SIGKILLed at the start of its second Ray task:

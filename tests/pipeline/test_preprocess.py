@@ -237,6 +237,7 @@ def assert_bins_match_meta(out, size):
     return meta
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_cli_full_disk_stops_at_the_first_failed_write(tmp_path, run_script, small_disk_env, workers):
     for i in range(8):
@@ -258,6 +259,7 @@ def test_cli_full_disk_stops_at_the_first_failed_write(tmp_path, run_script, sma
     assert proc.returncode == 0 and f"{8 - n} converted, {n} already done" in proc.stdout
 
 
+@pytest.mark.slow
 def test_ctrl_c_at_random_moments_ends_quietly(tmp_path):
     """Ctrl-C (SIGINT to the whole process group, workers included) at
     moments spread over a two-worker run, sometimes twice: every run ends

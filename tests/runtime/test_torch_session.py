@@ -17,7 +17,7 @@ from centernet.pipeline.stream import stream_detections
 from centernet.runtime.torch_session import (TorchOptions, TorchSession, _Fp32Conv, combine_flip_torch, decode_ctdet_torch,
                                      fuse_batchnorms)
 from conftest import ROOT, assert_one_line_error, assert_parity, photo_inputs
-from test_infer import run_infer
+from conftest import run_infer
 
 SMALL = (128, 128)
 

@@ -270,6 +270,7 @@ def test_a_tiny_image_keeps_resolution_with_fewer_detections(tmp_path, ctdet_onn
     images = images_from_meta(load_meta(tmp_path / "prep" / "meta.json"), data)
     staged = decode_bins_to_coco(tmp_path / "out" / "d", images, class_category_ids(data), progress=False)
     assert by_detection(staged) == by_detection(streamed)
+@pytest.mark.slow
 def test_eval_ctrl_c_ends_quietly(synthetic_coco, ctdet_onnx, tmp_path):
     """Ctrl-C to the whole process group (the worker pool included) while the
     script loads, while its workers start, and while it infers (pressed twice):

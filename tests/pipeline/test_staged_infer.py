@@ -12,12 +12,7 @@ import torch
 
 from centernet.io.binio import write_bin
 from centernet.pipeline.staged_infer import run_loop
-from conftest import ROOT, assert_one_line_error, assert_parity, ctrl_c, photo_inputs, start_command
-
-
-def run_infer(*args, env=None):
-    return subprocess.run(["bash", str(ROOT / "run_infer.sh"), *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, env=env)
+from conftest import run_infer, ROOT, assert_one_line_error, assert_parity, ctrl_c, photo_inputs, start_command
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +186,7 @@ def test_om_model_over_keep_res_bins_runs_once_per_size(keep_res_prep, tmp_path)
 OUTPUT_BYTES = (80 + 2 + 2) * 128 * 128 * 4  # hm, wh, reg of one 512x512 input
 
 
+@pytest.mark.slow
 def test_full_disk_is_one_line_with_the_resume_command(ctdet_onnx, inputs, tmp_path, small_disk_env):
     folder, arrays = inputs
     env = small_disk_env(tmp_path / "out", 1.5 * OUTPUT_BYTES)  # room for one image's outputs
@@ -204,6 +200,7 @@ def test_full_disk_is_one_line_with_the_resume_command(ctdet_onnx, inputs, tmp_p
                                                                          for i in range(3)]
 
 
+@pytest.mark.slow
 def test_ctrl_c_names_the_command_that_resumes(ctdet_onnx, inputs, reference, tmp_path):
     folder, _ = inputs
     first = sorted(reference)[0]

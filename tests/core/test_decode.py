@@ -448,6 +448,7 @@ def test_s1_after_a_limited_preprocess_points_to_meta(perfect_run, run_script, s
                           "finish inference or pass --allow-missing")
 
 
+@pytest.mark.slow
 def test_s1_full_disk_is_one_line(perfect_run, run_script, small_disk_env):
     env = small_disk_env(perfect_run / "save", 10000)
     proc = run_script("CenterNet_postprocess_s1.py", "--bin_data_path=result/dumpout_bs1", "--dataset=data",

@@ -1,4 +1,5 @@
 """centernet.model.demo_data: the generated dataset and weights that let run_all.sh --demo run anywhere."""
+import pytest
 import subprocess
 import sys
 
@@ -21,6 +22,7 @@ def test_demo_is_made_once_and_reused(tmp_path, random_ctdet, monkeypatch):
     assert torch.isfinite(model.hm[2].weight).all()
 
 
+@pytest.mark.slow
 def test_full_disk_while_writing_the_weights_is_one_line(tmp_path, small_disk_env):
     # The data fits; the ~80 MB of weights do not.
     folder = tmp_path / "demo"

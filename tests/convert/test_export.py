@@ -10,7 +10,7 @@ from onnx import helper
 from centernet.errors import UserError
 from centernet.convert.export import REL_TOL, FlipTest, ascend_to_deformconv, check_export, count_ops, export_onnx
 from centernet.runtime.ort_session import make_session
-from conftest import PARITY_REL, PYTHON, ROOT, assert_parity, photo_inputs
+from conftest import assert_close_to_reference, hand_flip_test, PYTHON, ROOT, assert_parity, photo_inputs
 
 SMALL = (128, 160)  # H != W, and fast
 
@@ -22,7 +22,7 @@ def run_script(*args):
 
 def test_default_target_cli(upstream_checkpoint, tmp_path):
     # The fixture's outputs are at the trained model's scale (hm logits to
-    # about +-10, wh tens of pixels; tests/test_random_weights.py), where a
+    # about +-10, wh tens of pixels; tests/model/test_random_weights.py), where a
     # fixed absolute bound of 1e-3 rejected correct exports.
     out = tmp_path / "CenterNet.onnx"
     r = run_script(upstream_checkpoint, out)
@@ -237,33 +237,6 @@ def test_check_reports_a_graph_onnxruntime_cannot_run(random_ctdet, exports):
 
 
 # --- the flip test in the graph (--flip) -------------------------------------
-
-def hand_flip_test(model, x):
-    """The flip test with the PyTorch model, written out (float64 averages):
-    the image and its mirror run separately; hm averaged after the sigmoid,
-    wh averaged, reg of the unflipped pass. Also returns, per output, the
-    magnitude that float32 parity is relative to (flip_parity_scales)."""
-    with torch.no_grad():
-        hm0, wh0, reg0 = (t.double() for t in model(torch.from_numpy(x)))
-        hm1, wh1, _ = (t.double() for t in model(torch.from_numpy(np.ascontiguousarray(x[..., ::-1]))))
-    maps = [((hm0.sigmoid() + hm1.sigmoid().flip(3)) / 2).numpy(), ((wh0 + wh1.flip(3)) / 2).numpy(), reg0.numpy()]
-    return maps, flip_parity_scales(hm0, hm1, wh0, wh1, reg0)
-
-
-def flip_parity_scales(hm0, hm1, wh0, wh1, reg0):
-    """float32 parity (conftest.PARITY_REL) holds relative to each raw map's
-    largest magnitude. The sigmoid's slope is at most 1/4, so the averaged
-    heatmap is within PARITY_REL x max|logit| / 4, and the averaged wh within
-    PARITY_REL x max|wh| of either pass."""
-    mag = lambda *ts: max(float(t.abs().max()) for t in ts)  # noqa: E731
-    return [mag(hm0, hm1) / 4, mag(wh0, wh1), mag(reg0)]
-
-
-def assert_close_to_reference(got, ref, scales):
-    for a, b, scale in zip(got, ref, scales):
-        assert a.shape == b.shape
-        diff = float(np.abs(a - b).max())
-        assert diff <= PARITY_REL * scale, f"max abs diff {diff:.3g} > {PARITY_REL:g} x {scale:.3g}"
 
 
 @pytest.mark.parametrize("target", ["onnxruntime", "ascend"])

@@ -24,6 +24,7 @@ def test_user_error_is_one_line_and_exit_2(capsys):
     assert _exit_of(main, capsys) == (2, "error: x.json: not valid JSON\n")
 
 
+@pytest.mark.slow
 def test_ctrl_c_message_is_the_scripts_own_or_the_librarys(capsys):
     @cli(interrupted="nothing written; run the same command again")
     def plain():
@@ -59,6 +60,7 @@ def test_handler_is_back_after_main_returns():
         signal.signal(signal.SIGINT, outer)
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_workers_start_waits_for_the_end_of_the_block():
     outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     reached = []
@@ -77,6 +79,7 @@ def test_ctrl_c_while_workers_start_waits_for_the_end_of_the_block():
     assert blocked & (1 << (signal.SIGINT - 1))  # and a process started in it has SIGINT blocked
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["CenterNet_pth2onnx.py", "CenterNet_benchmark.py"])
 def test_ctrl_c_while_torch_loads_ends_quietly(script, upstream_checkpoint, tmp_path):
     # These scripts import torch at the top (a second or more), before
