@@ -33,7 +33,8 @@ with quiet_interrupt():  # torch loads here
     from centernet.cli.args import (add_batchsize_argument, add_input_size_argument, add_torch_arguments,
                                     torch_options_from_args)
     from centernet.cli.logs import setup_logging
-    from centernet.bench.benchmark import BACKENDS, DEFAULT_BACKENDS, format_table, run_benchmark, usable_cores, write_json
+    from centernet.bench.benchmark import BACKENDS, DEFAULT_BACKENDS, format_table, run_benchmark, write_json
+    from centernet.bench.machine import usable_cores
     from centernet.bench.mode_benchmark import DEFAULT_MODES, MODES, format_mode_table, run_mode_benchmark, write_mode_json
 
 DEFAULT_WEIGHTS = "ctdet_coco_dla_2x.pth"

@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from centernet.bench.benchmark import cpu_model  # noqa: E402
+from centernet.bench.machine import cpu_model  # noqa: E402
 from centernet.io.coco import write_results  # noqa: E402
 from centernet.pipeline.stream import stream_detections  # noqa: E402
 

@@ -49,7 +49,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from centernet.bench.benchmark import count_flops, cpu_model, matmul_ceiling  # noqa: E402
+from centernet.bench.flops import count_flops  # noqa: E402
+from centernet.bench.machine import cpu_model, matmul_ceiling  # noqa: E402
 from centernet.io.binio import write_atomic  # noqa: E402
 from centernet.core.compare import detection_agreement, output_differences  # noqa: E402
 from centernet.model.dcn_kernels import torchvision_kernel  # noqa: E402

@@ -7,9 +7,9 @@ One run measures, on the same thread count and the same random input:
   size: warm-up batches untimed, then timed batches -> fps, ms per image,
   p50 / p99 latency per batch (for the GPU providers a batch's time includes
   copying the input in and the outputs out, as in real use);
-- the network's FLOPs, counted by hooks on the convolutions (a multiply-add
-  is 2 FLOPs), so every row also says what GFLOP/s it sustains;
-- the machine's fp32 ceiling: the best of a large square sgemm in PyTorch,
+- the network's FLOPs (bench/flops.py; a multiply-add is 2 FLOPs), so every
+  row also says what GFLOP/s it sustains;
+- the machine's fp32 ceiling (bench/machine.py): the best of a large square sgemm in PyTorch,
   NumPy and ONNX Runtime on the same threads; each row's GFLOP/s is also
   given as a fraction of it (rows of the PyTorch backend in another
   precision or on the GPU: of a large PyTorch matmul in that precision on
@@ -20,33 +20,26 @@ One run measures, on the same thread count and the same random input:
 import json
 import logging
 import math
-import os
-import platform
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from dcn_v2 import DCN
 
 from centernet.io.binio import make_dirs, write_atomic
 from centernet.errors import UserError
-from centernet.convert.export import ORT_MAX_IR_VERSION, export_onnx
+from centernet.convert.export import export_onnx
 from centernet.core.timing import latency_stats, time_batches
 from centernet.runtime.ort_session import PROVIDERS, make_session, run_session
 
+from centernet.bench.flops import EXPECTED_GFLOP_512, count_flops
+from centernet.bench.machine import BUSY_FLAG, CpuShare, machine_info, matmul_ceiling, sgemm_ceiling, usable_cores
+from centernet.bench.ort_tuning import format_profile, format_sweep, ort_profile, ort_sweep
+
 logger = logging.getLogger(__name__)
 
-EXPECTED_GFLOP_512 = 66.2  # ctdet DLA-34 at 512x512, a multiply-add counted as 2 FLOPs
-# Flag a row when other processes used more than this share of the CPUs: with
-# every core busy, a small share already costs a lot (threads wait at barriers).
-BUSY_FLAG = 0.05
 
 ORT_DEVICES = {"onnxruntime-cpu": "cpu", "onnxruntime-cuda": "cuda", "onnxruntime-tensorrt": "tensorrt"}
 # Measured when present, in this order; "onnxruntime-cpu-decompose" (ONNX Runtime
@@ -62,222 +55,8 @@ TABLE_COLUMNS = ("backend", "batch", "fps", "ms/image", "p50 ms", "p99 ms", "GFL
 
 # --- FLOPs -------------------------------------------------------------------
 
-# The layer types the FLOPs are reported by (ort_profile matches them to ONNX
-# operators); a module of another type that computes products itself counts
-# under its class name. DCN covers its subclasses (dcn_kernels.KernelDCN).
-FLOP_TYPES = (DCN, nn.ConvTranspose2d, nn.Conv2d, nn.Linear)
-
-
-def _deform_conv2d_flop(input_shape, weight_shape, *args, out_shape=None, **kwargs):
-    """torchvision's deform_conv2d: a multiply-add per output value and
-    weight of its group, as a convolution (the bilinear sampling left out)."""
-    return 2 * math.prod(out_shape) * math.prod(weight_shape[1:])
-
-
-def count_flops(model, input_size=(512, 512)):
-    """FLOPs of one forward pass on one image of `input_size` (H, W), as
-    torch.utils.flop_counter.FlopCounterMode counts them: the products of
-    convolutions, transposed convolutions, matrix products (linear layers;
-    a deformable convolution's products, one matmul in dcn_v2) and
-    torchvision's deform_conv2d where a model runs it, a multiply-add
-    counted as 2; BatchNorm, ReLU, biases and the bilinear sampling are left
-    out, as usual.
-    Returns {"total": int, "by_type": {layer type: int}}: by_type gives each
-    module's own FLOPs (its forward's, less its submodules') by FLOP_TYPES,
-    e.g. a DCN's deformable product under "DCN", its conv_offset_mask under
-    "Conv2d"."""
-    mapping = {}
-    if hasattr(torch.ops, "torchvision") and hasattr(torch.ops.torchvision, "deform_conv2d"):
-        mapping[torch.ops.torchvision.deform_conv2d] = _deform_conv2d_flop  # a custom op: no formula of its own
-    counter = FlopCounterMode(display=False, custom_mapping=mapping)
-    with torch.inference_mode(), counter:
-        model.eval()(torch.zeros(1, 3, *input_size))
-    # Keyed by module path as FlopCounterMode names it: the model's class name, then
-    # attribute names; each module's count includes its submodules'.
-    counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
-    root = type(model).__name__
-    by_type = {}
-    for name, module in model.named_modules():
-        path = f"{root}.{name}" if name else root
-        own = counts.get(path, 0) - sum(counts.get(f"{path}.{child}", 0) for child, _ in module.named_children())
-        if own:
-            kind = next((t.__name__ for t in FLOP_TYPES if isinstance(module, t)), type(module).__name__)
-            by_type[kind] = by_type.get(kind, 0) + own
-    total = counter.get_total_flops()
-    if total != sum(by_type.values()):
-        raise RuntimeError(f"FLOPs by module type ({sum(by_type.values())}) do not add up to the total ({total})")
-    return {"total": total, "by_type": by_type}
-
 
 # --- the machine -------------------------------------------------------------
-
-def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def usable_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def library_versions():
-    versions = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__}
-    for name in ("onnx", "onnxruntime", "openvino"):
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
-            versions[name] = None
-    return versions
-
-
-def machine_info(threads):
-    info = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "usable_cpus": usable_cores(),
-            "threads": threads, "platform": platform.platform(), "versions": library_versions()}
-    try:
-        import onnxruntime as ort
-        info["onnxruntime_providers"] = ort.get_available_providers()
-    except ImportError:
-        pass
-    return info
-
-
-class CpuShare:
-    """Share of the machine's CPU time that *other* processes used between
-    start() and stop() (from /proc/stat minus this process's own CPU time);
-    None where /proc/stat is missing."""
-
-    def start(self):
-        self._t0 = (time.perf_counter(), self._machine_busy(), self._own())
-        return self
-
-    def stop(self):
-        wall0, busy0, own0 = self._t0
-        wall, busy, own = time.perf_counter() - wall0, self._machine_busy(), self._own()
-        if busy is None or busy0 is None or wall <= 0:
-            return None
-        other = (busy - busy0) - (own - own0)
-        return round(min(1.0, max(0.0, other / (wall * (os.cpu_count() or 1)))), 3)
-
-    @staticmethod
-    def _own():
-        t = os.times()  # children: the NumPy sgemm runs in one
-        return t.user + t.system + t.children_user + t.children_system
-
-    @staticmethod
-    def _machine_busy():
-        try:
-            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-        except OSError:
-            return None
-        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-        # steal: time the hypervisor gave our virtual CPUs to someone else.
-        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _best_seconds(fn, repeats):
-    fn()  # warm-up
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-_NUMPY_SGEMM = """
-import sys, time, numpy as np
-n, repeats = int(sys.argv[1]), int(sys.argv[2])
-a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
-a @ b
-best = float("inf")
-for _ in range(repeats):
-    t0 = time.perf_counter()
-    a @ b
-    best = min(best, time.perf_counter() - t0)
-print(best)
-"""
-
-
-def sgemm_ceiling(threads, n=3072, repeats=3):
-    """GFLOP/s of an n x n fp32 matrix product (2 n^3 FLOPs), best of `repeats`,
-    in PyTorch, NumPy (its BLAS, in a child process so its thread count can be
-    set) and ONNX Runtime (MLAS, what ONNX Runtime's convolutions use), all on
-    `threads` threads. "ceiling" is the best of them."""
-    flops = 2.0 * n ** 3
-    result = {"n": n, "threads": threads}
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        result["torch"] = round(flops / _best_seconds(lambda: torch.mm(a, b), repeats) / 1e9, 1)
-    finally:
-        torch.set_num_threads(previous)
-
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
-               MKL_NUM_THREADS=str(threads))
-    proc = subprocess.run([sys.executable, "-c", _NUMPY_SGEMM, str(n), str(repeats)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    result["numpy"] = round(flops / float(proc.stdout.split()[-1]) / 1e9, 1) if proc.returncode == 0 else None
-
-    try:
-        import onnxruntime  # noqa: F401
-        from onnx import TensorProto, helper, numpy_helper
-    except ImportError:
-        result["onnxruntime"] = None
-    else:
-        b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
-        graph = helper.make_graph(
-            [helper.make_node("MatMul", ["a", "b"], ["c"])], "sgemm",
-            [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])],
-            [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
-            [numpy_helper.from_array(b, "b")])
-        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
-        proto.ir_version = ORT_MAX_IR_VERSION
-        session = make_session(proto.SerializeToString(), threads=threads)
-        a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-        result["onnxruntime"] = round(flops / _best_seconds(lambda: session.run(None, {"a": a}), repeats) / 1e9, 1)
-
-    result["ceiling"] = max(v for k, v in result.items() if k in ("torch", "numpy", "onnxruntime") and v)
-    return result
-
-
-MATMUL_DTYPES = {"fp32": "float32", "tf32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
-def matmul_ceiling(device="cuda", precision="fp16", n=8192, repeats=10, threads=None):
-    """GFLOP/s of an n x n matrix product in PyTorch in `precision` on `device`
-    (2 n^3 FLOPs, best of `repeats`): the same-precision ceiling for a row of
-    the PyTorch backend. fp32 is strict (TF32 off); tf32 allows TF32."""
-    from centernet.model.dcn_kernels import tf32_allowed
-    dtype = getattr(torch, MATMUL_DTYPES[precision])
-    dev = torch.device(device)
-    previous = torch.get_num_threads()
-    if threads and dev.type == "cpu":
-        torch.set_num_threads(threads)
-    try:
-        gen = torch.Generator().manual_seed(0)
-        a = torch.randn(n, n, generator=gen).to(dev, dtype)
-        b = torch.randn(n, n, generator=gen).to(dev, dtype)
-
-        def mm():
-            torch.mm(a, b)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-        with torch.no_grad(), tf32_allowed(precision == "tf32"):
-            seconds = _best_seconds(mm, repeats)
-    finally:
-        torch.set_num_threads(previous)
-    return round(2.0 * n ** 3 / seconds / 1e9, 1)
 
 
 # --- backends ----------------------------------------------------------------
@@ -392,95 +171,6 @@ def loops_for(batch, loop):
     """Timed batches at batch size `batch`: `loop` at batch 1, scaled down so
     every row times about `loop` images, at least one batch."""
     return max(1, math.ceil(loop / batch))
-
-
-def ort_profile(path, threads, x, runs=3, flops_by_type=None):
-    """Per-operator-type time of ONNX Runtime CPU on input `x`, from ONNX Runtime's
-    own profiler over `runs` runs after one untimed warm-up, with the GFLOP/s of
-    the operator types that carry the network's FLOPs. Rows sorted by time."""
-    import tempfile
-
-    # Operator type in a DeformConv export -> the counter's module type.
-    flop_source = {"Conv": "Conv2d", "DeformConv": "DCN", "ConvTranspose": "ConvTranspose2d"}
-    with tempfile.TemporaryDirectory() as tmp:
-        session = make_session(path, threads=threads, profile_prefix=str(Path(tmp) / "ort"))
-        name = session.get_inputs()[0].name
-        for _ in range(runs + 1):
-            session.run(None, {name: x})
-        trace = json.loads(Path(session.end_profiling()).read_text())
-    model_runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in trace if e.get("name") == "model_run")
-    warm_end = model_runs[0][1]  # the warm-up run's events are left out
-    micros = {}
-    for event in trace:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= warm_end:
-            op = event["args"]["op_name"]
-            micros[op] = micros.get(op, 0) + event["dur"]
-    total = sum(micros.values())
-    rows = []
-    for op, us in sorted(micros.items(), key=lambda kv: -kv[1]):
-        ms = us / 1e3 / runs
-        row = {"op": op, "ms": round(ms, 2), "share": round(us / total, 3)}
-        flops = (flops_by_type or {}).get(flop_source.get(op))
-        if flops:
-            row["gflops"] = round(flops * len(x) / (ms / 1e3) / 1e9, 1)
-        rows.append(row)
-    return rows
-
-
-# Session option variants tried against make_session's defaults (--ort-sweep).
-ORT_VARIANTS = {
-    "default (optimization all)": {},
-    "optimization extended": {"optimization": "extended"},
-    "optimization basic": {"optimization": "basic"},
-    "no memory arena": {"options": {"enable_cpu_mem_arena": False}},
-    "no memory pattern": {"options": {"enable_mem_pattern": False}},
-    "no spinning": {"options": {"session.intra_op.allow_spinning": "0"}},
-    "parallel execution": {"options": {"execution_mode": "parallel"}},
-    "denormals as zero": {"options": {"session.set_denormal_as_zero": "1"}},
-}
-
-
-def ort_sweep(graphs, threads, x, rounds=3, runs=3, variants=None):
-    """Median ms per batch of each ORT_VARIANTS entry on the DeformConv graph, and
-    of the default options on the decomposed graph when given. Variants take
-    turns for `rounds` rounds of `runs` runs (plus one warm-up each), so slow
-    spells of a shared machine hit them all alike; each variant keeps its best
-    round. `variants`: names of ORT_VARIANTS to try (default: all; the first is
-    the baseline). Returns rows {variant, graph, ms, vs_default}."""
-    cases = [(name, "deformconv", ORT_VARIANTS[name]) for name in (variants or ORT_VARIANTS)]
-    if "decompose" in graphs:
-        cases.append(("default, decomposed DCN graph", "decompose", {}))
-    best = {}
-    for r in range(rounds):
-        for name, form, kw in cases:
-            session = make_session(graphs[form], threads=threads, **kw)
-            input_name = session.get_inputs()[0].name
-            session.run(None, {input_name: x})
-            seconds = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                session.run(None, {input_name: x})
-                seconds.append(time.perf_counter() - t0)
-            best[name] = min(best.get(name, math.inf), float(np.median(seconds)))
-            del session
-        logger.info(f"ort sweep round {r + 1}/{rounds} done")
-    base = best[cases[0][0]]
-    return [{"variant": name, "graph": form, "ms": round(best[name] * 1e3, 1),
-             "vs_default": round(base / best[name], 3)} for name, form, _ in cases]
-
-
-def format_sweep(rows):
-    lines = ["| ONNX Runtime variant | graph | ms per batch | speed vs default |", "|---|---|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['variant']} | {r['graph']} | {r['ms']:.1f} | {r['vs_default']:.2f}x |")
-    return "\n".join(lines)
-
-
-def format_profile(rows, limit=12):
-    lines = ["| op type | ms per batch | share | GFLOP/s |", "|---|---:|---:|---:|"]
-    for r in rows[:limit]:
-        lines.append(f"| {r['op']} | {r['ms']:.1f} | {r['share']:.0%} | {r.get('gflops', '')} |")
-    return "\n".join(lines)
 
 
 # --- the benchmark -----------------------------------------------------------

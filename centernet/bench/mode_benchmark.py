@@ -15,7 +15,7 @@ import logging
 import time
 from pathlib import Path
 
-from centernet.bench.benchmark import BUSY_FLAG, CpuShare, machine_info, usable_cores
+from centernet.bench.machine import BUSY_FLAG, CpuShare, machine_info, usable_cores
 from centernet.io.binio import write_atomic
 from centernet.errors import UserError
 from centernet.convert.export import export_onnx

@@ -31,3 +31,18 @@ def time_batches(run, x, loops, warmup=1, progress=False, desc="loop"):
         run(x)
         seconds.append(time.perf_counter() - t0)
     return seconds
+
+
+def best_seconds(fn, repeats=3, sync=None):
+    """The best of `repeats` timed calls fn() after one untimed warm-up;
+    sync() (a device synchronisation, say) runs before each clock read."""
+    sync = sync or (lambda: None)
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return best

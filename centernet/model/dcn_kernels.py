@@ -19,7 +19,6 @@ The network's DCN layers are switched to the chosen kernel by
 the network runs in fp16/bf16 (see KernelDCN).
 """
 import contextlib
-import time
 
 import torch
 
@@ -27,6 +26,7 @@ from dcn_v2 import DCN, modulated_deform_conv2d
 
 from centernet.constants import DCN_KERNELS as KERNELS
 from centernet.core.compare import difference
+from centernet.core.timing import best_seconds
 from centernet.errors import UserError
 # Agreement of the library kernel with ours on the probe, as a fraction of the
 # probe output's largest magnitude: float32 rounding of a 9*C-term sum and of
@@ -80,17 +80,8 @@ def tf32_allowed(allowed):
 
 
 def _time(fn, args, device, repeats=5):
-    fn(*args)
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn(*args)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    return best_seconds(lambda: fn(*args), repeats, sync)
 
 
 def agreement(kernel, device):

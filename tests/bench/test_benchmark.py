@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from centernet.bench.benchmark import (BACKENDS, ORT_VARIANTS, TABLE_COLUMNS, backend_unavailable, count_flops,
-                                       format_table, ort_sweep, run_benchmark, write_json)
+from centernet.bench.benchmark import BACKENDS, TABLE_COLUMNS, backend_unavailable, format_table, run_benchmark, write_json
+from centernet.bench.ort_tuning import ORT_VARIANTS, ort_sweep
+from centernet.bench.flops import count_flops
 from centernet.errors import UserError
 from dcn_v2 import DCN, decomposed_deform_conv2d_static, modulated_deform_conv2d
 from centernet.convert.export import check_export, count_ops

@@ -4,7 +4,7 @@ is printed, never asserted)."""
 import pytest
 
 import CenterNet_benchmark
-from centernet.bench.benchmark import count_flops
+from centernet.bench.flops import count_flops
 from centernet.errors import UserError
 from centernet.bench.mode_benchmark import MODE_COLUMNS, flop_ratio, format_mode_table, run_mode_benchmark
 from centernet.core.modes import TestMode

@@ -14,8 +14,9 @@ from centernet.errors import UserError
 from centernet.pipeline.staged_infer import run_folder
 from centernet.runtime.ort_session import make_session, run_session
 from centernet.pipeline.stream import stream_detections
-from centernet.runtime.torch_session import (TorchOptions, TorchSession, _Fp32Conv, combine_flip_torch, decode_ctdet_torch,
-                                     fuse_batchnorms)
+from centernet.runtime.torch_session import TorchOptions, TorchSession
+from centernet.runtime.torch_decode import combine_flip_torch, decode_ctdet_torch
+from centernet.runtime.torch_model import _Fp32Conv, fuse_batchnorms
 from conftest import ROOT, assert_one_line_error, assert_parity, photo_inputs
 from conftest import run_infer
 
