@@ -165,7 +165,7 @@ def run_job(args, job, mode, output, torch_options):
                                   args.threads, args.actors, torch_options, block_size=args.block_size,
                                   address=args.ray, progress=progress_enabled(args))
     else:
-        from centernet.runtime.backends import describe_session, open_session
+        from centernet.runtime.backends import open_session
         from centernet.pipeline.predictor import Predictor
         from centernet.pipeline.stream import run_stream
         # The PyTorch network takes any input size (every test mode); an ONNX file has its own.
@@ -179,7 +179,7 @@ def run_job(args, job, mode, output, torch_options):
                                   block_size=args.block_size, progress=progress_enabled(args))
         job.write(output, parts, args.model, mode_text(predictor.mode))
         store.remove()
-        stats["backend"] = describe_session(session)
+        stats["backend"] = session.describe()
     stats["errors"] = [e for part in parts for e in part["errors"]]
     return stats
 

@@ -29,7 +29,7 @@ from centernet.cli.args import (add_backend_arguments, add_batchsize_argument, a
                                 torch_options_from_args)
 from centernet.cli.args import parse_args as parse_cli_args
 from centernet.cli.logs import setup_logging
-from centernet.runtime.backends import describe_line, open_session
+from centernet.runtime.backends import open_session
 from centernet.errors import Interrupted, UserError, WriteError, cli
 from centernet.pipeline.staged_infer import format_summary, run_folder, run_loop
 from centernet.io.meta import META_NAME, input_sizes, load_meta
@@ -157,8 +157,8 @@ def main(argv=None):
         size = (INPUT_SIZE, INPUT_SIZE)
     session = open_session(args.model, args.backend, device=args.device, threads=args.threads,
                            input_size=session_size, torch_options=torch_options_from_args(args))
-    if describe_line(session):
-        print(describe_line(session))
+    if session.describe_line():
+        print(session.describe_line())
     if args.input is None:
         summary = run_loop(args.model, loop=args.loop, batchsize=args.batchsize, device=args.device,
                            threads=args.threads, input_size=size, progress=progress_enabled(args), session=session)

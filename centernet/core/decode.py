@@ -187,21 +187,6 @@ def map_boxes_to_image(boxes, center, scale, out_size):
     return corners.reshape(boxes.shape)
 
 
-def decode_to_image(hm, wh, reg, geometries, K=100, hm_is_heat=False):
-    """Decode a batch (decode_ctdet) and map each image's boxes back onto that
-    image. geometries[i] = (center, scale, (out_h, out_w)) of image i's test
-    transform. Returns [(scores (K,), classes (K,), boxes (K,4) x1, y1, x2, y2
-    in image pixels)] per image."""
-    return detections_to_images(*decode_ctdet(hm, wh, reg, K=K, hm_is_heat=hm_is_heat), geometries)
-
-
-def detections_to_images(scores, classes, boxes, geometries):
-    """decode_ctdet's result for a batch (boxes on the output map) -> per
-    image (scores, classes, boxes in image pixels); geometries as in decode_to_image."""
-    return [(scores[i], classes[i], map_boxes_to_image(boxes[i], center, scale, (out_w, out_h)))
-            for i, (center, scale, (out_h, out_w)) in enumerate(geometries)]
-
-
 def _round2(values):
     """Upstream's float("{:.2f}".format(v)) of every value (coco.py convert_eval_format)."""
     return [float(f"{v:.2f}") for v in values]

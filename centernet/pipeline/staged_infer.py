@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from centernet.runtime.backends import describe_session
 from centernet.io.binio import input_bins, make_dirs, output_bin_path, read_bin, write_atomic, write_bin
 from centernet.errors import Interrupted, UserError, WriteError
 from centernet.io.meta import META_NAME, input_sizes, load_meta
@@ -176,7 +175,7 @@ def run_folder(model, input_dir, output_root, output_dirname, batchsize=1, devic
     summary.update(model=str(model), batchsize=batchsize, device=device, threads=threads,
                    skipped=skipped, input_sizes=len({shapes[p] for p in files}),
                    wall_seconds=round(time.perf_counter() - start, 3), input=str(input_dir),
-                   output=str(out_dir), backend=describe_session(session))
+                   output=str(out_dir), backend=session.describe())
     write_atomic(Path(output_root) / f"{output_dirname}_summary.json",
                  (json.dumps(summary, indent=2) + "\n").encode())
     return summary
@@ -203,7 +202,7 @@ def run_loop(model, loop=20, batchsize=1, device="cpu", threads=0, input_size=No
                            progress=progress, desc=f"bs{batchsize}")
     summary = latency_stats(timings, loop * batchsize)
     summary.update(model=str(model), batchsize=batchsize, device=device, threads=threads, loop=loop,
-                   backend=describe_session(session))
+                   backend=session.describe())
     return summary
 
 

@@ -49,16 +49,6 @@ def open_session(model, backend=None, device="cpu", threads=0, input_size=(512, 
     return open_torch_session(model, options, input_size=input_size)
 
 
-def describe_session(session):
-    """What ran, for summaries: the session's own description."""
-    return session.describe()
-
-
-def describe_line(session):
-    """One line saying how the backend runs (None where there is nothing to say)."""
-    return session.describe_line()
-
-
 def as_session(session, name=None):
     """A Session as it is; an ONNX Runtime InferenceSession in an OrtSession."""
     if isinstance(session, Session):
