@@ -1,6 +1,8 @@
 """benchmarks/gpu_torch.py, the one-run GPU measurement, in its CPU quick mode:
 every step runs end to end and the JSON has what the GPU run reports (one
-thread: two stall when other processes hold the CPUs). It must
+thread: two stall when other processes hold the CPUs; no time budget: on a
+loaded machine the steps take longer, and skipping one is the measurement's
+choice, not what this test is about). It must
 need no pycocotools (the GPU machines do not have it): the test hides it."""
 import json
 import subprocess
@@ -18,7 +20,7 @@ def test_cpu_quick_mode_end_to_end(upstream_checkpoint, tmp_path):
     out = tmp_path / "gpu_torch.json"
     r = subprocess.run([PYTHON, "-c", HIDE_PYCOCOTOOLS, str(ROOT / "benchmarks" / "gpu_torch.py"),
                         "--device", "cpu", "--quick", "--size", "64", "--threads", "1", "--weights", str(upstream_checkpoint),
-                        "--out", str(out)], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+                        "--budget", "1e9", "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(out.read_text())
     for step in ("environment", "parity", "speed", "techniques", "pipeline"):
