@@ -1,7 +1,8 @@
-"""CenterNet (ctdet, DLA-34 + DCNv2) deployment toolkit.
+"""CenterNet deployment toolkit: upstream's ctdet checkpoint on ONNX Runtime,
+PyTorch or an Ascend NPU, with upstream's detections and AP.
 
-Shared logic for the recipe-named top-level scripts: the test-time affine
-transform, the network and its checkpoint, ONNX export, ONNX Runtime
-inference, decoding and COCO evaluation. Each numeric module names the
-upstream CenterNet file whose semantics it restates.
+The folders are layers, each importing only from the ones below it:
+constants and errors; core and io; model and report; runtime; convert;
+pipeline; bench; cli. The recipe's top-level scripts are thin front ends
+over them. See docs/architecture.md.
 """

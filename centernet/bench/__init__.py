@@ -1,0 +1,1 @@
+"""Benchmarks: every backend side by side, the machine's ceilings, FLOPs, the test modes."""

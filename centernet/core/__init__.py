@@ -1,0 +1,1 @@
+"""Numerics, numpy only: the test transform, test modes, decoding, soft-NMS, parity, timing."""

@@ -1,0 +1,1 @@
+"""The one predictor (pixels to detections) and the runners that compose it."""
