@@ -328,3 +328,12 @@ def test_flip_option_runs_the_flip_test_like_the_evaluation(ctdet_onnx_dynamic, 
         expected = sorted((r["score"] for r in streamed if r["image_id"] == img["id"]), reverse=True)
         assert scores.tolist() == expected
         assert scores.tolist() != plain.detect(image).scores.tolist()
+
+
+def test_a_run_that_annotates_nothing_leaves_earlier_outputs_alone(small_onnx, synthetic_coco, tmp_path):
+    out = tmp_path / "o"
+    first = demo([images_of(synthetic_coco)[0]], small_onnx, out, thresh=0.0)
+    before = first["json"].read_bytes()
+    again = demo([tmp_path / "mistyped.jpg"], small_onnx, out, thresh=0.0)
+    assert again["json"] is None and again["images"] == 0 and again["errors"]
+    assert (out / "detections.json").read_bytes() == before

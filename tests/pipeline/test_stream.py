@@ -307,3 +307,20 @@ def test_eval_ctrl_c_ends_quietly(synthetic_coco, ctdet_onnx, tmp_path):
                 len(lines) == 1 and lines[0].startswith("interrupted: 0 of 1 block(s) finished, kept in ")
                 and lines[0].endswith("; run the same command again to go on from there")), err
     assert outcomes[0] == 130
+
+
+def test_eval_checks_its_outputs_before_inference(synthetic_coco, ctdet_onnx, tmp_path, run_script):
+    """An output folder that cannot be made is one line naming it, before any
+    image is run: no blocks, no results."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("in the way")
+    r = run_script("CenterNet_eval.py", "--model", ctdet_onnx, "--dataset", synthetic_coco["root"],
+                   "--output", blocker / "results.json", "--resultfolder", tmp_path / "ev", "--threads", 1,
+                   cwd=tmp_path)
+    assert_one_line_error(r, str(blocker), "exists but is not a folder")
+    assert not list(tmp_path.rglob("*.parts")) and not (tmp_path / "ev" / "metrics.json").exists()
+    r = run_script("CenterNet_eval.py", "--model", ctdet_onnx, "--dataset", synthetic_coco["root"],
+                   "--output", tmp_path / "res.json", "--resultfolder", blocker / "ev", "--threads", 1,
+                   cwd=tmp_path)
+    assert_one_line_error(r, str(blocker), "part of its path is a file")
+    assert not (tmp_path / "res.json").exists() and not (tmp_path / "res.json.parts").exists()
