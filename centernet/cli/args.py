@@ -52,8 +52,9 @@ def add_backend_arguments(parser, default=None):
     and --threads). default None: chosen from --model's suffix."""
     parser.add_argument("--backend", choices=BACKENDS, default=default,
                         help="onnxruntime runs an .onnx file; torch runs the .pth checkpoint in PyTorch "
-                             "(CPU or CUDA) with no export (default: "
-                             + (default or "torch for a .pth/.pt/.tar --model, else onnxruntime") + ")")
+                             "(CPU or CUDA) with no export; ais_bench runs an .om on an Ascend NPU (default: "
+                             + (default or "torch for a .pth/.pt/.tar --model, ais_bench for an .om, else "
+                                           "onnxruntime") + ")")
     add_torch_arguments(parser)
 
 
