@@ -142,8 +142,8 @@ def main(argv=None):
 
 def check_writable(output, resultfolder):
     """Make and test the output folders before hours of inference, not after."""
-    from centernet.io.binio import make_dirs
     import os
+    from centernet.io.binio import make_dirs
     for folder in [Path(output).parent] + ([Path(resultfolder)] if resultfolder else []):
         make_dirs(folder)
         if not os.access(folder, os.W_OK):
@@ -155,10 +155,6 @@ def run_job(args, job, mode, output, torch_options):
     resumable blocks, the same output file. Returns the stats (with the
     error lines under "errors")."""
     from centernet.cli.args import progress_enabled
-    from centernet.constants import K
-    from centernet.io.blocks import BlockStore
-    from centernet.pipeline.jobs import mode_text
-    from centernet.pipeline.jobs import run_key
     if args.ray is not None:
         from centernet.pipeline.ray_eval import run_on_ray
         parts, stats = run_on_ray(job, args.model, output, mode, args.backend, args.batchsize, args.device,
@@ -167,18 +163,15 @@ def run_job(args, job, mode, output, torch_options):
     else:
         from centernet.runtime.backends import open_session
         from centernet.pipeline.predictor import Predictor
-        from centernet.pipeline.stream import run_stream
+        from centernet.pipeline.stream import run_stream_to
         # The PyTorch network takes any input size (every test mode); an ONNX file has its own.
         session = open_session(args.model, args.backend, device=args.device, threads=args.threads,
                                input_size=None, torch_options=torch_options)
         if session.describe_line():
             print(session.describe_line())
-        predictor = Predictor(session, mode)
-        store = BlockStore(output, run_key(args.model, args.backend, predictor, K, job.key))
-        parts, stats = run_stream(predictor, job, batchsize=args.batchsize, workers=args.workers, store=store,
-                                  block_size=args.block_size, progress=progress_enabled(args))
-        job.write(output, parts, args.model, mode_text(predictor.mode))
-        store.remove()
+        parts, stats = run_stream_to(job, Predictor(session, mode), output, args.model, args.backend,
+                                     batchsize=args.batchsize, workers=args.workers, block_size=args.block_size,
+                                     progress=progress_enabled(args))
         stats["backend"] = session.describe()
     stats["errors"] = [e for part in parts for e in part["errors"]]
     return stats

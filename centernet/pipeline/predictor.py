@@ -79,13 +79,6 @@ class InputSpec:
             return None, f"{source}: OpenCV cannot process the image ({e.err})"
         return Prepared(tensor, center, scale, (in_h // DOWN_RATIO, in_w // DOWN_RATIO)), None
 
-    def prepare_file(self, path, scale_index=0):
-        """An image file -> (Prepared, None) or (None, error line)."""
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            return None, f"{path}: {UNREADABLE}"
-        return self.prepare(image, path, scale_index)
-
 
 def batches_by_shape(items, shape_of, batch_size):
     """Consecutive runs of `items` (any iterable, consumed lazily) whose

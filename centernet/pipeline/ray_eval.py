@@ -302,7 +302,8 @@ class _Infer:
                 seconds += time.perf_counter() - t0
                 for i, dets in zip(group, self.predictor.decode([prepared[i] for i in group], outputs)):
                     found[(i, s)] = dets
-        dets = [self.predictor.decoder.merge([found[(i, s)] for s in scales]).to_rows() if i in found or (i, 0) in found
+        readable = set(ok)
+        dets = [self.predictor.decoder.merge([found[(i, s)] for s in scales]).to_rows() if i in readable
                 else np.zeros((0, 6)) for i in range(n)]
         self.calls += 1
         keep = ("index", "size", "error")

@@ -2,7 +2,7 @@
 intermediate files, in any of upstream's test modes.
 
 Each network input (an image at one test scale) is read and prepared in a
-worker process (InputSpec.prepare_file), inputs of one shape are batched
+worker process (InputSpec.prepare), inputs of one shape are batched
 (batches_by_shape) and run by the predictor's session in this process, and
 decoded on a thread while the next batch runs. Within each block of images
 the inputs are ordered by size (from the annotated width and height), so
@@ -28,9 +28,9 @@ from centernet.constants import INPUT_SIZE, K
 from centernet.core.modes import TestMode
 from centernet.core.timing import latency_stats
 from centernet.errors import Interrupted, UserError, sigint_blocked
-from centernet.io.blocks import BLOCK_SIZE
-from centernet.pipeline.jobs import EvaluationJob, blocks_of
-from centernet.pipeline.predictor import Predictor, batches_by_shape
+from centernet.io.blocks import BLOCK_SIZE, BlockStore
+from centernet.pipeline.jobs import EvaluationJob, blocks_of, mode_text, run_key
+from centernet.pipeline.predictor import UNREADABLE, Predictor, batches_by_shape
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,7 @@ def _load(spec, location, scale_index):
     """Worker: (Prepared or None, error line or None, image (height, width) or None)."""
     image = cv2.imread(str(location), cv2.IMREAD_COLOR)
     if image is None:
-        prepared, error = spec.prepare_file(location, scale_index)  # the one wording for an unreadable file
-        return prepared, error, None
+        return None, f"{location}: {UNREADABLE}", None
     prepared, error = spec.prepare(image, location, scale_index)
     return prepared, error, image.shape[:2]
 
@@ -197,6 +196,19 @@ def run_stream(predictor, job, batchsize=1, workers=1, store=None, block_size=BL
                  batchsize=batchsize, workers=workers, mode=predictor.mode.name, inputs=len(units),
                  input_sizes=len({size_key(blocks[b][n], s) for b, n, s in units}),
                  blocks=len(blocks), blocks_resumed=len(blocks) - len(todo))
+    return parts, stats
+
+
+def run_stream_to(job, predictor, output, model, backend, batchsize=1, workers=1, block_size=BLOCK_SIZE,
+                  progress=True):
+    """run_stream with its finished blocks kept beside `output` (resumable,
+    keyed as run_on_ray keys them), then the job's output file written and
+    the blocks removed, as run_on_ray does. Returns (parts, stats)."""
+    store = BlockStore(output, run_key(model, backend, predictor, predictor.decoder.K, job.key))
+    parts, stats = run_stream(predictor, job, batchsize=batchsize, workers=workers, store=store,
+                              block_size=block_size, progress=progress)
+    job.write(output, parts, model, mode_text(predictor.mode))
+    store.remove()
     return parts, stats
 
 
