@@ -135,7 +135,7 @@ def load_weights(path):
     return load_model(path), str(path)
 
 
-@cli(interrupted="no table or JSON written; run the same command again")
+@cli(interrupted="no table or JSON written", resume="run the same command again")
 def main(argv=None):
     args = parse_args(argv)
     setup_logging(info_stream="stdout")

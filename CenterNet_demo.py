@@ -21,7 +21,7 @@ from pathlib import Path
 
 from centernet.cli.args import (add_backend_arguments, add_batchsize_argument, add_device_arguments,
                                 add_flip_argument, add_input_size_argument, add_keep_res_argument,
-                                add_progress_arguments, add_scales_argument,
+                                add_limit_argument, add_progress_arguments, add_scales_argument,
                                 check_backend_args, progress_enabled, torch_options_from_args)
 from centernet.cli.args import parse_args as parse_cli_args
 from centernet.cli.logs import setup_logging
@@ -53,8 +53,7 @@ def build_parser():
     add_batchsize_argument(p, what="images of one input size per inference batch")
     p.add_argument("--names", default=None, metavar="FILE",
                    help="class names, one per line in the model's class order (default: the 80 COCO names)")
-    p.add_argument("--limit", type=int, default=None,
-                   help="only the first N images (by file name) of each folder (default: all)")
+    add_limit_argument(p, "only the first N images (by file name) of each folder")
     add_progress_arguments(p)
     add_backend_arguments(p, default="onnxruntime")
     return p
@@ -72,8 +71,8 @@ def default_model():
                     "(an .onnx file or the ctdet_coco_dla_2x.pth checkpoint)")
 
 
-@cli(interrupted="the annotated copies finished so far are kept, and detections.json lists them; "
-                 "a re-run starts over")
+@cli(interrupted="the annotated copies finished so far are kept, and detections.json lists them",
+     resume="a re-run starts over")
 def main(argv=None):
     args = parse_args(argv)
     setup_logging(info_stream="stdout")

@@ -39,7 +39,8 @@ def build_parser():
     # The package is imported here, under main's @cli: a Ctrl-C while numpy,
     # OpenCV and ONNX Runtime load ends quietly too.
     from centernet.cli.args import (add_backend_arguments, add_batchsize_argument, add_device_arguments,
-                                    add_flip_argument, add_keep_res_argument, add_progress_arguments,
+                                    add_flip_argument, add_keep_res_argument, add_limit_argument,
+                                    add_progress_arguments,
                                     add_scales_argument)
     from centernet.pipeline.demo import VIS_THRESH
     from centernet.core.modes import UPSTREAM_SCALES
@@ -67,8 +68,7 @@ def build_parser():
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="preprocessing processes; with --ray, Ray Data runs as many tasks as CPUs allow "
                         "(default: %(default)s here)")
-    p.add_argument("--limit", type=int, default=None,
-                   help="only the first N images by file name, evaluated on those alone (default: all)")
+    add_limit_argument(p, "only the first N images by file name, evaluated on those alone")
     p.add_argument("--output", default=None,
                    help="COCO results JSON, or when annotating (--images without annotations) the detections JSON "
                         "(default: save/results.json, save/detections.json)")
@@ -136,18 +136,15 @@ def main(argv=None):
     try:
         return report(args, ann, output, output, image_ids, stats.pop("errors"), stats)
     except KeyboardInterrupt:
-        raise Interrupted(f"the detections are in {output}; CenterNet_postprocess_s2.py --results "
-                          f"{output} evaluates them") from None
+        raise Interrupted(f"the detections are in {output}",
+                          f"CenterNet_postprocess_s2.py --results {output} evaluates them") from None
 
 
 def check_writable(output, resultfolder):
     """Make and test the output folders before hours of inference, not after."""
-    import os
-    from centernet.io.binio import make_dirs
+    from centernet.io.binio import check_writable as check_folder
     for folder in [Path(output).parent] + ([Path(resultfolder)] if resultfolder else []):
-        make_dirs(folder)
-        if not os.access(folder, os.W_OK):
-            raise UserError(f"{folder}: not writable; choose another --output or --resultfolder")
+        check_folder(folder)
 
 
 def run_job(args, job, mode, output, torch_options):

@@ -32,6 +32,7 @@ from centernet.cli.logs import setup_logging
 from centernet.runtime.backends import open_session
 from centernet.errors import Interrupted, UserError, WriteError, cli
 from centernet.pipeline.staged_infer import format_summary, run_folder, run_loop
+from centernet.io.binio import check_writable
 from centernet.io.meta import META_NAME, input_sizes, load_meta
 from centernet.runtime.ort_session import PROVIDERS
 from centernet.core.transforms import INPUT_SIZE
@@ -137,8 +138,8 @@ def run_ais_bench_by_size(argv, input_dir):
     return 0
 
 
-@cli(interrupted="outputs written so far are complete and kept; the same command with --skip-existing "
-                 "resumes")
+@cli(interrupted="outputs written so far are complete and kept",
+     resume="the same command with --skip-existing resumes")
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -163,14 +164,18 @@ def main(argv=None):
         summary = run_loop(args.model, loop=args.loop, batchsize=args.batchsize, device=args.device,
                            threads=args.threads, input_size=size, progress=progress_enabled(args), session=session)
     else:
+        # Before any inference: a folder that cannot be written is an error with nothing to resume.
+        check_writable(Path(args.output) / args.output_dirname)
         try:
             summary = run_folder(args.model, args.input, args.output, args.output_dirname,
                                  batchsize=args.batchsize, device=args.device, threads=args.threads,
                                  input_size=size, skip_existing=args.skip_existing,
                                  progress=progress_enabled(args), session=session)
-        except (Interrupted, WriteError) as e:
+        except Interrupted as e:
             # A plain re-run redoes every image, as ais_bench does: say the command that resumes.
-            raise type(e)(f"{e}; to resume, run: {resume_command(argv)}") from None
+            raise Interrupted(e.kept, f"to resume, run: {resume_command(argv)}") from None
+        except WriteError as e:
+            raise WriteError(f"{e}; to resume, run: {resume_command(argv)}") from None
         print(f"outputs in {os.path.join(args.output, args.output_dirname)}")
     print(format_summary(summary))
     return 0

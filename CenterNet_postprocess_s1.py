@@ -78,8 +78,8 @@ def build_parser():
     return parser
 
 
-@cli(interrupted="nothing written (the results file is written whole at the end); run the same command "
-                 "again to decode from the start")
+@cli(interrupted="nothing written (the results file is written whole at the end)",
+     resume="run the same command again to decode from the start")
 def main(argv=None):
     args = parse_cli_args(build_parser(), argv)
     setup_logging()

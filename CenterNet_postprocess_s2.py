@@ -36,7 +36,7 @@ def build_parser():
     return parser
 
 
-@cli(interrupted="nothing written; run the same command again")
+@cli(interrupted="nothing written", resume="run the same command again")
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging(info_stream="stdout")

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from centernet.cli.args import (add_flip_argument, add_input_size_argument, add_keep_res_argument,
-                                add_progress_arguments, progress_enabled)
+                                add_limit_argument, add_progress_arguments, progress_enabled)
 from centernet.cli.logs import setup_logging
 from centernet.errors import UserError, cli
 
@@ -30,13 +30,12 @@ def build_parser():
                               "CenterNet_postprocess_s1.py --meta decodes it as such; the bins are the same")
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes (default: one per core)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="only the first N images by file name (default: all)")
+    add_limit_argument(parser)
     add_progress_arguments(parser)
     return parser
 
 
-@cli(interrupted="the finished bins are kept; run the same command again to convert the rest")
+@cli(interrupted="the finished bins are kept", resume="run the same command again to convert the rest")
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging()

@@ -113,7 +113,7 @@ dynamic=(); [ -z "$gears" ] || dynamic=(--dynamic_image_size="$gears")
 done_oms=()
 interrupted() {
   rm -f "$out.om"
-  echo "interrupted: $out.om removed (incomplete)${done_oms[*]:+; complete: ${done_oms[*]}}; run the same command again" >&2
+  echo "interrupted: $out.om removed (incomplete)${done_oms[*]:+; complete: ${done_oms[*]}}; ${CENTERNET_RESUME_HINT:-run the same command again}" >&2
   exit 130
 }
 trap interrupted INT

@@ -13,6 +13,7 @@
 # after an interruption resumes (finished bins and outputs are kept).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+run_t0="$EPOCHREALTIME"
 
 usage() {
   cat <<'USAGE'
@@ -49,12 +50,12 @@ USAGE
 
 die() { echo "error: $*" >&2; exit 2; }
 
-weights=""; data=""; demo=0; demo_images=24; batchsize=1; backend=onnxruntime; device=cpu; threads=0
+weights=""; data=""; weights_given=""; data_given=""; demo=0; demo_images=24; batchsize=1; backend=onnxruntime; device=cpu; threads=0
 workdir=""; limit=""; stream=0; soc=""; keep=0; keep_res=0; flip=0; scales=1; rounding=0; precision=fp32
 while [ $# -gt 0 ]; do
   case "$1" in
-    --weights) weights="${2:?}"; shift 2 ;;
-    --data) data="${2:?}"; shift 2 ;;
+    --weights) weights="${2:?}"; weights_given=1; shift 2 ;;
+    --data) data="${2:?}"; data_given=1; shift 2 ;;
     --demo) demo=1; shift ;;
     --demo-images) demo_images="${2:?}"; shift 2 ;;
     --batchsize) batchsize="${2:?}"; shift 2 ;;
@@ -94,8 +95,17 @@ if [ "$flip" = 1 ] && [ "$backend" = torch ] && [ "$stream" = 0 ]; then
 fi
 [ "$stream" = 0 ] || [ "$backend" != ascend ] || die "--stream runs on ONNX Runtime or torch, not ascend"
 
+# One resume hint after a Ctrl-C: each stage's script says what it kept,
+# then this (in place of its own way to go on).
+export CENTERNET_RESUME_HINT="run the same run_all.sh command again to go on from there"
+in_stage=0
+# Between stages (a stage reports its own Ctrl-C, and the exit status says it was one).
+trap '[ "$in_stage" = 1 ] || { echo "interrupted: $CENTERNET_RESUME_HINT" >&2; exit 130; }' INT
+
 cd "$here"
+setup_t0="$EPOCHREALTIME"
 source tools/venv.sh
+setup_secs=$(awk -v a="$setup_t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }')
 
 weights="${weights:-./ctdet_coco_dla_2x.pth}"
 data="${data:-./data}"
@@ -110,6 +120,11 @@ if [ "$demo" = 0 ]; then
     echo "The real run needs files that are not here:"
     printf '  - %s\n' "${missing[@]}"
     echo "Running the demo instead (generated data, random weights)."
+    # Say which of the given inputs the demo leaves aside, so nobody reads its numbers as theirs.
+    [ -z "$weights_given" ] || [ ! -f "$weights" ] || \
+      echo "note: --weights $weights is not used: the real run needs COCO val2017 as well, and the demo runs on its own random weights."
+    [ -z "$data_given" ] || [ ! -d "$images" ] || [ ! -f "$ann" ] || \
+      echo "note: --data $data is not used: the real run needs the checkpoint as well, and the demo runs on its own generated images."
     echo
     demo=1
   fi
@@ -144,22 +159,20 @@ evaldir="$workdir/run_eval_result"
 limit_args=(); [ -z "$limit" ] || limit_args=(--limit "$limit")
 
 declare -a stage_names=() stage_secs=()
-stage() {  # stage NAME CMD...: run, time, and record
+stage() {  # stage [--optional] NAME CMD...: run, time, and record; an optional stage's failure is a warning
+  local optional=0
+  [ "$1" != --optional ] || { optional=1; shift; }
   local name="$1"; shift
   echo
   echo "== $name: $*"
   local t0="$EPOCHREALTIME" rc=0
+  in_stage=1
   "$@" || rc=$?
+  in_stage=0
+  # A Ctrl-C (130) was reported by the stage itself, with the resume hint above.
   if [ "$rc" != 0 ]; then
-    if [ "$rc" = 130 ]; then
-      if [ "$name" = stream-eval ]; then
-        echo "interrupted during $name: run the same run_all.sh command again (the streaming pass starts over)" >&2
-      else
-        echo "interrupted during $name: run the same run_all.sh command again to go on (finished bins," \
-          "outputs and the export are kept)" >&2
-      fi
-    fi
-    exit "$rc"
+    [ "$optional" = 1 ] && [ "$rc" != 130 ] || exit "$rc"
+    echo "warning: $name exited with status $rc (see above); the results above stand"
   fi
   local t; t=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }')
   stage_names+=("$name"); stage_secs+=("$t")
@@ -224,21 +237,20 @@ fi
 # See what the detector sees on a few of the evaluated images (the first by
 # file name, as --limit takes them). The ONNX Runtime export when there is
 # one, else the checkpoint (exported once, cached beside it); with --backend
-# torch, the checkpoint in PyTorch.
-annotate() {  # never fails the run: the evaluation above stands either way
-  "$PY" CenterNet_demo.py "$@" || echo "warning: CenterNet_demo.py exited with status $? (see above)"
-}
+# torch, the checkpoint in PyTorch. Optional: the evaluation above stands either way.
 annotated="$workdir/demo_out"
 demo_model="$workdir/CenterNet$model_tag.onnx"  # this mode's export (a --flip one says so in its metadata)
 [ "$demo_model" -nt "$weights" ] || demo_model="$weights"
 [ "$backend" != torch ] || demo_model="$weights"
 demo_args=(); [ "$keep_res" = 0 ] || demo_args=(--keep-res)
-stage annotate annotate --model "$demo_model" "$images" --limit 4 --output "$annotated" \
+stage --optional annotate "$PY" CenterNet_demo.py --model "$demo_model" "$images" --limit 4 --output "$annotated" \
   --device "$device" --threads "$threads" --no-progress "${demo_args[@]}" "${torch_args[@]}"
 
 echo
 echo "== summary ($([ "$demo" = 1 ] && echo "DEMO, AP means nothing" || echo "$weights on $data"))"
+printf '  %-16s %8.1f s\n' setup "$setup_secs"
 for i in "${!stage_names[@]}"; do printf '  %-16s %8.1f s\n' "${stage_names[$i]}" "${stage_secs[$i]}"; done
+printf '  %-16s %8.1f s\n' total "$(awk -v a="$run_t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }')"
 "$PY" -m centernet.cli.report "$evaldir/metrics.json" "${mode_args[@]}"
 echo
 echo "pictures:"

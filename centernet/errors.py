@@ -3,6 +3,7 @@ handling (scripts and their worker processes)."""
 import contextlib
 import errno
 import functools
+import os
 import signal
 import sys
 import threading
@@ -20,8 +21,27 @@ class WriteError(UserError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C, with what the interrupted stage leaves behind: the message
-    printed after 'interrupted: ' (say what is kept and how to go on)."""
+    """Ctrl-C, with what the interrupted stage leaves behind (`kept`) and how
+    to go on from there (`resume`), printed after 'interrupted: '."""
+
+    def __init__(self, kept, resume=None):
+        super().__init__(kept, resume)
+        self.kept, self.resume = kept, resume
+
+    def __str__(self):
+        return interrupted_message(self.kept, self.resume)
+
+
+# A driver that runs the scripts as its stages (run_all.sh) sets this to its
+# own way of going on, which replaces each script's: the user then reads one
+# resume hint, the one for the command they typed.
+RESUME_HINT_ENV = "CENTERNET_RESUME_HINT"
+
+
+def interrupted_message(kept, resume=None):
+    """'KEPT; RESUME', with RESUME_HINT_ENV, when set, in place of `resume`."""
+    resume = os.environ.get(RESUME_HINT_ENV) or resume
+    return "; ".join(part for part in (kept, resume) if part)
 
 
 _WRITE_HINTS = {
@@ -91,24 +111,24 @@ DEFAULT_INTERRUPTED = "finished outputs are kept"
 
 
 @contextlib.contextmanager
-def quiet_interrupt(message="nothing was done yet"):
+def quiet_interrupt(message="nothing was done yet", resume=None):
     """Around a script's slow top-level imports (torch takes a second or
     more), before cli() takes over: a Ctrl-C there ends the program with
     'interrupted: MESSAGE' and exit status 130, not a traceback."""
     try:
         yield
     except KeyboardInterrupt:
-        print(f"interrupted: {message}", file=sys.stderr)
+        print(f"interrupted: {interrupted_message(message, resume)}", file=sys.stderr)
         sys.exit(130)
 
 
-def cli(main=None, *, interrupted=DEFAULT_INTERRUPTED):
-    """Decorate a script's main() (as @cli or @cli(interrupted=...)):
+def cli(main=None, *, interrupted=DEFAULT_INTERRUPTED, resume=None):
+    """Decorate a script's main() (as @cli or @cli(interrupted=..., resume=...)):
     UserError -> 'error: ...' and exit 2; Ctrl-C -> 'interrupted: ...' and
     exit 130, with the message of an Interrupted raised by the library (what
-    was kept, how to go on) or else `interrupted`, which each script words
-    truthfully for itself. Finished outputs are already safe because every
-    writer renames a complete temp file into place."""
+    was kept, how to go on) or else `interrupted` and `resume`, which each
+    script words truthfully for itself. Finished outputs are already safe
+    because every writer renames a complete temp file into place."""
     def decorate(main):
         @functools.wraps(main)
         def wrapper(*args, **kwargs):
@@ -129,7 +149,10 @@ def cli(main=None, *, interrupted=DEFAULT_INTERRUPTED):
                 sys.exit(2)
             except KeyboardInterrupt as e:
                 _restore(previous, after)
-                message = str(e) if isinstance(e, Interrupted) and str(e) else interrupted
+                if isinstance(e, Interrupted) and e.kept:
+                    message = str(e)
+                else:
+                    message = interrupted_message(interrupted, resume)
                 print(f"interrupted: {message}", file=sys.stderr)
                 sys.exit(130)
             except BaseException:

@@ -186,6 +186,22 @@ def add_input_size_argument(parser, default=(512, 512), what="network input heig
                         default=list(default) if default else None, help=f"{what} (default: {text})")
 
 
+def positive_int(text):
+    """argparse type: a whole number >= 1 (so --limit 0 is refused where it is typed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value} (leave the option out for all)")
+    return value
+
+
+def add_limit_argument(parser, what="only the first N images by file name"):
+    """--limit N."""
+    parser.add_argument("--limit", type=positive_int, default=None, metavar="N", help=f"{what} (default: all)")
+
+
 # --- batching, progress -------------------------------------------------------------------------------
 
 def add_batchsize_argument(parser, default=1, what="images per inference batch", aliases=(), dest="batchsize",

@@ -25,7 +25,7 @@ def build_parser():
     return p
 
 
-@cli(interrupted="run the same command again: it makes what is still missing")
+@cli(interrupted="what is finished is kept", resume="run the same command again: it makes what is still missing")
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging()

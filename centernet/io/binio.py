@@ -62,6 +62,21 @@ def make_dirs(folder):
     return folder
 
 
+def check_writable(folder):
+    """Make `folder` and write (then remove) a small file in it: a WriteError
+    naming it now, before hours of work, rather than at the first output.
+    Returns the folder as a Path."""
+    import tempfile
+    folder = make_dirs(folder)
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise write_error(folder, e) from None
+    return folder
+
+
 def write_bin(path, array):
     """Save an array as raw float32, C order, atomically."""
     # The array's own buffer is written: no copy for float32 C-order input.

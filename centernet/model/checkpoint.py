@@ -59,7 +59,25 @@ def _read(path):
         # cause is the line after "WeightsUnpickler error:".
         cause = text.split("WeightsUnpickler error:", 1)[-1]
         first = next((ln.strip() for ln in cause.splitlines() if ln.strip()), type(e).__name__)
+        exported = _exported_model_kind(path)
+        if exported:
+            raise UserError(f"{path}: this is {exported}, not a checkpoint; give the .pth checkpoint it was "
+                            "exported from") from None
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+
+
+def _exported_model_kind(path):
+    """'an ONNX file' / 'an Ascend offline model (.om)' when `path` is one
+    (by its name, or for ONNX by its first byte: a protobuf ModelProto opens
+    with field 1, ir_version), else None."""
+    suffix = path.suffix.lower()
+    if suffix == ".om":
+        return "an Ascend offline model (.om)"
+    with open(path, "rb") as f:
+        first = f.read(1)
+    if suffix == ".onnx" or first == b"\x08":
+        return "an ONNX file"
+    return None
 
 
 def _clip(keys, n=5):

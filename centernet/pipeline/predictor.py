@@ -31,7 +31,7 @@ from centernet.errors import UserError
 logger = logging.getLogger(__name__)
 
 UNREADABLE = "cannot read or decode the image (corrupt, empty or not an image)"
-EXPORT_DYNAMIC_HINT = "python CenterNet_pth2onnx.py ctdet_coco_dla_2x.pth CenterNet_dynamic.onnx --dynamic-size"
+EXPORT_DYNAMIC_HINT = "python CenterNet_pth2onnx.py CHECKPOINT.pth CenterNet_dynamic.onnx --dynamic-size"
 
 
 # --- preparing inputs ----------------------------------------------------------

@@ -295,7 +295,7 @@ def preprocess_folder(src_dir, dst_dir, input_size=(INPUT_SIZE, INPUT_SIZE), wor
         raise WriteError(f"{e}; {finished()}, the same command converts the rest") from None
     except KeyboardInterrupt:
         rest = len(images) - summary["skipped"] - summary["converted"] - len(summary["failed"])
-        raise Interrupted(finished() + ("; run the same command again to convert the rest" if rest else "")) from None
+        raise Interrupted(finished(), "run the same command again to convert the rest" if rest else None) from None
     return summary
 
 

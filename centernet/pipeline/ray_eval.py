@@ -458,8 +458,8 @@ def _run_blocks(job, blocks, todo, store, data, source, predictor, batchsize, de
                     bar.update(collector.add(out))
         except KeyboardInterrupt:
             kept = len(blocks) - len(collector.arrived)
-            raise Interrupted(f"{kept} of {len(blocks)} block(s) finished, kept in {store.folder}; run the same "
-                              "command again to go on from there") from None
+            raise Interrupted(f"{kept} of {len(blocks)} block(s) finished, kept in {store.folder}",
+                              "run the same command again to go on from there") from None
         except Exception as e:
             message = _user_error(e)
             if message is not None:

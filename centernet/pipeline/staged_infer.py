@@ -63,10 +63,23 @@ def bin_shapes(input_dir, files, session, model, input_size=None):
             raise UserError(f"{path}: no entry in {meta_path} and the model has a dynamic input size; "
                             f"give --input-size H W")
         if fixed is not None and hw != fixed:
-            raise UserError(f"{model}: fixed {fixed[0]}x{fixed[1]} input, but {path.name} is {hw[0]}x{hw[1]} "
-                            f"(keep-resolution bins?); export a dynamic-size model: {EXPORT_DYNAMIC_HINT}")
+            raise UserError(_size_mismatch(model, fixed, path.name, hw, meta_path if sizes else None,
+                                           keep_res=sizes and meta.get("keep_res")))
         shapes[path] = (default[0], *hw)
     return shapes
+
+
+def _size_mismatch(model, fixed, name, hw, meta_path, keep_res):
+    """What to do when bins do not have the fixed-size model's input size:
+    keep-resolution bins need a dynamic-size export; fixed-size bins of
+    another size need an export at that size (or preprocessing at the model's)."""
+    head = f"{model}: fixed {fixed[0]}x{fixed[1]} input, but {name} is {hw[0]}x{hw[1]}"
+    if keep_res:
+        return (f"{head} ({meta_path} says keep-resolution bins); export your checkpoint with a dynamic input "
+                f"size: {EXPORT_DYNAMIC_HINT}")
+    source = f" ({meta_path} says fixed {hw[0]}x{hw[1]} bins)" if meta_path else ""
+    return (f"{head}{source}; export your checkpoint at that size (CenterNet_pth2onnx.py CHECKPOINT.pth OUT.onnx "
+            f"--input-size {hw[0]} {hw[1]}) or preprocess again with --input-size {fixed[0]} {fixed[1]}")
 
 
 def _check_flip(meta, session, model, meta_path):

@@ -184,8 +184,8 @@ def run_stream(predictor, job, batchsize=1, workers=1, store=None, block_size=BL
             except Exception:
                 pass
             kept = len(blocks) - len(todo) + len(done_parts)
-            raise Interrupted(f"{kept} of {len(blocks)} block(s) finished, kept in {store.folder}; run the same "
-                              "command again to go on from there") from None
+            raise Interrupted(f"{kept} of {len(blocks)} block(s) finished, kept in {store.folder}",
+                              "run the same command again to go on from there") from None
     parts = []
     for b, images in enumerate(blocks):
         parts.append(done_parts[b] if b in done_parts else store.read(b))

@@ -37,6 +37,25 @@ def test_ctrl_c_message_is_the_scripts_own_or_the_librarys(capsys):
     assert _exit_of(detailed, capsys) == (130, "interrupted: 3 of 8 bins are finished and kept in prep\n")
 
 
+def test_a_driver_s_resume_hint_replaces_the_script_s(capsys, monkeypatch):
+    """run_all.sh sets CENTERNET_RESUME_HINT: its stages say what they kept,
+    then the driver's way to go on instead of their own command's."""
+    @cli(interrupted="nothing written", resume="run the same command again")
+    def plain():
+        raise KeyboardInterrupt
+
+    @cli
+    def detailed():
+        raise Interrupted("3 of 8 bins are finished and kept in prep", "to resume, run: x --skip-existing")
+    monkeypatch.setenv("CENTERNET_RESUME_HINT", "run the same run_all.sh command again")
+    assert _exit_of(plain, capsys) == (130, "interrupted: nothing written; run the same run_all.sh command again\n")
+    assert _exit_of(detailed, capsys) == (130, "interrupted: 3 of 8 bins are finished and kept in prep; "
+                                               "run the same run_all.sh command again\n")
+    monkeypatch.delenv("CENTERNET_RESUME_HINT")
+    assert _exit_of(detailed, capsys) == (130, "interrupted: 3 of 8 bins are finished and kept in prep; "
+                                               "to resume, run: x --skip-existing\n")
+
+
 def test_handler_is_back_after_main_returns():
     # Called from other code (not as a script), main() leaves SIGINT as it found it.
     seen = []

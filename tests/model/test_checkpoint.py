@@ -64,6 +64,19 @@ def test_not_a_checkpoint_from_the_command_line_is_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
 
 
+def test_an_exported_model_given_as_the_checkpoint_is_named_so(ctdet_onnx, tmp_path):
+    # By content (a protobuf ModelProto), whatever its name says, and by name.
+    renamed = tmp_path / "model.pth"
+    renamed.write_bytes(ctdet_onnx.read_bytes())
+    for path in (ctdet_onnx, renamed):
+        msg = _error(path)
+        assert "this is an ONNX file, not a checkpoint; give the .pth checkpoint it was exported from" in msg, msg
+        assert "operand" not in msg
+    om = tmp_path / "CenterNet_bs1.om"
+    om.write_bytes(b"\x00 an offline model")
+    assert "this is an Ascend offline model (.om), not a checkpoint" in _error(om)
+
+
 def test_truncated_checkpoint(upstream_checkpoint, tmp_path):
     path = tmp_path / "cut.pth"
     path.write_bytes(upstream_checkpoint.read_bytes()[:100000])

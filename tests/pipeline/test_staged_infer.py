@@ -158,6 +158,31 @@ def test_fixed_size_model_on_keep_res_bins_says_what_to_export(ctdet_onnx, keep_
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert "fixed 512x512 input" in r.stderr and "--dynamic-size" in r.stderr
+    assert "says keep-resolution bins" in r.stderr
+    assert "ctdet_coco_dla_2x.pth" not in r.stderr  # a checkpoint the user may not have
+
+
+def test_fixed_size_model_on_bins_of_another_fixed_size_says_so(ctdet_onnx, tmp_path):
+    """Bins preprocessed with --input-size 384 384 are not keep-resolution
+    bins: the hint is an export at their size, or preprocessing at the model's."""
+    import cv2
+    from centernet.pipeline.preprocess import preprocess_folder
+    (tmp_path / "images").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.jpg"), np.random.default_rng(0).integers(0, 255, (300, 400, 3), np.uint8))
+    preprocess_folder(tmp_path / "images", tmp_path / "prep", input_size=(384, 384), workers=1, progress=False)
+    r = run_infer("--model", ctdet_onnx, "--input", tmp_path / "prep", "--output", tmp_path / "out")
+    assert_one_line_error(r, "fixed 512x512 input", "is 384x384", "says fixed 384x384 bins",
+                          "--input-size 384 384", "preprocess again with --input-size 512 512")
+    assert "keep-resolution" not in r.stderr and "ctdet_coco_dla_2x.pth" not in r.stderr
+
+
+def test_an_output_folder_that_cannot_be_written_fails_before_inference(ctdet_onnx, inputs, tmp_path):
+    folder, _ = inputs
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the output folder goes")
+    r = run_infer("--model", ctdet_onnx, "--input", folder, "--output", blocker, "--output_dirname", "d")
+    assert_one_line_error(r, f"{blocker}/d", "part of its path is a file")
+    assert "--skip-existing" not in r.stderr and "resume" not in r.stderr  # nothing ran, nothing to resume
 
 
 def test_om_model_over_keep_res_bins_runs_once_per_size(keep_res_prep, tmp_path):
