@@ -63,12 +63,18 @@ def parse_args(argv=None):
     return parse_cli_args(build_parser(), argv)
 
 
+# What a user who followed the quick start has, and where the real checkpoint comes from.
+MODEL_HINT = ("the demo's model is work/demo/CenterNet.onnx (made by bash run_all.sh; its weights are random); "
+              "upstream's ctdet_coco_dla_2x.pth is in its model zoo, "
+              "https://github.com/xingyizhou/CenterNet/blob/master/readme/MODEL_ZOO.md")
+
+
 def default_model():
     for name in DEFAULT_MODELS:
         if Path(name).is_file():
             return name
     raise UserError(f"no model given and neither {' nor '.join(DEFAULT_MODELS)} is here; pass --model "
-                    "(an .onnx file or the ctdet_coco_dla_2x.pth checkpoint)")
+                    f"(an .onnx file or a .pth checkpoint): {MODEL_HINT}")
 
 
 @cli(interrupted="the annotated copies finished so far are kept, and detections.json lists them",
@@ -79,6 +85,8 @@ def main(argv=None):
     if args.threads < 0:
         raise UserError(f"--threads {args.threads}: must be 0 (all cores) or more")
     args.model = args.model or default_model()
+    if not Path(args.model).exists():
+        raise UserError(f"{args.model}: model not found; {MODEL_HINT}")
     check_backend_args(args)
     summary = run_demo(args.paths, args.model, output=args.output, thresh=args.vis_thresh,
                        keep_res=args.keep_res, input_size=args.input_size, device=args.device,

@@ -114,6 +114,18 @@ def test_readme_is_short():
     assert lines <= 250, f"README.md has {lines} lines: move detail into docs/"
 
 
+def test_readme_quotes_no_test_count():
+    # The number of tests changes with every landing; a quoted one goes stale.
+    text = (ROOT / "README.md").read_text()
+    assert not re.findall(r"\b\d+ tests\b", text)
+
+
+def test_requirements_comments_speak_of_the_users_install():
+    comments = [ln for ln in (ROOT / "requirements.txt").read_text().splitlines() if ln.startswith("#")]
+    text = " ".join(comments)
+    assert "local disk" not in text and "TORCH_INDEX_URL" in text, text
+
+
 def test_docs_give_times_only_with_the_cpu_model():
     # A time means nothing without the machine: every paragraph (or table with
     # its caption) that gives one names the CPU it was measured on, or, for
@@ -158,7 +170,7 @@ def test_demo_recipe_runs(tmp_path, synthetic_coco, upstream_checkpoint):
     commands = [c for c in commands if c and not c.startswith("source ")]
     assert [c.split()[1] for c in commands] == [
         "-m", "CenterNet_preprocess.py", "CenterNet_pth2onnx.py", "run_infer.sh", "CenterNet_postprocess_s1.py",
-        "CenterNet_postprocess_s2.py"]
+        "CenterNet_postprocess_s2.py", "CenterNet_eval.py", "CenterNet_eval.py"]
     work = str(tmp_path / "work" / "demo")
     shutil.copytree(synthetic_coco["root"], tmp_path / "work" / "demo" / "data")
     shutil.copy(upstream_checkpoint, tmp_path / "work" / "demo" / "ctdet_demo.pth")
@@ -173,3 +185,19 @@ def test_demo_recipe_runs(tmp_path, synthetic_coco, upstream_checkpoint):
         assert r.returncode == 0, (command, r.stdout[-2000:], r.stderr[-2000:])
     assert (tmp_path / "work" / "demo" / "run_eval_result" / "metrics.json").is_file()
     assert (tmp_path / "work" / "demo" / "run_eval_result" / "per_class_ap.txt").is_file()
+    # the streaming pass, plain and on Ray, writes where it was told: the staged run's results, byte for byte
+    save = tmp_path / "work" / "demo" / "save"
+    staged = (save / "results.json").read_bytes()
+    assert (save / "results_stream.json").read_bytes() == staged
+    assert (save / "results_ray.json").read_bytes() == staged
+    assert (tmp_path / "work" / "demo" / "run_eval_ray" / "metrics.json").is_file()
+
+
+def test_default_outputs_of_the_scripts_are_ignored_by_git():
+    """What a script writes into the current folder when no output is given
+    (the recipe's defaults) stays out of `git status` in a clone."""
+    defaults = ["demo_out/x.jpg", "save/results.json", "run_eval_result/metrics.json", "prep_dataset/x.bin",
+                "result/dumpout_bs1/x_0.bin", "work/demo/ctdet_demo.pth", "CenterNet.onnx", "CenterNet_bs1.om",
+                "ctdet_coco_dla_2x.pth", "data/coco/val2017/x.jpg"]
+    r = subprocess.run(["git", "check-ignore", "--no-index", *defaults], cwd=ROOT, capture_output=True, text=True)
+    assert sorted(r.stdout.split()) == sorted(defaults), r.stdout + r.stderr

@@ -1,6 +1,7 @@
 """CenterNet_demo.py and centernet.pipeline.demo: images, folders, a short video, the
 .pth path with its export cache, bad inputs, and detections.json."""
 import json
+import re
 import shutil
 
 import cv2
@@ -18,7 +19,7 @@ from centernet.runtime.ort_session import OrtSession
 from centernet.errors import UserError
 from centernet.runtime.ort_session import make_session
 from centernet.pipeline.stream import stream_detections
-from conftest import assert_one_line_error, captured_logs
+from conftest import ROOT, assert_one_line_error, captured_logs
 
 SMALL = (128, 128)  # fixed input of the test model: fast, and real decoding (32x32 output map)
 NAMES = [name for _, name, _ in COCO_CATEGORIES]
@@ -337,3 +338,23 @@ def test_a_run_that_annotates_nothing_leaves_earlier_outputs_alone(small_onnx, s
     again = demo([tmp_path / "mistyped.jpg"], small_onnx, out, thresh=0.0)
     assert again["json"] is None and again["images"] == 0 and again["errors"]
     assert (out / "detections.json").read_bytes() == before
+
+
+def test_detections_json_is_as_documented(small_onnx, synthetic_coco, tmp_path):
+    """docs/demo.md's description of detections.json: an object whose
+    `images` list holds one entry per image with the fields it names."""
+    text = " ".join((ROOT / "docs" / "demo.md").read_text().split())
+    described = text[text.index("- `detections.json`: an object whose `images` list holds"):]
+    described = described[:described.index(", each")]
+    fields = set(re.findall(r"`(\w+)`", described)) - {"detections.json", "images", "frame"}
+    result = demo([images_of(synthetic_coco)[0]], small_onnx, tmp_path / "o", thresh=0.0)
+    data = json.loads(result["json"].read_text())
+    assert isinstance(data, dict) and isinstance(data["images"], list) and len(data["images"]) == 1
+    assert set(data["images"][0]) == fields
+
+
+def test_a_missing_model_says_where_models_come_from(synthetic_coco, run_script, tmp_path):
+    # README's "your own photo" command with the real checkpoint, run before it was downloaded
+    r = run_script("CenterNet_demo.py", "--model", "ctdet_coco_dla_2x.pth", images_of(synthetic_coco)[0],
+                   cwd=tmp_path)
+    assert_one_line_error(r, "ctdet_coco_dla_2x.pth: model not found", "work/demo/CenterNet.onnx", "MODEL_ZOO")
