@@ -27,11 +27,15 @@ import sys
 import time
 from pathlib import Path
 
+from centernet.environment import COMMON, require
+
+require(*COMMON, "torch", "onnx")  # before any third-party import
+
 from centernet.errors import UserError, cli, quiet_interrupt
 
 with quiet_interrupt():  # torch loads here
-    from centernet.cli.args import (add_batchsize_argument, add_input_size_argument, add_torch_arguments,
-                                    torch_options_from_args)
+    from centernet.cli.args import (ArgumentParser, add_batchsize_argument, add_input_size_argument,
+                                    add_torch_arguments, torch_options_from_args)
     from centernet.cli.logs import setup_logging
     from centernet.bench.benchmark import BACKENDS, DEFAULT_BACKENDS, format_table, run_benchmark, write_json
     from centernet.bench.machine import usable_cores
@@ -43,7 +47,7 @@ FULL = {"batchsizes": [1, 4, 8, 16, 32], "loop": 8}
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default=None,
                    help=f"upstream checkpoint; without it {DEFAULT_WEIGHTS} is used if present, else "
                         "deterministic random weights (speed barely depends on the values) "

@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from centernet.cli.args import (add_backend_arguments, add_batchsize_argument, add_device_arguments,
+from centernet.cli.args import (ArgumentParser, add_backend_arguments, add_batchsize_argument, add_device_arguments,
                                 add_flip_argument, add_input_size_argument, add_keep_res_argument,
                                 add_limit_argument, add_progress_arguments, add_scales_argument,
                                 check_backend_args, progress_enabled, torch_options_from_args)
@@ -34,7 +34,7 @@ DEFAULT_MODELS = ("CenterNet.onnx", "ctdet_coco_dla_2x.pth")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders of images, video files")
     p.add_argument("--model", default=None,
                    help="ONNX model or upstream .pth checkpoint (default: ./CenterNet.onnx if present, "

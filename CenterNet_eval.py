@@ -32,22 +32,26 @@ import json
 import sys
 from pathlib import Path
 
+from centernet.environment import COMMON, require
+
+require(*COMMON, "pycocotools")  # before any third-party import
+
 from centernet.errors import Interrupted, UserError, cli
 
 
 def build_parser():
     # The package is imported here, under main's @cli: a Ctrl-C while numpy,
     # OpenCV and ONNX Runtime load ends quietly too.
-    from centernet.cli.args import (add_backend_arguments, add_batchsize_argument, add_device_arguments,
-                                    add_flip_argument, add_keep_res_argument, add_limit_argument,
-                                    add_progress_arguments,
+    from centernet.cli.args import (ArgumentParser, add_backend_arguments, add_batchsize_argument,
+                                    add_device_arguments, add_flip_argument, add_keep_res_argument,
+                                    add_limit_argument, add_progress_arguments,
                                     add_scales_argument)
     from centernet.pipeline.demo import VIS_THRESH
     from centernet.core.modes import UPSTREAM_SCALES
     from centernet.io.blocks import BLOCK_SIZE
     from centernet.runtime.ort_session import PROVIDERS
     from centernet.pipeline.stream import default_workers
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="CenterNet.onnx",
                    help="ONNX model, or the .pth checkpoint for --backend torch (default: %(default)s)")
     p.add_argument("--dataset", default="./data",

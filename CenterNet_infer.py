@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from centernet.cli.args import (add_backend_arguments, add_batchsize_argument, add_device_arguments,
+from centernet.cli.args import (ArgumentParser, add_backend_arguments, add_batchsize_argument, add_device_arguments,
                                 add_input_size_argument, add_progress_arguments, check_backend_args, progress_enabled,
                                 torch_options_from_args)
 from centernet.cli.args import parse_args as parse_cli_args
@@ -43,7 +43,9 @@ AIS_BENCH_HELP = ("ais_bench is not installed: it comes from Ascend's tool repos
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # run_infer.sh names itself in the usage line and the messages
+    p = ArgumentParser(prog=os.environ.get("CENTERNET_INFER_PROG") or None, description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
                    help="CenterNet .onnx (ONNX Runtime), .pth checkpoint (PyTorch) or .om (ais_bench) model "
                         "(required)")

@@ -9,13 +9,12 @@ writes them as COCO results JSON (default save/results.json). With --meta
 output size, as keep-resolution preprocessing (--keep-res) needs, and as a
 flip-test model (exported with --flip, preprocessed with --flip) needs.
 """
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from centernet.cli.args import (add_batchsize_argument, add_flip_argument, add_input_size_argument,
-                                add_progress_arguments, progress_enabled)
+from centernet.cli.args import (ArgumentParser, add_batchsize_argument, add_flip_argument,
+                                add_input_size_argument, add_progress_arguments, progress_enabled)
 from centernet.cli.args import parse_args as parse_cli_args
 from centernet.cli.logs import setup_logging
 from centernet.io.coco import (class_category_ids, default_annotation_file, default_category_ids, load_annotations,
@@ -49,7 +48,7 @@ def meta_listing_exactly(bin_dir, images):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bin_data_path", default="./result/dumpout_bs1/",
                         help="folder of ais_bench outputs <stem>_0.bin, _1.bin, _2.bin (default: %(default)s)")
     parser.add_argument("--dataset", default="./data",

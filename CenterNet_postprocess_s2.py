@@ -7,10 +7,14 @@ writes the numbers to run_eval_result/metrics.json (fractions 0..1), the
 whole per-class AP table to run_eval_result/per_class_ap.txt, and the
 pictures pr_curves.png (precision-recall) and per_class_ap.png beside them.
 """
-import argparse
 import sys
 from pathlib import Path
 
+from centernet.environment import COMMON, require
+
+require(*COMMON, "pycocotools")  # before any third-party import
+
+from centernet.cli.args import ArgumentParser
 from centernet.cli.logs import setup_logging
 from centernet.io.coco import (coco_from_dataset, default_annotation_file, evaluate_coco,
                                load_annotations, load_results)
@@ -20,7 +24,7 @@ from centernet.errors import UserError, cli
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="./data",
                         help="dataset root holding coco/annotations/ (default: %(default)s)")
     parser.add_argument("--annotations", default=None,

@@ -8,17 +8,16 @@ image's own size rounded up to a multiple of 32) for every image and
 prep_dataset/meta.json (size, centre, scale and input size of each image). Re-running skips
 finished bins; unreadable images are reported and make the exit status 1.
 """
-import argparse
 import sys
 
-from centernet.cli.args import (add_flip_argument, add_input_size_argument, add_keep_res_argument,
+from centernet.cli.args import (ArgumentParser, add_flip_argument, add_input_size_argument, add_keep_res_argument,
                                 add_limit_argument, add_progress_arguments, progress_enabled)
 from centernet.cli.logs import setup_logging
 from centernet.errors import UserError, cli
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("src_dir", help="folder of images (jpg, jpeg, png, bmp)")
     parser.add_argument("dst_dir", help="output folder for <stem>.bin and meta.json")
     add_input_size_argument(parser)

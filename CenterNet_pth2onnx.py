@@ -11,7 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-from centernet.cli.args import add_flip_argument, add_input_size_argument
+from centernet.environment import COMMON, require
+
+require(*COMMON, "torch", "onnx")  # before any third-party import
+
+from centernet.cli.args import ArgumentParser, add_flip_argument, add_input_size_argument
 from centernet.cli.logs import setup_logging
 from centernet.errors import UserError, cli, quiet_interrupt
 
@@ -22,7 +26,7 @@ with quiet_interrupt():  # torch loads here
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="upstream ctdet DLA-34 checkpoint (.pth)")
     p.add_argument("output", help="ONNX file to write (missing folders are created)")
     p.add_argument("--target", choices=TARGETS, default="onnxruntime",

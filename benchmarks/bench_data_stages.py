@@ -17,15 +17,18 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from centernet.environment import COMMON, require  # noqa: E402
+
+require(*COMMON, "onnxruntime", "pycocotools")  # before any third-party import
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 from centernet.io.binio import output_bin_path, write_bin  # noqa: E402
 from centernet.io.coco import class_category_ids, write_results  # noqa: E402
-from centernet.core.decode import split_missing  # noqa: E402
-from centernet.pipeline.staged_decode import decode_bins_to_coco, images_from_annotations
+from centernet.pipeline.staged_decode import decode_bins_to_coco, images_from_annotations, split_missing  # noqa: E402
 from centernet.pipeline.preprocess import list_images, preprocess_folder  # noqa: E402
 from centernet.io.synthetic import make_synthetic_coco  # noqa: E402
 

@@ -36,6 +36,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from centernet.environment import COMMON, require  # noqa: E402
+
+require(*COMMON, "onnxruntime", "torch", "onnx", "ray")  # before any third-party import
+
 from centernet.bench.machine import cpu_model  # noqa: E402
 from centernet.io.coco import write_results  # noqa: E402
 from centernet.pipeline.stream import stream_detections  # noqa: E402

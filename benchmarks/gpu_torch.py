@@ -43,11 +43,15 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from centernet.environment import COMMON, require  # noqa: E402
+
+require(*COMMON, "torch", "onnx")  # before any third-party import
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from centernet.bench.flops import count_flops  # noqa: E402
 from centernet.bench.machine import cpu_model, matmul_ceiling  # noqa: E402

@@ -8,6 +8,8 @@ import signal
 import sys
 import threading
 
+from centernet.environment import missing_module_error
+
 
 class UserError(Exception):
     """A problem with the user's input (a file, an argument): printed as one
@@ -124,11 +126,12 @@ def quiet_interrupt(message="nothing was done yet", resume=None):
 
 def cli(main=None, *, interrupted=DEFAULT_INTERRUPTED, resume=None):
     """Decorate a script's main() (as @cli or @cli(interrupted=..., resume=...)):
-    UserError -> 'error: ...' and exit 2; Ctrl-C -> 'interrupted: ...' and
-    exit 130, with the message of an Interrupted raised by the library (what
-    was kept, how to go on) or else `interrupted` and `resume`, which each
-    script words truthfully for itself. Finished outputs are already safe
-    because every writer renames a complete temp file into place."""
+    UserError, or a package of requirements.txt that is not installed ->
+    'error: ...' and exit 2; Ctrl-C -> 'interrupted: ...' and exit 130, with
+    the message of an Interrupted raised by the library (what was kept, how to
+    go on) or else `interrupted` and `resume`, which each script words
+    truthfully for itself. Finished outputs are already safe because every
+    writer renames a complete temp file into place."""
     def decorate(main):
         @functools.wraps(main)
         def wrapper(*args, **kwargs):
@@ -146,6 +149,16 @@ def cli(main=None, *, interrupted=DEFAULT_INTERRUPTED, resume=None):
             except UserError as e:
                 _restore(previous, after)
                 print(f"error: {e}", file=sys.stderr)
+                sys.exit(2)
+            except ModuleNotFoundError as e:
+                # a package of requirements.txt imported late, inside the work: the same
+                # one line as centernet.environment.require gives at the start
+                message = missing_module_error(e)
+                if message is None:
+                    _restore(previous, previous)
+                    raise
+                _restore(previous, after)
+                print(f"error: {message}", file=sys.stderr)
                 sys.exit(2)
             except KeyboardInterrupt as e:
                 _restore(previous, after)

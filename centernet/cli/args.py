@@ -2,10 +2,15 @@
 and one help style per flag. Every option's help ends with its default,
 "(default: %(default)s)" or a worded one such as "(default: off)".
 
+Every script's parser is an ArgumentParser from here: a mistyped option is
+one line naming the closest valid one, not the usage block.
+
 Parse with parse_args(parser, argv): it also records which options the user
 gave (args._given, their dests), so check_backend_args can refuse PyTorch-only
 options on ONNX Runtime however their values compare with the defaults."""
 import argparse
+import difflib
+import re
 import sys
 from dataclasses import fields
 
@@ -13,6 +18,51 @@ from centernet.errors import UserError
 from centernet.runtime.backends import BACKENDS, CASTS, DCN_KERNELS, PRECISIONS, TORCH_DEVICES, default_backend
 
 _NOT_GIVEN = object()
+_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
+
+
+def _squeezed(option):
+    return option.lstrip("-").replace("-", "").replace("_", "").lower()
+
+
+def closest_option(given, options):
+    """The option of `options` that `given` most likely meant: the same one
+    but for dashes, underscores and case (--batch-size, --BatchSize:
+    --batchsize), else the closest spelling by difflib; None when none is
+    close."""
+    word = given.split("=", 1)[0]
+    for option in options:
+        if _squeezed(option) == _squeezed(word):
+            return option
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but an unknown or ambiguous option is one line,
+    'error: unknown option --batch-size; did you mean --batchsize? (PROG
+    --help lists them)', and exit status 2, without the usage block. Other
+    mistakes (a missing or invalid value) are argparse's usual message."""
+
+    def parse_args(self, args=None, namespace=None):
+        args, extras = self.parse_known_args(args, namespace)
+        unknown = [a for a in extras if a.startswith("-") and len(a) > 1 and not _NUMBER.match(a)]
+        if unknown:
+            options = [o for action in self._actions for o in action.option_strings]
+            said = []
+            for option in unknown:
+                near = closest_option(option, options)
+                said.append(f"unknown option {option.split('=', 1)[0]}"
+                            + (f"; did you mean {near}?" if near else ""))
+            self.exit(2, f"error: {'; '.join(said)} ({self.prog} --help lists them)\n")
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return args
+
+    def error(self, message):
+        if message.startswith("ambiguous option:"):  # argparse's own words; the candidates follow
+            self.exit(2, f"error: {message} ({self.prog} --help lists them)\n")
+        super().error(message)
 TORCH_GROUP = "PyTorch backend (--backend torch)"
 
 

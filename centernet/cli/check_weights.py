@@ -6,6 +6,11 @@ before its first stage).
 import argparse
 import sys
 
+from centernet.environment import require
+
+require("torch")  # centernet.cli checked the rest
+
+from centernet.cli.args import ArgumentParser
 from centernet.cli.logs import setup_logging
 from centernet.errors import cli, quiet_interrupt
 
@@ -14,7 +19,7 @@ with quiet_interrupt():  # torch loads here
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="upstream ctdet DLA-34 checkpoint (.pth)")
     return p
 

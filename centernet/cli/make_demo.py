@@ -7,7 +7,11 @@ fresh machine with nothing downloaded. A smoke test: its AP means nothing.
 import argparse
 import sys
 
-from centernet.cli.args import add_progress_arguments, progress_enabled
+from centernet.environment import require
+
+require("torch")  # centernet.cli checked the rest
+
+from centernet.cli.args import ArgumentParser, add_progress_arguments, progress_enabled
 from centernet.cli.logs import setup_logging
 from centernet.errors import cli, quiet_interrupt
 
@@ -16,7 +20,7 @@ with quiet_interrupt():  # torch loads here
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", help="where to write data/ and ctdet_demo.pth")
     p.add_argument("--num-images", "--images", dest="num_images", type=int, default=DEMO_IMAGES,
                    help="number of images to generate; also spelled --images (default: %(default)s)")

@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from centernet.cli.args import ArgumentParser
 from centernet.cli.logs import setup_logging
 from centernet.errors import UserError, cli
 from centernet.io.binio import load_json
@@ -14,7 +15,7 @@ from centernet.report.plots import BENCHMARK, plot_benchmark, write_eval_plots
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("json", help="metrics.json (CenterNet_postprocess_s2.py, CenterNet_eval.py) or "
                                 "benchmark.json (CenterNet_benchmark.py)")
     p.add_argument("--output", "--out", dest="output", default=None,

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from centernet.cli.args import add_flip_argument, add_keep_res_argument, add_scales_argument
+from centernet.cli.args import ArgumentParser, add_flip_argument, add_keep_res_argument, add_scales_argument
 from centernet.cli.logs import setup_logging
 from centernet.core.modes import TestMode, parse_scales
 from centernet.errors import cli
@@ -18,7 +18,7 @@ from centernet.report.summary import format_metrics, format_mode
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("metrics", help="metrics.json of CenterNet_postprocess_s2.py or CenterNet_eval.py")
     add_keep_res_argument(p, "the run used it")
     add_flip_argument(p, "the run used it")
