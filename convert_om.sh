@@ -31,6 +31,7 @@ USAGE
 }
 
 die() { echo "error: $*" >&2; exit 2; }
+source "$here/tools/options.sh"  # unknown_option: the one line for a mistyped option
 
 model=""; soc=""; batchsizes="1"; prefix="CenterNet"; height=512; width=512; log=error; keep_res=0; meta=""
 while [ $# -gt 0 ]; do
@@ -47,7 +48,7 @@ while [ $# -gt 0 ]; do
     --meta) meta="${2:?--meta needs a file}"; shift 2 ;;
     --meta=*) meta="${1#*=}"; shift ;;
     -h|--help) usage; exit 0 ;;
-    -*) usage >&2; die "unknown option $1" ;;
+    -*) unknown_option "$1" ;;
     *) [ -z "$model" ] || die "one model only (got $model and $1)"; model="$1"; shift ;;
   esac
 done

@@ -49,6 +49,7 @@ USAGE
 }
 
 die() { echo "error: $*" >&2; exit 2; }
+source "$here/tools/options.sh"  # unknown_option: the one line for a mistyped option
 
 weights=""; data=""; weights_given=""; data_given=""; demo=0; demo_images=24; batchsize=1; backend=onnxruntime; device=cpu; threads=0
 workdir=""; limit=""; stream=0; soc=""; keep=0; keep_res=0; flip=0; scales=1; rounding=0; precision=fp32
@@ -73,7 +74,7 @@ while [ $# -gt 0 ]; do
     --soc_version) soc="${2:?}"; shift 2 ;;
     --keep) keep=1; shift ;;
     -h|--help) usage; exit 0 ;;
-    *) usage >&2; die "unknown option $1" ;;
+    *) unknown_option "$1" ;;
   esac
 done
 case "$backend" in onnxruntime|ascend|torch) ;; *) die "--backend must be onnxruntime, ascend or torch" ;; esac

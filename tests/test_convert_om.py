@@ -80,6 +80,18 @@ def test_argument_errors(stubs, args, message):
     assert not log.exists()
 
 
+@pytest.mark.parametrize("option, meant", [
+    ("--batchsize", "--batchsizes"), ("--soc-version=Ascend310P3", "--soc_version"), ("--keepres", "--keep-res"),
+])
+def test_a_mistyped_option_is_one_line_naming_the_closest(stubs, option, meant):
+    tmp, model, log, env = stubs
+    r = convert(model, option, "1", env=env, cwd=tmp)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [f"error: unknown option {option.split('=')[0]}; did you mean {meant}? "
+                                     f"(bash {ROOT / 'convert_om.sh'} --help lists them)"]
+    assert not log.exists()
+
+
 def test_missing_atc_is_explained(stubs):
     tmp, model, log, env = stubs
     (tmp / "bin" / "atc").unlink()

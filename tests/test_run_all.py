@@ -165,6 +165,31 @@ def test_keep_res_flip_staged(demo_run, tmp_path):
     assert len(json.loads((work / "save" / "results.json").read_text())) == 100 * N
 
 
+@pytest.mark.parametrize("args, line", [
+    (("--batch-size", "4"), "unknown option --batch-size; did you mean --batchsize?"),
+    (("--Keep_Res",), "unknown option --Keep_Res; did you mean --keep-res?"),
+    (("--thread=2",), "unknown option --thread; did you mean --threads?"),
+    (("--stram",), "unknown option --stram; did you mean --stream?"),
+    (("--up",), "unknown option --up"),
+    (("demo",), "unknown option demo; did you mean --demo?"),
+])
+def test_a_mistyped_option_is_one_line_naming_the_closest(tmp_path, args, line):
+    """Before anything else (no .venv, no Python): the line, not the usage."""
+    r = run_all(*args, cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.splitlines() == [f"error: {line} (bash {ROOT / 'run_all.sh'} --help lists them)"]
+    assert not (tmp_path / "work").exists()
+
+
+def test_every_option_is_in_the_usage():
+    """The suggestions come from usage(): every option the parser takes is there."""
+    text = (ROOT / "run_all.sh").read_text()
+    usage = text[text.index("usage() {"):text.index("\nUSAGE\n}")]
+    parsed = re.findall(r"^    (-[-\w|]+)\)", text, re.M)
+    assert len(parsed) > 15
+    assert [o for o in parsed for o in o.split("|") if o not in usage] == []
+
+
 @pytest.mark.parametrize("args,message", [
     (("--scales", "0.5,x"), "--scales wants comma-separated numbers"),
     (("--scales", "0.5,1", "--backend", "ascend"), "--scales runs in the streaming evaluation"),
