@@ -85,9 +85,9 @@ def main(argv=None):
     if args.threads < 0:
         raise UserError(f"--threads {args.threads}: must be 0 (all cores) or more")
     args.model = args.model or default_model()
+    check_backend_args(args)
     if not Path(args.model).exists():
         raise UserError(f"{args.model}: model not found; {MODEL_HINT}")
-    check_backend_args(args)
     summary = run_demo(args.paths, args.model, output=args.output, thresh=args.vis_thresh,
                        keep_res=args.keep_res, input_size=args.input_size, device=args.device,
                        threads=args.threads, names_file=args.names, limit=args.limit,
