@@ -4,7 +4,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from centernet.model.checkpoint import load_model
 from centernet.io.coco import STAT_NAMES
 from centernet.convert.export import export_onnx
-from conftest import ROOT, ctrl_c, start_command
+from conftest import HANG, ROOT, ctrl_c, kill_group, start_command, wait_for
 
 N = 3
 
@@ -182,11 +181,12 @@ def test_ctrl_c_says_how_to_go_on(tmp_path, synthetic_coco, upstream_checkpoint)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = start_command(["bash", ROOT / "run_all.sh", "--weights", upstream_checkpoint, "--data",
                           synthetic_coco["root"], "--workdir", work, "--threads", 2], cwd=ROOT, env=env)
-    deadline = time.monotonic() + 120
-    while not (work / "prep_dataset").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    ctrl_c(proc)  # preprocessing (or, if that was quicker, the export)
-    out, err = proc.communicate(timeout=60)
+    try:
+        wait_for(lambda: (work / "prep_dataset").exists() or proc.poll() is not None, "prep_dataset")
+        ctrl_c(proc)  # preprocessing (or, if that was quicker, the export)
+        out, err = proc.communicate(timeout=HANG)
+    finally:
+        kill_group(proc)
     assert proc.returncode == 130, (out[-2000:], err)
     assert "Traceback" not in err
     lines = err.strip().splitlines()
