@@ -17,6 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# How long a test waits for a process or an event before calling it a hang.
+# It only bounds a hang: a test never relies on anything taking less than
+# this, so a slow or loaded machine passes as a fast one does.
+HANG = 600
+
 # Small images of varied shape (width, height) keep the suite fast.
 SMALL_SIZES = [(160, 120), (96, 144), (128, 128), (200, 90), (64, 64), (150, 100)]
 
@@ -58,21 +63,36 @@ def start_script(script, *args, cwd, env=None):
     return start_command([sys.executable, ROOT / script, *args], cwd, env)
 
 
-def wait_until_loaded(proc, library, timeout=120):
+def wait_for(condition, what, timeout=HANG):
+    """Poll `condition()` until it is true; fail naming `what` if it is
+    still false after `timeout` seconds (a hang, not a slow machine)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.01)
+
+
+def wait_until_loaded(proc, library, timeout=HANG):
     """Wait until `proc` has mapped a shared library whose path contains
     `library` (or has exited). For a script that imports it inside its main()
     (OpenCV: "/cv2/"), proof that main() runs, with its Ctrl-C handling: a
     Ctrl-C in the interpreter's own start-up, before the script's first
     lines, cannot be handled by the script."""
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None:
+    def loaded():
         try:
-            if library in Path(f"/proc/{proc.pid}/maps").read_text():
-                return
+            return proc.poll() is not None or library in Path(f"/proc/{proc.pid}/maps").read_text()
         except OSError:  # exited meanwhile
-            return
-        assert time.monotonic() < deadline, f"{library} not loaded after {timeout} s"
-        time.sleep(0.005)
+            return True
+    wait_for(loaded, f"{library} loaded", timeout)
+
+
+def kill_group(proc):
+    """SIGKILL a start_command process group whose leader still runs (after a
+    failed assertion or a hang), so that a test leaves no process behind. (Once
+    the leader is reaped, its id may be another process's: left alone.)"""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
 
 
 def ctrl_c(proc):

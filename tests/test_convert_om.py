@@ -2,11 +2,11 @@
 command lines it runs, with stub `atc` and `npu-smi` first on PATH."""
 import os
 import subprocess
-import time
+import sys
 
 import pytest
 
-from conftest import ROOT, ctrl_c, start_command
+from conftest import HANG, ROOT, ctrl_c, kill_group, start_command, wait_for
 
 NPU_SMI_INFO = """\
 +-------------------+-----------------+------------------------------------------------------+
@@ -166,21 +166,41 @@ def test_keep_res_errors(stubs):
         assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not log.exists()
+
+
 @pytest.mark.slow
 def test_ctrl_c_removes_the_half_written_om(stubs):
+    """Ctrl-C while atc writes the second .om: that one is removed, the first kept.
+
+    The stub atc writes part of its .om, then waits to read a FIFO that
+    nobody writes: it stays there until the Ctrl-C, however slow the machine.
+    It is one process with Ctrl-C at its default, as a compiled atc is, so
+    the Ctrl-C ends it whole: not a shell script, which catches SIGINT while
+    it opens a file (it reports the interrupted open and goes on) and can
+    miss one that lands while it starts a child (a `sleep` would then hold
+    the output pipes open until it ends)."""
     tmp, model, log, env = stubs
-    # this atc writes part of its .om, then works on
-    (tmp / "bin" / "atc").write_text('#!/bin/sh\nfor a; do case "$a" in --output=*) out="${a#--output=}";; esac; done\n'
-                                     f'echo "$@" >> "{log}"\n'
-                                     'case "$out" in *bs4) printf half > "$out.om"; sleep 30;; '
-                                     '*) printf whole > "$out.om";; esac\n')
+    never = tmp / "never"
+    os.mkfifo(never)
+    (tmp / "bin" / "atc").write_text(f"""#!{sys.executable}
+import signal, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+out = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--output=")][0]
+with open({str(log)!r}, "a") as f:
+    print(*sys.argv[1:], file=f)
+with open(out + ".om", "w") as f:
+    f.write("half" if out.endswith("bs4") else "whole")
+if out.endswith("bs4"):
+    open({str(never)!r}).read()
+""")
     proc = start_command(["bash", ROOT / "convert_om.sh", model, "--batchsizes", "1 4", "--soc_version",
                           "Ascend310P3"], cwd=tmp, env=env)
-    deadline = time.monotonic() + 30
-    while not (tmp / "CenterNet_bs4.om").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    ctrl_c(proc)
-    out, err = proc.communicate(timeout=30)
+    try:
+        wait_for(lambda: (tmp / "CenterNet_bs4.om").exists() or proc.poll() is not None, "atc's half .om")
+        ctrl_c(proc)
+        out, err = proc.communicate(timeout=HANG)
+    finally:
+        kill_group(proc)
     assert proc.returncode == 130, (out, err)
     assert err.strip().splitlines() == ["interrupted: CenterNet_bs4.om removed (incomplete); complete: "
                                         "CenterNet_bs1.om; run the same command again"]

@@ -5,7 +5,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from centernet.model.checkpoint import load_model
 from centernet.io.coco import STAT_NAMES
 from centernet.convert.export import export_onnx
-from conftest import ROOT, ctrl_c, start_command
+from conftest import HANG, ROOT, ctrl_c, kill_group, start_command, wait_for
 
 N = 3
 
@@ -235,11 +234,12 @@ def test_ctrl_c_gives_one_resume_hint(tmp_path, synthetic_coco, upstream_checkpo
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = start_command(["bash", ROOT / "run_all.sh", "--weights", upstream_checkpoint, "--data",
                           synthetic_coco["root"], "--workdir", work, "--threads", 2], cwd=ROOT, env=env)
-    deadline = time.monotonic() + 600  # only bounds a hang
-    while not (work / "prep_dataset").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    ctrl_c(proc)  # preprocessing (or, if that was quicker, a later stage)
-    out, err = proc.communicate(timeout=600)
+    try:
+        wait_for(lambda: (work / "prep_dataset").exists() or proc.poll() is not None, "prep_dataset")
+        ctrl_c(proc)  # preprocessing (or, if that was quicker, a later stage)
+        out, err = proc.communicate(timeout=HANG)
+    finally:
+        kill_group(proc)
     assert proc.returncode == 130, (out[-2000:], err)
     assert "Traceback" not in err
     hints = [line for line in err.splitlines() if "interrupted" in line or "run the same" in line]

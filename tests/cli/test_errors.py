@@ -8,7 +8,7 @@ import time
 import pytest
 
 from centernet.errors import Interrupted, UserError, cli, sigint_blocked
-from conftest import ctrl_c, start_script, wait_until_loaded
+from conftest import HANG, ctrl_c, kill_group, start_script, wait_until_loaded
 
 
 def _exit_of(main, capsys):
@@ -108,6 +108,9 @@ def test_ctrl_c_while_torch_loads_ends_quietly(script, upstream_checkpoint, tmp_
     proc = start_script(script, *args, cwd=tmp_path)
     wait_until_loaded(proc, "libtorch_cpu")
     ctrl_c(proc)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=HANG)
+    finally:
+        kill_group(proc)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.startswith("interrupted: ") and err.count("\n") == 1, err

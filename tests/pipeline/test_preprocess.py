@@ -14,7 +14,7 @@ import pytest
 from centernet.pipeline import preprocess
 from centernet.pipeline.preprocess import preprocess_array, preprocess_folder
 from centernet.core.transforms import preprocess_image, test_geometry
-from conftest import assert_one_line_error, ctrl_c, start_script, wait_until_loaded
+from conftest import HANG, assert_one_line_error, ctrl_c, kill_group, start_script, wait_until_loaded
 
 BIN_BYTES = 3 * 512 * 512 * 4  # 3,145,728
 
@@ -272,7 +272,7 @@ def test_ctrl_c_at_random_moments_ends_quietly(tmp_path):
     proc = start_script("CenterNet_preprocess.py", *args, cwd=tmp_path)
     wait_until_loaded(proc, "/cv2/")
     t0 = time.monotonic()
-    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    assert proc.wait(timeout=HANG) == 0, proc.stderr.read()
     proc.stdout.close(), proc.stderr.close()
     whole = time.monotonic() - t0
     shutil.rmtree(tmp_path / "prep")
@@ -291,10 +291,10 @@ def test_ctrl_c_at_random_moments_ends_quietly(tmp_path):
             time.sleep(pick.uniform(0.01, 0.3))
             ctrl_c(proc)
         try:
-            out, err = proc.communicate(timeout=10)
+            out, err = proc.communicate(timeout=HANG)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            pytest.fail(f"no exit within 10 s of Ctrl-C at {delay:.2f}s: {proc.communicate()}")
+            kill_group(proc)
+            pytest.fail(f"hangs: no exit within {HANG} s of Ctrl-C at {delay:.2f}s")
         outcomes.append(proc.returncode)
         assert "Traceback" not in err, (delay, err)
         if proc.returncode == 130:

@@ -8,14 +8,13 @@ import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from centernet.io.coco import evaluate_coco, write_results
 from centernet.errors import UserError
 from centernet.pipeline.stream import stream_detections
-from conftest import ROOT, captured_logs
+from conftest import HANG, ROOT, captured_logs
 
 ray = pytest.importorskip("ray")
 
@@ -189,32 +188,35 @@ def test_blocks_from_another_model_are_not_reused(local_ray, synthetic_coco, sma
 @pytest.mark.slow
 def test_actor_killed_mid_run_is_restarted_and_every_image_is_written_once(local_ray, small_onnx, tmp_path,
                                                                            monkeypatch):
-    """The inference actor is SIGKILLed at the start of its second Ray task:
-    its first task has ended (an actor runs one task at a time), so images it
-    did reach the driver, and the second task's images and the rest are still
-    to do. Ray restarts the actor, the unfinished task runs again there, and
-    the results file is the undisturbed run's.
+    """The pool's one inference actor is SIGKILLed in the middle of its
+    second block (16 images in 4 Ray tasks of PREPROCESS_BATCH images, one
+    call each at batchsize 1): when it starts the second image of its second
+    task. The actor kills itself (a subclass of the inference actor, shipped
+    to the worker by value) when its own count of images says so: an event
+    of the run, not a moment on a clock, so the kill always comes with work
+    done and work left to do, however fast the machine.
 
-    The actor kills itself (a subclass of the inference actor, shipped to the
-    worker by value), so the moment is fixed by the work it has done, not by
-    timing: a kill from outside, timed by the clock or by CPU seconds, could
-    come before the actor's first result or after its last one."""
+    Only the outcome is asserted: the run ends without error after Ray
+    restarts the actor; each block is written once; the results file is the
+    undisturbed run's, byte for byte (every image once, in order). Not which
+    process's results reached the driver: a task that ended in the killed
+    actor may have had its reply still unsent when the process died, and Ray
+    then runs it again in the restarted actor (at least once), so all the
+    images may come from the new process."""
     from centernet.io.synthetic import make_synthetic_coco
     info = make_synthetic_coco(tmp_path / "data", num_images=16, seed=1, image_sizes=[(64, 48), (48, 64)],
                                max_objects=2)
     ann, images_dir = info["annotation_file"], info["images_dir"]
     stream_reference(small_onnx, images_dir, ann, tmp_path / "plain.json")
-    # Each actor task is one block of the preprocessing's output, PREPROCESS_BATCH images,
-    # one call each at batchsize 1: the call after that many is the second task's first.
-    marker, calls_per_task = str(tmp_path / "killed"), ray_eval.PREPROCESS_BATCH
+    marker, kill_at = tmp_path / "killed", ray_eval.PREPROCESS_BATCH + 1  # images done when the kill comes
 
-    class KilledAtItsSecondTask(ray_eval._Infer):
+    class KilledInItsSecondTask(ray_eval._Infer):
         def __call__(self, batch):
             self.done = getattr(self, "done", 0)
-            if self.done == calls_per_task:
+            if self.done == kill_at:
                 try:
                     with open(marker, "x") as f:  # once: the restarted actor finds the file
-                        f.write(str(os.getpid()))
+                        f.write(f"{os.getpid()} {batch['index'].tolist()}")
                 except FileExistsError:
                     pass
                 else:
@@ -223,14 +225,19 @@ def test_actor_killed_mid_run_is_restarted_and_every_image_is_written_once(local
             self.done += 1
             return out
 
-    monkeypatch.setattr(ray_eval, "_Infer", KilledAtItsSecondTask)
+    real_write, written = BlockStore.write, []
+
+    def write(self, index, *args):
+        written.append(index)
+        return real_write(self, index, *args)
+
+    monkeypatch.setattr(ray_eval, "_Infer", KilledInItsSecondTask)
+    monkeypatch.setattr(BlockStore, "write", write)
     ids, errors, stats = evaluate_on_ray(small_onnx, images_dir, ann, tmp_path / "ray.json", threads=2,
                                          block_size=4, progress=False)
-    assert Path(marker).is_file()  # the kill happened
-    assert not errors and len(ids) == 16
-    # The killed actor's images and the restarted one's (another process) make up the results,
-    # which are the undisturbed run's: each image once and in order.
-    assert stats["actor_processes"] == 2, stats
+    assert marker.is_file()  # the kill happened, with 16 - kill_at images still to infer
+    assert not errors and len(ids) == 16 and stats["images"] == 16
+    assert sorted(written) == [0, 1, 2, 3]  # each block written once
     assert (tmp_path / "ray.json").read_bytes() == (tmp_path / "plain.json").read_bytes()
 
 
@@ -285,7 +292,7 @@ def test_resources_each_actor_reserves():
 def test_ray_is_imported_only_when_used():
     code = ("import sys; import CenterNet_eval, centernet.pipeline.ray_eval, centernet.pipeline.stream; "
             "assert 'ray' not in sys.modules, 'ray imported'")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=HANG)
     assert r.returncode == 0, r.stderr
 
 

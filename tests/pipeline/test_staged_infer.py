@@ -4,7 +4,6 @@ import os
 import re
 import shlex
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -12,7 +11,8 @@ import torch
 
 from centernet.io.binio import write_bin
 from centernet.pipeline.staged_infer import run_loop
-from conftest import run_infer, ROOT, assert_one_line_error, assert_parity, ctrl_c, photo_inputs, start_command
+from conftest import (HANG, ROOT, assert_one_line_error, assert_parity, ctrl_c, kill_group, photo_inputs, run_infer,
+                      start_command, wait_for)
 
 
 @pytest.fixture(scope="module")
@@ -231,11 +231,13 @@ def test_ctrl_c_names_the_command_that_resumes(ctdet_onnx, inputs, reference, tm
     first = sorted(reference)[0]
     proc = start_command(["bash", ROOT / "run_infer.sh", "--model", ctdet_onnx, "--input", folder, "--output",
                           tmp_path, "--output_dirname", "d", "--threads", 2], cwd=ROOT)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "d" / f"{first}_2.bin").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    ctrl_c(proc)  # while the second image runs
-    out, err = proc.communicate(timeout=30)
+    try:
+        wait_for(lambda: (tmp_path / "d" / f"{first}_2.bin").exists() or proc.poll() is not None,
+                 "first image's outputs")
+        ctrl_c(proc)  # while the second image runs
+        out, err = proc.communicate(timeout=HANG)
+    finally:
+        kill_group(proc)
     assert proc.returncode == 130, (out, err)
     message = err.strip().split("\n")[-1]  # after the progress bar, on its own line
     assert "Traceback" not in err

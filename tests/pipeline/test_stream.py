@@ -17,7 +17,7 @@ from centernet.pipeline.staged_infer import run_folder
 from centernet.io.meta import load_meta
 from centernet.pipeline.preprocess import preprocess_folder
 from centernet.pipeline.stream import stream_detections
-from conftest import captured_logs, assert_one_line_error, ctrl_c, start_script, wait_until_loaded
+from conftest import HANG, captured_logs, assert_one_line_error, ctrl_c, kill_group, start_script, wait_until_loaded
 
 
 def test_stream_equals_staged(synthetic_coco, ctdet_onnx, tmp_path):
@@ -291,7 +291,10 @@ def test_eval_ctrl_c_ends_quietly(synthetic_coco, ctdet_onnx, tmp_path):
         if twice:
             time.sleep(0.1)
             ctrl_c(proc)
-        out, err = proc.communicate(timeout=30)
+        try:
+            out, err = proc.communicate(timeout=HANG)
+        finally:
+            kill_group(proc)
         outcomes.append(proc.returncode)
         if proc.returncode == 0 and delay > 0:
             assert not err, err
