@@ -5,10 +5,14 @@
     python CenterNet_pth2onnx.py ctdet_coco_dla_2x.pth CenterNet_ascend.onnx --target ascend
     python CenterNet_pth2onnx.py ctdet_coco_dla_2x.pth CenterNet_keepres.onnx --dynamic-size
     python CenterNet_pth2onnx.py ctdet_coco_dla_2x.pth CenterNet_flip.onnx --flip
+    python CenterNet_pth2onnx.py ctdet_coco_dla_2x.pth CenterNet.onnx --if-changed
+
+The file appears under its name only once its self-check passed: the export
+goes to a temp file beside it first. Its metadata records what it was made
+from: the checkpoint's SHA-256, the export options and whether it was checked.
 """
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from centernet.environment import COMMON, require
@@ -17,12 +21,11 @@ require(*COMMON, "torch", "onnx")  # before any third-party import
 
 from centernet.cli.args import ArgumentParser, add_flip_argument, add_input_size_argument
 from centernet.cli.logs import setup_logging
-from centernet.errors import UserError, cli, quiet_interrupt
+from centernet.errors import Interrupted, UserError, cli, quiet_interrupt
 
-with quiet_interrupt():  # torch loads here
-    from centernet.io.binio import make_dirs
-    from centernet.model.checkpoint import load_model
-    from centernet.convert.export import DCN_FORMS, TARGETS, FlipTest, check_export, count_ops, export_onnx, require_passed
+with quiet_interrupt():  # onnx loads here; torch only in main(), when there is something to export
+    from centernet.constants import DCN_FORMS, TARGETS
+    from centernet.convert.provenance import ExportOptions, export_status, file_sha256, short
 
 
 def build_parser():
@@ -50,6 +53,10 @@ def build_parser():
                         "more than float32 rounding explains (default: off, the check runs)")
     p.add_argument("--threads", type=int, default=0,
                    help="ONNX Runtime threads for the check, 0 = all cores (default: %(default)s)")
+    p.add_argument("--if-changed", action="store_true",
+                   help="keep OUTPUT when its metadata says it was exported from a checkpoint with the same "
+                        "contents (SHA-256), with the same options and, unless --no-check, checked; export "
+                        "otherwise. The file's date is not consulted (default: off, always export)")
     return p
 
 
@@ -57,36 +64,40 @@ def parse_args(argv=None):
     return build_parser().parse_args(argv)
 
 
-@cli(interrupted="the ONNX file is written whole or not at all, and may not have been checked yet; "
-                 "run the same command again")
+@cli(interrupted="nothing was written; run the same command again")
 def main(argv=None):
     args = parse_args(argv)
     setup_logging(info_stream="stdout")
-    if Path(args.output).is_dir():
+    out = Path(args.output)
+    if out.is_dir():
         raise UserError(f"{args.output}: is a folder; give the ONNX file to write, e.g. "
-                        f"{Path(args.output) / 'CenterNet.onnx'}")
-    model = load_model(args.checkpoint)
-    make_dirs(Path(args.output).parent)
-    t0 = time.perf_counter()
-    proto = export_onnx(model, args.output, target=args.target, dcn=args.dcn,
-                        input_size=tuple(args.input_size), dynamic_size=args.dynamic_size, flip=args.flip)
-    ops = count_ops(proto)
-    dcn_nodes = ops.get("DeformConv", 0) + ops.get("DeformableConv2D", 0)
-    print(f"wrote {args.output} ({args.target}, opset {proto.opset_import[0].version}, "
-          f"{dcn_nodes} deformable conv nodes, {sum(ops.values())} nodes"
-          f"{', flip test in the graph: output1 is the sigmoid-averaged heatmap' if args.flip else ''}) "
-          f"in {time.perf_counter() - t0:.1f}s")
-    if args.no_check:
-        return 0
-    print("checking the export against PyTorch (float64) ...", flush=True)
-    t0 = time.perf_counter()
-    reference = FlipTest(model) if args.flip else model  # the flip graph is checked against the flip test
-    checks = check_export(reference, proto, target=args.target, input_size=tuple(args.input_size),
-                          threads=args.threads, name=args.output)
-    for c in checks:
-        print(c.describe())
-    require_passed(checks, args.output)
-    print(f"check passed in {time.perf_counter() - t0:.1f}s")
+                        f"{out / 'CenterNet.onnx'}")
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        raise UserError(f"{checkpoint}: {'is a folder, not a checkpoint file' if checkpoint.is_dir() else 'checkpoint not found'}")
+    options = ExportOptions(target=args.target, dcn=args.dcn, input_size=tuple(args.input_size),
+                            dynamic_size=args.dynamic_size, flip=args.flip)
+    digest = file_sha256(checkpoint)
+    if args.if_changed:
+        status = export_status(out, digest, options, need_checked=not args.no_check)
+        if status.current:
+            print(status.describe(out, checkpoint, digest))
+            return 0
+        if out.exists():
+            print(f"{status.describe(out, checkpoint, digest)}; exporting again", flush=True)
+
+    from centernet.io.binio import make_dirs
+    from centernet.model.checkpoint import load_model
+    from centernet.convert.export import export_checked
+    model = load_model(checkpoint)
+    make_dirs(out.parent)
+    done = export_checked(model, out, options, digest, checkpoint.name, check=not args.no_check,
+                          threads=args.threads)
+    try:
+        print(f"wrote {out} (exported from {checkpoint}, sha256 {short(digest)}, "
+              f"{'checked against PyTorch' if done.checked else 'not checked: --no-check'})")
+    except KeyboardInterrupt:
+        raise Interrupted(f"{out} was written whole{' and checked' if done.checked else ''}") from None
     return 0
 
 

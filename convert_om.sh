@@ -7,7 +7,9 @@
 #       (keep resolution: the distinct input sizes of meta.json become ATC's dynamic
 #        image size gears; export the ONNX with --target ascend --dynamic-size)
 #
-# Writes <prefix>_bs<B>.om for each batch size (prefix defaults to CenterNet).
+# Writes <prefix>_bs<B>.om for each batch size (prefix defaults to CenterNet), and beside
+# each <prefix>_bs<B>.om.source: what it was converted from (the ONNX file's SHA-256 and the
+# ATC options), which --if-changed compares to skip a conversion that is still current.
 # Needs the CANN toolkit: its set_env.sh is sourced when present.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,6 +27,9 @@ usage: convert_om.sh MODEL.onnx [options]
                        (default: off)
   --meta FILE          meta.json of CenterNet_preprocess.py --keep-res (needed by --keep-res)
   --log LEVEL          atc log level: debug|info|warning|error (default: error)
+  --if-changed         keep an .om whose .om.source names this ONNX file's SHA-256 and the same
+                       options (soc, batch, input shape, gears); convert the others (default: off,
+                       convert every batch size)
   -h, --help           this text
 Environment: ASCEND_SET_ENV (default /usr/local/Ascend/ascend-toolkit/set_env.sh).
 USAGE
@@ -34,6 +39,7 @@ die() { echo "error: $*" >&2; exit 2; }
 source "$here/tools/options.sh"  # unknown_option: the one line for a mistyped option
 
 model=""; soc=""; batchsizes="1"; prefix="CenterNet"; height=512; width=512; log=error; keep_res=0; meta=""
+if_changed=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --soc_version) soc="${2:?--soc_version needs a value}"; shift 2 ;;
@@ -47,6 +53,7 @@ while [ $# -gt 0 ]; do
     --keep-res) keep_res=1; shift ;;
     --meta) meta="${2:?--meta needs a file}"; shift 2 ;;
     --meta=*) meta="${1#*=}"; shift ;;
+    --if-changed) if_changed=1; shift ;;
     -h|--help) usage; exit 0 ;;
     -*) unknown_option "$1" ;;
     *) [ -z "$model" ] || die "one model only (got $model and $1)"; model="$1"; shift ;;
@@ -110,6 +117,11 @@ if [ -z "$soc" ]; then
 fi
 
 dynamic=(); [ -z "$gears" ] || dynamic=(--dynamic_image_size="$gears")
+model_sha="$(sha256sum "$model" | cut -d' ' -f1)"
+source_record() {  # source_record B: what <prefix>_bs<B>.om is converted from, as its .om.source holds it
+  printf 'onnx_sha256 %s\nsoc_version %s\ninput_shape actual_input:%s,3,%s\ndynamic_image_size %s\n' \
+    "$model_sha" "$soc" "$1" "$shape" "$gears"
+}
 # Ctrl-C: atc writes the .om under its final name, so remove a half-written one.
 done_oms=()
 interrupted() {
@@ -120,8 +132,17 @@ interrupted() {
 trap interrupted INT
 for b in $batchsizes; do
   out="${prefix}_bs${b}"
+  if [ "$if_changed" = 1 ] && [ -f "$out.om" ] && [ -f "$out.om.source" ] \
+      && [ "$(cat "$out.om.source")" = "$(source_record "$b")" ]; then
+    echo "$out.om is up to date (converted from $model, sha256 ${model_sha:0:8}…, same options)"
+    continue
+  fi
+  rm -f "$out.om.source"  # until atc has finished, the .om is not what a record would say
   echo "atc: $model -> $out.om (batch $b, $soc${gears:+, $(tr -cd ';' <<<"$gears" | wc -c | awk '{print $1 + 1}') input sizes})"
   atc --framework=5 --model="$model" --output="$out" --input_format=NCHW \
       --input_shape="actual_input:${b},3,${shape}" "${dynamic[@]}" --log="$log" --soc_version="$soc"
+  if [ -f "$out.om" ]; then
+    source_record "$b" > "$out.om.source.tmp" && mv -f "$out.om.source.tmp" "$out.om.source"
+  fi
   done_oms+=("$out.om")
 done

@@ -190,7 +190,7 @@ if [ "$stream" = 1 ]; then
     model="$weights"
   else
     model="$workdir/CenterNet$model_tag.onnx"
-    [ "$model" -nt "$weights" ] || stage export "$PY" CenterNet_pth2onnx.py "$weights" "$model" "${export_args[@]}"
+    stage export "$PY" CenterNet_pth2onnx.py "$weights" "$model" "${export_args[@]}" --if-changed
   fi
   stage stream-eval "$PY" CenterNet_eval.py --model "$model" --dataset "$data" --batchsize "$batchsize" \
     --device "$device" --threads "$threads" --output "$results" --resultfolder "$evaldir" "${limit_args[@]}" \
@@ -206,22 +206,21 @@ else
       "${torch_args[@]}"
   elif [ "$backend" = onnxruntime ]; then
     model="$workdir/CenterNet$model_tag.onnx"
-    # Export is skipped when a complete (atomically written) file newer than the weights exists.
-    if [ "$model" -nt "$weights" ]; then echo; echo "== export: $model is up to date"
-    else stage export "$PY" CenterNet_pth2onnx.py "$weights" "$model" "${export_args[@]}"; fi
+    # --if-changed: the export is kept when its metadata says it was made from a checkpoint with
+    # these contents (SHA-256), with these options, and checked; its date does not count.
+    stage export "$PY" CenterNet_pth2onnx.py "$weights" "$model" "${export_args[@]}" --if-changed
     stage infer bash run_infer.sh --model "$model" --input "$prep" --output "$workdir/result" \
       --output_dirname "$dump" --batchsize "$batchsize" --device "$device" --threads "$threads" --skip-existing
   else
     onnx="$workdir/CenterNet_ascend$model_tag.onnx"
-    [ "$onnx" -nt "$weights" ] || stage export "$PY" CenterNet_pth2onnx.py "$weights" "$onnx" --target ascend \
-      "${export_args[@]}"
+    stage export "$PY" CenterNet_pth2onnx.py "$weights" "$onnx" --target ascend "${export_args[@]}" --if-changed
     soc_args=(); [ -z "$soc" ] || soc_args=(--soc_version "$soc")
     gear_args=(); [ "$keep_res" = 0 ] || gear_args=(--keep-res --meta "$prep/meta.json")
     om="$workdir/CenterNet$tag""_bs$batchsize.om"
-    # Keep resolution: the gears are the sizes of this run's images, so always convert.
-    if [ "$om" -nt "$onnx" ] && [ "$keep_res" = 0 ]; then echo; echo "== convert: $om is up to date"
-    else stage convert bash convert_om.sh "$onnx" --batchsizes "$batchsize" \
-      --output_prefix "$workdir/CenterNet$tag" "${soc_args[@]}" "${gear_args[@]}"; fi
+    # --if-changed: the .om is kept when its record ($om.source) names this ONNX file's SHA-256
+    # and the same ATC options (keep resolution: the gears of this run's images).
+    stage convert bash convert_om.sh "$onnx" --batchsizes "$batchsize" \
+      --output_prefix "$workdir/CenterNet$tag" "${soc_args[@]}" "${gear_args[@]}" --if-changed
     stage infer bash run_infer.sh --model "$om" --input "$prep" --output "$workdir/result" \
       --output_dirname "$dump" --batchsize "$batchsize"
   fi
@@ -236,13 +235,14 @@ else
 fi
 
 # See what the detector sees on a few of the evaluated images (the first by
-# file name, as --limit takes them). The ONNX Runtime export when there is
-# one, else the checkpoint (exported once, cached beside it); with --backend
-# torch, the checkpoint in PyTorch. Optional: the evaluation above stands either way.
+# file name, as --limit takes them). With ONNX Runtime, this run's export
+# (just made or confirmed current); with Ascend, the checkpoint (exported
+# once, cached beside it); with --backend torch, the checkpoint in PyTorch.
+# Optional: the evaluation above stands either way.
 annotated="$workdir/demo_out"
-demo_model="$workdir/CenterNet$model_tag.onnx"  # this mode's export (a --flip one says so in its metadata)
-[ "$demo_model" -nt "$weights" ] || demo_model="$weights"
-[ "$backend" != torch ] || demo_model="$weights"
+demo_model="$weights"
+# this mode's export (a --flip one says so in its metadata)
+[ "$backend" != onnxruntime ] || demo_model="$workdir/CenterNet$model_tag.onnx"
 demo_args=(); [ "$keep_res" = 0 ] || demo_args=(--keep-res)
 stage --optional annotate "$PY" CenterNet_demo.py --model "$demo_model" "$images" --limit 4 --output "$annotated" \
   --device "$device" --threads "$threads" --no-progress "${demo_args[@]}" "${torch_args[@]}"

@@ -25,6 +25,10 @@ HEADS = ("hm", "wh", "reg")
 FLIP_KEY = "centernet.flip_test"  # "1": the flip test is in the graph (export --flip), "0": it is not
 HM_KEY = "centernet.hm"           # "logits" (raw) or "sigmoid" (the flip test's averaged heatmap)
 
+# Export targets, and the forms of a deformable convolution for the onnxruntime target.
+TARGETS = ("onnxruntime", "ascend")
+DCN_FORMS = ("deformconv", "decompose")
+
 # Image files the preprocessing reads, and the wider set the demo and annotation take.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 DEMO_IMAGE_EXTENSIONS = IMAGE_EXTENSIONS + (".webp", ".tif", ".tiff")

@@ -1,5 +1,6 @@
 """convert_om.sh cannot compile here: check its arguments and the exact atc
 command lines it runs, with stub `atc` and `npu-smi` first on PATH."""
+import hashlib
 import os
 import subprocess
 import sys
@@ -205,3 +206,45 @@ if out.endswith("bs4"):
     assert err.strip().splitlines() == ["interrupted: CenterNet_bs4.om removed (incomplete); complete: "
                                         "CenterNet_bs1.om; run the same command again"]
     assert (tmp / "CenterNet_bs1.om").read_text() == "whole" and not (tmp / "CenterNet_bs4.om").exists()
+
+
+def test_if_changed_keeps_an_om_converted_from_the_same_onnx_with_the_same_options(stubs):
+    tmp, model, log, env = stubs
+    # this atc writes its .om, as the real one does
+    (tmp / "bin" / "atc").write_text('#!/bin/sh\nfor a; do case "$a" in --output=*) out="${a#--output=}";; esac; done\n'
+                                     f'echo "$@" >> "{log}"\nprintf om > "$out.om"\n')
+
+    def run(*args):
+        r = convert(model, "--soc_version", "Ascend310P3", "--if-changed", *args, env=env, cwd=tmp)
+        assert r.returncode == 0, r.stderr
+        return r.stdout, len(log.read_text().splitlines())
+
+    out, calls = run()
+    assert calls == 1 and (tmp / "CenterNet_bs1.om.source").is_file()
+    out, calls = run()
+    assert calls == 1, out
+    assert out.strip() == f"CenterNet_bs1.om is up to date (converted from {model}, sha256 " \
+                          f"{hashlib.sha256(b'onnx').hexdigest()[:8]}…, same options)"
+    # another chip, another ONNX file (whatever its date), another batch size: converted
+    out, calls = run("--soc_version", "Ascend910B")
+    assert calls == 2
+    old = os.stat(model).st_mtime - 3600
+    model.write_bytes(b"other onnx")
+    os.utime(model, (old, old))
+    out, calls = run("--soc_version", "Ascend910B")
+    assert calls == 3 and "atc: " in out
+    out, calls = run("--soc_version", "Ascend910B", "--batchsizes", "1 2")
+    assert calls == 4 and "CenterNet_bs1.om is up to date" in out and "--output=CenterNet_bs2 " in log.read_text()
+    # an .om without its record (converted before records, or by hand) is converted again
+    (tmp / "CenterNet_bs2.om.source").unlink()
+    out, calls = run("--soc_version", "Ascend910B", "--batchsizes", "2")
+    assert calls == 5
+
+
+def test_a_failed_conversion_leaves_no_record(stubs):
+    tmp, model, log, env = stubs
+    (tmp / "bin" / "atc").write_text('#!/bin/sh\nprintf half > CenterNet_bs1.om\nexit 1\n')
+    (tmp / "CenterNet_bs1.om.source").write_text("an earlier conversion's record")
+    r = convert(model, "--soc_version", "Ascend310P3", "--if-changed", env=env, cwd=tmp)
+    assert r.returncode != 0
+    assert not (tmp / "CenterNet_bs1.om.source").exists()

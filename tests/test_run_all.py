@@ -1,4 +1,5 @@
 """run_all.sh end to end: the demo pipeline on a handful of images."""
+import hashlib
 import json
 import os
 import re
@@ -8,10 +9,12 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 
 from centernet.model.checkpoint import load_model
 from centernet.io.coco import STAT_NAMES
-from centernet.convert.export import export_onnx
+from centernet.convert.export import export_checked
+from centernet.convert.provenance import ExportOptions, file_sha256
 from conftest import HANG, ROOT, ctrl_c, kill_group, start_command, wait_for
 
 N = 3
@@ -108,13 +111,53 @@ def test_rerun_resumes(demo_run):
     assert "nothing to do" in r.stdout
 
 
+def onnx_metadata(path):
+    import onnx
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def test_other_weights_with_an_older_date_are_exported_again(demo_run, tmp_path):
+    """A run with other weights in the same workdir exports them, though their
+    file is older than the export there (a restored download keeps its date);
+    the next run with them keeps that export."""
+    work = tmp_path / "w"
+    work.mkdir()
+    # The state after a run with the demo's weights (w1): its data and export.
+    shutil.copytree(demo_run[0] / "data", work / "data")
+    shutil.copy(demo_run[0] / "CenterNet.onnx", work)
+    state = torch.load(demo_run[0] / "ctdet_demo.pth", weights_only=True)
+    state["state_dict"]["module.hm.2.bias"] += 0.5  # other weights: every score changes
+    w2 = tmp_path / "w2.pth"
+    torch.save(state, w2)
+    old = (work / "CenterNet.onnx").stat().st_mtime - 3600
+    os.utime(w2, (old, old))
+    args = ("--weights", w2, "--data", work / "data", "--workdir", work, "--limit", 1, "--threads", 2)
+    r = run_all(*args, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "is up to date" not in r.stdout
+    assert f"{work}/CenterNet.onnx was exported from another checkpoint" in r.stdout
+    sha = hashlib.sha256(w2.read_bytes()).hexdigest()
+    assert onnx_metadata(work / "CenterNet.onnx")["centernet.checkpoint_sha256"] == sha
+    # the pictures are w2's too
+    ours, w1s = (json.loads((d / "demo_out" / "detections.json").read_text())["images"][0]
+                 for d in (work, demo_run[0]))
+    assert ours["file"].rsplit("/", 1)[1] == w1s["file"].rsplit("/", 1)[1]
+    assert [d["score"] for d in ours["detections"]] != [d["score"] for d in w1s["detections"]]
+    stamp = (work / "CenterNet.onnx").stat().st_mtime_ns
+    r = run_all(*args, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (f"{work}/CenterNet.onnx is up to date (exported from {w2}, sha256 {sha[:8]}…, same options, "
+            f"checked)") in r.stdout
+    assert "exporting again" not in r.stdout and (work / "CenterNet.onnx").stat().st_mtime_ns == stamp
+
+
 def test_missing_weights_says_what_to_fetch_then_runs_demo(demo_run, tmp_path):
     # The demo's data, weights and export, made once for this module: the
     # fallback reuses them (as a re-run would) instead of making them again.
     work = tmp_path / "w"
     work.mkdir()
     shutil.copytree(demo_run[0] / "data", work / "data")
-    for name in ("ctdet_demo.pth", "CenterNet.onnx"):  # in this order: the export stays newer
+    for name in ("ctdet_demo.pth", "CenterNet.onnx"):  # the export records these weights: it is kept
         shutil.copy(demo_run[0] / name, work)
     r = run_all("--weights", tmp_path / "none.pth", "--data", tmp_path / "nodata", "--workdir", work,
                 "--threads", 2, cwd=ROOT)
@@ -142,12 +185,14 @@ def test_keep_res_flip_staged(demo_run, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     # The demo's data and weights, made once for this module, and the export
-    # this mode needs, made here without run_all's 512x512 float64 self-check
-    # (test_export checks a --flip export): run_all finds it up to date.
+    # this mode needs, made and checked here at 64x64 instead of run_all's
+    # 512x512 (a dynamic-size export is the same graph whatever size it was
+    # traced at): run_all finds it up to date.
     shutil.copytree(demo_run[0] / "data", work / "data")
     shutil.copy(demo_run[0] / "ctdet_demo.pth", work)
-    export_onnx(load_model(work / "ctdet_demo.pth"), work / "CenterNet_dynamic_flip.onnx",
-                input_size=(64, 64), dynamic_size=True, flip=True)
+    export_checked(load_model(work / "ctdet_demo.pth"), work / "CenterNet_dynamic_flip.onnx",
+                   ExportOptions(input_size=(64, 64), dynamic_size=True, flip=True),
+                   file_sha256(work / "ctdet_demo.pth"), "ctdet_demo.pth", batch=1, threads=2)
     r = run_all("--demo", "--workdir", work, "--keep-res", "--flip", "--keep", "--threads", 2, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "| keep-res + flip |" in r.stdout and "| 39.2 |" in r.stdout

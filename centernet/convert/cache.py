@@ -1,6 +1,5 @@
 """The export cache: a checkpoint exported to ONNX once, checked against
 PyTorch, and reused while the checkpoint's contents are unchanged."""
-import hashlib
 import logging
 import os
 import time
@@ -8,7 +7,9 @@ from pathlib import Path
 
 from centernet.constants import INPUT_SIZE
 from centernet.errors import UserError
-from centernet.io.binio import make_dirs, write_atomic
+from centernet.io.binio import make_dirs
+from centernet.convert.provenance import (CHECKPOINT_SHA256_KEY, INPUT_KEY, ExportOptions, export_status,
+                                          file_sha256)
 
 logger = logging.getLogger(__name__)
 
@@ -16,18 +17,10 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_EXTENSIONS = (".pth", ".pt", ".tar")
 
 
-CACHE_KEY = "centernet.checkpoint_sha256"
-
-
-CACHE_INPUT_KEY = "centernet.input"
-
-
-def file_sha256(path, chunk=1 << 22):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+# The cache's record in the ONNX metadata (convert/provenance.py writes and compares all of it).
+CACHE_KEY = CHECKPOINT_SHA256_KEY
+CACHE_INPUT_KEY = INPUT_KEY
+__all__ = ["CACHE_KEY", "CACHE_INPUT_KEY", "cached_export", "export_cache_path", "file_sha256", "is_checkpoint"]
 
 
 def export_cache_path(checkpoint, dynamic_size, input_size=(INPUT_SIZE, INPUT_SIZE), folder=None):
@@ -36,16 +29,6 @@ def export_cache_path(checkpoint, dynamic_size, input_size=(INPUT_SIZE, INPUT_SI
     checkpoint = Path(checkpoint)
     form = "dynamic" if dynamic_size else f"{input_size[0]}x{input_size[1]}"
     return Path(folder or checkpoint.parent) / f"{checkpoint.stem}.cache-{form}.onnx"
-
-
-def _cache_metadata(path):
-    """The metadata_props of an ONNX file, or None if it cannot be read."""
-    import onnx
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception:  # a truncated or foreign file is simply stale
-        return None
-    return {p.key: p.value for p in proto.metadata_props}
 
 
 def cached_export(checkpoint, dynamic_size=False, input_size=(INPUT_SIZE, INPUT_SIZE), threads=0,
@@ -69,37 +52,26 @@ def cached_export(checkpoint, dynamic_size=False, input_size=(INPUT_SIZE, INPUT_
         folder = fallback_folder
         logger.info(f"model: {checkpoint.parent} is not writable; caching the export in {folder}")
     path = export_cache_path(checkpoint, dynamic_size, input_size, folder)
-    form = "dynamic" if dynamic_size else f"{input_size[0]}x{input_size[1]}"
+    options = ExportOptions(input_size=tuple(input_size), dynamic_size=dynamic_size)
     digest = file_sha256(checkpoint)
-    if path.is_file():
-        meta = _cache_metadata(path)
-        if meta and meta.get(CACHE_KEY) == digest and meta.get(CACHE_INPUT_KEY) == form:
-            logger.info(f"model: {path} (cached export of {checkpoint.name})")
-            return path
-        logger.info(f"model: {path} is from another checkpoint or older; exporting again")
+    status = export_status(path, digest, options)
+    if status.current:
+        logger.info(f"model: {path} (cached export of {checkpoint.name})")
+        return path
+    if path.exists():
+        logger.info(f"model: {status.describe(path, checkpoint, digest)}; exporting again")
 
     from centernet.model.checkpoint import load_model
-    from centernet.convert.export import check_export, export_onnx, require_passed
+    from centernet.convert.export import export_checked
     t0 = time.perf_counter()
-    logger.info(f"model: exporting {checkpoint} to {path} ({'dynamic input size' if dynamic_size else form}; "
+    logger.info(f"model: exporting {checkpoint} to {path} ({'dynamic input size' if dynamic_size else options.input_form}; "
         f"once, reused while the checkpoint is unchanged)")
     model = load_model(checkpoint)
     make_dirs(path.parent)
-    proto = export_onnx(model, path, input_size=tuple(input_size), dynamic_size=dynamic_size)
-    # Until the metadata below is written the file counts as stale, so an
-    # interrupted or failed export is redone next time.
-    logger.info("model: checking the export against PyTorch (float64) ...")
-    checks = check_export(model, proto, input_size=tuple(input_size), batch=1, threads=threads, name=str(path))
-    try:
-        require_passed(checks, path)
-    except UserError:
-        path.unlink(missing_ok=True)
-        raise
-    for key, value in ((CACHE_KEY, digest), (CACHE_INPUT_KEY, form), ("centernet.checkpoint", checkpoint.name)):
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    write_atomic(path, proto.SerializeToString())
-    worst = max(c.rel_diff for c in checks)
+    # The file appears under its name only once checked, with its record.
+    done = export_checked(model, path, options, digest, checkpoint.name, threads=threads, batch=1,
+                          log_prefix="model: ", log_checks=False)
+    worst = max(c.rel_diff for c in done.checks)
     logger.info(f"model: exported and checked against PyTorch float64 (largest difference {worst:.1e} of an "
         f"output's magnitude) in {time.perf_counter() - t0:.1f}s")
     return path

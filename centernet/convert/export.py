@@ -15,9 +15,13 @@ records which kind of hm the file outputs (FLIP_KEY, HM_KEY).
 """
 import copy
 import io
+import logging
 import math
+import os
+import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -29,18 +33,20 @@ from dcn_v2 import export_flavour
 
 from centernet.io.binio import write_atomic
 from centernet.core.compare import difference
-from centernet.errors import UserError
-from centernet.constants import FLIP_KEY, HM_KEY, INPUT_NAME, OUTPUT_NAMES  # noqa: F401 (re-exported)
+from centernet.errors import Interrupted, UserError, write_error
+from centernet.convert.provenance import ExportOptions, provenance_metadata
+from centernet.constants import (DCN_FORMS, FLIP_KEY, HM_KEY, INPUT_NAME, OUTPUT_NAMES,  # noqa: F401 (re-exported)
+                                 TARGETS)
 from centernet.runtime.ort_session import make_session, run_session
 
-TARGETS = ("onnxruntime", "ascend")
 # deformconv is the default because it is the fast one in ONNX Runtime: the
 # decomposed graph ran at 0.83x on the CPU (batch 1, 2 threads); its GridSample,
 # mask Mul and MatMul take ~1.4x the DeformConv kernel's time (the kernel builds
 # each sampling plan once for all channels and fuses the mask into it).
-DCN_FORMS = ("deformconv", "decompose")
 OPSET = {"onnxruntime": 19, "ascend": 11}
 ORT_MAX_IR_VERSION = 9  # what the pinned ONNX Runtime reads for opset 19 graphs
+
+logger = logging.getLogger(__name__)
 
 
 
@@ -243,3 +249,96 @@ def count_ops(proto):
     for node in proto.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
+
+
+def describe_graph(proto, flip=False):
+    """'ascend, opset 11, 16 deformable conv nodes, 700 nodes[, flip test ...]'."""
+    ops = count_ops(proto)
+    dcn_nodes = ops.get("DeformConv", 0) + ops.get("DeformableConv2D", 0)
+    target = "ascend" if "DeformableConv2D" in ops else "onnxruntime"
+    return (f"{target}, opset {proto.opset_import[0].version}, {dcn_nodes} deformable conv nodes, "
+            f"{sum(ops.values())} nodes"
+            f"{', flip test in the graph: output1 is the sigmoid-averaged heatmap' if flip else ''}")
+
+
+@dataclass
+class CheckedExport:
+    """What export_checked put in place."""
+    path: Path
+    proto: object
+    checks: list = field(default_factory=list)  # empty when the check was skipped
+
+    @property
+    def checked(self):
+        return bool(self.checks)
+
+
+def unchecked_path(path):
+    """Where export_checked writes `path`'s export before it is checked: a
+    hidden temp file in the same folder (so the final rename is atomic)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.unchecked.tmp")
+
+
+def export_checked(model, path, options=ExportOptions(), checkpoint_sha256="", checkpoint_name="", check=True,
+                   threads=0, batch=2, log_prefix="", log_checks=True):
+    """Export `model` to `path`, so that the file appears under its final name
+    only once it is whole, checked against PyTorch (unless check=False) and
+    records what it was made from (convert/provenance.py: the checkpoint's
+    SHA-256 and name, the options, whether it was checked).
+
+    The export goes to a temp file in the same folder (unchecked_path), is
+    checked, gets its metadata, and is renamed into place. A failed check is
+    a UserError and leaves `path` as it was; Ctrl-C raises Interrupted saying
+    whether it came before anything was written or during the check. The
+    temp file is removed in every case. Progress is logged (INFO) with
+    `log_prefix`; log_checks: one line per output's check too."""
+    path = Path(path)
+    existed = path.exists()
+    tmp = unchecked_path(path)
+    stage = "export"
+    try:
+        t0 = time.perf_counter()
+        proto = export_onnx(model, tmp, target=options.target, dcn=options.dcn, input_size=options.input_size,
+                            dynamic_size=options.dynamic_size, flip=options.flip)
+        stage = "check" if check else "finish"
+        logger.info(f"{log_prefix}exported to {tmp} ({describe_graph(proto, options.flip)}) in "
+                    f"{time.perf_counter() - t0:.1f}s")
+        checks = []
+        if check:
+            logger.info(f"{log_prefix}checking the export against PyTorch (float64) ...")
+            t0 = time.perf_counter()
+            reference = FlipTest(model) if options.flip else model  # the flip graph is checked against the flip test
+            checks = check_export(reference, proto, target=options.target, input_size=options.input_size,
+                                  batch=batch, threads=threads, name=str(path))
+            if log_checks:
+                for c in checks:
+                    logger.info(f"{log_prefix}{c.describe()}")
+            require_passed(checks, path)
+            logger.info(f"{log_prefix}check passed in {time.perf_counter() - t0:.1f}s")
+            stage = "finish"
+        props = {p.key: p.value for p in proto.metadata_props}
+        props.update(provenance_metadata(checkpoint_sha256, checkpoint_name, options, checked=check))
+        helper.set_model_props(proto, props)
+        write_atomic(tmp, proto.SerializeToString())
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise write_error(path, e) from None
+    except KeyboardInterrupt:
+        _remove(tmp)
+        if stage == "export":
+            raise Interrupted("nothing was written; run the same command again") from None
+        what = "the unchecked export" if stage == "check" else "the export"
+        raise Interrupted(f"{what} {tmp} was removed; {path} {'was left as it was' if existed else 'was not written'}"
+                          f"; run the same command again") from None
+    finally:
+        _remove(tmp)
+    return CheckedExport(path, proto, checks)
+
+
+def _remove(path):
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass

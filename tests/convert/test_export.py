@@ -8,6 +8,7 @@ import torch
 from onnx import helper
 
 from centernet.errors import UserError
+from centernet.convert.provenance import file_sha256
 from centernet.convert.export import REL_TOL, FlipTest, ascend_to_deformconv, check_export, count_ops, export_onnx
 from centernet.runtime.ort_session import make_session
 from conftest import assert_close_to_reference, hand_flip_test, PYTHON, ROOT, assert_parity, photo_inputs
@@ -266,4 +267,8 @@ def test_flip_cli_checks_the_flip_graph(upstream_checkpoint, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "flip test in the graph" in r.stdout and "check passed" in r.stdout
     meta = {p.key: p.value for p in onnx.load(out).metadata_props}
-    assert meta == {"centernet.flip_test": "1", "centernet.hm": "sigmoid"}
+    # what output1 holds, and what the file was made from (tests/convert/test_provenance.py)
+    assert meta == {"centernet.flip_test": "1", "centernet.hm": "sigmoid",
+                    "centernet.checkpoint_sha256": file_sha256(upstream_checkpoint),
+                    "centernet.checkpoint": upstream_checkpoint.name, "centernet.target": "onnxruntime",
+                    "centernet.dcn": "deformconv", "centernet.input": "64x96", "centernet.checked": "yes"}

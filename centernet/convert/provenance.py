@@ -1,0 +1,139 @@
+"""What an exported ONNX file was made from, recorded in its metadata, and
+whether an existing file is still current.
+
+An export records (metadata_props) the SHA-256 of the checkpoint's bytes,
+its export options (target, DCN form, input size or dynamic, flip test) and
+whether its self-check ran. A file counts as current for a checkpoint and
+options only when all of them match, and, for a run that checks, when the
+file was checked too; a file's date says nothing (a restored download keeps
+an old one). CenterNet_pth2onnx.py --if-changed and the demo's export cache
+both decide here; convert/export.py's export_checked writes the record.
+
+Imports neither torch nor the exporter, so a file found current is reused
+without loading them."""
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from centernet.constants import DCN_FORMS, FLIP_KEY, INPUT_SIZE, TARGETS
+from centernet.errors import UserError
+
+CHECKPOINT_SHA256_KEY = "centernet.checkpoint_sha256"
+CHECKPOINT_NAME_KEY = "centernet.checkpoint"
+TARGET_KEY = "centernet.target"
+DCN_KEY = "centernet.dcn"
+INPUT_KEY = "centernet.input"      # "HxW", or "dynamic" (any size; the trace size does not matter)
+CHECKED_KEY = "centernet.checked"  # "yes", or "no (--no-check)"
+CHECKED = "yes"
+NOT_CHECKED = "no (--no-check)"
+
+
+def file_sha256(path, chunk=1 << 22):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def short(digest):
+    """The first 8 hex digits of a SHA-256, as the messages show it."""
+    return f"{digest[:8]}…"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """The options that decide what an export holds."""
+    target: str = "onnxruntime"
+    dcn: str = "deformconv"
+    input_size: tuple = (INPUT_SIZE, INPUT_SIZE)
+    dynamic_size: bool = False
+    flip: bool = False
+
+    def __post_init__(self):
+        if self.target not in TARGETS:
+            raise UserError(f"unknown target {self.target!r}; choose from {', '.join(TARGETS)}")
+        if self.dcn not in DCN_FORMS:
+            raise UserError(f"unknown DCN form {self.dcn!r}; choose from {', '.join(DCN_FORMS)}")
+        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+
+    @property
+    def input_form(self):
+        return "dynamic" if self.dynamic_size else f"{self.input_size[0]}x{self.input_size[1]}"
+
+    def metadata(self):
+        """The options as metadata_props entries (FLIP_KEY is the one
+        export_onnx writes for readers of the graph)."""
+        return {TARGET_KEY: self.target, DCN_KEY: self.dcn, INPUT_KEY: self.input_form,
+                FLIP_KEY: "1" if self.flip else "0"}
+
+
+# How each recorded option is named in a message, and its values spelled out.
+_OPTION_WORDS = {TARGET_KEY: ("target", str), DCN_KEY: ("dcn", str), INPUT_KEY: ("input", str),
+                 FLIP_KEY: ("flip test", lambda v: {"1": "yes", "0": "no"}.get(v, str(v)))}
+
+
+def provenance_metadata(checkpoint_sha256, checkpoint_name, options, checked):
+    """Every metadata_props entry an export records about itself."""
+    return {CHECKPOINT_SHA256_KEY: checkpoint_sha256, CHECKPOINT_NAME_KEY: str(checkpoint_name),
+            **options.metadata(), CHECKED_KEY: CHECKED if checked else NOT_CHECKED}
+
+
+def read_metadata(path):
+    """The metadata_props of an ONNX file, or None if it cannot be read."""
+    import onnx
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # a truncated or foreign file is simply not current
+        return None
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+@dataclass(frozen=True)
+class ExportStatus:
+    """Whether an existing ONNX file is current: `reason` says why not, as a
+    phrase following the file's name; `checked`: its self-check ran."""
+    reason: str = None
+    checked: bool = False
+
+    @property
+    def current(self):
+        return self.reason is None
+
+    def describe(self, path, checkpoint, checkpoint_sha256):
+        """The one line a script prints about `path`."""
+        if not self.current:
+            return f"{path} {self.reason}"
+        return (f"{path} is up to date (exported from {checkpoint}, sha256 {short(checkpoint_sha256)}, "
+                f"same options, {'checked' if self.checked else 'not checked (--no-check)'})")
+
+
+def export_status(path, checkpoint_sha256, options, need_checked=True):
+    """Whether the ONNX file at `path` was exported from a checkpoint with
+    this SHA-256 and these options (and checked against PyTorch, with
+    need_checked): an ExportStatus."""
+    path = Path(path)
+    if not path.is_file():
+        return ExportStatus("does not exist yet")
+    meta = read_metadata(path)
+    if meta is None:
+        return ExportStatus("cannot be read as ONNX (incomplete, or another kind of file)")
+    recorded = meta.get(CHECKPOINT_SHA256_KEY)
+    if not recorded:
+        return ExportStatus("has no record of the checkpoint it was exported from (an older export, or made "
+                            "by other means)")
+    if recorded != checkpoint_sha256:
+        return ExportStatus(f"was exported from another checkpoint (sha256 {short(recorded)}, this one's is "
+                            f"{short(checkpoint_sha256)})")
+    differ = []
+    for key, want in options.metadata().items():
+        have = meta.get(key)
+        if have != want:
+            name, spell = _OPTION_WORDS[key]
+            differ.append(f"{name} {spell(have) if have is not None else 'not recorded'}, not {spell(want)}")
+    if differ:
+        return ExportStatus(f"was exported with other options ({'; '.join(differ)})")
+    checked = meta.get(CHECKED_KEY) == CHECKED
+    if need_checked and not checked:
+        return ExportStatus(f"was not checked against PyTorch ({meta.get(CHECKED_KEY) or 'not recorded'})")
+    return ExportStatus(None, checked)
