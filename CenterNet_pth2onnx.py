@@ -64,7 +64,7 @@ def parse_args(argv=None):
     return build_parser().parse_args(argv)
 
 
-@cli(interrupted="nothing was written; run the same command again")
+@cli(interrupted="nothing was written", resume="run the same command again")
 def main(argv=None):
     args = parse_args(argv)
     setup_logging(info_stream="stdout")

@@ -328,10 +328,10 @@ def export_checked(model, path, options=ExportOptions(), checkpoint_sha256="", c
     except KeyboardInterrupt:
         _remove(tmp)
         if stage == "export":
-            raise Interrupted("nothing was written; run the same command again") from None
+            raise Interrupted("nothing was written", "run the same command again") from None
         what = "the unchecked export" if stage == "check" else "the export"
-        raise Interrupted(f"{what} {tmp} was removed; {path} {'was left as it was' if existed else 'was not written'}"
-                          f"; run the same command again") from None
+        raise Interrupted(f"{what} {tmp} was removed; {path} {'was left as it was' if existed else 'was not written'}",
+                          "run the same command again") from None
     finally:
         _remove(tmp)
     return CheckedExport(path, proto, checks)
