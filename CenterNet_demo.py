@@ -9,11 +9,13 @@ Each PATH is an image, a folder of images (jpg, jpeg, png, bmp, webp, tif) or a
 video (mp4, avi, mov, mkv, webm, ...). Annotated copies go to --output under the
 same names (videos as .mp4), with detections.json: per image or video frame its
 file name, size and detections (box x1, y1, x2, y2 in pixels, class name, COCO
-category id, score). A .pth checkpoint is exported to ONNX once, next to it
-(<name>.cache-512x512.onnx, or .cache-dynamic.onnx for --keep-res), checked
-against PyTorch, and reused while the checkpoint is unchanged (--backend torch
-runs it in PyTorch instead, on CPU or CUDA, no export). An unreadable
-input is named in one line and skipped; the exit status is then 1.
+category id, score). A model with random weights (the demo's) puts a red banner
+on every picture saying that its boxes mean nothing. A .pth checkpoint is
+exported to ONNX once, next to it (<name>.cache-512x512.onnx, or
+.cache-dynamic.onnx for --keep-res), checked against PyTorch, and reused while
+the checkpoint is unchanged (--backend torch runs it in PyTorch instead, on CPU
+or CUDA, no export). An unreadable input is named in one line and skipped; the
+exit status is then 1.
 """
 import argparse
 import sys
@@ -25,6 +27,7 @@ from centernet.cli.args import (ArgumentParser, add_backend_arguments, add_batch
                                 check_backend_args, progress_enabled, torch_options_from_args)
 from centernet.cli.args import parse_args as parse_cli_args
 from centernet.cli.logs import setup_logging
+from centernet.constants import RANDOM_WEIGHTS_NOTE
 from centernet.core.modes import parse_scales
 from centernet.pipeline.demo import VIS_THRESH, run_demo
 from centernet.errors import UserError, cli
@@ -100,6 +103,8 @@ def main(argv=None):
         print(f"annotated nothing; {summary['output']}/ is left as it was")
     else:
         print(f"annotated {' and '.join(counts)} -> {summary['output']}/; detections in {summary['json']}")
+    if summary["random_weights"]:
+        print(RANDOM_WEIGHTS_NOTE)
     if summary["errors"]:
         print(f"error: {len(summary['errors'])} input(s) skipped (named above); the others are done",
               file=sys.stderr)

@@ -134,6 +134,9 @@ def main(argv=None):
         print(f"mode: {stats['mode']}; wrote detections for {len(image_ids)} images to {output}")
         if stats.get("end_to_end_fps"):
             print(f"end to end {stats['end_to_end_fps']} images/s")
+        if stats.get("random_weights"):
+            from centernet.constants import RANDOM_WEIGHTS_NOTE
+            print(RANDOM_WEIGHTS_NOTE)
         return report_errors(stats.pop("errors"), "the others are done")
     print(f"mode: {stats['mode']}; wrote detections for {len(image_ids)} images to {output}")
     # From here the detections are on disk: a Ctrl-C keeps them and says so.
@@ -189,7 +192,7 @@ def report(args, ann, output, results, image_ids, errors, stats):
     metrics = evaluate_coco(ann, results, img_ids=image_ids if args.limit else None, results_source=output)
     folder = make_dirs(args.resultfolder)
     write_atomic(folder / "stream_summary.json", (json.dumps(stats, indent=2) + "\n").encode())
-    write_evaluation(metrics, folder, stats["mode"])
+    write_evaluation(metrics, folder, stats["mode"], random_weights=stats.get("random_weights", False))
     return report_errors(errors, "AP counts them as missed")
 
 

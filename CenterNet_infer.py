@@ -29,6 +29,7 @@ from centernet.cli.args import (ArgumentParser, add_backend_arguments, add_batch
                                 torch_options_from_args)
 from centernet.cli.args import parse_args as parse_cli_args
 from centernet.cli.logs import setup_logging
+from centernet.constants import RANDOM_WEIGHTS_NOTE
 from centernet.runtime.backends import open_session
 from centernet.errors import Interrupted, UserError, WriteError, cli
 from centernet.pipeline.staged_infer import format_summary, run_folder, run_loop
@@ -180,6 +181,8 @@ def main(argv=None):
             raise WriteError(f"{e}; to resume, run: {resume_command(argv)}") from None
         print(f"outputs in {os.path.join(args.output, args.output_dirname)}")
     print(format_summary(summary))
+    if summary.get("random_weights"):
+        print(RANDOM_WEIGHTS_NOTE)
     return 0
 
 

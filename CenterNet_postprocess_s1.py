@@ -8,6 +8,9 @@ writes them as COCO results JSON (default save/results.json). With --meta
 (prep_dataset/meta.json) each image is decoded with its own geometry and
 output size, as keep-resolution preprocessing (--keep-res) needs, and as a
 flip-test model (exported with --flip, preprocessed with --flip) needs.
+What inference's summary (BIN_FOLDER_summary.json beside the bin folder) says
+about the model, whether its weights are random, goes into a facts file beside
+the results (save/results.model.json), which CenterNet_postprocess_s2.py reads.
 """
 import json
 import sys
@@ -17,11 +20,22 @@ from centernet.cli.args import (ArgumentParser, add_batchsize_argument, add_flip
                                 add_input_size_argument, add_progress_arguments, progress_enabled)
 from centernet.cli.args import parse_args as parse_cli_args
 from centernet.cli.logs import setup_logging
+from centernet.constants import RANDOM_WEIGHTS_FIELD, RANDOM_WEIGHTS_NOTE
 from centernet.io.coco import (class_category_ids, default_annotation_file, default_category_ids, load_annotations,
                             write_results)
 from centernet.pipeline.staged_decode import decode_bins_to_coco, images_from_annotations, images_from_meta, split_missing
 from centernet.errors import UserError, cli
 from centernet.io.meta import load_meta
+
+
+def inference_summary(bin_dir):
+    """The summary CenterNet_infer.py wrote beside `bin_dir`
+    (OUT/NAME_summary.json for OUT/NAME), or {} where there is none."""
+    try:
+        summary = json.loads((bin_dir.parent / f"{bin_dir.name}_summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def meta_listing_exactly(bin_dir, images):
@@ -31,9 +45,8 @@ def meta_listing_exactly(bin_dir, images):
     recipe's prep_dataset/meta.json. None if there is no such file."""
     candidates = []
     try:
-        summary = json.loads((bin_dir.parent / f"{bin_dir.name}_summary.json").read_text())
-        candidates.append(Path(summary["input"]) / "meta.json")
-    except (OSError, ValueError, KeyError, TypeError):
+        candidates.append(Path(inference_summary(bin_dir)["input"]) / "meta.json")
+    except (KeyError, TypeError):
         pass
     candidates.append(Path("prep_dataset") / "meta.json")
     stems = {im.stem for im in images}
@@ -126,10 +139,14 @@ def main(argv=None):
     results = decode_bins_to_coco(bin_dir, present, category_ids, K=args.K, batch_size=args.batch_size,
                                   progress=progress_enabled(args), hm_is_heat=flip,
                                   upstream_rounding=args.upstream_rounding)
-    write_results(args.output, results)
+    summary = inference_summary(bin_dir)
+    random_weights = summary.get(RANDOM_WEIGHTS_FIELD) is True
+    write_results(args.output, results, facts={"model": summary.get("model"), RANDOM_WEIGHTS_FIELD: random_weights})
     hm = "flip-averaged heatmap" if flip else "logits"
     rounding = ", rounded to 2 decimals as upstream" if args.upstream_rounding else ""
     print(f"{len(results)} detections of {len(present)} images (hm as {hm}{rounding}) -> {args.output}")
+    if random_weights:
+        print(RANDOM_WEIGHTS_NOTE)
     return 0
 
 

@@ -6,6 +6,10 @@ Prints COCOeval's 12-line bbox summary and the best and worst 5 classes, and
 writes the numbers to run_eval_result/metrics.json (fractions 0..1), the
 whole per-class AP table to run_eval_result/per_class_ap.txt, and the
 pictures pr_curves.png (precision-recall) and per_class_ap.png beside them.
+Where the results come from a model with random weights (the facts file
+beside them, save/results.model.json, written by CenterNet_postprocess_s1.py
+and CenterNet_eval.py, says so), metrics.json, the pictures and the summary
+say so too.
 """
 import sys
 from pathlib import Path
@@ -16,8 +20,9 @@ require(*COMMON, "pycocotools")  # before any third-party import
 
 from centernet.cli.args import ArgumentParser
 from centernet.cli.logs import setup_logging
+from centernet.constants import RANDOM_WEIGHTS_FIELD
 from centernet.io.coco import (coco_from_dataset, default_annotation_file, evaluate_coco,
-                               load_annotations, load_results)
+                               load_annotations, load_results, read_results_facts)
 from centernet.report.evaluation import write_evaluation
 from centernet.io.meta import load_meta
 from centernet.errors import UserError, cli
@@ -60,7 +65,8 @@ def main(argv=None):
     if len(covered & wanted) < len(wanted):
         print(f"warning: {args.results} has detections for {len(covered & wanted)} of the {len(wanted)} evaluated "
               f"images; the others count as missed", file=sys.stderr)
-    write_evaluation(metrics, args.resultfolder)
+    facts = read_results_facts(args.results)
+    write_evaluation(metrics, args.resultfolder, random_weights=facts.get(RANDOM_WEIGHTS_FIELD) is True)
     return 0
 
 

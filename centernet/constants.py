@@ -29,6 +29,20 @@ HM_KEY = "centernet.hm"           # "logits" (raw) or "sigmoid" (the flip test's
 TARGETS = ("onnxruntime", "ascend")
 DCN_FORMS = ("deformconv", "decompose")
 
+# Random weights (the demo's and the tests', centernet/model/random_weights.py): a
+# model whose boxes and AP mean nothing. The fact travels with the model: a key
+# of the checkpoint dict (beside upstream's 'epoch' and 'state_dict') and an
+# attribute of the loaded model (RANDOM_WEIGHTS_FIELD), the exported ONNX
+# file's metadata (RANDOM_WEIGHTS_KEY: "1" or "0"), the sessions'
+# capabilities; and on to every picture (RANDOM_WEIGHTS_LABEL, a banner) and
+# summary (RANDOM_WEIGHTS_NOTE) made with it, and a "random_weights" field in
+# detections.json, metrics.json and the other JSON files that describe a run.
+RANDOM_WEIGHTS_FIELD = "random_weights"
+RANDOM_WEIGHTS_KEY = "centernet.random_weights"
+RANDOM_WEIGHTS_LABEL = "RANDOM WEIGHTS - boxes mean nothing"
+RANDOM_WEIGHTS_NOTE = (f"note: {RANDOM_WEIGHTS_LABEL}: the model's weights are random (the demo's), so its "
+                       "detections and AP say nothing about detection quality")
+
 # Image files the preprocessing reads, and the wider set the demo and annotation take.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 DEMO_IMAGE_EXTENSIONS = IMAGE_EXTENSIONS + (".webp", ".tif", ".tiff")

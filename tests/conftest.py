@@ -243,6 +243,40 @@ def upstream_checkpoint(random_ctdet, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def ordinary_checkpoint(upstream_checkpoint, tmp_path_factory):
+    """`upstream_checkpoint` without the random-weights mark: a checkpoint as
+    upstream's trained one is to the code (the fixtures' own weights are
+    random, and marked so, as the demo's are)."""
+    import torch
+    from centernet.constants import RANDOM_WEIGHTS_FIELD
+    raw = torch.load(upstream_checkpoint, weights_only=True)
+    assert raw.pop(RANDOM_WEIGHTS_FIELD) is True
+    path = tmp_path_factory.mktemp("weights") / "ctdet_ordinary.pth"
+    torch.save(raw, path)
+    return path
+
+
+def unmarked_onnx(src, dst):
+    """A copy of an exported ONNX file whose metadata says its weights are not
+    random (RANDOM_WEIGHTS_KEY "0"), as an export of a trained checkpoint's does."""
+    import onnx
+    from centernet.constants import RANDOM_WEIGHTS_KEY
+    proto = onnx.load(str(src))
+    entries = [p for p in proto.metadata_props if p.key == RANDOM_WEIGHTS_KEY]
+    assert entries, f"{src} has no {RANDOM_WEIGHTS_KEY}"
+    for entry in entries:
+        entry.value = "0"
+    onnx.save(proto, str(dst))
+    return Path(dst)
+
+
+@pytest.fixture(scope="session")
+def ordinary_onnx(ctdet_onnx, tmp_path_factory):
+    """`ctdet_onnx` with the metadata of ordinary (not random) weights."""
+    return unmarked_onnx(ctdet_onnx, tmp_path_factory.mktemp("onnx") / "CenterNet_ordinary.onnx")
+
+
+@pytest.fixture(scope="session")
 def ctdet_onnx_dynamic(random_ctdet, tmp_path_factory):
     """`random_ctdet` with a dynamic input height and width (keep resolution,
     scales); traced at a small size, which keeps the export fast."""

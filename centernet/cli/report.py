@@ -1,6 +1,7 @@
 """Print a metrics.json (written by CenterNet_postprocess_s2.py or
 CenterNet_eval.py) as a table, and the AP beside upstream's published AP for
-the test mode (run_all.sh ends with it).
+the test mode (run_all.sh ends with it); a run with random weights (the
+demo's) gets a note below them saying that its AP means nothing.
 
     python -m centernet.cli.report run_eval_result/metrics.json
     python -m centernet.cli.report run_eval_result/metrics.json --keep-res --flip
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from centernet.cli.args import ArgumentParser, add_flip_argument, add_keep_res_argument, add_scales_argument
 from centernet.cli.logs import setup_logging
+from centernet.constants import RANDOM_WEIGHTS_FIELD, RANDOM_WEIGHTS_NOTE
 from centernet.core.modes import TestMode, parse_scales
 from centernet.errors import cli
 from centernet.io.binio import load_json
@@ -34,6 +36,9 @@ def main(argv=None):
     print(format_metrics(metrics))
     print()
     print(format_mode(metrics, TestMode(args.keep_res, args.flip, parse_scales(args.scales))))
+    if isinstance(metrics, dict) and metrics.get(RANDOM_WEIGHTS_FIELD):
+        print()
+        print(RANDOM_WEIGHTS_NOTE)
     return 0
 
 

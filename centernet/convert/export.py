@@ -37,6 +37,8 @@ from centernet.errors import Interrupted, UserError, write_error
 from centernet.convert.provenance import ExportOptions, provenance_metadata
 from centernet.constants import (DCN_FORMS, FLIP_KEY, HM_KEY, INPUT_NAME, OUTPUT_NAMES,  # noqa: F401 (re-exported)
                                  TARGETS)
+from centernet.constants import RANDOM_WEIGHTS_KEY
+from centernet.model.checkpoint import is_random
 from centernet.runtime.ort_session import make_session, run_session
 
 # deformconv is the default because it is the fast one in ONNX Runtime: the
@@ -71,7 +73,8 @@ class FlipTest(nn.Module):
 def export_onnx(model, path, target="onnxruntime", dcn="deformconv", input_size=(512, 512),
                 dynamic_size=False, flip=False):
     """Export `model` to `path` (written atomically); returns the ModelProto.
-    flip: put the flip test into the graph (FlipTest)."""
+    flip: put the flip test into the graph (FlipTest). The metadata says
+    whether the model has random weights (RANDOM_WEIGHTS_KEY, from is_random)."""
     if target not in TARGETS:
         raise UserError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     if dcn not in DCN_FORMS:
@@ -87,6 +90,7 @@ def export_onnx(model, path, target="onnxruntime", dcn="deformconv", input_size=
         axes.update({2: "height", 3: "width"})
         out_axes.update({2: "out_height", 3: "out_width"})
     buf = io.BytesIO()
+    random_weights = is_random(model)
     model = (FlipTest(model) if flip else model).eval()
     with torch.no_grad(), export_flavour(flavour, static_size=not dynamic_size), warnings.catch_warnings():
         # The TorchScript exporter is the one that maps autograd Functions to
@@ -101,7 +105,8 @@ def export_onnx(model, path, target="onnxruntime", dcn="deformconv", input_size=
     proto = onnx.load_from_string(buf.getvalue())
     proto.ir_version = min(proto.ir_version, ORT_MAX_IR_VERSION)
     proto.producer_name = "centernet-deploy"
-    onnx.helper.set_model_props(proto, {FLIP_KEY: "1" if flip else "0", HM_KEY: "sigmoid" if flip else "logits"})
+    onnx.helper.set_model_props(proto, {FLIP_KEY: "1" if flip else "0", HM_KEY: "sigmoid" if flip else "logits",
+                                        RANDOM_WEIGHTS_KEY: "1" if random_weights else "0"})
     write_atomic(path, proto.SerializeToString())
     return proto
 

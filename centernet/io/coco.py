@@ -6,6 +6,7 @@ category id of the annotation file (ids 1..90 with gaps). Every problem with a
 user's file is a UserError naming the file and what is wrong with it.
 """
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -153,11 +154,59 @@ def stable_image_id(stem):
     return int(stem) if stem.isdigit() else zlib.crc32(stem.encode("utf-8")) & 0x7FFFFFFF
 
 
-def write_results(path, results):
-    """Write a COCO results list as JSON, atomically, creating the folder."""
+def write_results(path, results, facts=None):
+    """Write a COCO results list as JSON, atomically, creating the folder;
+    with `facts` (a dict about the model that made it, see
+    write_results_facts), the facts file beside it too."""
     path = Path(path)
     make_dirs(path.parent)
-    write_atomic(path, json.dumps(results, separators=(",", ":")).encode("utf-8"))
+    data = json.dumps(results, separators=(",", ":")).encode("utf-8")
+    write_atomic(path, data)
+    if facts is not None:
+        write_results_facts(path, hashlib.sha256(data).hexdigest(), facts)
+
+
+# A COCO results file must stay a plain list, so what is known about the model
+# that made it (whether its weights are random) goes into a small file beside
+# it: save/results.json -> save/results.model.json. It names the results
+# file's SHA-256, so that it is not believed about another results file put
+# in the same place later.
+RESULTS_FACTS_SUFFIX = ".model.json"
+
+
+def results_facts_path(results):
+    """The facts file of a results JSON: <stem>.model.json beside it."""
+    results = Path(results)
+    stem = results.stem if results.suffix.lower() == ".json" else results.name
+    return results.with_name(stem + RESULTS_FACTS_SUFFIX)
+
+
+def write_results_facts(results, digest, facts):
+    """Write the facts file of `results` (whose bytes have SHA-256 `digest`):
+    `facts` ({"model": name, RANDOM_WEIGHTS_FIELD: bool, ...}) with the
+    results file's name and digest. Returns its path."""
+    out = results_facts_path(results)
+    doc = {"results": Path(results).name, "results_sha256": digest, **facts}
+    write_atomic(out, (json.dumps(doc, indent=1) + "\n").encode("utf-8"))
+    return out
+
+
+def read_results_facts(results):
+    """The facts written beside a results JSON, or {} where there is no
+    facts file, it cannot be read, or it belongs to other contents."""
+    path = results_facts_path(results)
+    try:
+        facts = json.loads(path.read_text(encoding="utf-8"))
+        h = hashlib.sha256()
+        with open(results, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(facts, dict) or facts.get("results_sha256") != h.hexdigest():
+        logger.debug(f"{path}: not about the contents of {results}; ignored")
+        return {}
+    return facts
 
 
 def load_results(path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import cv2
 
-from centernet.constants import DEMO_IMAGE_EXTENSIONS
+from centernet.constants import DEMO_IMAGE_EXTENSIONS, RANDOM_WEIGHTS_FIELD
 from centernet.errors import UserError
 from centernet.io.binio import write_atomic, write_atomic_chunks
 
@@ -110,9 +110,11 @@ def open_video_writer(stem_path, fps, size):
                     f"{', '.join(f'{c} ({e})' for c, e in VIDEO_CODECS)}")
 
 
-def detections_header(model_name, mode, thresh):
-    """The keys of detections.json before its per-image entries."""
+def detections_header(model_name, mode, thresh, random_weights=False):
+    """The keys of detections.json before its per-image entries;
+    random_weights: the model's weights are random, its boxes mean nothing."""
     return {"model": str(model_name), "mode": mode, "vis_thresh": float(thresh),
+            RANDOM_WEIGHTS_FIELD: bool(random_weights),
             "box": "x1, y1, x2, y2 in image pixels, clipped to the image"}
 
 

@@ -6,6 +6,11 @@ ImageNet classifier `base.fc.*`, and BatchNorm `num_batches_tracked` entries
 that may be missing. Everything else must match the network key for key and
 shape for shape; otherwise this is not a ctdet DLA-34 checkpoint.
 
+A checkpoint of random weights (the demo's, saved by save_upstream_checkpoint
+from random_weights.random_model) also holds RANDOM_WEIGHTS_FIELD: True beside
+'epoch' and 'state_dict'; the loaded model carries it as an attribute of the
+same name (is_random), so every later stage knows without being told.
+
     python -m centernet.cli.check_weights ctdet_coco_dla_2x.pth   # check that a file loads
 """
 import io
@@ -20,6 +25,7 @@ import torch
 
 from pose_dla_dcn import get_pose_net
 
+from centernet.constants import RANDOM_WEIGHTS_FIELD
 from centernet.io.binio import write_atomic
 from centernet.errors import UserError
 
@@ -86,9 +92,22 @@ def _clip(keys, n=5):
     return ", ".join(keys[:n]) + more
 
 
+def is_random(model):
+    """Whether `model` has random weights (random_weights.random_model, or
+    loaded from a checkpoint saved from one)."""
+    return bool(getattr(model, RANDOM_WEIGHTS_FIELD, False))
+
+
+def mark_random(model, random=True):
+    """Set the random-weights fact of `model` (an attribute); returns it."""
+    setattr(model, RANDOM_WEIGHTS_FIELD, bool(random))
+    return model
+
+
 def load_state_dict(model, path):
     """Load `path` into `model` after the upstream-layout clean-up above
-    (the ignored entries are logged)."""
+    (the ignored entries are logged); the model is marked as the checkpoint
+    says (is_random)."""
     obj = _read(path)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
@@ -116,7 +135,7 @@ def load_state_dict(model, path):
         raise UserError(f"{path}: not a ctdet DLA-34 checkpoint; " + "; ".join(problems))
     # num_batches_tracked only matters for training; keep the model's own.
     model.load_state_dict(state, strict=False)
-    return model
+    return mark_random(model, isinstance(obj, dict) and obj.get(RANDOM_WEIGHTS_FIELD) is True)
 
 
 def load_model(path):
@@ -127,8 +146,9 @@ def load_model(path):
 def save_upstream_checkpoint(model, path, epoch=140, seed=0):
     """Save `model` the way upstream's zoo file is laid out: {'epoch', 'state_dict'},
     `module.`-prefixed keys, a `base.fc` classifier, no num_batches_tracked.
-    For tests and the demo; the fc weights are random like any other. Written
-    atomically (binio.write_atomic)."""
+    For tests and the demo; the fc weights are random like any other. A
+    model with random weights (is_random) is saved with RANDOM_WEIGHTS_FIELD:
+    True beside 'epoch' and 'state_dict'. Written atomically (binio.write_atomic)."""
     gen = torch.Generator().manual_seed(seed)
     state = {f"module.{k}": v.clone() for k, v in model.state_dict().items()
              if not k.endswith("num_batches_tracked")}
@@ -136,6 +156,26 @@ def save_upstream_checkpoint(model, path, epoch=140, seed=0):
     state["module.base.fc.bias"] = torch.zeros(1000)
     # Serialised in memory, then written whole under a temp name: a full disk is
     # a one-line WriteError naming `path`, and no half-written checkpoint is left.
+    checkpoint = {"epoch": epoch, "state_dict": state}
+    if is_random(model):
+        checkpoint[RANDOM_WEIGHTS_FIELD] = True
+    _write(path, checkpoint)
+
+
+def _write(path, checkpoint):
     buffer = io.BytesIO()
-    torch.save({"epoch": epoch, "state_dict": state}, buffer)
+    torch.save(checkpoint, buffer)
     write_atomic(path, buffer.getbuffer())
+
+
+def mark_checkpoint_random(path):
+    """Add RANDOM_WEIGHTS_FIELD: True to a checkpoint file of random weights
+    saved before checkpoints carried it (the weights stay as they are).
+    Returns whether the file was changed."""
+    obj = _read(path)
+    if not isinstance(obj, dict) or "state_dict" not in obj:
+        raise UserError(f"{path}: not a ctdet DLA-34 checkpoint ({UPSTREAM_LAYOUT})")
+    if obj.get(RANDOM_WEIGHTS_FIELD) is True:
+        return False
+    _write(path, {**obj, RANDOM_WEIGHTS_FIELD: True})
+    return True

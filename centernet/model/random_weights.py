@@ -14,6 +14,8 @@ synthetic photos in one forward pass:
 - the heads' last convs are rescaled per channel to the trained model's
   ranges: hm logits mostly -6..-1 with peaks above 0, wh tens of output
   pixels, reg within a pixel.
+The model is marked as random weights (checkpoint.mark_random), and so is the
+checkpoint saved from it, and everything made with either.
 """
 import torch
 from torch import nn
@@ -21,6 +23,7 @@ from torch import nn
 from pose_dla_dcn import get_pose_net
 
 from centernet.io.synthetic import synthetic_input_batch
+from centernet.model.checkpoint import mark_random
 
 CALIBRATION_IMAGES = 16
 CALIBRATION_SIZE = (256, 256)  # input side of the calibration pass: 16 images in ~3 s on 2 cores
@@ -109,9 +112,10 @@ def calibrate(model, images, gen):
 
 def random_model(seed=0):
     """A deterministic ctdet DLA-34 with random weights calibrated on synthetic
-    photos (see the module docstring). Upstream's parameter names and shapes."""
+    photos (see the module docstring), marked as random weights
+    (checkpoint.is_random). Upstream's parameter names and shapes."""
     torch.manual_seed(seed)
     model = get_pose_net()
     gen = torch.Generator().manual_seed(seed)
     images = torch.from_numpy(synthetic_input_batch(CALIBRATION_IMAGES, CALIBRATION_SIZE, seed=seed + 1000))
-    return calibrate(model, images, gen)
+    return mark_random(calibrate(model, images, gen))

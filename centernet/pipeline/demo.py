@@ -7,6 +7,10 @@ size (512x512 by default) or, with keep_res, the image's own resolution
 rounded up to a multiple of 32, which needs an ONNX model with a dynamic input
 size. A .pth checkpoint is exported once to an ONNX file next to it (checked
 against PyTorch) and reused while the checkpoint is unchanged.
+
+A model with random weights (the demo's; Capabilities.random_weights) gets
+a banner on every picture and video frame (visualize.draw_banner),
+"random_weights": true in detections.json, and a note in the log.
 """
 import logging
 import math
@@ -19,7 +23,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from centernet.constants import INPUT_SIZE, VIS_THRESH
+from centernet.constants import INPUT_SIZE, RANDOM_WEIGHTS_NOTE, VIS_THRESH
 from centernet.core.modes import TestMode
 from centernet.errors import UserError
 from centernet.io.binio import make_dirs
@@ -27,7 +31,7 @@ from centernet.io.media import (DEFAULT_FPS, OutputNames, detections_header, exp
                                 open_video_writer, write_detections_json, write_image)
 from centernet.pipeline.jobs import Labels, detections_entry, mode_text
 from centernet.pipeline.predictor import open_predictor
-from centernet.report.visualize import class_colours, draw_detections
+from centernet.report.visualize import class_colours, draw_banner, draw_detections
 
 
 logger = logging.getLogger(__name__)
@@ -36,8 +40,8 @@ logger = logging.getLogger(__name__)
 # --- the model ---------------------------------------------------------------
 
 class DemoModel:
-    """A predictor with what the pictures need: class names, colours, and
-    the mode in words."""
+    """A predictor with what the pictures need: class names, colours, the
+    mode in words, and whether the weights are random (a banner)."""
 
     def __init__(self, predictor, names=None):
         self.predictor = predictor
@@ -45,6 +49,7 @@ class DemoModel:
         self.names, self.category_ids = labels.names, labels.category_ids
         self.labels = labels
         self.colours = class_colours(predictor.num_classes)
+        self.random_weights = predictor.random_weights
         in_graph = predictor.mode.flip and not predictor.numpy_flip
         self.mode = mode_text(predictor.mode) + (" (in the model)" if in_graph else "")
 
@@ -110,6 +115,8 @@ class DemoRun:
         dets, keep = detections_entry(found, self.detector.labels, self.thresh, height, width)
         drawn = draw_detections(image, found.boxes[keep], found.scores[keep], found.classes[keep],
                                 self.detector.names, self.detector.colours)
+        if self.detector.random_weights:
+            drawn = draw_banner(drawn)
         best = (self.detector.names[int(found.classes[0])], float(found.scores[0])) if len(found) else None
         return dets, drawn, best
 
@@ -212,13 +219,15 @@ class DemoRun:
                  f"{sum(per_class.values()) / frames:.1f} objects per frame above {self.thresh:g}"
                  + (f" (per frame: {top})" if top else "") + f" -> {final}")
 
+    def header(self):
+        return detections_header(self.model_name, self.detector.mode, self.thresh, self.detector.random_weights)
+
     def document(self):
-        return {**detections_header(self.model_name, self.detector.mode, self.thresh), "images": self.entries}
+        return {**self.header(), "images": self.entries}
 
     def write_json(self):
         path = self.output / "detections.json"
-        write_detections_json(path, detections_header(self.model_name, self.detector.mode, self.thresh),
-                              self.entries)
+        write_detections_json(path, self.header(), self.entries)
         return path
 
 
@@ -227,7 +236,7 @@ def run_demo(inputs, model, output="demo_out", thresh=VIS_THRESH, keep_res=False
     """Detect on every input (image file, folder of images, video file) in
     the test mode (keep_res, flip, scales); write annotated copies and
     detections.json into `output`. Returns {"images", "videos", "errors":
-    [lines], "json": path, "output"}. An unreadable input is named in one
+    [lines], "json": path, "output", "seconds", "mode", "random_weights"}. An unreadable input is named in one
     error line and skipped. A run that annotated nothing leaves an earlier
     detections.json as it was."""
     if not 0.0 <= thresh <= 1.0:
@@ -252,6 +261,8 @@ def run_demo(inputs, model, output="demo_out", thresh=VIS_THRESH, keep_res=False
                                input_size_given=input_size is not None)
     detector = DemoModel(predictor, names)
     logger.info(f"input: {detector.mode}; showing detections with score >= {thresh:g}")
+    if detector.random_weights:
+        logger.info(RANDOM_WEIGHTS_NOTE)
     run = DemoRun(detector, output, thresh=thresh, progress=progress, model_name=model)
     run.errors = list(errors)
     images = [f for f in files if not is_video(f)]
@@ -267,4 +278,5 @@ def run_demo(inputs, model, output="demo_out", thresh=VIS_THRESH, keep_res=False
     finally:
         json_path = run.write_json() if run.entries else None  # also on Ctrl-C: what is done is listed
     return {"images": run.images, "videos": run.videos, "errors": run.errors, "json": json_path,
-            "output": run.output, "seconds": run.seconds, "mode": detector.mode}
+            "output": run.output, "seconds": run.seconds, "mode": detector.mode,
+            "random_weights": detector.random_weights}

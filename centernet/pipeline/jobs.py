@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from centernet.constants import VIS_THRESH
+from centernet.constants import RANDOM_WEIGHTS_FIELD, VIS_THRESH
 from centernet.core.transforms import clip_box
 from centernet.errors import UserError
 from centernet.io.binio import make_dirs, write_atomic_chunks
-from centernet.io.coco import COCO_CATEGORIES, class_category_ids, load_annotations, stable_image_id
+from centernet.io.coco import (COCO_CATEGORIES, class_category_ids, load_annotations, stable_image_id,
+                               write_results_facts)
 from centernet.io.media import detections_header, join_location, list_image_files, write_detections_json
 
 
@@ -100,19 +101,31 @@ class EvaluationJob:
     def to_entries(self, image, detections, height, width):
         return detections.to_coco(image.image_id, self.category_ids, self.upstream_rounding)
 
-    def write(self, output, parts, model_name, mode_name):
-        """The results file from the blocks' entries, in order: a JSON list."""
+    def write(self, output, parts, model_name, mode_name, random_weights=False):
+        """The results file from the blocks' entries, in order: a JSON list;
+        and beside it its facts file (io.coco.write_results_facts: the model,
+        whether its weights are random)."""
+        digest = hashlib.sha256()
+
         def chunks():
-            yield b"["
-            first = True
-            for part in parts:
-                if part["entries"]:
-                    text = json.dumps(part["entries"], separators=(",", ":"))[1:-1]
-                    yield (text if first else "," + text).encode("utf-8")
-                    first = False
-            yield b"]"
+            for chunk in _results_chunks(parts):
+                digest.update(chunk)
+                yield chunk
         make_dirs(Path(output).parent)
         write_atomic_chunks(output, chunks())
+        write_results_facts(output, digest.hexdigest(), {"model": str(model_name),
+                                                         RANDOM_WEIGHTS_FIELD: bool(random_weights)})
+
+
+def _results_chunks(parts):
+    yield b"["
+    first = True
+    for part in parts:
+        if part["entries"]:
+            text = json.dumps(part["entries"], separators=(",", ":"))[1:-1]
+            yield (text if first else "," + text).encode("utf-8")
+            first = False
+    yield b"]"
 
 
 @dataclass
@@ -148,12 +161,13 @@ class AnnotationJob:
         found, _ = detections_entry(detections.best_first(), self.labels, float(self.vis_thresh), height, width)
         return [{"file": image.location, "width": width, "height": height, "detections": found}]
 
-    def write(self, output, parts, model_name, mode_name):
+    def write(self, output, parts, model_name, mode_name, random_weights=False):
         def entries():
             for part in parts:
                 yield from part["entries"]
         make_dirs(Path(output).parent)
-        write_detections_json(output, detections_header(model_name, mode_name, float(self.vis_thresh)), entries())
+        write_detections_json(output, detections_header(model_name, mode_name, float(self.vis_thresh), random_weights),
+                              entries())
 
 
 def mode_text(mode):

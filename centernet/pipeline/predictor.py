@@ -224,6 +224,11 @@ class Predictor:
     def num_classes(self):
         return self.decoder.num_classes
 
+    @property
+    def random_weights(self):
+        """The model has random weights: its detections mean nothing (Capabilities.random_weights)."""
+        return self.session.capabilities.random_weights
+
     def run(self, prepared):
         """Inputs of one shape -> the session's outputs (decode_ctdet's, where
         it decodes on its device)."""

@@ -418,12 +418,12 @@ def run_on_ray(job, model, output, mode=TestMode(), backend=None, batchsize=1, d
         logger.info(f"resuming: {len(blocks) - len(todo)} of {len(blocks)} block(s) already done in {store.folder}")
     stats = {"images": 0, "mode": predictor.mode.name, "blocks": len(blocks),
              "blocks_resumed": len(blocks) - len(todo), "batchsize": batchsize, "actors": actors, "threads": threads,
-             "device": device, "block_size": block_size}
+             "device": device, "block_size": block_size, "random_weights": predictor.random_weights}
     if todo:
         _run_blocks(job, blocks, todo, store, data, source, predictor, batchsize, device, threads, actors,
                     block_size, address, num_cpus, progress, stats)
     parts = [store.read(b) for b in range(len(blocks))]
-    job.write(output, parts, model, mode_text(predictor.mode))
+    job.write(output, parts, model, mode_text(predictor.mode), predictor.random_weights)
     store.remove()
     return parts, stats
 

@@ -7,7 +7,9 @@ model. Where the folder has preprocessing's meta.json, each bin's shape comes
 from it, so keep-resolution bins of many sizes run through one dynamic-size
 session, equal sizes batched together. `run_loop` is ais_bench's pure-throughput mode (`--loop N`). Both report
 throughput and latency and write them to `OUT/NAME_summary.json` (run_folder)
-or return them (run_loop).
+or return them (run_loop), with random_weights: whether the model's weights
+are random (Capabilities.random_weights), which CenterNet_postprocess_s1.py
+reads from the summary file and passes on.
 """
 import json
 import time
@@ -149,7 +151,8 @@ def run_folder(model, input_dir, output_root, output_dirname, batchsize=1, devic
         todo = [p for p in files if not _outputs_complete(out_dir, p.stem, _output_nbytes(session, shapes[p]))]
         skipped, files = len(files) - len(todo), todo
     if not files:
-        return {"images": 0, "skipped": skipped, "output": str(out_dir)}
+        return {"images": 0, "skipped": skipped, "output": str(out_dir),
+                "random_weights": session.capabilities.random_weights}
 
     batches = group_batches(files, shapes, batchsize)
     timings = []
@@ -188,7 +191,8 @@ def run_folder(model, input_dir, output_root, output_dirname, batchsize=1, devic
     summary.update(model=str(model), batchsize=batchsize, device=device, threads=threads,
                    skipped=skipped, input_sizes=len({shapes[p] for p in files}),
                    wall_seconds=round(time.perf_counter() - start, 3), input=str(input_dir),
-                   output=str(out_dir), backend=session.describe())
+                   output=str(out_dir), backend=session.describe(),
+                   random_weights=session.capabilities.random_weights)
     write_atomic(Path(output_root) / f"{output_dirname}_summary.json",
                  (json.dumps(summary, indent=2) + "\n").encode())
     return summary
@@ -215,7 +219,7 @@ def run_loop(model, loop=20, batchsize=1, device="cpu", threads=0, input_size=No
                            progress=progress, desc=f"bs{batchsize}")
     summary = latency_stats(timings, loop * batchsize)
     summary.update(model=str(model), batchsize=batchsize, device=device, threads=threads, loop=loop,
-                   backend=session.describe())
+                   backend=session.describe(), random_weights=session.capabilities.random_weights)
     return summary
 
 

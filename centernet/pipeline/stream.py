@@ -67,7 +67,8 @@ def _load(spec, location, scale_index):
 def run_stream(predictor, job, batchsize=1, workers=1, store=None, block_size=BLOCK_SIZE, progress=True):
     """Run every image of `job` through `predictor`; returns (parts, stats):
     parts[b] = {"entries", "errors"} of block b in order (from `store` for
-    blocks it already holds), stats the timing figures."""
+    blocks it already holds), stats the timing figures and random_weights
+    (the model's weights are random: its detections mean nothing)."""
     if batchsize < 1 or workers < 1 or block_size < 1:
         raise UserError("--batchsize, --workers and --block-size must be >= 1")
     spec, decoder = predictor.spec, predictor.decoder
@@ -195,7 +196,8 @@ def run_stream(predictor, job, batchsize=1, workers=1, store=None, block_size=BL
                  end_to_end_fps=round(images_done[0] / wall, 3) if wall > 0 and images_done[0] else None,
                  batchsize=batchsize, workers=workers, mode=predictor.mode.name, inputs=len(units),
                  input_sizes=len({size_key(blocks[b][n], s) for b, n, s in units}),
-                 blocks=len(blocks), blocks_resumed=len(blocks) - len(todo))
+                 blocks=len(blocks), blocks_resumed=len(blocks) - len(todo),
+                 random_weights=predictor.random_weights)
     return parts, stats
 
 
@@ -207,7 +209,7 @@ def run_stream_to(job, predictor, output, model, backend, batchsize=1, workers=1
     store = BlockStore(output, run_key(model, backend, predictor, predictor.decoder.K, job.key))
     parts, stats = run_stream(predictor, job, batchsize=batchsize, workers=workers, store=store,
                               block_size=block_size, progress=progress)
-    job.write(output, parts, model, mode_text(predictor.mode))
+    job.write(output, parts, model, mode_text(predictor.mode), predictor.random_weights)
     store.remove()
     return parts, stats
 

@@ -1,9 +1,11 @@
 """The end of every evaluation, staged (CenterNet_postprocess_s2.py) or
 streamed (CenterNet_eval.py): the best and worst classes, metrics.json in
-one format, the per-class table, the AP line and the pictures."""
+one format, the per-class table, the AP line and the pictures; each says so
+when the model has random weights."""
 import json
 import logging
 
+from centernet.constants import RANDOM_WEIGHTS_FIELD, RANDOM_WEIGHTS_NOTE
 from centernet.io.binio import make_dirs, write_atomic
 from centernet.io.coco import format_best_worst, write_per_class_table
 from centernet.report.plots import write_eval_plots
@@ -11,12 +13,13 @@ from centernet.report.plots import write_eval_plots
 logger = logging.getLogger(__name__)
 
 
-def write_evaluation(metrics, folder, mode=None):
+def write_evaluation(metrics, folder, mode=None, random_weights=False):
     """Write metrics.json (COCOeval's numbers, per-class AP and PR curves,
-    and the test mode where it is known), per_class_ap.txt and the plots
-    into `folder`, and say so. Returns the metrics.json path."""
+    the test mode where it is known, and RANDOM_WEIGHTS_FIELD: whether the
+    model's weights are random), per_class_ap.txt and the plots into
+    `folder`, and say so. Returns the metrics.json path."""
     folder = make_dirs(folder)
-    metrics = {**metrics, "mode": mode}
+    metrics = {**metrics, "mode": mode, RANDOM_WEIGHTS_FIELD: bool(random_weights)}
     logger.info("")
     logger.info(format_best_worst(metrics["per_class"]))
     path = folder / "metrics.json"
@@ -24,6 +27,8 @@ def write_evaluation(metrics, folder, mode=None):
     logger.info(f"every class: {write_per_class_table(metrics['per_class'], folder)}")
     logger.info("")
     logger.info(f"AP {100 * metrics['AP']:.1f} (IoU .50:.95{'; ' + mode if mode else ''}) -> {path}")
+    if random_weights:
+        logger.info(RANDOM_WEIGHTS_NOTE)
     pictures = write_eval_plots(metrics, folder)
     if pictures:
         logger.info("plots: " + ", ".join(map(str, pictures)))

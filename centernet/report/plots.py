@@ -7,6 +7,10 @@ renderer (no display needed).
 - benchmark.png: images/s against batch size, a line per backend, with the
   fp32 sgemm ceiling measured in the same run as a dashed line.
 
+A metrics dict of a model with random weights (metrics["random_weights"])
+puts RANDOM_WEIGHTS_LABEL across the top of both evaluation pictures, yellow
+on red, as on the demo's annotated pictures.
+
 matplotlib is imported inside the functions, so importing this module (or
 the scripts that use it) costs nothing until a picture is drawn. Redraw the
 pictures of a saved run with
@@ -17,6 +21,7 @@ import logging
 import textwrap
 from pathlib import Path
 
+from centernet.constants import RANDOM_WEIGHTS_FIELD, RANDOM_WEIGHTS_LABEL
 from centernet.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -25,6 +30,8 @@ PR_CURVES = "pr_curves.png"
 PER_CLASS_AP = "per_class_ap.png"
 BENCHMARK = "benchmark.png"
 DPI = 120
+BANNER_COLOUR = "#dc0000"       # red, as visualize.BANNER_COLOUR
+BANNER_TEXT_COLOUR = "#ffff00"  # yellow
 
 
 def _figure(width_in, height_in):
@@ -47,6 +54,15 @@ def _save(fig, path):
     make_dirs(path.parent)
     write_atomic(path, buf.getvalue())
     return path
+
+
+def _banner(fig, metrics):
+    """RANDOM_WEIGHTS_LABEL across the top of the figure where the metrics
+    come from a model with random weights (before tight_layout, which makes
+    room for it)."""
+    if metrics.get(RANDOM_WEIGHTS_FIELD):
+        fig.suptitle(RANDOM_WEIGHTS_LABEL, color=BANNER_TEXT_COLOUR, fontsize=13, fontweight="bold",
+                     bbox={"facecolor": BANNER_COLOUR, "edgecolor": "none", "pad": 6})
 
 
 def _pct(v):
@@ -82,6 +98,7 @@ def plot_pr_curves(metrics, path):
     ax.grid(True, alpha=0.3)
     if drawn:
         ax.legend(loc="best", frameon=True)
+    _banner(fig, metrics)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -133,6 +150,7 @@ def plot_per_class_ap(metrics, path):
                  fontsize=11)
     if note:
         fig.text(0.01, 0.05 / height, note, fontsize=7, va="bottom", ha="left", color="#555555")
+    _banner(fig, metrics)
     fig.tight_layout(rect=(0, note_in / height, 1, 1))
     return _save(fig, path)
 

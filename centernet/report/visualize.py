@@ -8,18 +8,25 @@ more, so they stay readable on bright and dark backgrounds. Every box and label
 is kept inside the image: a box is clipped to it and its stroke drawn inward
 from the box's edge; a label goes above its box, or just inside the box's top
 edge where there is no room above.
+
+A picture made with random weights (the demo's) gets a banner across its top
+(draw_banner: RANDOM_WEIGHTS_LABEL, yellow on red), drawn last, over any box.
 """
 import colorsys
 from dataclasses import dataclass
 
 import cv2
 
+from centernet.constants import RANDOM_WEIGHTS_LABEL
 from centernet.core.transforms import clip_box  # noqa: F401 (re-exported)
 import numpy as np
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 # cv2's height of FONT's capital letters at scale 1, thickness 1 (pixels).
 _FONT_CAP_HEIGHT = cv2.getTextSize("H", FONT, 1.0, 1)[0][1]
+
+BANNER_COLOUR = (0, 0, 220)         # BGR: red
+BANNER_TEXT_COLOUR = (0, 255, 255)  # BGR: yellow
 
 
 def class_colours(num_classes):
@@ -136,4 +143,34 @@ def draw_detections(image, boxes, scores, classes, names, colours=None, style=No
         cv2.rectangle(out, (lx1, ly1), (lx2, ly2), colour, -1)
         cv2.putText(out, text, origin, FONT, style.font_scale, text_colour(colour),
                     style.text_thickness, cv2.LINE_AA)
+    return out
+
+
+def banner_height(height, width, style=None):
+    """Pixel rows the banner covers at the top of a height x width picture."""
+    style = style or style_for(height, width)
+    (_, th), baseline = cv2.getTextSize("Hdgy0", FONT, style.font_scale, style.text_thickness + 1)
+    return min(height, th + baseline + 2 * style.pad)
+
+
+def draw_banner(image, text=RANDOM_WEIGHTS_LABEL, style=None):
+    """A copy of the BGR image with a bar across its top: `text` in yellow on
+    red, as large as the labels and bolder, made smaller where the picture
+    is too narrow for it. Draw it last, so no box covers it."""
+    out = np.ascontiguousarray(image).copy()
+    height, width = out.shape[:2]
+    style = style or style_for(height, width)
+    thickness = style.text_thickness + 1
+    bar = banner_height(height, width, style)
+    cv2.rectangle(out, (0, 0), (width - 1, bar - 1), BANNER_COLOUR, -1)
+    text = ascii_label(text)
+    scale = style.font_scale
+    tw = cv2.getTextSize(text, FONT, scale, thickness)[0][0]
+    room = max(1, width - 2 * style.pad)
+    if tw > room:
+        scale *= room / tw
+        thickness = max(1, int(round(thickness * room / tw)))
+    (tw, th), baseline = cv2.getTextSize(text, FONT, scale, thickness)
+    origin = (max(0, (width - tw) // 2), max(th, (bar - th - baseline) // 2 + th))
+    cv2.putText(out, text, origin, FONT, scale, BANNER_TEXT_COLOUR, thickness, cv2.LINE_AA)
     return out

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from centernet.constants import FLIP_KEY
+from centernet.constants import FLIP_KEY, RANDOM_WEIGHTS_KEY
 from centernet.errors import UserError
 from centernet.runtime.session import Capabilities, Session, heads_from_channels
 
@@ -97,6 +97,12 @@ def metadata_flip_test(metadata):
     return metadata.get(FLIP_KEY) == "1"
 
 
+def metadata_random_weights(metadata):
+    """Whether a {key: value} dict of ONNX metadata_props says the model has
+    random weights (RANDOM_WEIGHTS_KEY); files without the key do not."""
+    return metadata.get(RANDOM_WEIGHTS_KEY) == "1"
+
+
 def run_session(session, batch):
     """Run an ONNX Runtime InferenceSession on one input batch; returns the
     outputs in graph order. In the main thread a run stops at Ctrl-C
@@ -135,7 +141,7 @@ def run_interruptible(session, feed):
 class OrtSession(Session):
     """An ONNX Runtime InferenceSession behind the Session interface; its
     capabilities come from the graph's input shape, output channels and
-    metadata (FLIP_KEY). `inner` is the InferenceSession itself."""
+    metadata (FLIP_KEY, RANDOM_WEIGHTS_KEY). `inner` is the InferenceSession itself."""
 
     def __init__(self, inner, name=None):
         self.inner = inner
@@ -147,7 +153,8 @@ class OrtSession(Session):
             input_size=hw if all(isinstance(d, int) for d in hw) else None,
             static_batch=shape[0] if isinstance(shape[0], int) else None,
             flip_in_graph=graph_flip_test(inner),
-            heads=heads_from_channels([o.shape[1] for o in inner.get_outputs()]))
+            heads=heads_from_channels([o.shape[1] for o in inner.get_outputs()]),
+            random_weights=metadata_random_weights(inner.get_modelmeta().custom_metadata_map))
 
     @property
     def capabilities(self):

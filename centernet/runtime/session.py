@@ -24,6 +24,10 @@ class Capabilities:
     decodes_on_device: run_decoded returns the top K detections, decoded on
     the device.
     heads: (name, channels) of each output, in output order.
+    random_weights: the model has random weights (the demo's): its
+    detections mean nothing, and every picture and summary says so. From
+    the ONNX metadata (RANDOM_WEIGHTS_KEY) or the checkpoint; an .om keeps
+    no such fact.
     """
     input_size: tuple = None
     static_batch: int = None
@@ -31,6 +35,7 @@ class Capabilities:
     accepts_warped: bool = False
     decodes_on_device: bool = False
     heads: tuple = (("hm", 80), ("wh", 2), ("reg", 2))
+    random_weights: bool = False
 
     @property
     def num_classes(self):

@@ -42,6 +42,7 @@ import torch
 
 
 from centernet.constants import MEAN, STD
+from centernet.model.checkpoint import is_random
 from centernet.model.dcn_kernels import tf32_allowed
 from centernet.errors import UserError
 from centernet.runtime.session import Capabilities, Session, heads_from_channels
@@ -63,6 +64,7 @@ class TorchSession(Session):
             name = name or str(model)
             model = load_model(model)
         self.name = name or "model"
+        random_weights = is_random(model)  # the checkpoint's fact (load_model), or random_model's
         self.device = torch.device(self.options.device)
         self.input_size = tuple(int(v) for v in input_size) if input_size else None
         if self.options.cudnn_benchmark and self.device.type == "cuda":
@@ -75,7 +77,8 @@ class TorchSession(Session):
         # The flip test is never in this graph: the predictor mirrors around it.
         self._caps = Capabilities(input_size=self.input_size, accepts_warped=self.options.warped_input,
                                   decodes_on_device=self.options.device_decode,
-                                  heads=heads_from_channels(list(self.heads.values())))
+                                  heads=heads_from_channels(list(self.heads.values())),
+                                  random_weights=random_weights)
 
     @property
     def capabilities(self):

@@ -106,3 +106,21 @@ def test_log_lines_are_plain_and_split_by_level(capsys):
     setup_logging()
     logger.info("exported x")
     assert capsys.readouterr().err == "exported x\n"
+
+
+def test_report_table_says_when_the_weights_were_random(tmp_path, capsys):
+    # run_all.sh ends with this table, from the run's metrics.json
+    import json
+    from centernet.cli.report import main as report
+    from centernet.constants import RANDOM_WEIGHTS_NOTE
+    metrics = {"AP": 0.0, "AP50": 0.0, "per_class": {}}
+    for name, extra in (("random", {"random_weights": True}), ("ordinary", {"random_weights": False}),
+                        ("older", {})):
+        (tmp_path / f"{name}.json").write_text(json.dumps({**metrics, **extra}))
+    assert report([str(tmp_path / "random.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| AP | 0.0 |" in out and out.rstrip("\n").splitlines()[-1] == RANDOM_WEIGHTS_NOTE
+    for name in ("ordinary", "older"):
+        assert report([str(tmp_path / f"{name}.json")]) == 0
+        out = capsys.readouterr().out
+        assert "| AP | 0.0 |" in out and "RANDOM WEIGHTS" not in out

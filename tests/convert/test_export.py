@@ -271,4 +271,18 @@ def test_flip_cli_checks_the_flip_graph(upstream_checkpoint, tmp_path):
     assert meta == {"centernet.flip_test": "1", "centernet.hm": "sigmoid",
                     "centernet.checkpoint_sha256": file_sha256(upstream_checkpoint),
                     "centernet.checkpoint": upstream_checkpoint.name, "centernet.target": "onnxruntime",
-                    "centernet.dcn": "deformconv", "centernet.input": "64x96", "centernet.checked": "yes"}
+                    "centernet.dcn": "deformconv", "centernet.input": "64x96", "centernet.checked": "yes",
+                    # the fixture's weights are random, and the export says so as the checkpoint does
+                    "centernet.random_weights": "1"}
+
+
+def test_the_export_says_whether_the_weights_are_random(ctdet_onnx, ordinary_checkpoint, tmp_path):
+    from centernet.runtime.ort_session import metadata_random_weights
+    meta = lambda path: {p.key: p.value for p in onnx.load(path).metadata_props}  # noqa: E731
+    assert meta(ctdet_onnx)["centernet.random_weights"] == "1"  # random_model's weights
+    out = tmp_path / "ordinary.onnx"
+    r = run_script(ordinary_checkpoint, out, "--input-size", 64, 64, "--no-check")
+    assert r.returncode == 0, r.stderr
+    assert meta(out)["centernet.random_weights"] == "0"  # a checkpoint without the mark
+    assert metadata_random_weights(meta(ctdet_onnx)) and not metadata_random_weights(meta(out))
+    assert not metadata_random_weights({})  # a file exported before the key existed

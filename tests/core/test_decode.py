@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from centernet.constants import RANDOM_WEIGHTS_NOTE
 from centernet.core.decode import _peaks, _top_k, _top_k_thresholded, decode_ctdet, detections_to_coco, map_boxes_to_image, max_pool3x3, sigmoid
 from centernet.pipeline.staged_decode import check_hm_kind
 from centernet.errors import UserError
@@ -282,6 +283,42 @@ def test_perfect_model_round_trip_through_s1_and_s2(perfect_run, run_script, syn
     metrics = json.loads((perfect_run / "run_eval_result" / "metrics.json").read_text())
     assert metrics["AP"] >= 0.99 and metrics["AP50"] >= 0.99
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in proc.stdout
+
+
+def test_random_weights_travel_from_the_inference_summary_through_s1_to_s2(perfect_run, run_script):
+    # CenterNet_infer.py's summary beside the bins says the model's weights are random
+    summary = perfect_run / "result" / "dumpout_bs1_summary.json"
+    summary.write_text(json.dumps({"model": "CenterNet.onnx", "random_weights": True}))
+    s1 = run_script("CenterNet_postprocess_s1.py", "--bin_data_path=./result/dumpout_bs1/", "--dataset=./data",
+                    cwd=perfect_run)
+    assert s1.returncode == 0, s1.stderr
+    assert s1.stdout.splitlines()[-1] == RANDOM_WEIGHTS_NOTE
+    results = perfect_run / "save" / "results.json"
+    assert isinstance(json.loads(results.read_text()), list)  # still a plain COCO results list
+    facts = json.loads((perfect_run / "save" / "results.model.json").read_text())
+    assert facts["random_weights"] is True and facts["model"] == "CenterNet.onnx"
+    assert facts["results"] == "results.json"
+    s2 = run_script("CenterNet_postprocess_s2.py", "--dataset=./data", cwd=perfect_run)
+    assert s2.returncode == 0, s2.stderr
+    assert RANDOM_WEIGHTS_NOTE in s2.stdout
+    assert json.loads((perfect_run / "run_eval_result" / "metrics.json").read_text())["random_weights"] is True
+
+    # the facts file is about those results only: another results file in their place is not labelled
+    other = json.loads(results.read_text())[:-1]
+    results.write_text(json.dumps(other))
+    s2 = run_script("CenterNet_postprocess_s2.py", "--dataset=./data", cwd=perfect_run)
+    assert s2.returncode == 0, s2.stderr
+    assert "RANDOM WEIGHTS" not in s2.stdout
+    assert json.loads((perfect_run / "run_eval_result" / "metrics.json").read_text())["random_weights"] is False
+
+    # and bins of a model whose summary says nothing of random weights are not labelled either
+    summary.write_text(json.dumps({"model": "CenterNet.onnx", "random_weights": False}))
+    s1 = run_script("CenterNet_postprocess_s1.py", "--bin_data_path=./result/dumpout_bs1/", "--dataset=./data",
+                    cwd=perfect_run)
+    assert s1.returncode == 0 and "RANDOM WEIGHTS" not in s1.stdout
+    assert json.loads((perfect_run / "save" / "results.model.json").read_text())["random_weights"] is False
+    s2 = run_script("CenterNet_postprocess_s2.py", "--dataset=./data", cwd=perfect_run)
+    assert s2.returncode == 0 and "RANDOM WEIGHTS" not in s2.stdout
 
 
 def test_s1_with_meta_needs_no_annotation_file(perfect_run, run_script):

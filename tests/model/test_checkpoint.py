@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from centernet.model.checkpoint import load_model, load_state_dict
+from centernet.model.checkpoint import is_random, load_model, load_state_dict, save_upstream_checkpoint
 from centernet.errors import UserError
 from conftest import ROOT
 from pose_dla_dcn import get_pose_net
@@ -15,7 +15,7 @@ from pose_dla_dcn import get_pose_net
 def test_upstream_layout_loads_exactly(random_ctdet, upstream_checkpoint, caplog):
     raw = torch.load(upstream_checkpoint, weights_only=True)
     keys = raw["state_dict"].keys()
-    assert set(raw) == {"epoch", "state_dict"}
+    assert set(raw) == {"epoch", "state_dict", "random_weights"} and raw["random_weights"] is True
     assert all(k.startswith("module.") for k in keys) and "module.base.fc.weight" in keys
     assert not any(k.endswith("num_batches_tracked") for k in keys)
 
@@ -27,6 +27,24 @@ def test_upstream_layout_loads_exactly(random_ctdet, upstream_checkpoint, caplog
         if not k.endswith("num_batches_tracked"):
             assert torch.equal(ours[k], v), k
     assert not model.training
+
+
+def test_random_weights_are_a_fact_of_the_checkpoint_and_the_model(random_ctdet, upstream_checkpoint,
+                                                                     ordinary_checkpoint, tmp_path):
+    assert is_random(random_ctdet)  # random_weights.random_model marks its model
+    marked, plain = load_model(upstream_checkpoint), load_model(ordinary_checkpoint)
+    assert is_random(marked) and not is_random(plain)
+    assert all(torch.equal(a, b) for a, b in zip(marked.state_dict().values(), plain.state_dict().values()))
+    # saving passes the fact on, either way
+    save_upstream_checkpoint(plain, tmp_path / "again.pth")
+    assert "random_weights" not in torch.load(tmp_path / "again.pth", weights_only=True)
+    assert not is_random(load_model(tmp_path / "again.pth"))
+    save_upstream_checkpoint(marked, tmp_path / "marked.pth")
+    assert is_random(load_model(tmp_path / "marked.pth"))
+    # only True marks: a checkpoint that says anything else is not taken for random weights
+    raw = torch.load(upstream_checkpoint, weights_only=True)
+    torch.save({**raw, "random_weights": "yes"}, tmp_path / "odd.pth")
+    assert not is_random(load_model(tmp_path / "odd.pth"))
 
 
 def test_bare_state_dict_without_prefix(random_ctdet, tmp_path):

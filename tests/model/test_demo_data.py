@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from centernet.model.checkpoint import load_model
+from centernet.model.checkpoint import is_random, load_model
 from centernet.model.demo_data import make_demo
 from centernet.io.synthetic import make_synthetic_coco
 from conftest import ROOT, assert_one_line_error
@@ -20,6 +20,22 @@ def test_demo_is_made_once_and_reused(tmp_path, random_ctdet, monkeypatch):
     assert make_demo(tmp_path, num_images=2) == (data, weights) and weights.stat().st_mtime_ns == stamp
     model = load_model(weights)
     assert torch.isfinite(model.hm[2].weight).all()
+    assert is_random(model)
+
+
+def test_demo_weights_made_without_the_mark_get_it(tmp_path, random_ctdet, ordinary_checkpoint, monkeypatch):
+    # demo weights of an earlier version: the same random weights, without the mark
+    monkeypatch.setattr("centernet.model.demo_data.random_model", lambda seed: random_ctdet)
+    (tmp_path / "ctdet_demo.pth").write_bytes(ordinary_checkpoint.read_bytes())
+    _, weights = make_demo(tmp_path, num_images=2)
+    raw, before = torch.load(weights, weights_only=True), torch.load(ordinary_checkpoint, weights_only=True)
+    assert raw["random_weights"] is True and raw["epoch"] == before["epoch"]
+    assert raw["state_dict"].keys() == before["state_dict"].keys()
+    assert all(torch.equal(raw["state_dict"][k], v) for k, v in before["state_dict"].items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ctdet_demo.pth", "data"]  # no temp file left
+    stamp = weights.stat().st_mtime_ns
+    make_demo(tmp_path, num_images=2)
+    assert weights.stat().st_mtime_ns == stamp  # marked once
 
 
 @pytest.mark.slow

@@ -19,7 +19,9 @@ from centernet.runtime.ort_session import OrtSession
 from centernet.errors import UserError
 from centernet.runtime.ort_session import make_session
 from centernet.pipeline.stream import stream_detections
-from conftest import ROOT, assert_one_line_error, captured_logs
+from centernet.constants import RANDOM_WEIGHTS_NOTE
+from centernet.report.visualize import BANNER_COLOUR, banner_height
+from conftest import ROOT, assert_one_line_error, captured_logs, unmarked_onnx
 
 SMALL = (128, 128)  # fixed input of the test model: fast, and real decoding (32x32 output map)
 NAMES = [name for _, name, _ in COCO_CATEGORIES]
@@ -116,10 +118,11 @@ def test_threshold_keeps_the_top_of_the_same_list(synthetic_coco, small_onnx, tm
     kept = json.loads(demo([image], small_onnx, tmp_path / "b", thresh=thresh)["json"].read_text())
     kept = kept["images"][0]["detections"]
     assert kept == [d for d in all_dets if d["score"] >= thresh] and len(kept) >= 3
-    # nothing above the threshold: the copy is the image itself (PNG: lossless)
+    # nothing above the threshold: the copy is the image itself (PNG: lossless),
+    # from a model with ordinary weights (random ones add their banner)
     png = tmp_path / "same.png"
     cv2.imwrite(str(png), cv2.imread(str(image)))
-    out = demo([png], small_onnx, tmp_path / "c", thresh=1.0)["output"]
+    out = demo([png], unmarked_onnx(small_onnx, tmp_path / "ordinary.onnx"), tmp_path / "c", thresh=1.0)["output"]
     assert not json.loads((out / "detections.json").read_text())["images"][0]["detections"]
     assert np.array_equal(cv2.imread(str(out / "same.png")), cv2.imread(str(png)))
 
@@ -158,6 +161,57 @@ def test_video_same_fps_size_and_frames(small_onnx, tmp_path):
     assert all(e["file"] == str(video) and e["output"] == str(result) and (e["width"], e["height"]) == (96, 64)
                and len(e["detections"]) == 100 for e in entries)
     assert not list(out.glob(".*tmp*"))
+
+
+def red_fraction(pixels, tol=60):
+    """The share of pixels near the banner's red."""
+    return float((np.abs(pixels.astype(int) - BANNER_COLOUR).max(-1) <= tol).mean())
+
+
+def test_random_weights_put_a_banner_on_the_picture_and_say_so(synthetic_coco, upstream_checkpoint,
+                                                                 ordinary_checkpoint, tmp_path, run_script):
+    png = tmp_path / "photo.png"  # lossless: the pictures can be compared pixel for pixel
+    cv2.imwrite(str(png), cv2.imread(str(images_of(synthetic_coco)[0])))
+    runs = {}
+    for name, checkpoint in (("random", upstream_checkpoint), ("ordinary", ordinary_checkpoint)):
+        r = run_script("CenterNet_demo.py", "--model", checkpoint, "--backend", "torch", "--input-size", *SMALL,
+                       "--threads", 2, "--vis-thresh", 0.2, "--output", tmp_path / name, "--no-progress", png,
+                       cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        runs[name] = (r.stdout, cv2.imread(str(tmp_path / name / "photo.png")),
+                      json.loads((tmp_path / name / "detections.json").read_text()))
+    (random_out, random_pic, random_doc), (plain_out, plain_pic, plain_doc) = runs["random"], runs["ordinary"]
+    bar = banner_height(*random_pic.shape[:2])
+    # the same weights, so the same boxes; the random ones' picture has the banner on top
+    assert random_doc["images"][0]["detections"] == plain_doc["images"][0]["detections"]
+    assert np.array_equal(random_pic[bar:], plain_pic[bar:])
+    assert red_fraction(random_pic[:bar]) > 0.5 and red_fraction(plain_pic[:bar]) < 0.1
+    assert not np.array_equal(random_pic[:bar], plain_pic[:bar])
+    # detections.json and the printed summary say so
+    assert random_doc["random_weights"] is True and plain_doc["random_weights"] is False
+    assert RANDOM_WEIGHTS_NOTE in random_out and "RANDOM WEIGHTS" not in plain_out
+    assert "annotated 1 image" in random_out.splitlines()[-2] and random_out.splitlines()[-1] == RANDOM_WEIGHTS_NOTE
+
+
+def test_random_weights_banner_without_any_detection_and_on_video_frames(synthetic_coco, small_onnx, tmp_path):
+    png = tmp_path / "same.png"
+    cv2.imwrite(str(png), cv2.imread(str(images_of(synthetic_coco)[1])))
+    summary = demo([png, make_video(tmp_path / "clip.mp4")], small_onnx, tmp_path / "out", thresh=1.0)
+    assert summary["random_weights"] is True and summary["images"] == 1 and summary["videos"] == 1
+    drawn, image = cv2.imread(str(tmp_path / "out" / "same.png")), cv2.imread(str(png))
+    bar = banner_height(*image.shape[:2])
+    assert np.array_equal(drawn[bar:], image[bar:]) and red_fraction(drawn[:bar]) > 0.5
+    cap = cv2.VideoCapture(str(tmp_path / "out" / "clip.mp4"))
+    frames = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames += 1
+        bar = banner_height(*frame.shape[:2])
+        assert red_fraction(frame[:bar]) > 0.5 and red_fraction(frame[bar + 4:]) < 0.1  # mp4v blurs the edge
+    cap.release()
+    assert frames == 5
 
 
 def test_bad_inputs_named_one_line_each_others_done(synthetic_coco, small_onnx, tmp_path, run_script):

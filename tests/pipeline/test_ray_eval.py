@@ -83,6 +83,9 @@ def test_ray_eval_script_equals_streaming_eval(local_ray, synthetic_coco, small_
     assert got["AP"] == plain["AP"] and got["per_class"] == plain["per_class"]
     assert json.loads((tmp_path / "ev_ray" / "stream_summary.json").read_text())["images"] == len(ids)
     assert not (tmp_path / "ray.json.parts").exists()  # the blocks are removed once assembled
+    # the fixture's weights are random: the Ray path says so as the plain one does
+    assert got["random_weights"] is True
+    assert json.loads((tmp_path / "ray.model.json").read_text())["random_weights"] is True
 
 
 def test_annotate_without_ground_truth_writes_the_demos_detections(local_ray, synthetic_coco, small_onnx,
@@ -120,6 +123,7 @@ def test_annotating_without_ray_equals_ray(local_ray, synthetic_coco, small_onnx
     assert eval_main(*common, "--ray", "--output", tmp_path / "ray.json") == 0
     assert (tmp_path / "plain.json").read_bytes() == (tmp_path / "ray.json").read_bytes()
     assert json.loads((tmp_path / "plain.json").read_text())["images"]
+    assert json.loads((tmp_path / "ray.json").read_text())["random_weights"] is True  # the fixture's weights
 
 
 def test_ray_with_the_torch_backend_equals_the_plain_run(local_ray, synthetic_coco, upstream_checkpoint, tmp_path):

@@ -74,6 +74,20 @@ def test_loop_mode(ctdet_onnx):
     assert s["images"] == 4 and s["batches"] == 2 and s["fps"] > 0
 
 
+def test_the_summary_says_whether_the_weights_are_random(ctdet_onnx, ordinary_onnx, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_bin(folder / "a.bin", photo_inputs(1, (512, 512))[0])
+    for name, model, random_weights in (("random", ctdet_onnx, True), ("ordinary", ordinary_onnx, False)):
+        r = run_infer("--model", model, "--input", folder, "--output", tmp_path / "out", "--output_dirname", name,
+                      "--threads", 2)
+        assert r.returncode == 0, r.stderr
+        # CenterNet_postprocess_s1.py reads it from the summary file and passes it on
+        summary = json.loads((tmp_path / "out" / f"{name}_summary.json").read_text())
+        assert summary["random_weights"] is random_weights
+        assert ("RANDOM WEIGHTS" in r.stdout) is random_weights
+
+
 def test_empty_input_and_missing_model(ctdet_onnx, tmp_path):
     r = run_infer("--model", ctdet_onnx, "--input", tmp_path, "--output", tmp_path / "o")
     assert r.returncode == 2 and "no .bin files" in r.stderr

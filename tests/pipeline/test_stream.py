@@ -327,3 +327,27 @@ def test_eval_checks_its_outputs_before_inference(synthetic_coco, ctdet_onnx, tm
                    cwd=tmp_path)
     assert_one_line_error(r, str(blocker), "part of its path is a file")
     assert not (tmp_path / "res.json").exists() and not (tmp_path / "res.json.parts").exists()
+
+
+def test_eval_of_random_weights_says_so_in_every_output(synthetic_coco, ctdet_onnx, ordinary_onnx, tmp_path,
+                                                        run_script):
+    from centernet.constants import RANDOM_WEIGHTS_NOTE
+    for name, model, random_weights in (("random", ctdet_onnx, True), ("ordinary", ordinary_onnx, False)):
+        out = tmp_path / name
+        r = run_script("CenterNet_eval.py", "--model", model, "--dataset", synthetic_coco["root"], "--limit", 1,
+                       "--threads", 2, "--workers", 1, "--output", out / "res.json", "--resultfolder", out / "ev",
+                       "--no-progress", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert (RANDOM_WEIGHTS_NOTE in r.stdout) is random_weights and ("RANDOM" in r.stdout) is random_weights
+        assert json.loads((out / "ev" / "metrics.json").read_text())["random_weights"] is random_weights
+        assert json.loads((out / "ev" / "stream_summary.json").read_text())["random_weights"] is random_weights
+        assert isinstance(json.loads((out / "res.json").read_text()), list)
+        facts = json.loads((out / "res.model.json").read_text())  # what CenterNet_postprocess_s2.py reads
+        assert facts["random_weights"] is random_weights and facts["model"] == str(model)
+        # annotating (images without annotations): detections.json says so, and so does the summary
+        r = run_script("CenterNet_eval.py", "--model", model, "--images", synthetic_coco["images_dir"], "--limit", 1,
+                       "--threads", 2, "--workers", 1, "--output", out / "detections.json", "--no-progress",
+                       cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert (RANDOM_WEIGHTS_NOTE in r.stdout) is random_weights
+        assert json.loads((out / "detections.json").read_text())["random_weights"] is random_weights

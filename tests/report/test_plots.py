@@ -11,7 +11,7 @@ import pytest
 
 import CenterNet_benchmark
 from centernet.io.coco import COCO_CATEGORIES, evaluate_coco, write_results
-from centernet.report.plots import DPI, plot_benchmark, write_eval_plots
+from centernet.report.plots import BANNER_COLOUR, DPI, plot_benchmark, write_eval_plots
 from conftest import ROOT
 
 
@@ -54,6 +54,29 @@ def test_eval_plots_exist_at_their_size(num_classes, tmp_path):
     if num_classes == 80:
         assert height >= 1900
     assert not list((tmp_path / "ev").glob(".*tmp"))
+
+
+def banner_pixels(path):
+    """How many pixels of a picture have the random-weights banner's red."""
+    image = cv2.imread(str(path)).astype(int)  # BGR
+    r, g, b = (int(BANNER_COLOUR[i:i + 2], 16) for i in (1, 3, 5))
+    return int((np.abs(image - (b, g, r)).max(-1) <= 10).sum())
+
+
+def test_pictures_of_random_weights_say_so(tmp_path):
+    _, _, metrics = metrics_for(5)
+    plain = write_eval_plots({**metrics, "random_weights": False}, tmp_path / "plain")
+    marked = write_eval_plots({**metrics, "random_weights": True}, tmp_path / "marked")
+    for a, b in zip(plain, marked):
+        assert a.name == b.name
+        assert banner_pixels(a) == 0
+        # a bar of at least 2 x 0.15 inch across the top of the picture
+        assert banner_pixels(b) > 2 * (0.15 * DPI) ** 2 * 4
+        image = cv2.imread(str(b)).astype(int)
+        rows = np.flatnonzero((np.abs(image - image[:1, :1]).max(-1) > 0).any(1) &
+                              ((np.abs(image - (0, 0, 0xdc)).max(-1) <= 10).sum(1) > 0))
+        assert rows.max() < image.shape[0] * 0.25  # at the top
+    assert banner_pixels(write_eval_plots(metrics, tmp_path / "old")[0]) == 0  # a metrics.json without the field
 
 
 def test_pr_plot_with_no_ground_truth_still_draws(tmp_path):

@@ -4,8 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
-from centernet.report.visualize import (FONT, ascii_label, box_pixels, class_colours, draw_detections, label_rect,
-                                 style_for, text_colour)
+from centernet.constants import RANDOM_WEIGHTS_LABEL
+from centernet.report.visualize import (BANNER_COLOUR, BANNER_TEXT_COLOUR, FONT, ascii_label, banner_height, box_pixels,
+                                        class_colours, draw_banner, draw_detections, label_rect, style_for,
+                                        text_colour)
 
 NAMES = ["cat", "dog", "car"]
 
@@ -109,3 +111,30 @@ def test_best_detection_drawn_last_and_ascii_labels():
                             colours=colours)
     assert tuple(drawn[89, 50]) == (0, 0, 255)
     assert ascii_label("caf\u00e9 0.50") == "caf? 0.50"
+
+
+def is_banner(pixels, tol=40):
+    """Pixels of the banner's red background or its yellow text (or between: antialiasing)."""
+    pixels = np.asarray(pixels, np.int32)
+    red = np.abs(pixels - BANNER_COLOUR).max(-1) <= tol
+    yellow = np.abs(pixels - BANNER_TEXT_COLOUR).max(-1) <= tol
+    between = (pixels[..., 0] <= tol) & (pixels[..., 2] >= BANNER_COLOUR[2] - tol)  # no blue, full red
+    return red | yellow | between
+
+
+@pytest.mark.parametrize("h,w", [(64, 64), (120, 160), (480, 640), (3000, 4000)])
+def test_banner_across_the_top_in_its_colours_and_nothing_else_changed(h, w):
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    drawn = draw_banner(image)
+    assert drawn.shape == image.shape and not np.shares_memory(drawn, image)
+    bar = banner_height(h, w)
+    assert 0 < bar < h / 2 and bar >= min(h, 11)
+    assert np.array_equal(drawn[bar:], image[bar:])        # below the bar the picture is untouched
+    assert is_banner(drawn[:bar]).all()                     # the bar is all red and yellow
+    mostly_red = np.abs(drawn[:bar].astype(int) - BANNER_COLOUR).max(-1) <= 1
+    assert 0.5 < mostly_red.mean() < 1.0                    # red ground, and some text on it
+    text = drawn[:bar, :, 1] > 128  # green: the yellow text (shrunk to fit a thumbnail: antialiased)
+    columns = np.flatnonzero(text.any(0))
+    assert len(columns) and 0 < columns[0] and columns[-1] < w - 1  # the text fits inside the picture
+    assert draw_banner(image, RANDOM_WEIGHTS_LABEL).tobytes() == drawn.tobytes()  # the label is the default

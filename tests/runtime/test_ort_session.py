@@ -54,13 +54,15 @@ def test_ctrl_c_stops_an_onnxruntime_run_mid_batch(ctdet_onnx):
     assert [o.shape for o in outputs] == [(1, 80, 128, 128), (1, 2, 128, 128), (1, 2, 128, 128)]
 
 
-def test_ort_session_declares_what_its_graph_says(ctdet_onnx, ctdet_onnx_flip_dynamic):
+def test_ort_session_declares_what_its_graph_says(ctdet_onnx, ctdet_onnx_flip_dynamic, ordinary_onnx):
     from centernet.runtime.ort_session import OrtSession
     from centernet.runtime.session import Capabilities
     fixed = OrtSession(make_session(ctdet_onnx, threads=1))
-    assert fixed.capabilities == Capabilities(input_size=(512, 512))
+    assert fixed.capabilities == Capabilities(input_size=(512, 512), random_weights=True)  # the fixtures' weights
     flip = OrtSession(make_session(ctdet_onnx_flip_dynamic, threads=1))
-    assert flip.capabilities == Capabilities(input_size=None, flip_in_graph=True)
+    assert flip.capabilities == Capabilities(input_size=None, flip_in_graph=True, random_weights=True)
+    ordinary = OrtSession(make_session(ordinary_onnx, threads=1))
+    assert ordinary.capabilities == Capabilities(input_size=(512, 512), random_weights=False)
     outputs = fixed.run(np.zeros((1, 3, 512, 512), np.float32))
     assert [o.shape for o in outputs] == [(1, c, 128, 128) for c in (80, 2, 2)]
     assert [o.shape[1:] for o in outputs] == fixed.capabilities.output_shapes((512, 512))

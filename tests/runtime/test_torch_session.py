@@ -90,6 +90,7 @@ def test_run_infer_torch_backend_matches_onnxruntime(upstream_checkpoint, ctdet_
     summary = json.loads((tmp_path / "out" / "dump_summary.json").read_text())
     assert summary["images"] == 2 and summary["batches"] == 1
     assert summary["backend"]["backend"] == "torch" and summary["backend"]["precision"] == "fp32"
+    assert summary["random_weights"] is True  # the checkpoint's mark, as ONNX Runtime reads it from the export
 
 
 def test_eval_script_torch_backend_gives_the_onnxruntime_detections(synthetic_coco, upstream_checkpoint,
@@ -124,7 +125,8 @@ def test_eval_script_torch_backend_gives_the_onnxruntime_detections(synthetic_co
 def test_session_declares_its_capabilities(random_ctdet, small_batch, plain_outputs):
     from centernet.runtime.session import Capabilities
     s = session(random_ctdet)
-    assert s.capabilities == Capabilities(input_size=(128, 128), accepts_warped=True, decodes_on_device=False)
+    assert s.capabilities == Capabilities(input_size=(128, 128), accepts_warped=True, decodes_on_device=False,
+                                          random_weights=True)  # the fixture's weights are random, and marked
     outs = s.run(small_batch)
     assert [o.dtype for o in outs] == [np.float32] * 3
     for name, got, ref in zip("hm wh reg".split(), outs, plain_outputs):
@@ -136,6 +138,12 @@ def test_session_declares_its_capabilities(random_ctdet, small_batch, plain_outp
     assert dynamic.run_batch(small_batch[:1, :, :96, :64])[0].shape == (1, 80, 24, 16)
     with pytest.raises(ValueError, match="multiples of 32"):
         dynamic.run_batch(np.zeros((1, 3, 100, 64), np.float32))
+
+
+def test_session_says_whether_the_weights_are_random(random_ctdet, ordinary_checkpoint, upstream_checkpoint):
+    assert session(random_ctdet).capabilities.random_weights
+    assert TorchSession(str(upstream_checkpoint), TorchOptions(threads=1)).capabilities.random_weights
+    assert not TorchSession(str(ordinary_checkpoint), TorchOptions(threads=1)).capabilities.random_weights
 
 
 def test_session_leaves_the_given_model_alone(random_ctdet):
