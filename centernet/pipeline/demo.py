@@ -236,9 +236,9 @@ def run_demo(inputs, model, output="demo_out", thresh=VIS_THRESH, keep_res=False
     """Detect on every input (image file, folder of images, video file) in
     the test mode (keep_res, flip, scales); write annotated copies and
     detections.json into `output`. Returns {"images", "videos", "errors":
-    [lines], "json": path, "output", "seconds", "mode", "random_weights"}. An unreadable input is named in one
-    error line and skipped. A run that annotated nothing leaves an earlier
-    detections.json as it was."""
+    [lines], "json": path, "output", "seconds", "mode", "random_weights"}.
+    An unreadable input is named in one error line and skipped. A run that
+    annotated nothing leaves an earlier detections.json as it was."""
     if not 0.0 <= thresh <= 1.0:
         raise UserError(f"--vis-thresh {thresh}: must be between 0 and 1")
     if limit is not None and limit < 1:

@@ -27,6 +27,7 @@ _FONT_CAP_HEIGHT = cv2.getTextSize("H", FONT, 1.0, 1)[0][1]
 
 BANNER_COLOUR = (0, 0, 220)         # BGR: red
 BANNER_TEXT_COLOUR = (0, 255, 255)  # BGR: yellow
+BANNER_TEXT_SCALE = 1.5             # banner text height over the labels'
 
 
 def class_colours(num_classes):
@@ -149,22 +150,26 @@ def draw_detections(image, boxes, scores, classes, names, colours=None, style=No
 def banner_height(height, width, style=None):
     """Pixel rows the banner covers at the top of a height x width picture."""
     style = style or style_for(height, width)
-    (_, th), baseline = cv2.getTextSize("Hdgy0", FONT, style.font_scale, style.text_thickness + 1)
+    (_, th), baseline = cv2.getTextSize("Hdgy0", FONT, style.font_scale * BANNER_TEXT_SCALE, _banner_thickness(style))
     return min(height, th + baseline + 2 * style.pad)
+
+
+def _banner_thickness(style):
+    return max(style.text_thickness + 1, int(round(style.text_thickness * BANNER_TEXT_SCALE)))
 
 
 def draw_banner(image, text=RANDOM_WEIGHTS_LABEL, style=None):
     """A copy of the BGR image with a bar across its top: `text` in yellow on
-    red, as large as the labels and bolder, made smaller where the picture
-    is too narrow for it. Draw it last, so no box covers it."""
+    red, larger and bolder than the labels (BANNER_TEXT_SCALE), made smaller
+    where the picture is too narrow for it. Draw it last, so no box covers it."""
     out = np.ascontiguousarray(image).copy()
     height, width = out.shape[:2]
     style = style or style_for(height, width)
-    thickness = style.text_thickness + 1
+    thickness = _banner_thickness(style)
     bar = banner_height(height, width, style)
     cv2.rectangle(out, (0, 0), (width - 1, bar - 1), BANNER_COLOUR, -1)
     text = ascii_label(text)
-    scale = style.font_scale
+    scale = style.font_scale * BANNER_TEXT_SCALE
     tw = cv2.getTextSize(text, FONT, scale, thickness)[0][0]
     room = max(1, width - 2 * style.pad)
     if tw > room:
