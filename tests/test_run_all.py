@@ -61,6 +61,11 @@ def test_every_stage_reported(demo_run):
     tail = r.stdout[r.stdout.index("pictures:"):]
     for name in ("demo_out/", "pr_curves.png", "per_class_ap.png"):
         assert name in tail
+    # the demo's weights are random: the final table, s2's summary and the annotate stage say so
+    from centernet.constants import RANDOM_WEIGHTS_NOTE
+    table = r.stdout[r.stdout.index("| metric | value |"):r.stdout.index("pictures:")]
+    assert RANDOM_WEIGHTS_NOTE in table
+    assert r.stdout.count(RANDOM_WEIGHTS_NOTE) >= 4  # infer, s1, s2, the annotate stage (twice), the table
 
 
 def test_annotate_stage_shows_a_runnable_command(demo_run, tmp_path):
@@ -99,6 +104,11 @@ def test_every_stage_output(demo_run):
     annotated = json.loads((work / "demo_out" / "detections.json").read_text())["images"]
     assert sorted(e["file"].rsplit("/", 1)[1] for e in annotated) == [f"{s}.jpg" for s in stems]
     assert all((work / "demo_out" / f"{s}.jpg").is_file() for s in stems)
+    # the demo's weights are random, and every file that describes the run says so
+    assert metrics["random_weights"] is True
+    assert json.loads((work / "demo_out" / "detections.json").read_text())["random_weights"] is True
+    assert json.loads((work / "save" / "results.model.json").read_text())["random_weights"] is True
+    assert json.loads((work / "result" / "dumpout_bs2_summary.json").read_text())["random_weights"] is True
 
 
 def test_rerun_resumes(demo_run):
