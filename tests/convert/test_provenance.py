@@ -126,7 +126,8 @@ def test_export_checked_records_what_it_was_made_from(random_ctdet, tmp_path):
     assert meta_of(out) == {"centernet.flip_test": "1", "centernet.hm": "sigmoid",
                             CHECKPOINT_SHA256_KEY: SHA, "centernet.checkpoint": "w.pth",
                             "centernet.target": "onnxruntime", "centernet.dcn": "deformconv",
-                            "centernet.input": "64x64", CHECKED_KEY: "yes"}
+                            "centernet.input": "64x64", CHECKED_KEY: "yes",
+                            "centernet.random_weights": "1"}  # random_model's weights say so
     assert list(tmp_path.iterdir()) == [out]
     assert export_status(out, SHA, options).current
 
