@@ -242,6 +242,10 @@ class DLASeg(nn.Module):
                 nn.init.zeros_(fc[-1].bias)
             setattr(self, head, fc)
 
+    def head(self, name):
+        """The layers of head `name` (its [-1] is the final 1x1 conv)."""
+        return getattr(self, name)
+
     def forward(self, x):
         x = self.dla_up(self.base(x))
         y = [x[i] for i in range(self.last_level - self.first_level)]

@@ -7,12 +7,32 @@ output folders.
 import numpy as np
 
 # Per-channel statistics in B, G, R order (the image is read by OpenCV).
-MEAN = np.array([0.40789654, 0.44719302, 0.47026115], dtype=np.float32)
-STD = np.array([0.28863828, 0.27408164, 0.27809835], dtype=np.float32)
+# Upstream converts the listed numbers to float32 before using them.
+COCO_MEAN = (0.40789654, 0.44719302, 0.47026115)
+COCO_STD = (0.28863828, 0.27408164, 0.27809835)
+MEAN = np.array(COCO_MEAN, dtype=np.float32)
+STD = np.array(COCO_STD, dtype=np.float32)
 
 INPUT_SIZE = 512   # fixed-resolution input side (the recipe's mode)
 DOWN_RATIO = 4     # output stride of the network
 KEEP_RES_PAD = 31  # keep-resolution inputs are rounded up to a multiple of 32
+HOURGLASS_PAD = 127  # ... and to a multiple of 128 for Hourglass-104 (upstream's opts.py)
+
+# Upstream's datasets' test settings (src/lib/datasets/dataset/*.py): mean and
+# std exactly as listed there, applied to the B, G, R channels in that order
+# (even Pascal's ImageNet numbers, which are R, G, B statistics: upstream's
+# quirk, kept so that its checkpoints see what they were trained on); the
+# fixed input side; the number of classes.
+DATASET_SETTINGS = {
+    "coco": {"mean": COCO_MEAN, "std": COCO_STD, "input_side": 512,
+             "num_classes": 80},
+    "pascal": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "input_side": 384, "num_classes": 20},
+    "coco_hp": {"mean": COCO_MEAN, "std": COCO_STD, "input_side": 512,
+                "num_classes": 1},
+}
+PASCAL_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+                  "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+                  "tvmonitor")
 K = 100            # detections decoded per image (upstream's --K)
 VIS_THRESH = 0.3   # upstream's --vis_thresh: the demo draws detections at or above it
 

@@ -1,5 +1,5 @@
-"""Check that a file loads as a ctdet DLA-34 checkpoint (run_all.sh does this
-before its first stage).
+"""Check that a file loads as an upstream ctdet checkpoint and say which
+network it holds (run_all.sh does this before its first stage).
 
     python -m centernet.cli.check_weights ctdet_coco_dla_2x.pth
 """
@@ -20,7 +20,7 @@ with quiet_interrupt():  # torch loads here
 
 def build_parser():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="upstream ctdet DLA-34 checkpoint (.pth)")
+    p.add_argument("checkpoint", help="upstream ctdet checkpoint (.pth) of any of its networks")
     return p
 
 
@@ -28,8 +28,8 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging()
-    load_model(args.checkpoint)
-    print(f"{args.checkpoint}: a ctdet DLA-34 checkpoint")
+    model = load_model(args.checkpoint)
+    print(f"{args.checkpoint}: ctdet {model.facts.describe()}")
     return 0
 
 

@@ -1,8 +1,10 @@
-"""Export ctdet DLA-34 to ONNX for ONNX Runtime or Ascend ATC, and check it.
+"""Export a ctdet network (any of upstream's) to ONNX for ONNX Runtime or
+Ascend ATC, and check it.
 
 Targets:
 - onnxruntime: opset 19, each DCN one standard `DeformConv` node (or, with
-  dcn="decompose", GridSample + MatMul in standard operators).
+  dcn="decompose", GridSample + MatMul in standard operators); networks
+  without DCN (res, dlav0, hourglass) are plain convolutions.
 - ascend: opset 11, each DCN one `DeformableConv2D` node in ATC's layout.
 The graph input is `actual_input` (batch, 3, H, W) with a dynamic batch; the
 outputs are `output1` (hm), `output2` (wh), `output3` (reg), raw logits.
@@ -39,6 +41,7 @@ from centernet.constants import (DCN_FORMS, FLIP_KEY, HM_KEY, INPUT_NAME, OUTPUT
                                  TARGETS)
 from centernet.constants import RANDOM_WEIGHTS_KEY
 from centernet.model.checkpoint import is_random
+from centernet.model.networks import model_facts
 from centernet.runtime.ort_session import make_session, run_session
 
 # deformconv is the default because it is the fast one in ONNX Runtime: the
@@ -71,10 +74,12 @@ class FlipTest(nn.Module):
 
 
 def export_onnx(model, path, target="onnxruntime", dcn="deformconv", input_size=(512, 512),
-                dynamic_size=False, flip=False):
+                dynamic_size=False, flip=False, facts=None):
     """Export `model` to `path` (written atomically); returns the ModelProto.
     flip: put the flip test into the graph (FlipTest). The metadata says
-    whether the model has random weights (RANDOM_WEIGHTS_KEY, from is_random)."""
+    whether the model has random weights (RANDOM_WEIGHTS_KEY, from is_random)
+    and records its ModelFacts: `facts`, or the network's own (networks.model_facts)
+    with this input size unless dynamic_size."""
     if target not in TARGETS:
         raise UserError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     if dcn not in DCN_FORMS:
@@ -91,6 +96,8 @@ def export_onnx(model, path, target="onnxruntime", dcn="deformconv", input_size=
         out_axes.update({2: "out_height", 3: "out_width"})
     buf = io.BytesIO()
     random_weights = is_random(model)
+    if facts is None:  # a dynamic export's trace size is no fact about the model
+        facts = model_facts(model) if dynamic_size else model_facts(model).with_settings(input_size=(h, w))
     model = (FlipTest(model) if flip else model).eval()
     with torch.no_grad(), export_flavour(flavour, static_size=not dynamic_size), warnings.catch_warnings():
         # The TorchScript exporter is the one that maps autograd Functions to
@@ -106,7 +113,7 @@ def export_onnx(model, path, target="onnxruntime", dcn="deformconv", input_size=
     proto.ir_version = min(proto.ir_version, ORT_MAX_IR_VERSION)
     proto.producer_name = "centernet-deploy"
     onnx.helper.set_model_props(proto, {FLIP_KEY: "1" if flip else "0", HM_KEY: "sigmoid" if flip else "logits",
-                                        RANDOM_WEIGHTS_KEY: "1" if random_weights else "0"})
+                                        RANDOM_WEIGHTS_KEY: "1" if random_weights else "0", **facts.to_metadata()})
     write_atomic(path, proto.SerializeToString())
     return proto
 
@@ -304,8 +311,10 @@ def export_checked(model, path, options=ExportOptions(), checkpoint_sha256="", c
     stage = "export"
     try:
         t0 = time.perf_counter()
+        facts = model_facts(model).with_settings(mean=options.mean, std=options.std, input_size=options.input_size,
+                                                 class_names=options.class_names)
         proto = export_onnx(model, tmp, target=options.target, dcn=options.dcn, input_size=options.input_size,
-                            dynamic_size=options.dynamic_size, flip=options.flip)
+                            dynamic_size=options.dynamic_size, flip=options.flip, facts=facts)
         stage = "check" if check else "finish"
         logger.info(f"{log_prefix}exported to {tmp} ({describe_graph(proto, options.flip)}) in "
                     f"{time.perf_counter() - t0:.1f}s")

@@ -15,7 +15,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from centernet.constants import DCN_FORMS, FLIP_KEY, INPUT_SIZE, TARGETS
+from centernet.constants import COCO_MEAN, COCO_STD, DCN_FORMS, FLIP_KEY, INPUT_SIZE, TARGETS
+from centernet.core.model_facts import CLASS_NAMES_KEY, INPUT_SIZE_KEY, MEAN_KEY, STD_KEY, names_text, numbers_text
 from centernet.errors import UserError
 
 CHECKPOINT_SHA256_KEY = "centernet.checkpoint_sha256"
@@ -43,12 +44,17 @@ def short(digest):
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """The options that decide what an export holds."""
+    """The options that decide what an export holds: the graph's form, and
+    the test settings it records for later stages (mean and std for the B,
+    G, R channels, the fixed input size, the class names or None)."""
     target: str = "onnxruntime"
     dcn: str = "deformconv"
     input_size: tuple = (INPUT_SIZE, INPUT_SIZE)
     dynamic_size: bool = False
     flip: bool = False
+    mean: tuple = COCO_MEAN
+    std: tuple = COCO_STD
+    class_names: tuple = None
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -56,6 +62,10 @@ class ExportOptions:
         if self.dcn not in DCN_FORMS:
             raise UserError(f"unknown DCN form {self.dcn!r}; choose from {', '.join(DCN_FORMS)}")
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if self.class_names is not None:
+            object.__setattr__(self, "class_names", tuple(self.class_names))
 
     @property
     def input_form(self):
@@ -65,7 +75,9 @@ class ExportOptions:
         """The options as metadata_props entries (FLIP_KEY is the one
         export_onnx writes for readers of the graph)."""
         return {TARGET_KEY: self.target, DCN_KEY: self.dcn, INPUT_KEY: self.input_form,
-                FLIP_KEY: "1" if self.flip else "0"}
+                FLIP_KEY: "1" if self.flip else "0",
+                INPUT_SIZE_KEY: f"{self.input_size[0]}x{self.input_size[1]}", MEAN_KEY: numbers_text(self.mean),
+                STD_KEY: numbers_text(self.std), CLASS_NAMES_KEY: names_text(self.class_names)}
 
 
 # How each recorded option is named in a message, and its values spelled out.
@@ -74,9 +86,11 @@ _OPTION_WORDS = {TARGET_KEY: ("target", str), DCN_KEY: ("dcn", str), INPUT_KEY: 
 
 
 def provenance_metadata(checkpoint_sha256, checkpoint_name, options, checked):
-    """Every metadata_props entry an export records about itself."""
-    return {CHECKPOINT_SHA256_KEY: checkpoint_sha256, CHECKPOINT_NAME_KEY: str(checkpoint_name),
-            **options.metadata(), CHECKED_KEY: CHECKED if checked else NOT_CHECKED}
+    """Every metadata_props entry an export records about itself (no entry
+    for what is None)."""
+    entries = {CHECKPOINT_SHA256_KEY: checkpoint_sha256, CHECKPOINT_NAME_KEY: str(checkpoint_name),
+               **options.metadata(), CHECKED_KEY: CHECKED if checked else NOT_CHECKED}
+    return {k: v for k, v in entries.items() if v is not None}
 
 
 def read_metadata(path):
@@ -130,7 +144,8 @@ def export_status(path, checkpoint_sha256, options, need_checked=True):
         have = meta.get(key)
         if have != want:
             name, spell = _OPTION_WORDS[key]
-            differ.append(f"{name} {spell(have) if have is not None else 'not recorded'}, not {spell(want)}")
+            differ.append(f"{name} {spell(have) if have is not None or want is None else 'not recorded'}, "
+                          f"not {spell(want)}")
     if differ:
         return ExportStatus(f"was exported with other options ({'; '.join(differ)})")
     checked = meta.get(CHECKED_KEY) == CHECKED

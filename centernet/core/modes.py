@@ -33,11 +33,12 @@ PUBLISHED_AP = {
 @dataclass(frozen=True)
 class TestMode:
     """How images are tested: keep resolution or a fixed input (of
-    input_size, (H, W)), flip, scales."""
+    input_size, (H, W); None: the model's own, which the predictor settles),
+    flip, scales."""
     keep_res: bool = False
     flip: bool = False
     scales: tuple = (1.0,)
-    input_size: tuple = (INPUT_SIZE, INPUT_SIZE)
+    input_size: tuple = None
 
     __test__ = False  # not a pytest class, despite the name
 
@@ -48,8 +49,9 @@ class TestMode:
     @property
     def name(self):
         """Short name, e.g. 'keep-res + flip + scales 0.5,0.75,1,1.25,1.5'."""
-        h, w = self.input_size
-        parts = ["keep-res" if self.keep_res else f"fixed {h}" if h == w else f"fixed {h}x{w}"]
+        h, w = self.input_size or (None, None)
+        parts = ["keep-res" if self.keep_res else "fixed" if h is None else f"fixed {h}" if h == w
+                 else f"fixed {h}x{w}"]
         if self.flip:
             parts.append("flip")
         if self.scales != (1.0,):
@@ -62,7 +64,7 @@ class TestMode:
         (multi-scale only counts with upstream's own five scales)."""
         if self.multi_scale and tuple(self.scales) != UPSTREAM_SCALES:
             return None
-        if not self.keep_res and tuple(self.input_size) != (INPUT_SIZE, INPUT_SIZE):
+        if not self.keep_res and tuple(self.input_size or (INPUT_SIZE, INPUT_SIZE)) != (INPUT_SIZE, INPUT_SIZE):
             return None
         return PUBLISHED_AP.get((self.keep_res, self.flip, self.multi_scale))
 

@@ -5,6 +5,8 @@ The matrix is built exactly as upstream does, with cv2.getAffineTransform from
 three float32 point pairs: warpAffine works in fixed point, so a matrix that
 differs only in the last bits can move pixel values visibly.
 """
+import functools
+
 import cv2
 import numpy as np
 
@@ -42,7 +44,8 @@ def get_affine_transform(center, scale, output_size, inverse=False):
     return cv2.getAffineTransform(src, dst)
 
 
-def test_geometry(height, width, input_size=(INPUT_SIZE, INPUT_SIZE), keep_res=False, test_scale=1.0):
+def test_geometry(height, width, input_size=(INPUT_SIZE, INPUT_SIZE), keep_res=False, test_scale=1.0,
+                  pad=KEEP_RES_PAD):
     """Centre, scale and (input_h, input_w) of upstream's test transform
     (base_detector.pre_process) for an image of `height` x `width` resized by
     `test_scale` first (multi-scale test; 1 means no resize).
@@ -50,13 +53,14 @@ def test_geometry(height, width, input_size=(INPUT_SIZE, INPUT_SIZE), keep_res=F
     The resized size is (int(h * t), int(w * t)). Fixed mode: c = (new_w/2,
     new_h/2) but s = max(h, w) of the ORIGINAL image (upstream's code, kept
     as is), and the given input size. Keep-resolution mode: input
-    (new_h|31)+1 by (new_w|31)+1, c = (new_w//2, new_h//2), s = (input_w,
-    input_h), so the image is placed rather than scaled.
+    (new_h|pad)+1 by (new_w|pad)+1 (pad: 31, or 127 for Hourglass-104),
+    c = (new_w//2, new_h//2), s = (input_w, input_h), so the image is placed
+    rather than scaled.
     Returns (center float32[2], scale float or float32[2], (in_h, in_w)).
     """
     new_h, new_w = resized_size(height, width, test_scale)
     if keep_res:
-        in_h, in_w = (new_h | KEEP_RES_PAD) + 1, (new_w | KEEP_RES_PAD) + 1
+        in_h, in_w = (new_h | pad) + 1, (new_w | pad) + 1
         center = np.array([new_w // 2, new_h // 2], dtype=np.float32)
         scale = np.array([in_w, in_h], dtype=np.float32)
     else:
@@ -75,22 +79,33 @@ test_geometry.__test__ = False  # not a pytest test, despite the name
 
 
 # (v / 255 - mean) / std for every uint8 v and channel, computed as upstream
-# does per pixel (float64, then cast to float32), so a table lookup gives the
-# same float32 bits at a fraction of the cost.
-_NORMALISE_LUT = ((np.arange(256, dtype=np.float64)[None, :] / 255.0 - MEAN[:, None])
-                  / STD[:, None]).astype(np.float32)
-_NORMALISE_LUT_ROWS = [np.ascontiguousarray(row).reshape(1, 256) for row in _NORMALISE_LUT]
-NORMALISE_LUT = _NORMALISE_LUT  # (3, 256) float32: B, G, R value -> network input
+# does per pixel (float32 mean and std, float64 arithmetic, then cast to
+# float32), so a table lookup gives the same float32 bits at a fraction of
+# the cost.
+@functools.lru_cache(maxsize=8)
+def normalise_lut(mean=tuple(float(v) for v in MEAN), std=tuple(float(v) for v in STD)):
+    """(3, 256) float32 table: B, G, R value -> network input, for upstream's
+    mean and std numbers (B, G, R order)."""
+    m = np.asarray(mean, np.float32).astype(np.float64)
+    sd = np.asarray(std, np.float32).astype(np.float64)
+    table = ((np.arange(256, dtype=np.float64)[None, :] / 255.0 - m[:, None]) / sd[:, None]).astype(np.float32)
+    table.flags.writeable = False
+    return table
 
 
-def normalise_to_chw(warped, out=None):
-    """uint8 HxWx3 BGR -> float32 1x3xHxW, (x/255 - mean)/std per channel."""
+NORMALISE_LUT = normalise_lut()  # COCO's
+
+
+def normalise_to_chw(warped, out=None, mean=None, std=None):
+    """uint8 HxWx3 BGR -> float32 1x3xHxW, (x/255 - mean)/std per channel
+    (COCO's mean and std unless given)."""
     if out is None:
         out = np.empty((1, 3) + warped.shape[:2], np.float32)
+    table = NORMALISE_LUT if mean is None else normalise_lut(tuple(mean), tuple(std))
     # cv2.LUT with a float32 table gives float32: a vectorised lookup
     # written straight into the CHW planes.
     for ch, plane in enumerate(cv2.split(warped)):
-        cv2.LUT(plane, _NORMALISE_LUT_ROWS[ch], dst=out[0, ch])
+        cv2.LUT(plane, np.ascontiguousarray(table[ch]).reshape(1, 256), dst=out[0, ch])
     return out
 
 
@@ -101,13 +116,14 @@ def warp_image(image, center, scale, input_hw, warp_buffer=None):
     return cv2.warpAffine(image, trans, (in_w, in_h), dst=warp_buffer, flags=cv2.INTER_LINEAR)
 
 
-def preprocess_image(image, center, scale, input_hw, out=None, warp_buffer=None):
+def preprocess_image(image, center, scale, input_hw, out=None, warp_buffer=None, mean=None, std=None):
     """BGR uint8 HxWx3 -> float32 1x3xHxW network input (warp, normalise, CHW).
     `out` (1x3xHxW float32) and `warp_buffer` (HxWx3 uint8) may be reused arrays."""
-    return normalise_to_chw(warp_image(image, center, scale, input_hw, warp_buffer), out)
+    return normalise_to_chw(warp_image(image, center, scale, input_hw, warp_buffer), out, mean, std)
 
 
-def warp_input(image, input_size=(INPUT_SIZE, INPUT_SIZE), keep_res=False, test_scale=1.0, warp_buffer=None):
+def warp_input(image, input_size=(INPUT_SIZE, INPUT_SIZE), keep_res=False, test_scale=1.0, warp_buffer=None,
+               pad=KEEP_RES_PAD):
     """BGR uint8 image -> (warped BGR uint8 HxWx3, center, scale, (in_h, in_w))
     for one test scale: cv2.resize to (int(w*t), int(h*t)) first (bilinear,
     as upstream; skipped at the image's own size, where OpenCV copies), then
@@ -119,16 +135,16 @@ def warp_input(image, input_size=(INPUT_SIZE, INPUT_SIZE), keep_res=False, test_
         raise ValueError(f"test scale {test_scale} makes a {width}x{height} image empty")
     if (new_h, new_w) != (height, width):
         image = cv2.resize(image, (new_w, new_h))
-    center, scale, input_hw = test_geometry(height, width, input_size, keep_res, test_scale)
+    center, scale, input_hw = test_geometry(height, width, input_size, keep_res, test_scale, pad)
     return warp_image(image, center, scale, input_hw, warp_buffer), center, scale, input_hw
 
 
 def prepare_input(image, input_size=(INPUT_SIZE, INPUT_SIZE), keep_res=False, test_scale=1.0,
-                  out=None, warp_buffer=None):
+                  out=None, warp_buffer=None, mean=None, std=None, pad=KEEP_RES_PAD):
     """BGR uint8 image -> (1x3xHxW float32 input, center, scale, (in_h, in_w))
     for one test scale (warp_input, then normalise_to_chw)."""
-    warped, center, scale, input_hw = warp_input(image, input_size, keep_res, test_scale, warp_buffer)
-    return normalise_to_chw(warped, out), center, scale, input_hw
+    warped, center, scale, input_hw = warp_input(image, input_size, keep_res, test_scale, warp_buffer, pad)
+    return normalise_to_chw(warped, out, mean, std), center, scale, input_hw
 
 
 def transform_points(points, matrix):

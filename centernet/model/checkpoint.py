@@ -1,10 +1,13 @@
-"""Load upstream ctdet DLA-34 checkpoints (and write ones in the same layout).
+"""Load upstream ctdet checkpoints of any of its networks (and write ones in
+the same layout).
 
-Upstream's `ctdet_coco_dla_2x.pth` is {'epoch': int, 'state_dict': {...}} with
-keys that may carry DataParallel's `module.` prefix, the backbone's unused
+Upstream's checkpoints (`ctdet_coco_dla_2x.pth`, `ctdet_coco_resdcn18.pth`,
+one trained on one's own data, ...) are {'epoch': int, 'state_dict': {...}}
+with keys that may carry DataParallel's `module.` prefix, DLA's unused
 ImageNet classifier `base.fc.*`, and BatchNorm `num_batches_tracked` entries
-that may be missing. Everything else must match the network key for key and
-shape for shape; otherwise this is not a ctdet DLA-34 checkpoint.
+that may be missing. The keys say which network it is and its heads say
+how many classes (model/networks.py: detect_network); everything else must
+then match that network key for key and shape for shape.
 
 A checkpoint of random weights (the demo's, saved by save_upstream_checkpoint
 from random_weights.random_model) also holds RANDOM_WEIGHTS_FIELD: True beside
@@ -23,11 +26,10 @@ from pathlib import Path
 
 import torch
 
-from pose_dla_dcn import get_pose_net
-
 from centernet.constants import RANDOM_WEIGHTS_FIELD
 from centernet.io.binio import write_atomic
 from centernet.errors import UserError
+from centernet.model.networks import LayoutError, build_network, detect_network
 
 logger = logging.getLogger(__name__)
 
@@ -104,21 +106,27 @@ def mark_random(model, random=True):
     return model
 
 
-def load_state_dict(model, path):
-    """Load `path` into `model` after the upstream-layout clean-up above
-    (the ignored entries are logged); the model is marked as the checkpoint
-    says (is_random)."""
+def read_state_dict(path):
+    """(state_dict without the `module.` prefix and the ignored entries, the
+    whole checkpoint object) of an upstream-layout checkpoint file."""
     obj = _read(path)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise UserError(f"{path}: not a ctdet DLA-34 checkpoint (no state_dict of tensors inside; "
-                        f"{UPSTREAM_LAYOUT})")
+        raise UserError(f"{path}: not a ctdet checkpoint (no state_dict of tensors inside; {UPSTREAM_LAYOUT})")
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     ignored = [k for k in state if k.startswith(IGNORED_PREFIXES)]
     if ignored:
         logger.info(f"{path}: ignoring {len(ignored)} backbone classifier entries ({_clip(ignored, 2)}), unused by the detector")
-    state = {k: v for k, v in state.items() if k not in ignored}
+    return {k: v for k, v in state.items() if k not in ignored}, obj
 
+
+def load_state_dict(model, path, state=None, obj=None, network=None):
+    """Load `path` (or its already read `state`, `obj`) into `model` after
+    the upstream-layout clean-up above (the ignored entries are logged); the
+    model is marked as the checkpoint says (is_random). Every key and shape
+    must match; `network` names the model in the error."""
+    if state is None:
+        state, obj = read_state_dict(path)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
@@ -132,28 +140,40 @@ def load_state_dict(model, path):
     if misshaped:
         problems.append(f"wrong shape {len(misshaped)}: {_clip(misshaped, 3)}")
     if problems:
-        raise UserError(f"{path}: not a ctdet DLA-34 checkpoint; " + "; ".join(problems))
+        raise UserError(f"{path}: not a ctdet checkpoint of any upstream network; as {network or 'dla_34'}: "
+                        + "; ".join(problems))
     # num_batches_tracked only matters for training; keep the model's own.
     model.load_state_dict(state, strict=False)
     return mark_random(model, isinstance(obj, dict) and obj.get(RANDOM_WEIGHTS_FIELD) is True)
 
 
 def load_model(path):
-    """Build ctdet DLA-34 in eval mode and load an upstream checkpoint into it."""
-    return load_state_dict(get_pose_net(), path).eval()
+    """Build the upstream network an upstream checkpoint holds (found from
+    its keys: networks.detect_network), in eval mode, with its weights; the
+    model carries its ModelFacts (`facts`: network, heads, head width, with
+    COCO's test settings) and is_random. Logs what was found."""
+    state, obj = read_state_dict(path)
+    try:
+        spec = detect_network(state)
+    except LayoutError as e:
+        raise UserError(f"{path}: not a ctdet checkpoint: {e}") from None
+    logger.info(f"{path}: {spec.describe()}")
+    model = build_network(spec.network, spec.heads, spec.head_conv)
+    return load_state_dict(model, path, state, obj, network=spec.network).eval()
 
 
 def save_upstream_checkpoint(model, path, epoch=140, seed=0):
-    """Save `model` the way upstream's zoo file is laid out: {'epoch', 'state_dict'},
-    `module.`-prefixed keys, a `base.fc` classifier, no num_batches_tracked.
+    """Save `model` the way upstream's zoo files are laid out: {'epoch', 'state_dict'},
+    `module.`-prefixed keys, for DLA a `base.fc` classifier, no num_batches_tracked.
     For tests and the demo; the fc weights are random like any other. A
     model with random weights (is_random) is saved with RANDOM_WEIGHTS_FIELD:
     True beside 'epoch' and 'state_dict'. Written atomically (binio.write_atomic)."""
     gen = torch.Generator().manual_seed(seed)
     state = {f"module.{k}": v.clone() for k, v in model.state_dict().items()
              if not k.endswith("num_batches_tracked")}
-    state["module.base.fc.weight"] = torch.randn(1000, 512, 1, 1, generator=gen) * 0.01
-    state["module.base.fc.bias"] = torch.zeros(1000)
+    if hasattr(model, "base"):  # DLA's unused ImageNet classifier, as upstream's files hold it
+        state["module.base.fc.weight"] = torch.randn(1000, 512, 1, 1, generator=gen) * 0.01
+        state["module.base.fc.bias"] = torch.zeros(1000)
     # Serialised in memory, then written whole under a temp name: a full disk is
     # a one-line WriteError naming `path`, and no half-written checkpoint is left.
     checkpoint = {"epoch": epoch, "state_dict": state}
@@ -174,7 +194,7 @@ def mark_checkpoint_random(path):
     Returns whether the file was changed."""
     obj = _read(path)
     if not isinstance(obj, dict) or "state_dict" not in obj:
-        raise UserError(f"{path}: not a ctdet DLA-34 checkpoint ({UPSTREAM_LAYOUT})")
+        raise UserError(f"{path}: not a ctdet checkpoint ({UPSTREAM_LAYOUT})")
     if obj.get(RANDOM_WEIGHTS_FIELD) is True:
         return False
     _write(path, {**obj, RANDOM_WEIGHTS_FIELD: True})

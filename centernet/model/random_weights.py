@@ -1,5 +1,6 @@
-"""Random ctdet DLA-34 weights that behave like the trained network, for tests,
-the demo and the benchmark (the real checkpoint is the user's to supply).
+"""Random ctdet weights, for any of upstream's networks, that behave like a
+trained network, for tests, the demo and the benchmark (the real checkpoint
+is the user's to supply).
 
 Plain random initialisation gives activations far smaller than the trained
 model's, and tiny activations hide real problems: float32 rounding that a
@@ -20,10 +21,9 @@ checkpoint saved from it, and everything made with either.
 import torch
 from torch import nn
 
-from pose_dla_dcn import get_pose_net
-
 from centernet.io.synthetic import synthetic_input_batch
 from centernet.model.checkpoint import mark_random
+from centernet.model.networks import build_network
 
 CALIBRATION_IMAGES = 16
 CALIBRATION_SIZE = (256, 256)  # input side of the calibration pass: 16 images in ~3 s on 2 cores
@@ -97,7 +97,7 @@ def calibrate(model, images, gen):
             nn.init.zeros_(module.bias)
             hooks.append(module.register_forward_hook(offset_hook))
     for head in model.heads:
-        hooks.append(getattr(model, head)[-1].register_forward_hook(head_hook(head)))
+        hooks.append(model.head(head)[-1].register_forward_hook(head_hook(head)))
     try:
         with torch.no_grad():
             model.train()(images)
@@ -110,12 +110,16 @@ def calibrate(model, images, gen):
     return model.eval()
 
 
-def random_model(seed=0):
-    """A deterministic ctdet DLA-34 with random weights calibrated on synthetic
-    photos (see the module docstring), marked as random weights
-    (checkpoint.is_random). Upstream's parameter names and shapes."""
+def random_model(seed=0, network="dla_34", heads=None, head_conv=None, calibration_size=CALIBRATION_SIZE,
+                 calibration_images=CALIBRATION_IMAGES):
+    """A deterministic ctdet network (upstream's `network`, e.g. resdcn_18;
+    `heads` default COCO's) with random weights calibrated on synthetic photos
+    (see the module docstring), marked as random weights (checkpoint.is_random).
+    Upstream's parameter names and shapes; it carries its ModelFacts (`facts`).
+    calibration_size: a smaller side keeps Hourglass-104 quick (its inputs
+    must be multiples of 128)."""
     torch.manual_seed(seed)
-    model = get_pose_net()
+    model = build_network(network, heads, head_conv)
     gen = torch.Generator().manual_seed(seed)
-    images = torch.from_numpy(synthetic_input_batch(CALIBRATION_IMAGES, CALIBRATION_SIZE, seed=seed + 1000))
+    images = torch.from_numpy(synthetic_input_batch(calibration_images, calibration_size, seed=seed + 1000))
     return mark_random(calibrate(model, images, gen))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from centernet.constants import DOWN_RATIO, INPUT_SIZE, K
+from centernet.constants import COCO_MEAN, COCO_STD, DOWN_RATIO, INPUT_SIZE, K, KEEP_RES_PAD
 from centernet.core.decode import decode_ctdet, detections_to_coco, map_boxes_to_image
 from centernet.core.modes import TestMode, combine_flip, flip_batch
 from centernet.core.soft_nms import detections_by_class, merge_detections
@@ -53,25 +53,37 @@ class Prepared:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """How an image becomes its network inputs, one per test scale."""
+    """How an image becomes its network inputs, one per test scale: the
+    test mode's geometry and the model's own settings (mean and std for the
+    B, G, R channels, the keep-resolution padding; ModelFacts)."""
     input_size: tuple = (INPUT_SIZE, INPUT_SIZE)
     keep_res: bool = False
     scales: tuple = (1.0,)
     warped: bool = False
+    mean: tuple = COCO_MEAN
+    std: tuple = COCO_STD
+    pad: int = KEEP_RES_PAD
+
+    @classmethod
+    def for_model(cls, facts, mode, warped=False):
+        """The spec of a resolved TestMode for a model of these ModelFacts."""
+        return cls(tuple(mode.input_size), mode.keep_res, tuple(mode.scales), warped, tuple(facts.mean),
+                   tuple(facts.std), facts.pad)
 
     def input_hw(self, height, width, scale_index=0):
         """The input size of an image of height x width at one scale, without reading it."""
-        return test_geometry(height, width, self.input_size, self.keep_res, self.scales[scale_index])[2]
+        return test_geometry(height, width, self.input_size, self.keep_res, self.scales[scale_index], self.pad)[2]
 
     def prepare(self, image, source, scale_index=0):
         """A BGR image -> (Prepared, None), or (None, one error line naming `source`)."""
         try:
             if self.warped:
                 tensor, center, scale, (in_h, in_w) = warp_input(image, self.input_size, self.keep_res,
-                                                                 self.scales[scale_index])
+                                                                 self.scales[scale_index], pad=self.pad)
             else:
                 tensor, center, scale, (in_h, in_w) = prepare_input(image, self.input_size, self.keep_res,
-                                                                    self.scales[scale_index])
+                                                                    self.scales[scale_index], mean=self.mean,
+                                                                    std=self.std, pad=self.pad)
                 tensor = tensor[0]
         except ValueError as e:
             return None, f"{source}: {e}"
@@ -187,16 +199,22 @@ def resolve_mode(capabilities, model_name, mode):
     """Check that a model can serve `mode` and settle what runs where.
     Returns (mode, numpy_flip): a model with the flip test in its graph
     makes every run a flip test (and needs no mirror outside it); a fixed
-    mode runs at the model's own fixed size."""
+    mode runs at the model's own fixed size, or where the model takes any
+    size, at mode.input_size or (None) the size the model records (ModelFacts)."""
     fixed = capabilities.input_size
+    facts = capabilities.facts
     if mode.keep_res and fixed is not None:
         raise UserError(f"{model_name}: fixed {fixed[0]}x{fixed[1]} input, but --keep-res feeds each image at its own "
                         f"size; export a model with a dynamic height and width: {EXPORT_DYNAMIC_HINT}, or give "
                         "the .pth checkpoint as --model")
-    input_size = tuple(fixed) if fixed is not None and not mode.keep_res else tuple(mode.input_size)
-    if not mode.keep_res and (min(input_size) <= 0 or any(v % 32 for v in input_size)):
+    if fixed is not None and not mode.keep_res:
+        input_size = tuple(fixed)
+    else:
+        input_size = tuple(mode.input_size or facts.input_size)
+    multiple = facts.input_multiple
+    if not mode.keep_res and (min(input_size) <= 0 or any(v % multiple for v in input_size)):
         raise UserError(f"input size {input_size[0]}x{input_size[1]}: height and width must be positive "
-                        "multiples of 32")
+                        f"multiples of {multiple}{' for ' + facts.network if multiple != 32 else ''}")
     in_graph = capabilities.flip_in_graph
     if in_graph and not mode.flip:
         logger.info(f"note: {model_name} has the flip test in its graph (exported with --flip): this is a flip test")
@@ -217,12 +235,17 @@ class Predictor:
         self.device_decode = caps.decodes_on_device
         self.numpy_flip = numpy_flip
         warped = caps.accepts_warped and (self.device_decode or not numpy_flip)
-        self.spec = InputSpec(self.mode.input_size, self.mode.keep_res, tuple(self.mode.scales), warped)
+        self.spec = InputSpec.for_model(caps.facts, self.mode, warped)
         self.decoder = Decoder(caps.num_classes, K, numpy_flip, self.mode.flip, tuple(self.mode.scales))
 
     @property
     def num_classes(self):
         return self.decoder.num_classes
+
+    @property
+    def facts(self):
+        """The model's ModelFacts (network, classes, names, settings)."""
+        return self.session.capabilities.facts
 
     @property
     def random_weights(self):
@@ -295,14 +318,15 @@ def open_predictor(model, mode=TestMode(), backend=None, device="cpu", threads=0
     to it, with a dynamic input size for keep resolution)."""
     from centernet.runtime.backends import default_backend, open_ort_session, open_session
     backend = backend or default_backend(model)
+    input_size_given = input_size_given and mode.input_size is not None
     if backend == "torch":
-        size = None if mode.keep_res else tuple(mode.input_size)
+        size = None if mode.keep_res or mode.input_size is None else tuple(mode.input_size)
         session = open_session(model, "torch", device=device, threads=threads, input_size=size,
                                torch_options=torch_options)
         return Predictor(session, mode, K=K)
     if default_backend(model) == "torch":  # a checkpoint for ONNX Runtime: the cached export
         from centernet.convert.cache import cached_export
-        model = cached_export(model, dynamic_size=mode.keep_res, input_size=tuple(mode.input_size), threads=threads,
+        model = cached_export(model, dynamic_size=mode.keep_res, input_size=mode.input_size, threads=threads,
                               fallback_folder=cache_fallback)
     session = open_ort_session(model, device=device, threads=threads)
     fixed = session.capabilities.input_size

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from centernet.constants import FLIP_KEY, RANDOM_WEIGHTS_KEY
+from centernet.core.model_facts import ModelFacts
 from centernet.errors import UserError
 from centernet.runtime.session import Capabilities, Session, heads_from_channels
 
@@ -103,6 +104,16 @@ def metadata_random_weights(metadata):
     return metadata.get(RANDOM_WEIGHTS_KEY) == "1"
 
 
+def metadata_facts(metadata, heads=None, name="model"):
+    """The ModelFacts a {key: value} dict of ONNX metadata_props records
+    (heads: the graph's outputs, where it says); one line naming `name` if
+    they are malformed."""
+    try:
+        return ModelFacts.from_metadata(metadata, heads)
+    except ValueError as e:
+        raise UserError(f"{name}: {e}") from None
+
+
 def run_session(session, batch):
     """Run an ONNX Runtime InferenceSession on one input batch; returns the
     outputs in graph order. In the main thread a run stops at Ctrl-C
@@ -149,12 +160,14 @@ class OrtSession(Session):
         self._input_name = inner.get_inputs()[0].name
         shape = inner.get_inputs()[0].shape
         hw = tuple(shape[2:4])
+        heads = heads_from_channels([o.shape[1] for o in inner.get_outputs()])
         self._caps = Capabilities(
             input_size=hw if all(isinstance(d, int) for d in hw) else None,
             static_batch=shape[0] if isinstance(shape[0], int) else None,
             flip_in_graph=graph_flip_test(inner),
-            heads=heads_from_channels([o.shape[1] for o in inner.get_outputs()]),
-            random_weights=metadata_random_weights(inner.get_modelmeta().custom_metadata_map))
+            heads=heads,
+            random_weights=metadata_random_weights(inner.get_modelmeta().custom_metadata_map),
+            facts=metadata_facts(inner.get_modelmeta().custom_metadata_map, heads, self.name))
 
     @property
     def capabilities(self):

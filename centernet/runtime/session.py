@@ -8,6 +8,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from centernet.constants import DOWN_RATIO, HEADS
+from centernet.core.model_facts import ModelFacts
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class Capabilities:
     detections mean nothing, and every picture and summary says so. From
     the ONNX metadata (RANDOM_WEIGHTS_KEY) or the checkpoint; an .om keeps
     no such fact.
+    facts: the network, classes and test settings (mean/std, input size,
+    keep-resolution padding) the model carries (core.model_facts).
     """
     input_size: tuple = None
     static_batch: int = None
@@ -36,6 +39,7 @@ class Capabilities:
     decodes_on_device: bool = False
     heads: tuple = (("hm", 80), ("wh", 2), ("reg", 2))
     random_weights: bool = False
+    facts: ModelFacts = ModelFacts()
 
     @property
     def num_classes(self):

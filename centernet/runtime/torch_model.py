@@ -83,35 +83,47 @@ class _Fp32Conv(nn.Module):
 
 
 def _fold_into(conv, bn):
-    """Fold BatchNorm `bn` (eval mode) into `conv` (a convolution or a DCN: a
-    weight (O, C, kh, kw) and a bias), in place, with
+    """Fold BatchNorm `bn` (eval mode) into `conv` (a convolution, a
+    transposed convolution or a DCN: a weight and a bias), in place, with
     torch.nn.utils.fusion.fuse_conv_bn_weights. Worked in float64 and
     rounded once to the convolution's dtype."""
     def f64(t):
         return None if t is None else t.detach().double()
 
     dtype = conv.weight.dtype
+    transpose = isinstance(conv, nn.ConvTranspose2d)  # weight (C_in, C_out / groups, kh, kw)
+    if transpose and conv.groups != 1:
+        raise ValueError("fuse_batchnorms: a grouped transposed convolution before a BatchNorm")
     w, b = fuse_conv_bn_weights(f64(conv.weight), f64(conv.bias), f64(bn.running_mean), f64(bn.running_var),
-                                bn.eps, f64(bn.weight), f64(bn.bias))
+                                bn.eps, f64(bn.weight), f64(bn.bias), transpose=transpose)
     conv.weight = nn.Parameter(w.detach().to(dtype), requires_grad=False)
     conv.bias = nn.Parameter(b.detach().to(dtype), requires_grad=False)
 
 
+FOLDABLE = (nn.Conv2d, nn.ConvTranspose2d, DCN)
+# Named (convolution, BatchNorm) pairs of upstream's blocks: BasicBlock and
+# Bottleneck (conv1/bn1 ... conv3/bn3, also ResNet's stem), DLA's Root and
+# Hourglass's convolution (conv/bn).
+NAMED_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"), ("conv", "bn"))
+
+
 def fuse_batchnorms(model):
-    """Fold every BatchNorm2d of ctdet DLA-34 (eval mode) into the convolution
-    (or DCN) it follows, in place, and put an Identity in its place. Returns
-    the number folded; raises if any BatchNorm is left (a layout this does not know)."""
+    """Fold every BatchNorm2d of a ctdet network (eval mode) into the
+    convolution (or DCN, or transposed convolution) it follows, in place, and
+    put an Identity in its place. Returns the number folded; raises if any
+    BatchNorm is left (a layout this does not know)."""
     count = 0
     for module in model.modules():
         pairs = []
         if isinstance(module, nn.Sequential):
-            # DLA's base_layer, level0/1 and Tree.project: (conv, bn[, relu])...
+            # (conv, bn[, relu])... runs: DLA's base_layer, levels and projections, ResNets'
+            # downsample and deconv_layers, Hourglass's inters_ and cnvs_.
             items = list(module._modules.items())
             pairs += [(module, (n1, n2)) for (n1, a), (n2, b) in zip(items, items[1:])
-                      if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d)]
-        for conv_name, bn_name in (("conv1", "bn1"), ("conv2", "bn2"), ("conv", "bn")):  # BasicBlock, Root
+                      if isinstance(a, FOLDABLE) and isinstance(b, nn.BatchNorm2d)]
+        for conv_name, bn_name in NAMED_PAIRS:
             if isinstance(getattr(module, bn_name, None), nn.BatchNorm2d) and \
-                    isinstance(getattr(module, conv_name, None), nn.Conv2d):
+                    isinstance(getattr(module, conv_name, None), FOLDABLE):
                 pairs.append((module, (conv_name, bn_name)))
         for parent, (conv_name, bn_name) in pairs:
             _fold_into(getattr(parent, conv_name), getattr(parent, bn_name))
@@ -147,7 +159,7 @@ def prepare_model(model, options):
         model.to(low)
     if low is not None and o.fp32_heads:
         for head in model.heads:
-            seq = getattr(model, head)
+            seq = model.head(head)
             seq[-1] = _Fp32Conv(seq[-1])
     model.to(o.device)
     if o.channels_last:

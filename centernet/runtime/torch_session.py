@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 
-from centernet.constants import MEAN, STD
 from centernet.model.checkpoint import is_random
+from centernet.model.networks import model_facts
 from centernet.model.dcn_kernels import tf32_allowed
 from centernet.errors import UserError
 from centernet.runtime.session import Capabilities, Session, heads_from_channels
@@ -51,13 +51,13 @@ from centernet.runtime.torch_model import TorchOptions, prepare_model
 
 
 class TorchSession(Session):
-    """ctdet DLA-34 in PyTorch behind the Session interface.
+    """A ctdet network (any of upstream's) in PyTorch behind the Session interface.
 
     model: an nn.Module (copied, never changed) or the path of an upstream
     checkpoint. input_size: (H, W) the inputs must have, like the default
     ONNX export's fixed 512x512, or None for any size (multiples of 32)."""
 
-    def __init__(self, model, options=None, input_size=(512, 512), name=None):
+    def __init__(self, model, options=None, input_size=(512, 512), name=None, facts=None):
         self.options = (options or TorchOptions()).resolved()
         if isinstance(model, (str, Path)):
             from centernet.model.checkpoint import load_model
@@ -65,6 +65,8 @@ class TorchSession(Session):
             model = load_model(model)
         self.name = name or "model"
         random_weights = is_random(model)  # the checkpoint's fact (load_model), or random_model's
+        # What the network is (load_model found it), with COCO's settings unless `facts` says otherwise.
+        self.facts = facts or model_facts(model)
         self.device = torch.device(self.options.device)
         self.input_size = tuple(int(v) for v in input_size) if input_size else None
         if self.options.cudnn_benchmark and self.device.type == "cuda":
@@ -78,7 +80,7 @@ class TorchSession(Session):
         self._caps = Capabilities(input_size=self.input_size, accepts_warped=self.options.warped_input,
                                   decodes_on_device=self.options.device_decode,
                                   heads=heads_from_channels(list(self.heads.values())),
-                                  random_weights=random_weights)
+                                  random_weights=random_weights, facts=self.facts)
 
     @property
     def capabilities(self):
@@ -115,8 +117,9 @@ class TorchSession(Session):
         if self.input_size and (h, w) != self.input_size:
             raise ValueError(f"{self.name}: input {h}x{w}, the session takes "
                              f"{self.input_size[0]}x{self.input_size[1]}")
-        if not self.input_size and (h % 32 or w % 32):
-            raise ValueError(f"{self.name}: input {h}x{w}; height and width must be multiples of 32")
+        multiple = self.facts.input_multiple
+        if not self.input_size and (h % multiple or w % multiple):
+            raise ValueError(f"{self.name}: input {h}x{w}; height and width must be multiples of {multiple}")
 
     @contextlib.contextmanager
     def _context(self):
@@ -226,7 +229,8 @@ class TorchSession(Session):
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.uint8))
         x = self._host_to_device(x)
         if self._mean_std is None:
-            self._mean_std = tuple(torch.tensor(np.asarray(v, np.float64), device=self.device) for v in (MEAN, STD))
+            self._mean_std = tuple(torch.tensor(np.asarray(v, np.float32).astype(np.float64), device=self.device)
+                                   for v in (self.facts.mean, self.facts.std))
         mean, std = self._mean_std
         x = ((x.double() / 255.0 - mean) / std).to(self._compute_dtype or torch.float32).permute(0, 3, 1, 2)
         return x.contiguous(memory_format=self._layout)
