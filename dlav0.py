@@ -1,0 +1,300 @@
+"""CenterNet's DLA-34 without deformable convs ("dlav0_34"), without downloads.
+
+Upstream's dlav0 DLASeg: the DLA-34 backbone, then a DLAUp whose IDAUp
+stages merge levels with plain 3x3 conv + BN + ReLU nodes over the
+concatenation of two maps, 1x1 conv + BN + ReLU projections and bilinear
+depthwise transposed convs; one head per output on the stride-4, 64-channel
+map. Unlike pose_dla_dcn there is no final ida_up: dla_up's last stage
+already ends at stride 4.
+
+Module and parameter names match upstream's checkpoints exactly, e.g.
+base.level2.tree1.conv1.weight, dla_up.ida_0.proj_1.0.weight,
+dla_up.ida_2.up_3.weight, dla_up.ida_2.node_3.1.running_mean, hm.2.bias.
+The ImageNet classifier `base.fc` is not built: the detector never uses it.
+The forward returns the raw head outputs (no sigmoid), in the order of
+`heads`. Needs torch only.
+"""
+import math
+
+import torch
+from torch import nn
+
+DEFAULT_HEADS = {"hm": 80, "wh": 2, "reg": 2}
+
+
+def _bn(channels):
+    return nn.BatchNorm2d(channels)  # upstream's dlav0 keeps PyTorch's defaults
+
+
+def _init_convs_and_bns(module):
+    """Upstream's DLA init: He-normal Conv2d weights (fan-out), BN weight 1 and bias 0.
+    Transposed convs are not Conv2d, so their bilinear init survives."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            m.weight.data.normal_(0, math.sqrt(2.0 / n))
+        elif isinstance(m, nn.BatchNorm2d):
+            m.weight.data.fill_(1)
+            m.bias.data.zero_()
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv + BN layers with a residual connection."""
+
+    def __init__(self, inplanes, planes, stride=1, dilation=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=dilation,
+                               dilation=dilation, bias=False)
+        self.bn1 = _bn(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=dilation,
+                               dilation=dilation, bias=False)
+        self.bn2 = _bn(planes)
+
+    def forward(self, x, residual=None):
+        residual = x if residual is None else residual
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + residual)
+
+
+class Root(nn.Module):
+    """Aggregation node of a tree: 1x1 conv over the concatenated children."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, residual):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, stride=1,
+                              padding=(kernel_size - 1) // 2, bias=False)
+        self.bn = _bn(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.residual = residual
+
+    def forward(self, *children):
+        x = self.bn(self.conv(torch.cat(children, 1)))
+        if self.residual:
+            x = x + children[0]
+        return self.relu(x)
+
+
+class Tree(nn.Module):
+    """Hierarchical deep aggregation tree of `levels` levels."""
+
+    def __init__(self, levels, block, in_channels, out_channels, stride=1, level_root=False,
+                 root_dim=0, root_kernel_size=1, dilation=1, root_residual=False):
+        super().__init__()
+        if root_dim == 0:
+            root_dim = 2 * out_channels
+        if level_root:
+            root_dim += in_channels
+        if levels == 1:
+            self.tree1 = block(in_channels, out_channels, stride, dilation=dilation)
+            self.tree2 = block(out_channels, out_channels, 1, dilation=dilation)
+            self.root = Root(root_dim, out_channels, root_kernel_size, root_residual)
+        else:
+            self.tree1 = Tree(levels - 1, block, in_channels, out_channels, stride, root_dim=0,
+                              root_kernel_size=root_kernel_size, dilation=dilation,
+                              root_residual=root_residual)
+            self.tree2 = Tree(levels - 1, block, out_channels, out_channels,
+                              root_dim=root_dim + out_channels, root_kernel_size=root_kernel_size,
+                              dilation=dilation, root_residual=root_residual)
+        self.level_root = level_root
+        self.levels = levels
+        self.downsample = nn.MaxPool2d(stride, stride=stride) if stride > 1 else None
+        self.project = None
+        if in_channels != out_channels:
+            self.project = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=1, bias=False), _bn(out_channels))
+
+    def forward(self, x, residual=None, children=None):
+        children = [] if children is None else children
+        bottom = self.downsample(x) if self.downsample is not None else x
+        residual = self.project(bottom) if self.project is not None else bottom
+        if self.level_root:
+            children.append(bottom)
+        x1 = self.tree1(x, residual)
+        if self.levels == 1:
+            return self.root(self.tree2(x1), x1, *children)
+        children.append(x1)
+        return self.tree2(x1, children=children)
+
+
+class DLA(nn.Module):
+    """DLA backbone; returns the feature maps of levels 0..5."""
+
+    def __init__(self, levels, channels, block=BasicBlock, residual_root=False):
+        super().__init__()
+        self.channels = channels
+        self.base_layer = nn.Sequential(
+            nn.Conv2d(3, channels[0], 7, stride=1, padding=3, bias=False),
+            _bn(channels[0]), nn.ReLU(inplace=True))
+        self.level0 = self._conv_level(channels[0], channels[0], levels[0])
+        self.level1 = self._conv_level(channels[0], channels[1], levels[1], stride=2)
+        self.level2 = Tree(levels[2], block, channels[1], channels[2], 2,
+                           level_root=False, root_residual=residual_root)
+        self.level3 = Tree(levels[3], block, channels[2], channels[3], 2,
+                           level_root=True, root_residual=residual_root)
+        self.level4 = Tree(levels[4], block, channels[3], channels[4], 2,
+                           level_root=True, root_residual=residual_root)
+        self.level5 = Tree(levels[5], block, channels[4], channels[5], 2,
+                           level_root=True, root_residual=residual_root)
+        _init_convs_and_bns(self)
+
+    @staticmethod
+    def _conv_level(inplanes, planes, convs, stride=1, dilation=1):
+        modules = []
+        for i in range(convs):
+            modules += [nn.Conv2d(inplanes, planes, 3, stride=stride if i == 0 else 1,
+                                  padding=dilation, dilation=dilation, bias=False),
+                        _bn(planes), nn.ReLU(inplace=True)]
+            inplanes = planes
+        return nn.Sequential(*modules)
+
+    def forward(self, x):
+        x = self.base_layer(x)
+        features = []
+        for i in range(6):
+            x = getattr(self, f"level{i}")(x)
+            features.append(x)
+        return features
+
+
+def dla34():
+    return DLA([1, 1, 1, 2, 2, 1], [16, 32, 64, 128, 256, 512], block=BasicBlock)
+
+
+def fill_up_weights(up):
+    """Initialise a depthwise transposed conv as bilinear upsampling (upstream's init)."""
+    w = up.weight.data
+    f = math.ceil(w.size(2) / 2)
+    c = (2 * f - 1 - f % 2) / (2.0 * f)
+    for i in range(w.size(2)):
+        for j in range(w.size(3)):
+            w[0, 0, i, j] = (1 - math.fabs(i / f - c)) * (1 - math.fabs(j / f - c))
+    w[1:, 0] = w[0, 0]
+
+
+def fill_fc_weights(layers):
+    """Upstream's init of the non-hm heads: small weights, zero biases."""
+    for m in layers.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, std=0.001)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class IDAUp(nn.Module):
+    """Iterative deep aggregation of `channels` maps into `out_dim` channels.
+
+    Map i is projected (proj_i: 1x1 conv + BN + ReLU, or nothing where it
+    already has out_dim channels) and upsampled by up_factors[i] (up_i, or
+    nothing at factor 1); then node_i (3x3 conv + BN + ReLU) merges the
+    running result with map i by concatenation. Modules without parameters
+    are nn.Identity: they add no state_dict keys, as upstream's Identity."""
+
+    def __init__(self, node_kernel, out_dim, channels, up_factors):
+        super().__init__()
+        self.channels = list(channels)
+        for i, c in enumerate(channels):
+            proj = nn.Identity()
+            if c != out_dim:
+                proj = nn.Sequential(nn.Conv2d(c, out_dim, 1, stride=1, bias=False),
+                                     _bn(out_dim), nn.ReLU(inplace=True))
+            f = int(up_factors[i])
+            up = nn.Identity()
+            if f != 1:
+                up = nn.ConvTranspose2d(out_dim, out_dim, f * 2, stride=f, padding=f // 2,
+                                        output_padding=0, groups=out_dim, bias=False)
+                fill_up_weights(up)
+            setattr(self, f"proj_{i}", proj)
+            setattr(self, f"up_{i}", up)
+        for i in range(1, len(channels)):
+            setattr(self, f"node_{i}", nn.Sequential(
+                nn.Conv2d(out_dim * 2, out_dim, node_kernel, stride=1,
+                          padding=node_kernel // 2, bias=False),
+                _bn(out_dim), nn.ReLU(inplace=True)))
+        _init_convs_and_bns(self)
+
+    def forward(self, layers):
+        """Returns the final merged map and the list of every node's output."""
+        layers = [getattr(self, f"up_{i}")(getattr(self, f"proj_{i}")(x))
+                  for i, x in enumerate(layers)]
+        x = layers[0]
+        merged = []
+        for i in range(1, len(layers)):
+            x = getattr(self, f"node_{i}")(torch.cat([x, layers[i]], 1))
+            merged.append(x)
+        return x, merged
+
+
+class DLAUp(nn.Module):
+    """Merges levels from the deepest up: stage i aggregates the last i + 2 maps
+    into the channels of the shallowest of them, replacing the deeper ones."""
+
+    def __init__(self, channels, scales):
+        super().__init__()
+        in_channels = list(channels)
+        scales = [int(s) for s in scales]
+        for i in range(len(channels) - 1):
+            j = -i - 2
+            setattr(self, f"ida_{i}", IDAUp(3, channels[j], in_channels[j:],
+                                            [s // scales[j] for s in scales[j:]]))
+            # The merged maps are now at level j's scale and width.
+            scales[j + 1:] = [scales[j]] * len(scales[j + 1:])
+            in_channels[j + 1:] = [channels[j]] * len(in_channels[j + 1:])
+
+    def forward(self, layers):
+        layers = list(layers)
+        for i in range(len(layers) - 1):
+            x, merged = getattr(self, f"ida_{i}")(layers[-i - 2:])
+            layers[-i - 1:] = merged
+        return x
+
+
+class DLASeg(nn.Module):
+    """DLA-34 backbone + DLAUp (plain convs) + one head per output."""
+
+    def __init__(self, heads, down_ratio=4, head_conv=256):
+        super().__init__()
+        assert down_ratio in (2, 4, 8, 16)
+        self.first_level = int(math.log2(down_ratio))
+        self.base = dla34()
+        channels = self.base.channels
+        scales = [2 ** i for i in range(len(channels[self.first_level:]))]
+        self.dla_up = DLAUp(channels[self.first_level:], scales)
+        out_channel = channels[self.first_level]
+        self.heads = dict(heads)
+        for name, classes in self.heads.items():
+            if head_conv > 0:
+                fc = nn.Sequential(nn.Conv2d(out_channel, head_conv, 3, padding=1, bias=True),
+                                   nn.ReLU(inplace=True),
+                                   nn.Conv2d(head_conv, classes, 1, stride=1, padding=0, bias=True))
+                final = fc[-1]
+            else:
+                fc = final = nn.Conv2d(out_channel, classes, 1, stride=1, padding=0, bias=True)
+            if "hm" in name:
+                final.bias.data.fill_(-2.19)  # focal-loss prior, as upstream
+            else:
+                fill_fc_weights(fc)
+            setattr(self, name, fc)
+
+    def head(self, name):
+        """The layers run for head `name`; `[-1]` is its final Conv2d.
+        With head_conv=0 upstream's head is a bare Conv2d (keys hm.weight,
+        hm.bias), which is returned wrapped in a Sequential."""
+        fc = getattr(self, name)
+        return fc if isinstance(fc, nn.Sequential) else nn.Sequential(fc)
+
+    def forward(self, x):
+        x = self.dla_up(self.base(x)[self.first_level:])
+        return tuple(getattr(self, name)(x) for name in self.heads)
+
+
+def get_pose_net(num_layers=34, heads=None, head_conv=256, down_ratio=4):
+    """Upstream's factory: ctdet DLA-34 without DCN (`heads` defaults to hm 80, wh 2, reg 2).
+
+    Randomly initialised (upstream's ImageNet download is not done); load
+    weights with `centernet.model.checkpoint.load_checkpoint`.
+    """
+    if num_layers != 34:
+        raise ValueError(f"no dlav0_{num_layers}: only DLA-34 (num_layers=34) is implemented")
+    return DLASeg(heads or DEFAULT_HEADS, down_ratio=down_ratio, head_conv=head_conv)
