@@ -2,7 +2,7 @@
 
 Two stacked hourglasses (CornerNet's design) behind a stride-4 stem. Module and
 parameter names match upstream's checkpoints exactly, e.g. pre.0.conv.weight,
-kps.0.low2.low2.up1.0.skip.0.weight, cnvs.1.bn.running_var, inters_.0.1.weight,
+kps.0.low2.low1.0.skip.0.weight, cnvs.1.bn.running_var, inters_.0.1.weight,
 hm.1.0.conv.bias, wh.1.1.weight: every head is a ModuleList holding one head per
 stack. The forward returns the LAST stack's raw head outputs (no sigmoid), in the
 order of `heads`, at output stride 4; the first stack's heads exist so that
