@@ -256,7 +256,7 @@ class DLASeg(nn.Module):
 def get_pose_net(num_layers=34, heads=None, head_conv=256, down_ratio=4):
     """Upstream's factory: ctdet DLA-34 (`heads` defaults to hm 80, wh 2, reg 2).
 
-    Randomly initialised; load weights with `centernet.model.checkpoint.load_checkpoint`.
+    Randomly initialised; load weights with `centernet.model.checkpoint.load_model`.
     """
     if num_layers != 34:
         raise ValueError("only DLA-34 (num_layers=34) is implemented")

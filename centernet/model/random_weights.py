@@ -27,6 +27,9 @@ from centernet.model.networks import build_network
 
 CALIBRATION_IMAGES = 16
 CALIBRATION_SIZE = (256, 256)  # input side of the calibration pass: 16 images in ~3 s on 2 cores
+# Hourglass-104's innermost maps are 1x1 at this size: 16 images are what keeps
+# its BatchNorm statistics (16 samples there) from drifting on other photos.
+HOURGLASS_CALIBRATION_SIZE = (128, 128)
 OFFSET_STD = 0.5              # pixels: how much each offset channel varies with the input
 OFFSET_MEAN_STD = 1.5         # pixels: spread of the offset channels' means (a fixed shift per tap)
 MASK_LOGIT_STD = 1.5
@@ -65,7 +68,8 @@ def _uniform(gen, n, lo, hi):
 
 def calibrate(model, images, gen):
     """One forward pass over `images` (N,3,H,W) in training mode: BatchNorms
-    record that batch's statistics (momentum None: exactly the batch's), and
+    record that batch's statistics (momentum None: exactly the batch's, the
+    variance as training normalised with it), and
     hooks rescale the DCN offset convs and the heads' last convs on the fly,
     so every later layer is calibrated on the rescaled values."""
     hooks = []
@@ -85,8 +89,14 @@ def calibrate(model, images, gen):
                                      _uniform(gen, c, *spread_range), quantiles)
         return hook
 
+    samples = {}
+
+    def count_samples(bn, inputs):
+        samples[bn] = inputs[0].numel() // inputs[0].shape[1]
+
     for name, module in model.named_modules():
         if isinstance(module, nn.BatchNorm2d):
+            hooks.append(module.register_forward_pre_hook(count_samples))
             # A trained network's BN scales and shifts differ per channel.
             module.weight.data.copy_(_uniform(gen, module.num_features, 0.75, 1.25))
             module.bias.data.copy_(torch.randn(module.num_features, generator=gen) * 0.1)
@@ -107,17 +117,26 @@ def calibrate(model, images, gen):
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
                 module.momentum = 0.1  # upstream's BN_MOMENTUM
+                n = samples.get(module, 0)
+                if n > 1:
+                    # Training normalised with the biased variance but recorded the
+                    # unbiased one; with few samples per channel (Hourglass's 1x1
+                    # innermost maps) that gap compounds through the layers.
+                    module.running_var.mul_((n - 1) / n)
     return model.eval()
 
 
-def random_model(seed=0, network="dla_34", heads=None, head_conv=None, calibration_size=CALIBRATION_SIZE,
+def random_model(seed=0, network="dla_34", heads=None, head_conv=None, calibration_size=None,
                  calibration_images=CALIBRATION_IMAGES):
     """A deterministic ctdet network (upstream's `network`, e.g. resdcn_18;
     `heads` default COCO's) with random weights calibrated on synthetic photos
     (see the module docstring), marked as random weights (checkpoint.is_random).
     Upstream's parameter names and shapes; it carries its ModelFacts (`facts`).
-    calibration_size: a smaller side keeps Hourglass-104 quick (its inputs
-    must be multiples of 128)."""
+    calibration_size: (H, W) of the calibration photos; by default
+    CALIBRATION_SIZE, and for Hourglass-104 (190 M parameters, inputs in
+    multiples of 128) HOURGLASS_CALIBRATION_SIZE."""
+    if calibration_size is None:
+        calibration_size = HOURGLASS_CALIBRATION_SIZE if network == "hourglass" else CALIBRATION_SIZE
     torch.manual_seed(seed)
     model = build_network(network, heads, head_conv)
     gen = torch.Generator().manual_seed(seed)
