@@ -2,6 +2,8 @@
 
     python CenterNet_preprocess.py data/coco/val2017 prep_dataset
     python CenterNet_preprocess.py data/coco/val2017 prep_keepres --keep-res
+    python CenterNet_preprocess.py VOC/images prep_voc --model CenterNet_pascal.onnx   # that model's settings
+    python CenterNet_preprocess.py VOC/images prep_voc --dataset pascal                # or the same flags as at export
 
 Writes prep_dataset/<stem>.bin (1x3x512x512 float32; with --keep-res each
 image's own size rounded up to a multiple of 32) for every image and
@@ -10,8 +12,9 @@ finished bins; unreadable images are reported and make the exit status 1.
 """
 import sys
 
-from centernet.cli.args import (ArgumentParser, add_flip_argument, add_input_size_argument, add_keep_res_argument,
-                                add_limit_argument, add_progress_arguments, progress_enabled)
+from centernet.cli.args import (ArgumentParser, add_dataset_settings_arguments, add_flip_argument,
+                                add_keep_res_argument, add_limit_argument, add_progress_arguments,
+                                dataset_settings_from_args, progress_enabled)
 from centernet.cli.logs import setup_logging
 from centernet.errors import UserError, cli
 
@@ -20,7 +23,10 @@ def build_parser():
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("src_dir", help="folder of images (jpg, jpeg, png, bmp)")
     parser.add_argument("dst_dir", help="output folder for <stem>.bin and meta.json")
-    add_input_size_argument(parser)
+    parser.add_argument("--model", default=None,
+                        help="the ONNX model the bins are for: its recorded mean/std, input size and "
+                             "keep-resolution padding are used (default: none; the dataset settings below)")
+    add_dataset_settings_arguments(parser, class_names=False)
     add_keep_res_argument(parser, "each image is placed unscaled in an input of its own size rounded up to a "
                                   "multiple of 32; the model needs a dynamic input size "
                                   "(CenterNet_pth2onnx.py --dynamic-size)")
@@ -34,10 +40,37 @@ def build_parser():
     return parser
 
 
+def model_settings(args):
+    """(ModelFacts whose mean, std and padding the bins follow, (H, W)): the
+    --model's record, or the dataset settings' flags (COCO's by default)."""
+    from centernet.core.model_facts import ModelFacts
+    given = [f"--{k.replace('_', '-')}" for k in ("dataset_preset", "mean", "std") if getattr(args, k) is not None]
+    if args.model is None:
+        settings = dataset_settings_from_args(args)
+        return ModelFacts(mean=settings["mean"], std=settings["std"]), settings["input_size"]
+    if given:
+        flag = given[0].replace("--dataset-preset", "--dataset")
+        raise UserError(f"{flag}: the settings come from --model {args.model}; give one or the other")
+    from centernet.convert.provenance import read_metadata
+    from pathlib import Path
+    if not Path(args.model).is_file():
+        raise UserError(f"{args.model}: model file not found")
+    meta = read_metadata(args.model)
+    if meta is None:
+        raise UserError(f"{args.model}: not a readable ONNX file")
+    try:
+        facts = ModelFacts.from_metadata(meta)
+    except ValueError as e:
+        raise UserError(f"{args.model}: {e}") from None
+    return facts, tuple(args.input_size or facts.input_size)
+
+
 @cli(interrupted="the finished bins are kept", resume="run the same command again to convert the rest")
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging()
+    facts, input_size = model_settings(args)
+    args.input_size = input_size
     if min(args.input_size) <= 0 or any(v % 4 for v in args.input_size):
         raise UserError(f"--input-size {args.input_size[0]} {args.input_size[1]}: "
                         f"height and width must be positive multiples of 4 (the output stride)")
@@ -49,7 +82,7 @@ def main(argv=None):
     from centernet.pipeline.preprocess import preprocess_folder
     summary = preprocess_folder(args.src_dir, args.dst_dir, tuple(args.input_size), args.workers,
                                 progress=progress_enabled(args), limit=args.limit,
-                                keep_res=args.keep_res, flip_test=args.flip)
+                                keep_res=args.keep_res, flip_test=args.flip, facts=facts)
     print(f"{summary['converted']} converted, {summary['skipped']} already done, "
           f"{len(summary['failed'])} failed, of {summary['total']} images -> {args.dst_dir}")
     if summary["failed"]:

@@ -1,11 +1,22 @@
 #!/usr/bin/env python3
-"""Export ctdet_coco_dla_2x.pth to ONNX and check the file against PyTorch.
+"""Export an upstream ctdet checkpoint to ONNX and check the file against PyTorch.
 
     python CenterNet_pth2onnx.py ctdet_coco_dla_2x.pth CenterNet.onnx
     python CenterNet_pth2onnx.py ctdet_coco_dla_2x.pth CenterNet_ascend.onnx --target ascend
     python CenterNet_pth2onnx.py ctdet_coco_dla_2x.pth CenterNet_keepres.onnx --dynamic-size
     python CenterNet_pth2onnx.py ctdet_coco_dla_2x.pth CenterNet_flip.onnx --flip
     python CenterNet_pth2onnx.py ctdet_coco_dla_2x.pth CenterNet.onnx --if-changed
+    python CenterNet_pth2onnx.py ctdet_coco_resdcn18.pth CenterNet_resdcn18.onnx
+    python CenterNet_pth2onnx.py ctdet_pascal_dla_384.pth CenterNet_pascal.onnx --dataset pascal
+    python CenterNet_pth2onnx.py model_last.pth mine.onnx --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \
+        --input-size 384 384 --class-names classes.txt
+
+Any of upstream's networks (dla_34, dlav0_34, res_18/101, resdcn_18/101,
+hourglass, ...) with any number of classes: the checkpoint's keys say which
+it is. What the checkpoint does not record, the settings of the data it was
+trained on (mean/std, input size, class names), is given here once, as a
+--dataset preset or one by one, and stored in the ONNX file: every later
+stage reads it from there.
 
 The file appears under its name only once its self-check passed: the export
 goes to a temp file beside it first. Its metadata records what it was made
@@ -19,7 +30,8 @@ from centernet.environment import COMMON, require
 
 require(*COMMON, "torch", "onnx")  # before any third-party import
 
-from centernet.cli.args import ArgumentParser, add_flip_argument, add_input_size_argument
+from centernet.cli.args import (ArgumentParser, add_dataset_settings_arguments, add_flip_argument,
+                                dataset_settings_from_args)
 from centernet.cli.logs import setup_logging
 from centernet.errors import Interrupted, UserError, cli, quiet_interrupt
 
@@ -30,7 +42,7 @@ with quiet_interrupt():  # onnx loads here; torch only in main(), when there is 
 
 def build_parser():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="upstream ctdet DLA-34 checkpoint (.pth)")
+    p.add_argument("checkpoint", help="upstream ctdet checkpoint (.pth) of any of its networks")
     p.add_argument("output", help="ONNX file to write (missing folders are created)")
     p.add_argument("--target", choices=TARGETS, default="onnxruntime",
                    help="onnxruntime: opset 19 with DeformConv; ascend: opset 11 with ATC's "
@@ -39,7 +51,6 @@ def build_parser():
                    help="how deformable convolutions appear for --target onnxruntime: one DeformConv "
                         "node, or decomposed into GridSample + MatMul for runtimes without "
                         "DeformConv (default: %(default)s)")
-    add_input_size_argument(p, what="fixed input height and width")
     p.add_argument("--dynamic-size", action="store_true",
                    help="make input height and width dynamic too, as upstream's keep resolution (--keep-res "
                         "elsewhere) needs (default: off, only the batch is)")
@@ -57,7 +68,19 @@ def build_parser():
                    help="keep OUTPUT when its metadata says it was exported from a checkpoint with the same "
                         "contents (SHA-256), with the same options and, unless --no-check, checked; export "
                         "otherwise. The file's date is not consulted (default: off, always export)")
+    add_dataset_settings_arguments(p)
     return p
+
+
+def recorded_facts(path):
+    """The ModelFacts an existing ONNX file records, or None (no file, or not readable)."""
+    from centernet.convert.provenance import read_metadata
+    from centernet.core.model_facts import ModelFacts
+    meta = read_metadata(path) if Path(path).is_file() else None
+    try:
+        return ModelFacts.from_metadata(meta) if meta is not None else None
+    except ValueError:
+        return None
 
 
 def parse_args(argv=None):
@@ -75,11 +98,17 @@ def main(argv=None):
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         raise UserError(f"{checkpoint}: {'is a folder, not a checkpoint file' if checkpoint.is_dir() else 'checkpoint not found'}")
-    options = ExportOptions(target=args.target, dcn=args.dcn, input_size=tuple(args.input_size),
-                            dynamic_size=args.dynamic_size, flip=args.flip)
     digest = file_sha256(checkpoint)
+
+    def export_options(num_classes):
+        return ExportOptions(target=args.target, dcn=args.dcn, dynamic_size=args.dynamic_size, flip=args.flip,
+                             **dataset_settings_from_args(args, num_classes, str(checkpoint)))
+
     if args.if_changed:
-        status = export_status(out, digest, options, need_checked=not args.no_check)
+        # A file exported from this very checkpoint (same SHA-256) records its class count.
+        recorded = recorded_facts(out)
+        status = export_status(out, digest, export_options(recorded.num_classes) if recorded else ExportOptions(),
+                               need_checked=not args.no_check)
         if status.current:
             print(status.describe(out, checkpoint, digest))
             return 0
@@ -90,6 +119,7 @@ def main(argv=None):
     from centernet.model.checkpoint import load_model
     from centernet.convert.export import export_checked
     model = load_model(checkpoint)
+    options = export_options(model.facts.num_classes)
     make_dirs(out.parent)
     done = export_checked(model, out, options, digest, checkpoint.name, check=not args.no_check,
                           threads=args.threads)

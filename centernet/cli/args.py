@@ -279,3 +279,71 @@ def progress_enabled(args, stream=None):
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+DATASET_GROUP = "dataset settings (recorded in the exported model; later stages read them from it)"
+
+
+def add_dataset_settings_arguments(parser, preset_flag="--dataset", input_size=True, class_names=True):
+    """--dataset (a preset of upstream's datasets), --mean, --std, --class-names
+    and (input_size) --input-size: the settings of the data a checkpoint was
+    trained on, which the checkpoint itself does not record."""
+    from centernet.constants import DATASET_SETTINGS
+    g = parser.add_argument_group(DATASET_GROUP)
+    g.add_argument(preset_flag, dest="dataset_preset", choices=list(DATASET_SETTINGS), default=None,
+                   help="upstream's settings for its own datasets: mean/std, input size and class names "
+                        "(coco: 512, pascal: 384 with ImageNet's mean/std, coco_hp: 512, one class); --mean, "
+                        "--std, --input-size and --class-names override (default: coco's mean/std and size; COCO's "
+                        "names for an 80-class model)")
+    g.add_argument("--mean", type=float, nargs=3, metavar=("M1", "M2", "M3"), default=None,
+                   help="per-channel mean of the training images, in the order the model's dataset class lists "
+                        "them; applied, as upstream does, to the B, G, R channels in that order (default: the "
+                        "--dataset preset's, else COCO's)")
+    g.add_argument("--std", type=float, nargs=3, metavar=("S1", "S2", "S3"), default=None,
+                   help="per-channel std, listed and applied like --mean (default: the --dataset preset's, "
+                        "else COCO's)")
+    if class_names:
+        g.add_argument("--class-names", default=None, metavar="FILE",
+                       help="class names, one per line in the model's class order (default: the --dataset "
+                            "preset's; none for a model of other classes)")
+    if input_size:
+        g.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                       help="fixed input height and width (default: the --dataset preset's, else 512 512)")
+
+
+def dataset_settings_from_args(args, num_classes=None, source="the model"):
+    """{mean, std, input_size, class_names} for a model of `num_classes`
+    classes (None: not known here, and no names) from
+    add_dataset_settings_arguments' options; one-line errors when a preset or
+    names file does not fit the model."""
+    from centernet.constants import DATASET_SETTINGS, INPUT_SIZE, PASCAL_CLASSES
+    from centernet.io.coco import COCO_CATEGORIES
+    from centernet.io.media import load_names
+    preset = args.dataset_preset
+    settings = DATASET_SETTINGS[preset or "coco"]
+    names = None
+    names_file = getattr(args, "class_names", None)
+    if num_classes is None:
+        pass
+    elif preset is not None and settings["num_classes"] != num_classes and names_file is None:
+        raise UserError(f"--dataset {preset}: {settings['num_classes']} classes, but {source} has {num_classes}; "
+                        "give --mean, --std and --class-names for a model of other classes")
+    elif names_file:
+        names = load_names(names_file)
+        if len(names) != num_classes:
+            raise UserError(f"{names_file}: {len(names)} class names, but {source} has {num_classes} classes")
+    elif preset in (None, "coco") and num_classes == len(COCO_CATEGORIES):
+        names = [name for _, name, _ in COCO_CATEGORIES]
+    elif preset == "pascal":
+        names = list(PASCAL_CLASSES)
+    elif preset == "coco_hp":
+        names = ["person"]
+    side = settings["input_side"] if preset else INPUT_SIZE
+    size = tuple(getattr(args, "input_size", None) or (side, side))
+    if min(size) <= 0:
+        raise UserError(f"--input-size {size[0]} {size[1]}: must be positive")
+    std = tuple(args.std or settings["std"])
+    if any(v <= 0 for v in std):
+        raise UserError(f"--std {' '.join(f'{v:g}' for v in std)}: every std must be positive")
+    return {"mean": tuple(args.mean or settings["mean"]), "std": std, "input_size": size,
+            "class_names": tuple(names) if names else None}

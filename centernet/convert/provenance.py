@@ -82,7 +82,9 @@ class ExportOptions:
 
 # How each recorded option is named in a message, and its values spelled out.
 _OPTION_WORDS = {TARGET_KEY: ("target", str), DCN_KEY: ("dcn", str), INPUT_KEY: ("input", str),
-                 FLIP_KEY: ("flip test", lambda v: {"1": "yes", "0": "no"}.get(v, str(v)))}
+                 FLIP_KEY: ("flip test", lambda v: {"1": "yes", "0": "no"}.get(v, str(v))),
+                 INPUT_SIZE_KEY: ("input size", str), MEAN_KEY: ("mean", str), STD_KEY: ("std", str),
+                 CLASS_NAMES_KEY: ("class names", lambda v: "none" if v is None else v)}
 
 
 def provenance_metadata(checkpoint_sha256, checkpoint_name, options, checked):

@@ -23,6 +23,7 @@ import numpy as np
 
 from centernet.constants import COCO_MEAN, COCO_STD, DOWN_RATIO, INPUT_SIZE, K, KEEP_RES_PAD
 from centernet.core.decode import decode_ctdet, detections_to_coco, map_boxes_to_image
+from centernet.core.model_facts import ModelFacts
 from centernet.core.modes import TestMode, combine_flip, flip_batch
 from centernet.core.soft_nms import detections_by_class, merge_detections
 from centernet.core.transforms import prepare_input, test_geometry, warp_input
@@ -202,7 +203,7 @@ def resolve_mode(capabilities, model_name, mode):
     mode runs at the model's own fixed size, or where the model takes any
     size, at mode.input_size or (None) the size the model records (ModelFacts)."""
     fixed = capabilities.input_size
-    facts = capabilities.facts
+    facts = capabilities.facts or ModelFacts()
     if mode.keep_res and fixed is not None:
         raise UserError(f"{model_name}: fixed {fixed[0]}x{fixed[1]} input, but --keep-res feeds each image at its own "
                         f"size; export a model with a dynamic height and width: {EXPORT_DYNAMIC_HINT}, or give "
@@ -235,7 +236,7 @@ class Predictor:
         self.device_decode = caps.decodes_on_device
         self.numpy_flip = numpy_flip
         warped = caps.accepts_warped and (self.device_decode or not numpy_flip)
-        self.spec = InputSpec.for_model(caps.facts, self.mode, warped)
+        self.spec = InputSpec.for_model(caps.facts or ModelFacts(), self.mode, warped)
         self.decoder = Decoder(caps.num_classes, K, numpy_flip, self.mode.flip, tuple(self.mode.scales))
 
     @property
@@ -244,8 +245,9 @@ class Predictor:
 
     @property
     def facts(self):
-        """The model's ModelFacts (network, classes, names, settings)."""
-        return self.session.capabilities.facts
+        """The model's ModelFacts (network, classes, names, settings); COCO
+        DLA-34's for a model file that records none (an .om)."""
+        return self.session.capabilities.facts or ModelFacts()
 
     @property
     def random_weights(self):

@@ -1,8 +1,9 @@
 """Images -> network input bins (upstream: src/lib/detectors/base_detector.py, pre_process).
 
 Every image of a folder becomes `<stem>.bin`: the 1x3xHxW float32 input of the
-test transform, fixed-resolution (every bin 1x3x512x512) or keep-resolution
-(each image's own size rounded up to a multiple of 32). A re-run skips bins that are complete (right
+test transform for one model (its mean/std and padding rule: ModelFacts),
+fixed-resolution (every bin 1x3x512x512 by default) or keep-resolution
+(each image's own size rounded up to a multiple of 32, 128 for Hourglass). A re-run skips bins that are complete (right
 size, with a meta.json entry); every write is temp + rename, so an interrupted
 run loses nothing finished. meta.json records each image's size and the
 centre/scale of its transform, so decoding needs no image.
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from centernet.io.binio import make_dirs, write_bin
 from centernet.io.meta import META_NAME, load_meta, save_meta  # noqa: F401 (re-exported)
 from centernet.errors import Interrupted, UserError, WriteError, sigint_blocked
+from centernet.core.model_facts import ModelFacts
 from centernet.core.transforms import INPUT_SIZE, prepare_input, test_geometry
 
 logger = logging.getLogger(__name__)
@@ -56,22 +58,35 @@ def bin_nbytes(input_size):
     return 3 * input_size[0] * input_size[1] * 4
 
 
-def meta_entry(height, width, input_size=(INPUT_SIZE, INPUT_SIZE), keep_res=False):
+# The model settings a folder's bins were made with (a ModelFacts' mean, std
+# and keep-resolution padding), as meta.json records them for the folder.
+SETTINGS_FIELDS = ("mean", "std", "pad")
+
+
+def settings_of(facts):
+    """meta.json's record of the settings bins for a model of `facts` are made with."""
+    return {"mean": list(facts.mean), "std": list(facts.std), "pad": int(facts.pad)}
+
+
+def meta_entry(height, width, input_size=(INPUT_SIZE, INPUT_SIZE), keep_res=False, pad=ModelFacts.pad):
     """meta.json entry of an image: its size and the centre, scale and input
     size of its test transform (scale is one number in fixed mode, [sx, sy]
-    in keep-resolution mode)."""
-    center, scale, (in_h, in_w) = test_geometry(height, width, input_size, keep_res)
+    in keep-resolution mode, where inputs are rounded up by `pad`)."""
+    center, scale, (in_h, in_w) = test_geometry(height, width, input_size, keep_res, pad=pad)
     scale = [float(v) for v in scale] if keep_res else float(scale)
     return {"width": width, "height": height, "center": [float(center[0]), float(center[1])],
             "scale": scale, "input_size": [in_h, in_w]}
 
 
-def preprocess_array(image, input_size=(INPUT_SIZE, INPUT_SIZE), out=None, warp_buffer=None, keep_res=False):
-    """BGR uint8 image -> (1x3xHxW float32 input, meta entry dict).
+def preprocess_array(image, input_size=(INPUT_SIZE, INPUT_SIZE), out=None, warp_buffer=None, keep_res=False,
+                     facts=ModelFacts()):
+    """BGR uint8 image -> (1x3xHxW float32 input, meta entry dict) for a
+    model of `facts` (its mean, std and padding; COCO DLA-34's by default).
     `out` and `warp_buffer` (in_h x in_w x 3 uint8) may be reused arrays."""
     height, width = image.shape[:2]
-    tensor = prepare_input(image, input_size, keep_res, out=out, warp_buffer=warp_buffer)[0]
-    return tensor, meta_entry(height, width, input_size, keep_res)
+    tensor = prepare_input(image, input_size, keep_res, out=out, warp_buffer=warp_buffer, mean=facts.mean,
+                           std=facts.std, pad=facts.pad)[0]
+    return tensor, meta_entry(height, width, input_size, keep_res, facts.pad)
 
 
 # Per-process scratch arrays by input size: fresh multi-MB arrays for every
@@ -80,9 +95,9 @@ _scratch = {}
 _SCRATCH_SIZES = 8  # keep-resolution inputs come in many sizes: keep a few
 
 
-def _scratch_for(image, input_size, keep_res):
+def _scratch_for(image, input_size, keep_res, pad):
     height, width = image.shape[:2]
-    key = test_geometry(height, width, input_size, keep_res)[2]
+    key = test_geometry(height, width, input_size, keep_res, pad=pad)[2]
     if key not in _scratch:
         if len(_scratch) >= _SCRATCH_SIZES:
             _scratch.pop(next(iter(_scratch)))
@@ -90,15 +105,15 @@ def _scratch_for(image, input_size, keep_res):
     return _scratch[key]
 
 
-def preprocess_file(src_path, dst_path, input_size=(INPUT_SIZE, INPUT_SIZE), keep_res=False):
+def preprocess_file(src_path, dst_path, input_size=(INPUT_SIZE, INPUT_SIZE), keep_res=False, facts=ModelFacts()):
     """Convert one image file to its bin. Returns (meta entry, None) or
     (None, error message) for an unreadable image."""
     src_path = Path(src_path)
     image = cv2.imread(str(src_path), cv2.IMREAD_COLOR)
     if image is None:
         return None, f"{src_path}: cannot read or decode the image (corrupt, empty or not an image)"
-    out, warp_buffer = _scratch_for(image, input_size, keep_res)
-    tensor, meta = preprocess_array(image, input_size, out, warp_buffer, keep_res)
+    out, warp_buffer = _scratch_for(image, input_size, keep_res, facts.pad)
+    tensor, meta = preprocess_array(image, input_size, out, warp_buffer, keep_res, facts)
     write_bin(dst_path, tensor)
     return meta, None
 
@@ -159,9 +174,9 @@ def _terminate_pool(pool):
 def _worker(job):
     """(image name, meta entry or None, error or None, whether the error is a
     failed write, which stops the stage)."""
-    src, dst, input_size, keep_res = job
+    src, dst, input_size, keep_res, facts = job
     try:
-        meta, err = preprocess_file(src, dst, input_size, keep_res)
+        meta, err = preprocess_file(src, dst, input_size, keep_res, facts)
     except WriteError as e:  # e.g. the disk filled up
         return Path(src).name, None, str(e), True
     except cv2.error as e:  # e.g. an image too large for OpenCV's limits
@@ -178,13 +193,13 @@ def _worker_chunk(jobs):
     return results
 
 
-def _is_complete(dst, entry, input_size, keep_res):
+def _is_complete(dst, entry, input_size, keep_res, pad):
     """A bin is done when meta.json has its entry, the entry is what this
     mode gives for the image's recorded size, and the file has that size."""
     if not isinstance(entry, dict):
         return False
     try:
-        expected = meta_entry(int(entry["height"]), int(entry["width"]), input_size, keep_res)
+        expected = meta_entry(int(entry["height"]), int(entry["width"]), input_size, keep_res, pad)
         size = dst.stat().st_size
     except (KeyError, TypeError, ValueError, FileNotFoundError):
         return False
@@ -197,8 +212,12 @@ KEEP_RES_TYPICAL_INPUT = (512, 672)
 
 
 def preprocess_folder(src_dir, dst_dir, input_size=(INPUT_SIZE, INPUT_SIZE), workers=None, progress=True,
-                      limit=None, keep_res=False, flip_test=False):
+                      limit=None, keep_res=False, flip_test=False, facts=ModelFacts()):
     """Convert every image of src_dir to dst_dir/<stem>.bin, plus dst_dir/meta.json.
+
+    facts: the ModelFacts of the model the bins are for: its mean and std
+    (B, G, R) and keep-resolution padding; meta.json records them (and a
+    re-run with other settings converts every image again).
 
     keep_res: keep-resolution inputs (each image's own padded size) instead
     of the fixed input_size.
@@ -220,11 +239,18 @@ def preprocess_folder(src_dir, dst_dir, input_size=(INPUT_SIZE, INPUT_SIZE), wor
     dst_dir = make_dirs(dst_dir)
     meta_path = dst_dir / META_NAME
     meta = load_meta(meta_path, missing_ok=True)
+    settings = settings_of(facts)
+    if any(meta.get(k, settings[k]) != settings[k] for k in SETTINGS_FIELDS):
+        logger.info(f"{meta_path}: its bins were made with other settings "
+                    f"({', '.join(f'{k} {meta.get(k)}' for k in SETTINGS_FIELDS if meta.get(k) != settings[k])}); "
+                    "converting every image again")
+        meta["images"] = {}
+    meta.update(settings)
     entries = meta["images"]
     nbytes = bin_nbytes(KEEP_RES_TYPICAL_INPUT if keep_res else input_size)
 
     todo = [p for p in images
-            if not _is_complete(dst_dir / f"{p.stem}.bin", entries.get(p.name), input_size, keep_res)]
+            if not _is_complete(dst_dir / f"{p.stem}.bin", entries.get(p.name), input_size, keep_res, facts.pad)]
     need = len(todo) * nbytes
     free = shutil.disk_usage(dst_dir).free
     if need > free:
@@ -238,7 +264,7 @@ def preprocess_folder(src_dir, dst_dir, input_size=(INPUT_SIZE, INPUT_SIZE), wor
     meta["input_size"] = None if keep_res else list(input_size)
     meta["keep_res"] = bool(keep_res)
     meta["flip_test"] = bool(flip_test)
-    jobs = [(str(p), str(dst_dir / f"{p.stem}.bin"), input_size, bool(keep_res)) for p in todo]
+    jobs = [(str(p), str(dst_dir / f"{p.stem}.bin"), input_size, bool(keep_res), facts) for p in todo]
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = max(1, min(int(workers), len(jobs) or 1))

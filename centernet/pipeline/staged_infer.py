@@ -56,6 +56,7 @@ def bin_shapes(input_dir, files, session, model, input_size=None):
     if meta_path.is_file():
         meta = load_meta(meta_path)
         _check_flip(meta, session, model, meta_path)
+        _check_settings(meta, session, model, meta_path)
         sizes = input_sizes(meta, meta_path)
     fixed = tuple(default[1:]) if None not in default else None
     shapes = {}
@@ -82,6 +83,21 @@ def _size_mismatch(model, fixed, name, hw, meta_path, keep_res):
     source = f" ({meta_path} says fixed {hw[0]}x{hw[1]} bins)" if meta_path else ""
     return (f"{head}{source}; export your checkpoint at that size (CenterNet_pth2onnx.py CHECKPOINT.pth OUT.onnx "
             f"--input-size {hw[0]} {hw[1]}) or preprocess again with --input-size {fixed[0]} {fixed[1]}")
+
+
+def _check_settings(meta, session, model, meta_path):
+    """Bins normalised with other numbers than the model's mean/std, or padded
+    by another rule, would run without error and give wrong detections."""
+    facts = session.capabilities.facts
+    if facts is None:  # an .om keeps no record: its ONNX file's went into preprocessing
+        return
+    wanted = {"mean": list(facts.mean), "std": list(facts.std)}
+    if meta.get("keep_res"):  # fixed-size bins do not depend on it
+        wanted["pad"] = facts.pad
+    differ = [f"{k} {meta[k]} (the model's: {wanted[k]})" for k in wanted if k in meta and meta[k] != wanted[k]]
+    if differ:
+        raise UserError(f"{meta_path}: its bins were made with other settings than {model} records: "
+                        f"{'; '.join(differ)}; run CenterNet_preprocess.py again with --model {model}")
 
 
 def _check_flip(meta, session, model, meta_path):

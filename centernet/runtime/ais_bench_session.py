@@ -38,7 +38,8 @@ class AisBenchSession(Session):
         self._dynamic = None in hw
         self._caps = Capabilities(
             input_size=None if self._dynamic else hw, static_batch=shape[0], flip_in_graph=flip_in_graph,
-            heads=heads_from_channels([_dims(o.shape)[1] for o in self.inner.get_outputs()]))
+            heads=heads_from_channels([_dims(o.shape)[1] for o in self.inner.get_outputs()]),
+            facts=None)  # an .om records no facts: the ONNX file it came from does
 
     @property
     def capabilities(self):

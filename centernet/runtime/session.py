@@ -30,7 +30,8 @@ class Capabilities:
     the ONNX metadata (RANDOM_WEIGHTS_KEY) or the checkpoint; an .om keeps
     no such fact.
     facts: the network, classes and test settings (mean/std, input size,
-    keep-resolution padding) the model carries (core.model_facts).
+    keep-resolution padding) the model carries (core.model_facts); None
+    where the model file keeps no record (an .om).
     """
     input_size: tuple = None
     static_batch: int = None
