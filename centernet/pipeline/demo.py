@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from centernet.constants import INPUT_SIZE, RANDOM_WEIGHTS_NOTE, VIS_THRESH
+from centernet.constants import RANDOM_WEIGHTS_NOTE, VIS_THRESH
 from centernet.core.modes import TestMode
 from centernet.errors import UserError
 from centernet.io.binio import make_dirs
@@ -255,7 +255,7 @@ def run_demo(inputs, model, output="demo_out", thresh=VIS_THRESH, keep_res=False
     files, errors = expand_inputs(inputs, limit)
     for line in errors:
         logger.error(f"error: {line}")
-    mode = TestMode(keep_res, flip, tuple(scales), tuple(input_size or (INPUT_SIZE, INPUT_SIZE)))
+    mode = TestMode(keep_res, flip, tuple(scales), tuple(input_size) if input_size else None)
     predictor = open_predictor(model, mode, backend=backend, device=device, threads=threads,
                                torch_options=torch_options, cache_fallback=output,
                                input_size_given=input_size is not None)

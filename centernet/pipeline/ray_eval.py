@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from centernet.constants import INPUT_SIZE, K, VIS_THRESH
+from centernet.constants import K, VIS_THRESH
 from centernet.core.modes import TestMode
 from centernet.core.timing import latency_stats
 from centernet.errors import Interrupted, UserError
@@ -479,7 +479,7 @@ def _run_blocks(job, blocks, todo, store, data, source, predictor, batchsize, de
 
 
 def evaluate_on_ray(model, images_dir, annotation_file, output, batchsize=1, device="cpu", threads=0, actors=1,
-                    limit=None, input_size=(INPUT_SIZE, INPUT_SIZE), mode=TestMode(), upstream_rounding=False,
+                    limit=None, input_size=None, mode=TestMode(), upstream_rounding=False,
                     block_size=BLOCK_SIZE, address=None, num_cpus=None, progress=True, backend=None,
                     torch_options=None):
     """Detect on every annotated image (the first `limit` by file name) on
@@ -487,21 +487,21 @@ def evaluate_on_ray(model, images_dir, annotation_file, output, batchsize=1, dev
     same as stream_detections' results, in the same order. Returns (ids of
     the images attempted, errors list, stats dict)."""
     job = EvaluationJob(annotation_file, images_dir, limit, upstream_rounding)
-    mode = TestMode(mode.keep_res, mode.flip, tuple(mode.scales), tuple(input_size))
+    mode = TestMode(mode.keep_res, mode.flip, tuple(mode.scales), tuple(input_size) if input_size else mode.input_size)
     parts, stats = run_on_ray(job, model, output, mode, backend, batchsize, device, threads, actors, torch_options,
                               block_size=block_size, address=address, num_cpus=num_cpus, progress=progress)
     return [im.image_id for im in job.images], [e for p in parts for e in p["errors"]], stats
 
 
 def annotate_on_ray(model, images_dir, output, vis_thresh=VIS_THRESH, batchsize=1, device="cpu", threads=0,
-                    actors=1, limit=None, input_size=(INPUT_SIZE, INPUT_SIZE), mode=TestMode(),
+                    actors=1, limit=None, input_size=None, mode=TestMode(),
                     block_size=BLOCK_SIZE, address=None, num_cpus=None, progress=True, backend=None,
                     torch_options=None, num_classes=80, names=None):
     """Detect on every image of a folder (or URI prefix) with no ground truth,
     on Ray, and write `output` in CenterNet_demo.py's detections.json
     format. Returns (number of images, errors list, stats dict)."""
     job = AnnotationJob(images_dir, num_classes, vis_thresh, limit, names)
-    mode = TestMode(mode.keep_res, mode.flip, tuple(mode.scales), tuple(input_size))
+    mode = TestMode(mode.keep_res, mode.flip, tuple(mode.scales), tuple(input_size) if input_size else mode.input_size)
     parts, stats = run_on_ray(job, model, output, mode, backend, batchsize, device, threads, actors, torch_options,
                               block_size=block_size, address=address, num_cpus=num_cpus, progress=progress)
     return len(job.images), [e for p in parts for e in p["errors"]], stats

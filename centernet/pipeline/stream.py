@@ -24,7 +24,7 @@ from multiprocessing import get_context
 import cv2
 from tqdm import tqdm
 
-from centernet.constants import INPUT_SIZE, K
+from centernet.constants import K
 from centernet.core.modes import TestMode
 from centernet.core.timing import latency_stats
 from centernet.errors import Interrupted, UserError, sigint_blocked
@@ -215,7 +215,7 @@ def run_stream_to(job, predictor, output, model, backend, batchsize=1, workers=1
 
 
 def stream_detections(model, images_dir, annotation_file, batchsize=1, device="cpu", threads=0,
-                      workers=1, limit=None, K=K, input_size=(INPUT_SIZE, INPUT_SIZE),
+                      workers=1, limit=None, K=K, input_size=None,
                       progress=True, session=None, mode=TestMode(), upstream_rounding=False):
     """The evaluation in memory: detect on every annotated image (the first
     `limit` by file name) in test mode `mode`. Returns (results list, ids of
@@ -225,7 +225,7 @@ def stream_detections(model, images_dir, annotation_file, batchsize=1, device="c
     job = EvaluationJob(annotation_file, images_dir, limit, upstream_rounding)
     session = as_session(session, model) if session is not None else open_session(model, device=device,
                                                                                   threads=threads)
-    predictor = Predictor(session, TestMode(mode.keep_res, mode.flip, tuple(mode.scales), tuple(input_size)), K=K)
+    predictor = Predictor(session, TestMode(mode.keep_res, mode.flip, tuple(mode.scales), tuple(input_size) if input_size else mode.input_size), K=K)
     parts, stats = run_stream(predictor, job, batchsize=batchsize, workers=workers, progress=progress)
     results = [e for part in parts for e in part["entries"]]
     errors = [e for part in parts for e in part["errors"]]
