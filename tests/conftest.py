@@ -359,3 +359,18 @@ def assert_close_to_reference(got, ref, scales):
 def run_infer(*args, env=None):
     return subprocess.run(["bash", str(ROOT / "run_infer.sh"), *map(str, args)],
                           capture_output=True, text=True, cwd=ROOT, env=env)
+
+
+_NETWORKS = {}
+
+
+def calibrated_network(network, num_classes=3, seed=0):
+    """random_model of upstream's `network` with `num_classes` classes,
+    calibrated like a trained one (small calibration photos: 128x128,
+    Hourglass-104's least), made once per test session and shared."""
+    from centernet.model.random_weights import random_model
+    key = (network, num_classes, seed)
+    if key not in _NETWORKS:
+        _NETWORKS[key] = random_model(seed, network, {"hm": num_classes, "wh": 2, "reg": 2},
+                                      calibration_size=(128, 128))
+    return _NETWORKS[key]

@@ -82,6 +82,8 @@ class ModelFacts:
             set_(self, "class_names", tuple(str(v) for v in self.class_names))
             if len(self.class_names) != self.num_classes:
                 raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        if len(self.input_size) != 2:
+            raise ValueError(f"input size {self.input_size}: not a height and width")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError("mean and std need 3 numbers each (B, G, R)")
         if any(v <= 0 for v in self.std):
