@@ -55,7 +55,8 @@ def build_parser():
     add_scales_argument(p, "each image resized by each, detections merged with soft-NMS")
     add_batchsize_argument(p, what="images of one input size per inference batch")
     p.add_argument("--names", default=None, metavar="FILE",
-                   help="class names, one per line in the model's class order (default: the 80 COCO names)")
+                   help="class names, one per line in the model's class order (default: the names the model "
+                        "records, else the 80 COCO names for an 80-class model)")
     add_limit_argument(p, "only the first N images (by file name) of each folder")
     add_progress_arguments(p)
     add_backend_arguments(p, default="onnxruntime")

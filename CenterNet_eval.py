@@ -94,6 +94,10 @@ def build_parser():
     p.add_argument("--vis-thresh", type=float, default=VIS_THRESH,
                    help="annotating (--images without annotations): list detections with at least this score "
                         "(default: %(default)s)")
+    p.add_argument("--names", default=None, metavar="FILE",
+                   help="annotating (--images without annotations): class names, one per line in the model's "
+                        "class order (default: the names the model records, else COCO's 80 for an 80-class "
+                        "model)")
     return p
 
 
@@ -109,6 +113,7 @@ def main(argv=None):
     from centernet.cli.logs import setup_logging
     setup_logging(info_stream="stdout")
     from centernet.io.coco import default_annotation_file
+    from centernet.io.media import load_names
     from centernet.core.modes import TestMode, parse_scales
     from centernet.pipeline.jobs import AnnotationJob, EvaluationJob
     if args.batchsize < 1 or args.workers < 1:
@@ -123,7 +128,8 @@ def main(argv=None):
         output = args.output or "save/detections.json"
         print(f"no annotation file: annotating the images of {images} (detections with score >= "
               f"{args.vis_thresh:g})")
-        job = AnnotationJob(str(images), num_classes=80, vis_thresh=args.vis_thresh, limit=args.limit)
+        names = load_names(args.names) if args.names else None
+        job = AnnotationJob(str(images), vis_thresh=args.vis_thresh, limit=args.limit, names=names)
     else:
         output = args.output or "save/results.json"
         job = EvaluationJob(str(ann), str(images), args.limit, args.upstream_rounding)

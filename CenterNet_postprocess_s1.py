@@ -23,7 +23,9 @@ from centernet.cli.logs import setup_logging
 from centernet.constants import RANDOM_WEIGHTS_FIELD, RANDOM_WEIGHTS_NOTE
 from centernet.io.coco import (class_category_ids, default_annotation_file, default_category_ids, load_annotations,
                             write_results)
-from centernet.pipeline.staged_decode import decode_bins_to_coco, images_from_annotations, images_from_meta, split_missing
+from centernet.io.binio import output_bin_path
+from centernet.pipeline.staged_decode import (decode_bins_to_coco, hm_channels, images_from_annotations,
+                                             images_from_meta, split_missing)
 from centernet.errors import UserError, cli
 from centernet.io.meta import load_meta
 
@@ -58,6 +60,23 @@ def meta_listing_exactly(bin_dir, images):
         if listed == stems:
             return path
     return None
+
+
+def class_ids(annotations, ann_path, bin_dir, image, model=None):
+    """The category id of each hm channel: class j is the j-th smallest id
+    of the annotation file, whose category count must be the model's class
+    count as the bins show it (checked before any decoding); without an
+    annotation file COCO's ids for 80 channels, else 1..C."""
+    channels = hm_channels(bin_dir, image)
+    if annotations is None:
+        return default_category_ids() if channels in (None, 80) else list(range(1, channels + 1))
+    ids = class_category_ids(annotations, num_classes=None, source=str(ann_path))
+    if channels is not None and channels != len(ids):
+        hm = output_bin_path(bin_dir, image.stem, 0)
+        raise UserError(f"{model or bin_dir}: the model has {channels} classes ({hm} holds {channels} channels), "
+                        f"but {ann_path} has {len(ids)} categories; decode with an annotation file of the model's "
+                        f"own classes")
+    return ids
 
 
 def build_parser():
@@ -110,12 +129,9 @@ def main(argv=None):
         meta = load_meta(args.meta)
         flip = flip or bool(meta.get("flip_test"))
         annotations = load_annotations(ann_path) if ann_path.is_file() else None
-        category_ids = (class_category_ids(annotations, source=str(ann_path)) if annotations
-                        else default_category_ids())
         images = images_from_meta(meta, annotations, source=args.meta)
     else:
         annotations = load_annotations(ann_path)
-        category_ids = class_category_ids(annotations, source=str(ann_path))
         images = images_from_annotations(annotations, tuple(args.input_size))
         if not images:
             raise UserError(f"{ann_path}: no images listed")
@@ -136,10 +152,11 @@ def main(argv=None):
             raise UserError(what + "; finish inference or pass --allow-missing to skip them")
         print(f"warning: {what}; skipped (they count as missed in the evaluation)", file=sys.stderr)
 
+    summary = inference_summary(bin_dir)
+    category_ids = class_ids(annotations, ann_path, bin_dir, present[0], summary.get("model"))
     results = decode_bins_to_coco(bin_dir, present, category_ids, K=args.K, batch_size=args.batch_size,
                                   progress=progress_enabled(args), hm_is_heat=flip,
                                   upstream_rounding=args.upstream_rounding)
-    summary = inference_summary(bin_dir)
     random_weights = summary.get(RANDOM_WEIGHTS_FIELD) is True
     write_results(args.output, results, facts={"model": summary.get("model"), RANDOM_WEIGHTS_FIELD: random_weights})
     hm = "flip-averaged heatmap" if flip else "logits"

@@ -374,3 +374,42 @@ def calibrated_network(network, num_classes=3, seed=0):
         _NETWORKS[key] = random_model(seed, network, {"hm": num_classes, "wh": 2, "reg": 2},
                                       calibration_size=(128, 128))
     return _NETWORKS[key]
+
+
+SMALL_MODEL_INPUT = (128, 128)  # three_class_models' fixed input: 32x32 output maps
+# three_category_coco's categories, in the file out of id order on purpose: class j is the j-th smallest id.
+CATEGORIES = [{"id": 12, "name": "kayak"}, {"id": 3, "name": "heron"}, {"id": 7, "name": "buoy"}]
+CLASS_IDS = [3, 7, 12]
+MODEL_NAMES = ("alpha", "beta", "gamma")
+
+
+@pytest.fixture(scope="session")
+def three_class_models(tmp_path_factory):
+    """A 3-class ResNet-18 exported at 128x128 twice: without class names
+    and with MODEL_NAMES recorded in its metadata."""
+    from centernet.convert.export import export_onnx
+    from centernet.model.networks import model_facts
+    from centernet.model.random_weights import random_model
+    model = random_model(network="res_18", heads={"hm": 3, "wh": 2, "reg": 2}, calibration_size=SMALL_MODEL_INPUT,
+                         calibration_images=4)
+    folder = tmp_path_factory.mktemp("three_class")
+    plain, named = folder / "three.onnx", folder / "three_named.onnx"
+    export_onnx(model, plain, input_size=SMALL_MODEL_INPUT)
+    export_onnx(model, named, input_size=SMALL_MODEL_INPUT,
+                facts=model_facts(model).with_settings(class_names=MODEL_NAMES, input_size=SMALL_MODEL_INPUT))
+    return {"plain": plain, "named": named}
+
+
+@pytest.fixture(scope="session")
+def three_category_coco(tmp_path_factory):
+    """4 small synthetic images annotated with 3 categories, ids 3, 7, 12."""
+    from centernet.io.synthetic import make_synthetic_coco
+    info = make_synthetic_coco(tmp_path_factory.mktemp("three_cat") / "data", num_images=4, seed=3,
+                               image_sizes=[(160, 120), (96, 144)], max_objects=3)
+    data = json.loads(Path(info["annotation_file"]).read_text())
+    for n, ann in enumerate(data["annotations"]):
+        ann["category_id"] = CLASS_IDS[n % 3]
+    data["categories"] = CATEGORIES
+    ann_file = Path(info["root"]) / "three.json"
+    ann_file.write_text(json.dumps(data))
+    return {"annotation_file": ann_file, "images_dir": info["images_dir"], "dataset": data}

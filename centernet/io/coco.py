@@ -130,9 +130,11 @@ def validate_annotations(data, source, require_annotations=False):
 
 
 def class_category_ids(data, num_classes=NUM_CLASSES, source="annotations"):
-    """Category id of each class index: index j -> the j-th smallest id."""
+    """Category id of each class index: index j -> the j-th smallest id.
+    num_classes: the model's class count, which must be the file's category
+    count (None: any count; the caller checks it against the model)."""
     ids = sorted(c["id"] for c in data["categories"])
-    if len(ids) != num_classes:
+    if num_classes is not None and len(ids) != num_classes:
         raise UserError(f"{source}: {len(ids)} categories, the model has {num_classes} classes")
     return ids
 

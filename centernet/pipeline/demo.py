@@ -45,7 +45,7 @@ class DemoModel:
 
     def __init__(self, predictor, names=None):
         self.predictor = predictor
-        labels = Labels.for_model(predictor.num_classes, names)
+        labels = Labels.for_model(predictor.num_classes, names, predictor.facts.class_names)
         self.names, self.category_ids = labels.names, labels.category_ids
         self.labels = labels
         self.colours = class_colours(predictor.num_classes)

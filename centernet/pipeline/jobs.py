@@ -16,8 +16,8 @@ from centernet.constants import RANDOM_WEIGHTS_FIELD, VIS_THRESH
 from centernet.core.transforms import clip_box
 from centernet.errors import UserError
 from centernet.io.binio import make_dirs, write_atomic_chunks
-from centernet.io.coco import (COCO_CATEGORIES, class_category_ids, load_annotations, stable_image_id,
-                               write_results_facts)
+from centernet.io.coco import (COCO_CATEGORIES, class_category_ids, load_annotations,
+                               stable_image_id, write_results_facts)
 from centernet.io.media import detections_header, join_location, list_image_files, write_detections_json
 
 
@@ -39,13 +39,18 @@ class Labels:
     category_ids: list
 
     @classmethod
-    def for_model(cls, num_classes, names=None):
-        """COCO's 80 classes (channel j is the j-th smallest category id), or
-        the given names numbered 1..C for a model with other classes."""
+    def for_model(cls, num_classes, names=None, model_names=None):
+        """Channel j's name: `names` (--names FILE) where given, else the
+        names the model records (ModelFacts.class_names), else COCO's for an
+        80-class model. Category ids are COCO's for 80 classes (channel j is
+        the j-th smallest), else 1..C."""
         coco = len(COCO_CATEGORIES)
+        if names is None and model_names is not None:
+            names = model_names
         if names is None:
             if num_classes != coco:
-                raise UserError(f"the model has {num_classes} classes, not COCO's {coco}; give --names FILE")
+                raise UserError(f"the model has {num_classes} classes, not COCO's {coco}, and records no class "
+                                "names; give --names FILE")
             names = [name for _, name, _ in COCO_CATEGORIES]
         elif len(names) != num_classes:
             raise UserError(f"names: {len(names)} names, the model has {num_classes} classes "
@@ -81,7 +86,9 @@ class EvaluationJob:
 
     def __post_init__(self):
         data = load_annotations(self.annotation_file)
-        self.category_ids = class_category_ids(data, source=str(self.annotation_file))
+        # Class j is the j-th smallest category id of the file, whatever the
+        # ids and however many; fit_model checks the count against the model.
+        self.category_ids = class_category_ids(data, num_classes=None, source=str(self.annotation_file))
         chosen = sorted(data["images"], key=lambda img: Path(img["file_name"]).stem)[:self.limit]
         if not chosen:
             raise UserError(f"{self.annotation_file}: no images to evaluate")
@@ -91,6 +98,13 @@ class EvaluationJob:
     @property
     def num_classes(self):
         return len(self.category_ids)
+
+    def fit_model(self, model_name, num_classes, model_names=None):
+        """Before any inference: one line naming the model and the file when
+        the model's classes are not the file's categories, one for one."""
+        if num_classes != self.num_classes:
+            raise UserError(f"{model_name}: the model has {num_classes} classes, but {self.annotation_file} has "
+                            f"{self.num_classes} categories; evaluate it on an annotation file of its own classes")
 
     @property
     def key(self):
@@ -135,7 +149,7 @@ class AnnotationJob:
     its file, width, height and detections at or above `vis_thresh`, best
     first, in file name order."""
     images_dir: str
-    num_classes: int
+    num_classes: int = None  # None: the model's (fit_model)
     vis_thresh: float = VIS_THRESH
     limit: int = None
     names: list = None
@@ -145,9 +159,17 @@ class AnnotationJob:
     def __post_init__(self):
         if not 0.0 <= self.vis_thresh <= 1.0:
             raise UserError(f"--vis-thresh {self.vis_thresh}: must be between 0 and 1")
-        self.labels = Labels.for_model(self.num_classes, self.names)
+        self.labels = None if self.num_classes is None else Labels.for_model(self.num_classes, self.names)
         self.images = [PlannedImage(name, location, stable_image_id(Path(name).stem))
                        for name, location in list_image_files(self.images_dir, self.limit)]
+
+    def fit_model(self, model_name, num_classes, model_names=None):
+        """Before any inference: the labels of the model's classes, named by
+        --names, else by the model itself, else COCO's (Labels.for_model)."""
+        if self.num_classes is not None and num_classes != self.num_classes:
+            raise UserError(f"{model_name}: the model has {num_classes} classes, but {self.num_classes} are expected")
+        self.num_classes = num_classes
+        self.labels = Labels.for_model(num_classes, self.names, model_names)
 
     @property
     def category_ids(self):
@@ -155,7 +177,8 @@ class AnnotationJob:
 
     @property
     def key(self):
-        return {"task": "annotate", "vis_thresh": float(self.vis_thresh)}
+        return {"task": "annotate", "vis_thresh": float(self.vis_thresh),
+                "names": None if self.labels is None else self.labels.names}
 
     def to_entries(self, image, detections, height, width):
         found, _ = detections_entry(detections.best_first(), self.labels, float(self.vis_thresh), height, width)
@@ -168,6 +191,12 @@ class AnnotationJob:
         make_dirs(Path(output).parent)
         write_detections_json(output, detections_header(model_name, mode_name, float(self.vis_thresh), random_weights),
                               entries())
+
+
+def fit_job(job, predictor, model_name):
+    """Fit a job to the predictor's model before any inference: its class
+    count checked (an evaluation) or its labels settled (an annotation)."""
+    job.fit_model(model_name, predictor.num_classes, predictor.facts.class_names)
 
 
 def mode_text(mode):

@@ -35,7 +35,7 @@ from centernet.core.timing import latency_stats
 from centernet.errors import Interrupted, UserError
 from centernet.io.blocks import BLOCK_SIZE, BlockStore
 from centernet.io.media import read_image_bytes
-from centernet.pipeline.jobs import AnnotationJob, EvaluationJob, blocks_of, mode_text, run_key
+from centernet.pipeline.jobs import AnnotationJob, EvaluationJob, blocks_of, fit_job, mode_text, run_key
 from centernet.pipeline.predictor import UNREADABLE, Detections, Predictor, Prepared, batches_by_shape
 from centernet.runtime.ort_session import PROVIDERS
 
@@ -409,8 +409,7 @@ def run_on_ray(job, model, output, mode=TestMode(), backend=None, batchsize=1, d
                                torch_options=torch_options)
     predictor = Predictor(session, mode, K=K)
     del session
-    if predictor.num_classes != job.num_classes:
-        raise UserError(f"{model}: {predictor.num_classes} classes, but {job.num_classes} are expected")
+    fit_job(job, predictor, model)  # the class check and labels, before any Ray worker starts
     store = BlockStore(output, run_key(model, backend, predictor, K, job.key, digest))
     blocks = blocks_of(job.images, block_size)
     todo = [b for b, images in enumerate(blocks) if not store.is_done(b, images)]
@@ -496,7 +495,7 @@ def evaluate_on_ray(model, images_dir, annotation_file, output, batchsize=1, dev
 def annotate_on_ray(model, images_dir, output, vis_thresh=VIS_THRESH, batchsize=1, device="cpu", threads=0,
                     actors=1, limit=None, input_size=None, mode=TestMode(),
                     block_size=BLOCK_SIZE, address=None, num_cpus=None, progress=True, backend=None,
-                    torch_options=None, num_classes=80, names=None):
+                    torch_options=None, num_classes=None, names=None):
     """Detect on every image of a folder (or URI prefix) with no ground truth,
     on Ray, and write `output` in CenterNet_demo.py's detections.json
     format. Returns (number of images, errors list, stats dict)."""

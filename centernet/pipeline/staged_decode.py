@@ -68,6 +68,22 @@ def split_missing(bin_dir, images):
     return present, missing
 
 
+def hm_channels(bin_dir, image):
+    """The model's class count as `image`'s output bins show it: the
+    channels of <stem>_0.bin (hm), where <stem>_1.bin (wh) confirms the
+    output map's size; None where the sizes do not tell."""
+    h, w = image.out_hw
+    plane = 4 * h * w  # float32 bytes of one channel
+    try:
+        hm_bytes = output_bin_path(bin_dir, image.stem, 0).stat().st_size
+        wh_bytes = output_bin_path(bin_dir, image.stem, 1).stat().st_size
+    except OSError:
+        return None
+    if wh_bytes != 2 * plane or not hm_bytes or hm_bytes % plane:
+        return None
+    return hm_bytes // plane
+
+
 def _read_into(path, out):
     """Fill `out` from a raw float32 file of exactly out.nbytes bytes (read
     straight into the array: no fresh multi-MB allocation per file)."""

@@ -29,7 +29,7 @@ from centernet.core.modes import TestMode
 from centernet.core.timing import latency_stats
 from centernet.errors import Interrupted, UserError, sigint_blocked
 from centernet.io.blocks import BLOCK_SIZE, BlockStore
-from centernet.pipeline.jobs import EvaluationJob, blocks_of, mode_text, run_key
+from centernet.pipeline.jobs import EvaluationJob, blocks_of, fit_job, mode_text, run_key
 from centernet.pipeline.predictor import UNREADABLE, Predictor, batches_by_shape
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ def run_stream(predictor, job, batchsize=1, workers=1, store=None, block_size=BL
     (the model's weights are random: its detections mean nothing)."""
     if batchsize < 1 or workers < 1 or block_size < 1:
         raise UserError("--batchsize, --workers and --block-size must be >= 1")
+    fit_job(job, predictor, predictor.session.name)
     spec, decoder = predictor.spec, predictor.decoder
     scales = range(len(spec.scales))
     blocks = blocks_of(job.images, block_size)
@@ -206,6 +207,7 @@ def run_stream_to(job, predictor, output, model, backend, batchsize=1, workers=1
     """run_stream with its finished blocks kept beside `output` (resumable,
     keyed as run_on_ray keys them), then the job's output file written and
     the blocks removed, as run_on_ray does. Returns (parts, stats)."""
+    fit_job(job, predictor, model)  # before the key, which holds what the model settles
     store = BlockStore(output, run_key(model, backend, predictor, predictor.decoder.K, job.key))
     parts, stats = run_stream(predictor, job, batchsize=batchsize, workers=workers, store=store,
                               block_size=block_size, progress=progress)

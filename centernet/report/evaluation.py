@@ -9,8 +9,16 @@ from centernet.constants import RANDOM_WEIGHTS_FIELD, RANDOM_WEIGHTS_NOTE
 from centernet.io.binio import make_dirs, write_atomic
 from centernet.io.coco import format_best_worst, write_per_class_table
 from centernet.report.plots import write_eval_plots
+from centernet.report.summary import percent
 
 logger = logging.getLogger(__name__)
+
+
+def ap_line(metrics, mode=None):
+    """'AP 37.4 (IoU .50:.95), AP50 55.1 (IoU .50)', then the mode: COCO's
+    AP and, beside it, the AP at IoU 0.5 that Pascal VOC users quote."""
+    return (f"AP {percent(metrics['AP'])} (IoU .50:.95), AP50 {percent(metrics.get('AP50'))} (IoU .50)"
+            + (f"; {mode}" if mode else ""))
 
 
 def write_evaluation(metrics, folder, mode=None, random_weights=False):
@@ -26,7 +34,7 @@ def write_evaluation(metrics, folder, mode=None, random_weights=False):
     write_atomic(path, (json.dumps(metrics, indent=1) + "\n").encode("utf-8"))
     logger.info(f"every class: {write_per_class_table(metrics['per_class'], folder)}")
     logger.info("")
-    logger.info(f"AP {100 * metrics['AP']:.1f} (IoU .50:.95{'; ' + mode if mode else ''}) -> {path}")
+    logger.info(ap_line(metrics, mode) + f" -> {path}")
     if random_weights:
         logger.info(RANDOM_WEIGHTS_NOTE)
     pictures = write_eval_plots(metrics, folder)

@@ -1,5 +1,5 @@
 """A metrics.json (written by CenterNet_postprocess_s2.py) as a table, and
-the AP beside upstream's published AP for the test mode; run_all.sh prints
+the AP and AP50 beside upstream's published AP for the test mode; run_all.sh prints
 them with
 
     python -m centernet.cli.report run_eval_result/metrics.json
@@ -29,11 +29,17 @@ def format_metrics(metrics):
     return "\n".join(lines)
 
 
+def percent(value):
+    """A COCOeval number in percent, 'n/a' where it is missing or -1 (no
+    ground truth in that range, as pycocotools reports it)."""
+    return "n/a" if value is None or value < 0 else f"{100 * value:.1f}"
+
+
 def format_mode(metrics, mode):
-    """Our AP beside upstream's published AP for this test mode."""
+    """Our AP and AP50 (IoU 0.5, as Pascal VOC users quote it) beside
+    upstream's published AP for this test mode."""
     published = mode.published_ap
-    ours = metrics.get("AP")
-    lines = ["| test mode | AP here | upstream's published AP (COCO val2017) |", "|---|---:|---:|",
-             f"| {mode.name} | {'n/a' if ours is None or ours < 0 else f'{100 * ours:.1f}'} | "
+    lines = ["| test mode | AP here | AP50 here | upstream's published AP (COCO val2017) |", "|---|---:|---:|---:|",
+             f"| {mode.name} | {percent(metrics.get('AP'))} | {percent(metrics.get('AP50'))} | "
              f"{'none published for this mode' if published is None else f'{published:.1f}'} |"]
     return "\n".join(lines)

@@ -108,6 +108,17 @@ def test_log_lines_are_plain_and_split_by_level(capsys):
     assert capsys.readouterr().err == "exported x\n"
 
 
+def test_report_table_shows_ap50_beside_ap(tmp_path, capsys):
+    # Pascal VOC users quote the AP at IoU 0.5: it stands beside AP in run_all.sh's final table
+    import json
+    from centernet.cli.report import main as report
+    (tmp_path / "m.json").write_text(json.dumps({"AP": 0.374, "AP50": 0.551, "per_class": {}}))
+    assert report([str(tmp_path / "m.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| test mode | AP here | AP50 here | upstream's published AP (COCO val2017) |" in out
+    assert "| fixed | 37.4 | 55.1 | 36.6 |" in out
+
+
 def test_report_table_says_when_the_weights_were_random(tmp_path, capsys):
     # run_all.sh ends with this table, from the run's metrics.json
     import json

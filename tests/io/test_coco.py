@@ -142,7 +142,7 @@ def test_s2_writes_metrics_and_prints_summary(eval_dir, run_script, synthetic_co
                           *lines[14:19], "worst 5:", *lines[20:25],
                           f"{80 - len(with_gt)} classes have no ground truth in the evaluated images",
                           f"every class: run_eval_result/{PER_CLASS_TABLE}", "",
-                          "AP 100.0 (IoU .50:.95) -> run_eval_result/metrics.json",
+                          "AP 100.0 (IoU .50:.95), AP50 100.0 (IoU .50) -> run_eval_result/metrics.json",
                           *lines[29:]]  # the plots, if matplotlib is there
     assert len(lines) <= 30
     assert {ln[:-8].strip() for ln in lines[14:19] + lines[20:25]} <= with_gt

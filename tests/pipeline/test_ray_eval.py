@@ -88,6 +88,23 @@ def test_ray_eval_script_equals_streaming_eval(local_ray, synthetic_coco, small_
     assert json.loads((tmp_path / "ray.model.json").read_text())["random_weights"] is True
 
 
+def test_ray_eval_on_three_non_contiguous_categories(local_ray, three_class_models, three_category_coco, tmp_path):
+    """A 3-class model on a file of categories 3, 7, 12 on Ray: class j is the
+    j-th smallest id, as in the plain run, and the per-class AP uses the
+    file's names."""
+    ann, images = three_category_coco["annotation_file"], three_category_coco["images_dir"]
+    ids, errors = stream_reference(three_class_models["plain"], images, ann, tmp_path / "plain.json")
+    assert not errors
+    rc = eval_main("--model", three_class_models["plain"], "--annotations", ann, "--images", images, "--ray",
+                   "--threads", 2, "--output", tmp_path / "ray.json", "--resultfolder", tmp_path / "ev",
+                   "--no-progress")
+    assert rc == 0
+    assert (tmp_path / "ray.json").read_bytes() == (tmp_path / "plain.json").read_bytes()
+    assert {e["category_id"] for e in json.loads((tmp_path / "ray.json").read_text())} == {3, 7, 12}
+    got = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert set(got["per_class"]) == {c["name"] for c in three_category_coco["dataset"]["categories"]}
+
+
 def test_annotate_without_ground_truth_writes_the_demos_detections(local_ray, synthetic_coco, small_onnx,
                                                                    tmp_path):
     """--images and no annotation file: detections.json as CenterNet_demo.py
