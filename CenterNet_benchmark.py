@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Pure-inference throughput of ctdet DLA-34 on every backend present, in one run.
+"""Pure-inference throughput of a ctdet network (DLA-34 by default) on every backend present, in one run.
 
     python CenterNet_benchmark.py                      # batch 1 4 8 16 32, all backends present
     python CenterNet_benchmark.py --quick              # batch 1 4, fewer loops
@@ -7,6 +7,7 @@
     python CenterNet_benchmark.py --batchsize 1 --profile --ort-sweep  # why ONNX Runtime is as fast as it is
     python CenterNet_benchmark.py --weights ctdet_coco_dla_2x.pth --batchsize 1 --loop 20
     python CenterNet_benchmark.py --modes              # upstream's test modes side by side, with FLOP ratios
+    python CenterNet_benchmark.py --networks dla_34 resdcn_18 res_18 --backends onnxruntime-cpu --batchsize 1 --quick
     python CenterNet_benchmark.py --backends torch-cuda --precision fp32 fp16 bf16 --batchsize 1 8 32 128
 
 Backends: ONNX Runtime CPU (CUDA and TensorRT when onnxruntime-gpu is
@@ -17,6 +18,12 @@ warm-up batches are not timed. Prints a markdown table (fps, ms per image,
 p50/p99 latency per batch, GFLOP/s and its fraction of the machine's sgemm
 ceiling measured in the same run, speed-up over eager PyTorch) and writes it
 as JSON with the machine's description.
+
+With --networks, each listed network of upstream's ctdet zoo is measured
+the same way in the same run (same backends, batch sizes, input, threads,
+and one sgemm ceiling) and the table has a row per network: its parameters,
+the GFLOP per image the benchmark counts, and per backend its fps, fraction
+of the sgemm ceiling and speed relative to dla_34 when dla_34 is listed.
 
 Every row needs at least a warm-up and a timed batch, so the default run
 (five batch sizes up to 32) takes many times longer than --quick;
@@ -39,6 +46,8 @@ with quiet_interrupt():  # torch loads here
     from centernet.cli.logs import setup_logging
     from centernet.bench.benchmark import BACKENDS, DEFAULT_BACKENDS, format_table, run_benchmark, write_json
     from centernet.bench.machine import usable_cores
+    from centernet.bench.network_benchmark import format_network_table, run_network_benchmark
+    from centernet.model.networks import NETWORKS
     from centernet.bench.mode_benchmark import DEFAULT_MODES, MODES, format_mode_table, run_mode_benchmark, write_mode_json
 
 DEFAULT_WEIGHTS = "ctdet_coco_dla_2x.pth"
@@ -90,6 +99,12 @@ def build_parser():
     p.add_argument("--ort-sweep", action="store_true",
                    help="also time ONNX Runtime CPU with each session-option variant and on the "
                         "decomposed-DCN graph at the first batch size (default: off)")
+    p.add_argument("--networks", nargs="+", choices=NETWORKS, default=None, metavar="NET",
+                   help="instead of the backend table: a row per network, each measured on the same backends, "
+                        "batch sizes, input and threads against one sgemm ceiling; calibrated random weights, "
+                        "except that the network a --weights checkpoint holds gets its weights (it must be "
+                        f"listed); hourglass needs input sizes in multiples of 128. Choices: {' '.join(NETWORKS)} "
+                        "(default: off: the one network of --weights, or dla_34)")
     p.add_argument("--modes", nargs="*", choices=list(MODES), default=None,
                    help="instead of the backend table: images/s of upstream's test modes on the same images "
                         "(the streaming evaluation, ONNX Runtime CPU, batch = first --batchsize value or 1), "
@@ -102,7 +117,8 @@ def build_parser():
                         "--mode-images images (default: generated images of COCO-like sizes)")
     p.add_argument("--json", default=None,
                    help="where to write the results as JSON (default: WORKDIR/benchmark.json, "
-                        "WORKDIR/benchmark_modes.json with --modes)")
+                        "WORKDIR/benchmark_modes.json with --modes, WORKDIR/benchmark_networks.json "
+                        "with --networks)")
     p.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
                    help="also draw images/s against batch size, a line per backend, with this run's sgemm "
                         "ceiling dashed, to PNG (default: off; without PNG: WORKDIR/benchmark.png)")
@@ -116,7 +132,14 @@ def parse_args(argv=None):
     preset = QUICK if args.quick else FULL
     args.batchsizes = args.batchsizes or preset["batchsizes"]
     args.loop = args.loop or preset["loop"]
-    name = "benchmark_modes.json" if args.modes is not None else "benchmark.json"
+    if args.networks is not None:
+        for option, value in [("--modes", args.modes is not None), ("--onnx", args.onnx),
+                              ("--onnx-decompose", args.onnx_decompose), ("--profile", args.profile),
+                              ("--ort-sweep", args.ort_sweep), ("--plot", args.plot is not None)]:
+            if value:
+                raise UserError(f"{option} does not go with --networks (it is about one network's export)")
+    name = ("benchmark_modes.json" if args.modes is not None
+            else "benchmark_networks.json" if args.networks is not None else "benchmark.json")
     args.json = args.json or str(Path(args.workdir) / name)
     if args.plot == "":
         args.plot = str(Path(args.workdir) / "benchmark.png")
@@ -144,6 +167,21 @@ def main(argv=None):
     args = parse_args(argv)
     setup_logging(info_stream="stdout")
     start = time.perf_counter()
+    if args.networks is not None:
+        checkpoint = args.weights
+        if checkpoint is None and "dla_34" in args.networks and Path(DEFAULT_WEIGHTS).is_file():
+            checkpoint = DEFAULT_WEIGHTS
+        result = run_network_benchmark(args.networks, checkpoint=checkpoint, backends=args.backends,
+                                       batchsizes=args.batchsizes, loop=args.loop, threads=args.threads,
+                                       input_size=tuple(args.input_size), workdir=args.workdir,
+                                       sgemm_n=args.sgemm_size, warmup=args.warmup,
+                                       eager_max_batch=args.eager_max_batch, torch_precisions=args.precision,
+                                       torch_options=torch_options_from_args(args, precision="fp32"))
+        print()
+        print(format_network_table(result))
+        write_json(result, args.json)
+        print(f"\nwrote {args.json} ({time.perf_counter() - start:.0f}s in all)")
+        return 0
     model, weights = load_weights(args.weights)
     print(f"weights: {weights}")
     if args.modes is not None:

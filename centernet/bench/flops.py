@@ -50,10 +50,21 @@ def count_flops(model, input_size=(512, 512)):
     # attribute names; each module's count includes its submodules'.
     counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
     root = type(model).__name__
+
+    def inclusive(path, module):
+        """A module's count with its submodules'. A container that is never
+        called itself (a ModuleList whose items the parent calls, as in
+        Hourglass-104) has no count of its own: its items' counts are its."""
+        if path in counts:
+            return counts[path]
+        return sum(inclusive(f"{path}.{child}", sub) for child, sub in module.named_children())
+
     by_type = {}
     for name, module in model.named_modules():
         path = f"{root}.{name}" if name else root
-        own = counts.get(path, 0) - sum(counts.get(f"{path}.{child}", 0) for child, _ in module.named_children())
+        if path not in counts:
+            continue  # never called: its items are counted as themselves
+        own = counts[path] - sum(inclusive(f"{path}.{child}", sub) for child, sub in module.named_children())
         if own:
             kind = next((t.__name__ for t in FLOP_TYPES if isinstance(module, t)), type(module).__name__)
             by_type[kind] = by_type.get(kind, 0) + own
