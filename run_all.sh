@@ -18,7 +18,7 @@ run_t0="$EPOCHREALTIME"
 usage() {
   cat <<'USAGE'
 usage: bash run_all.sh [options]
-  --weights PATH     ctdet DLA-34 checkpoint (default: ./ctdet_coco_dla_2x.pth)
+  --weights PATH     upstream ctdet checkpoint, any of its COCO networks (default: ./ctdet_coco_dla_2x.pth)
   --data DIR         dataset root with coco/val2017 and coco/annotations/instances_val2017.json
                      (default: ./data)
   --demo             run on generated data and random weights instead (AP means nothing)

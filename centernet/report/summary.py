@@ -39,7 +39,7 @@ def format_mode(metrics, mode):
     """Our AP and AP50 (IoU 0.5, as Pascal VOC users quote it) beside
     upstream's published AP for this test mode."""
     published = mode.published_ap
-    lines = ["| test mode | AP here | AP50 here | upstream's published AP (COCO val2017) |", "|---|---:|---:|---:|",
+    lines = ["| test mode | AP here | AP50 here | ctdet_coco_dla_2x's published AP (COCO val2017) |", "|---|---:|---:|---:|",
              f"| {mode.name} | {percent(metrics.get('AP'))} | {percent(metrics.get('AP50'))} | "
              f"{'none published for this mode' if published is None else f'{published:.1f}'} |"]
     return "\n".join(lines)

@@ -115,7 +115,7 @@ def test_report_table_shows_ap50_beside_ap(tmp_path, capsys):
     (tmp_path / "m.json").write_text(json.dumps({"AP": 0.374, "AP50": 0.551, "per_class": {}}))
     assert report([str(tmp_path / "m.json")]) == 0
     out = capsys.readouterr().out
-    assert "| test mode | AP here | AP50 here | upstream's published AP (COCO val2017) |" in out
+    assert "| test mode | AP here | AP50 here | ctdet_coco_dla_2x's published AP (COCO val2017) |" in out
     assert "| fixed | 37.4 | 55.1 | 36.6 |" in out
 
 
