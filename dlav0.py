@@ -12,12 +12,15 @@ base.level2.tree1.conv1.weight, dla_up.ida_0.proj_1.0.weight,
 dla_up.ida_2.up_3.weight, dla_up.ida_2.node_3.1.running_mean, hm.2.bias.
 The ImageNet classifier `base.fc` is not built: the detector never uses it.
 The forward returns the raw head outputs (no sigmoid), in the order of
-`heads`. Needs torch only.
+`heads`. Needs torch and pose_dla_dcn.py (beside it: the DLA-34 backbone is
+the same).
 """
 import math
 
 import torch
 from torch import nn
+
+from pose_dla_dcn import DLA, BasicBlock  # the same backbone
 
 DEFAULT_HEADS = {"hm": 80, "wh": 2, "reg": 2}
 
@@ -38,128 +41,11 @@ def _init_convs_and_bns(module):
             m.bias.data.zero_()
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 conv + BN layers with a residual connection."""
-
-    def __init__(self, inplanes, planes, stride=1, dilation=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=dilation,
-                               dilation=dilation, bias=False)
-        self.bn1 = _bn(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=dilation,
-                               dilation=dilation, bias=False)
-        self.bn2 = _bn(planes)
-
-    def forward(self, x, residual=None):
-        residual = x if residual is None else residual
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + residual)
-
-
-class Root(nn.Module):
-    """Aggregation node of a tree: 1x1 conv over the concatenated children."""
-
-    def __init__(self, in_channels, out_channels, kernel_size, residual):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 1, stride=1,
-                              padding=(kernel_size - 1) // 2, bias=False)
-        self.bn = _bn(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.residual = residual
-
-    def forward(self, *children):
-        x = self.bn(self.conv(torch.cat(children, 1)))
-        if self.residual:
-            x = x + children[0]
-        return self.relu(x)
-
-
-class Tree(nn.Module):
-    """Hierarchical deep aggregation tree of `levels` levels."""
-
-    def __init__(self, levels, block, in_channels, out_channels, stride=1, level_root=False,
-                 root_dim=0, root_kernel_size=1, dilation=1, root_residual=False):
-        super().__init__()
-        if root_dim == 0:
-            root_dim = 2 * out_channels
-        if level_root:
-            root_dim += in_channels
-        if levels == 1:
-            self.tree1 = block(in_channels, out_channels, stride, dilation=dilation)
-            self.tree2 = block(out_channels, out_channels, 1, dilation=dilation)
-            self.root = Root(root_dim, out_channels, root_kernel_size, root_residual)
-        else:
-            self.tree1 = Tree(levels - 1, block, in_channels, out_channels, stride, root_dim=0,
-                              root_kernel_size=root_kernel_size, dilation=dilation,
-                              root_residual=root_residual)
-            self.tree2 = Tree(levels - 1, block, out_channels, out_channels,
-                              root_dim=root_dim + out_channels, root_kernel_size=root_kernel_size,
-                              dilation=dilation, root_residual=root_residual)
-        self.level_root = level_root
-        self.levels = levels
-        self.downsample = nn.MaxPool2d(stride, stride=stride) if stride > 1 else None
-        self.project = None
-        if in_channels != out_channels:
-            self.project = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=1, bias=False), _bn(out_channels))
-
-    def forward(self, x, residual=None, children=None):
-        children = [] if children is None else children
-        bottom = self.downsample(x) if self.downsample is not None else x
-        residual = self.project(bottom) if self.project is not None else bottom
-        if self.level_root:
-            children.append(bottom)
-        x1 = self.tree1(x, residual)
-        if self.levels == 1:
-            return self.root(self.tree2(x1), x1, *children)
-        children.append(x1)
-        return self.tree2(x1, children=children)
-
-
-class DLA(nn.Module):
-    """DLA backbone; returns the feature maps of levels 0..5."""
-
-    def __init__(self, levels, channels, block=BasicBlock, residual_root=False):
-        super().__init__()
-        self.channels = channels
-        self.base_layer = nn.Sequential(
-            nn.Conv2d(3, channels[0], 7, stride=1, padding=3, bias=False),
-            _bn(channels[0]), nn.ReLU(inplace=True))
-        self.level0 = self._conv_level(channels[0], channels[0], levels[0])
-        self.level1 = self._conv_level(channels[0], channels[1], levels[1], stride=2)
-        self.level2 = Tree(levels[2], block, channels[1], channels[2], 2,
-                           level_root=False, root_residual=residual_root)
-        self.level3 = Tree(levels[3], block, channels[2], channels[3], 2,
-                           level_root=True, root_residual=residual_root)
-        self.level4 = Tree(levels[4], block, channels[3], channels[4], 2,
-                           level_root=True, root_residual=residual_root)
-        self.level5 = Tree(levels[5], block, channels[4], channels[5], 2,
-                           level_root=True, root_residual=residual_root)
-        _init_convs_and_bns(self)
-
-    @staticmethod
-    def _conv_level(inplanes, planes, convs, stride=1, dilation=1):
-        modules = []
-        for i in range(convs):
-            modules += [nn.Conv2d(inplanes, planes, 3, stride=stride if i == 0 else 1,
-                                  padding=dilation, dilation=dilation, bias=False),
-                        _bn(planes), nn.ReLU(inplace=True)]
-            inplanes = planes
-        return nn.Sequential(*modules)
-
-    def forward(self, x):
-        x = self.base_layer(x)
-        features = []
-        for i in range(6):
-            x = getattr(self, f"level{i}")(x)
-            features.append(x)
-        return features
-
-
 def dla34():
-    return DLA([1, 1, 1, 2, 2, 1], [16, 32, 64, 128, 256, 512], block=BasicBlock)
+    """pose_dla_dcn's DLA-34 backbone (the same modules and keys), with dlav0's init."""
+    backbone = DLA([1, 1, 1, 2, 2, 1], [16, 32, 64, 128, 256, 512], block=BasicBlock)
+    _init_convs_and_bns(backbone)
+    return backbone
 
 
 def fill_up_weights(up):

@@ -8,78 +8,17 @@ output on 64 channels. Module and parameter names match upstream's
 checkpoints exactly, e.g. layer1.0.conv3.weight,
 deconv_layers.0.conv_offset_mask.weight, deconv_layers.3.weight, hm.2.bias.
 The forward returns the raw head outputs (no sigmoid), in the order of
-`heads`. Needs torch and dcn_v2.py (beside it).
+`heads`. Needs torch, dcn_v2.py and msra_resnet.py (beside it: the ResNet
+blocks are the same).
 """
 import math
 
 from torch import nn
 
 from dcn_v2 import DCN
+from msra_resnet import RESNET_SPEC, _bn, _downsample  # the same ResNet
 
-BN_MOMENTUM = 0.1
 DEFAULT_HEADS = {"hm": 80, "wh": 2, "reg": 2}
-
-
-def _bn(channels):
-    return nn.BatchNorm2d(channels, momentum=BN_MOMENTUM)
-
-
-def _downsample(inplanes, planes, stride):
-    """1x1 conv + BN on the shortcut where a block changes size or width."""
-    return nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False), _bn(planes))
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 conv + BN layers with a residual connection (ResNet-18/34)."""
-
-    expansion = 1
-
-    def __init__(self, inplanes, planes, stride=1, downsample=None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = _bn(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = _bn(planes)
-        self.downsample = downsample
-
-    def forward(self, x):
-        residual = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + residual)
-
-
-class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (strided), 1x1 expand by 4, with a residual (ResNet-50/101/152)."""
-
-    expansion = 4
-
-    def __init__(self, inplanes, planes, stride=1, downsample=None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = _bn(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = _bn(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = _bn(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x):
-        residual = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + residual)
-
-
-# Depth -> (block, blocks per stage), as upstream's resnet_spec.
-RESNET_SPEC = {18: (BasicBlock, [2, 2, 2, 2]),
-               34: (BasicBlock, [3, 4, 6, 3]),
-               50: (Bottleneck, [3, 4, 6, 3]),
-               101: (Bottleneck, [3, 4, 23, 3]),
-               152: (Bottleneck, [3, 8, 36, 3])}
 
 
 def fill_up_weights(up):
