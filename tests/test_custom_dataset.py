@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CLASS_IDS, calibrated_network
+from conftest import CLASS_IDS, _run_script, assert_one_line_error, calibrated_network
 from centernet.core.decode import decode_ctdet, map_boxes_to_image
 from centernet.core.transforms import get_affine_transform
 from centernet.model.checkpoint import save_upstream_checkpoint
@@ -21,16 +21,16 @@ NAMES = ("heron", "buoy", "kayak")  # in class order: ids 3, 7, 12
 
 
 @pytest.fixture(scope="module")
-def custom_model(tmp_path_factory, run_script):
+def custom_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("custom")
     model = calibrated_network("resdcn_18", num_classes=3)
     save_upstream_checkpoint(model, folder / "model_last.pth")
     (folder / "classes.txt").write_text("\n".join(NAMES) + "\n")
-    r = run_script("CenterNet_pth2onnx.py", folder / "model_last.pth", folder / "custom.onnx",
+    r = _run_script("CenterNet_pth2onnx.py", folder / "model_last.pth", folder / "custom.onnx",
                    "--mean", *IMAGENET_MEAN, "--std", *IMAGENET_STD, "--input-size", SIZE, SIZE,
                    "--class-names", folder / "classes.txt", cwd=folder)
     assert r.returncode == 0, r.stderr
-    assert f"model_last.pth: ResNet-18 with DCN, 3 classes, head width 64" in r.stdout
+    assert "model_last.pth: ResNet-18 with DCN, 3 classes, head width 64" in r.stdout
     return {"model": model, "onnx": folder / "custom.onnx", "folder": folder}
 
 
@@ -108,7 +108,6 @@ def test_the_staged_recipe_takes_the_settings_from_the_model(custom_model, three
 
 def test_bins_of_other_settings_are_refused_before_inference(custom_model, three_category_coco, tmp_path,
                                                              run_script):
-    from conftest import assert_one_line_error
     prep = tmp_path / "prep_coco"
     r = run_script("CenterNet_preprocess.py", three_category_coco["images_dir"], prep, "--input-size", SIZE, SIZE,
                    "--workers", 1, "--no-progress", cwd=tmp_path)  # COCO's mean/std: not this model's
