@@ -201,8 +201,8 @@ def test_keep_res_flip_staged(demo_run, tmp_path):
     shutil.copytree(demo_run[0] / "data", work / "data")
     shutil.copy(demo_run[0] / "ctdet_demo.pth", work)
     export_checked(load_model(work / "ctdet_demo.pth"), work / "CenterNet_dynamic_flip.onnx",
-                   ExportOptions(input_size=(64, 64), dynamic_size=True, flip=True),
-                   file_sha256(work / "ctdet_demo.pth"), "ctdet_demo.pth", batch=1, threads=2)
+                   ExportOptions(dynamic_size=True, flip=True),
+                   file_sha256(work / "ctdet_demo.pth"), "ctdet_demo.pth", batch=1, threads=2, trace_size=(64, 64))
     r = run_all("--demo", "--workdir", work, "--keep-res", "--flip", "--keep", "--threads", 2, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "| keep-res + flip |" in r.stdout and "| 39.2 |" in r.stdout

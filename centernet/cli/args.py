@@ -293,8 +293,7 @@ def add_dataset_settings_arguments(parser, preset_flag="--dataset", input_size=T
     g.add_argument(preset_flag, dest="dataset_preset", choices=list(DATASET_SETTINGS), default=None,
                    help="upstream's settings for its own datasets: mean/std, input size and class names "
                         "(coco: 512, pascal: 384 with ImageNet's mean/std, coco_hp: 512, one class); --mean, "
-                        "--std, --input-size and --class-names override (default: coco's mean/std and size; COCO's "
-                        "names for an 80-class model)")
+                        "--std, --input-size and --class-names override (default: coco's mean/std and size)")
     g.add_argument("--mean", type=float, nargs=3, metavar=("M1", "M2", "M3"), default=None,
                    help="per-channel mean of the training images, in the order the model's dataset class lists "
                         "them; applied, as upstream does, to the B, G, R channels in that order (default: the "
@@ -305,7 +304,7 @@ def add_dataset_settings_arguments(parser, preset_flag="--dataset", input_size=T
     if class_names:
         g.add_argument("--class-names", default=None, metavar="FILE",
                        help="class names, one per line in the model's class order (default: the --dataset "
-                            "preset's; none for a model of other classes)")
+                            "preset's; none recorded otherwise, and an 80-class model is named with COCO's)")
     if input_size:
         g.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                        help="fixed input height and width (default: the --dataset preset's, else 512 512)")
@@ -332,7 +331,7 @@ def dataset_settings_from_args(args, num_classes=None, source="the model"):
         names = load_names(names_file)
         if len(names) != num_classes:
             raise UserError(f"{names_file}: {len(names)} class names, but {source} has {num_classes} classes")
-    elif preset in (None, "coco") and num_classes == len(COCO_CATEGORIES):
+    elif preset == "coco" and num_classes == len(COCO_CATEGORIES):
         names = [name for _, name, _ in COCO_CATEGORIES]
     elif preset == "pascal":
         names = list(PASCAL_CLASSES)

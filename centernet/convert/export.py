@@ -293,7 +293,7 @@ def unchecked_path(path):
 
 
 def export_checked(model, path, options=ExportOptions(), checkpoint_sha256="", checkpoint_name="", check=True,
-                   threads=0, batch=2, log_prefix="", log_checks=True):
+                   threads=0, batch=2, log_prefix="", log_checks=True, trace_size=None):
     """Export `model` to `path`, so that the file appears under its final name
     only once it is whole, checked against PyTorch (unless check=False) and
     records what it was made from (convert/provenance.py: the checkpoint's
@@ -304,8 +304,14 @@ def export_checked(model, path, options=ExportOptions(), checkpoint_sha256="", c
     a UserError and leaves `path` as it was; Ctrl-C raises Interrupted saying
     whether it came before anything was written or during the check. The
     temp file is removed in every case. Progress is logged (INFO) with
-    `log_prefix`; log_checks: one line per output's check too."""
+    `log_prefix`; log_checks: one line per output's check too.
+    trace_size: for a dynamic-size export, the (H, W) to trace and check at
+    (a dynamic graph is the same whatever size it was traced at); the file
+    records options.input_size, the model's fixed-mode size, either way."""
     path = Path(path)
+    if trace_size is not None and not options.dynamic_size:
+        raise ValueError("trace_size is for dynamic-size exports only")
+    size = tuple(trace_size or options.input_size)
     existed = path.exists()
     tmp = unchecked_path(path)
     stage = "export"
@@ -313,7 +319,7 @@ def export_checked(model, path, options=ExportOptions(), checkpoint_sha256="", c
         t0 = time.perf_counter()
         facts = model_facts(model).with_settings(mean=options.mean, std=options.std, input_size=options.input_size,
                                                  class_names=options.class_names)
-        proto = export_onnx(model, tmp, target=options.target, dcn=options.dcn, input_size=options.input_size,
+        proto = export_onnx(model, tmp, target=options.target, dcn=options.dcn, input_size=size,
                             dynamic_size=options.dynamic_size, flip=options.flip, facts=facts)
         stage = "check" if check else "finish"
         logger.info(f"{log_prefix}exported to {tmp} ({describe_graph(proto, options.flip)}) in "
@@ -323,7 +329,7 @@ def export_checked(model, path, options=ExportOptions(), checkpoint_sha256="", c
             logger.info(f"{log_prefix}checking the export against PyTorch (float64) ...")
             t0 = time.perf_counter()
             reference = FlipTest(model) if options.flip else model  # the flip graph is checked against the flip test
-            checks = check_export(reference, proto, target=options.target, input_size=options.input_size,
+            checks = check_export(reference, proto, target=options.target, input_size=size,
                                   batch=batch, threads=threads, name=str(path))
             if log_checks:
                 for c in checks:

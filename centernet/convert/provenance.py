@@ -46,7 +46,8 @@ def short(digest):
 class ExportOptions:
     """The options that decide what an export holds: the graph's form, and
     the test settings it records for later stages (mean and std for the B,
-    G, R channels, the fixed input size, the class names or None)."""
+    G, R channels, the class names or None, and input_size: the fixed input,
+    or for a dynamic-size export the size a fixed test mode runs it at)."""
     target: str = "onnxruntime"
     dcn: str = "deformconv"
     input_size: tuple = (INPUT_SIZE, INPUT_SIZE)
@@ -74,10 +75,12 @@ class ExportOptions:
     def metadata(self):
         """The options as metadata_props entries (FLIP_KEY is the one
         export_onnx writes for readers of the graph)."""
-        return {TARGET_KEY: self.target, DCN_KEY: self.dcn, INPUT_KEY: self.input_form,
-                FLIP_KEY: "1" if self.flip else "0",
-                INPUT_SIZE_KEY: f"{self.input_size[0]}x{self.input_size[1]}", MEAN_KEY: numbers_text(self.mean),
-                STD_KEY: numbers_text(self.std), CLASS_NAMES_KEY: names_text(self.class_names)}
+        entries = {TARGET_KEY: self.target, DCN_KEY: self.dcn, INPUT_KEY: self.input_form,
+                   FLIP_KEY: "1" if self.flip else "0", MEAN_KEY: numbers_text(self.mean),
+                   STD_KEY: numbers_text(self.std), CLASS_NAMES_KEY: names_text(self.class_names)}
+        if self.dynamic_size:  # the size a fixed mode runs at; a fixed export's input says it already
+            entries[INPUT_SIZE_KEY] = f"{self.input_size[0]}x{self.input_size[1]}"
+        return entries
 
 
 # How each recorded option is named in a message, and its values spelled out.
@@ -142,7 +145,10 @@ def export_status(path, checkpoint_sha256, options, need_checked=True):
         return ExportStatus(f"was exported from another checkpoint (sha256 {short(recorded)}, this one's is "
                             f"{short(checkpoint_sha256)})")
     differ = []
-    for key, want in options.metadata().items():
+    wanted = options.metadata()
+    if meta.get(INPUT_KEY) != wanted[INPUT_KEY]:
+        wanted.pop(INPUT_SIZE_KEY, None)  # saying the input differs says it all
+    for key, want in wanted.items():
         have = meta.get(key)
         if have != want:
             name, spell = _OPTION_WORDS[key]

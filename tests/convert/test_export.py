@@ -7,6 +7,7 @@ import pytest
 import torch
 from onnx import helper
 
+from centernet.core.model_facts import ModelFacts
 from centernet.errors import UserError
 from centernet.convert.provenance import file_sha256
 from centernet.convert.export import REL_TOL, FlipTest, ascend_to_deformconv, check_export, count_ops, export_onnx
@@ -273,7 +274,9 @@ def test_flip_cli_checks_the_flip_graph(upstream_checkpoint, tmp_path):
                     "centernet.checkpoint": upstream_checkpoint.name, "centernet.target": "onnxruntime",
                     "centernet.dcn": "deformconv", "centernet.input": "64x96", "centernet.checked": "yes",
                     # the fixture's weights are random, and the export says so as the checkpoint does
-                    "centernet.random_weights": "1"}
+                    "centernet.random_weights": "1",
+                    # and what the model is (core/model_facts.py): ctdet DLA-34 on COCO's settings
+                    **ModelFacts(input_size=(64, 96)).to_metadata()}
 
 
 def test_the_export_says_whether_the_weights_are_random(ctdet_onnx, ordinary_checkpoint, tmp_path):

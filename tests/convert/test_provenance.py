@@ -69,10 +69,25 @@ def test_other_options_are_not_current(tmp_path, recorded, asked, reason):
     assert export_status(path, SHA, asked).reason == reason
 
 
-def test_a_dynamic_export_is_the_same_whatever_size_it_was_traced_at(tmp_path):
-    path = tiny_onnx(tmp_path / "m.onnx", provenance_metadata(SHA, "w.pth", ExportOptions(
-        input_size=SMALL, dynamic_size=True), checked=True))
+def test_a_dynamic_export_records_its_fixed_mode_size_not_its_trace_size(tmp_path, upstream_checkpoint):
+    from centernet.convert.export import export_checked
+    from centernet.model.checkpoint import load_model
+    path = tmp_path / "m.onnx"
+    export_checked(load_model(upstream_checkpoint), path, ExportOptions(dynamic_size=True), SHA, "w.pth", batch=1,
+                   trace_size=SMALL)  # a dynamic graph is the same whatever size it was traced at
     assert export_status(path, SHA, ExportOptions(dynamic_size=True)).current
+    assert export_status(path, SHA, ExportOptions(dynamic_size=True, input_size=(384, 384))).reason == (
+        "was exported with other options (input size 512x512, not 384x384)")
+
+
+def test_other_settings_are_not_current(tmp_path):
+    options = ExportOptions(mean=(0.485, 0.456, 0.406), class_names=["a"] * 80)
+    path = tiny_onnx(tmp_path / "m.onnx", provenance_metadata(SHA, "w.pth", options, checked=True))
+    assert export_status(path, SHA, options).current
+    assert export_status(path, SHA, ExportOptions(class_names=["a"] * 80)).reason == (
+        "was exported with other options (mean 0.485,0.456,0.406, not 0.40789654,0.44719302,0.47026115)")
+    assert export_status(path, SHA, ExportOptions(mean=(0.485, 0.456, 0.406))).reason.startswith(
+        "was exported with other options (class names [\"a\", ")
 
 
 def test_another_checkpoint_or_no_record_is_not_current(tmp_path):
@@ -127,7 +142,12 @@ def test_export_checked_records_what_it_was_made_from(random_ctdet, tmp_path):
                             CHECKPOINT_SHA256_KEY: SHA, "centernet.checkpoint": "w.pth",
                             "centernet.target": "onnxruntime", "centernet.dcn": "deformconv",
                             "centernet.input": "64x64", CHECKED_KEY: "yes",
-                            "centernet.random_weights": "1"}  # random_model's weights say so
+                            "centernet.random_weights": "1",  # random_model's weights say so
+                            # the model's facts (core/model_facts.py)
+                            "centernet.network": "dla_34", "centernet.heads": "hm:80,wh:2,reg:2",
+                            "centernet.head_conv": "256", "centernet.mean": "0.40789654,0.44719302,0.47026115",
+                            "centernet.std": "0.28863828,0.27408164,0.27809835", "centernet.input_size": "64x64",
+                            "centernet.down_ratio": "4", "centernet.pad": "31"}
     assert list(tmp_path.iterdir()) == [out]
     assert export_status(out, SHA, options).current
 

@@ -183,7 +183,8 @@ def test_every_backend_through_the_predictor_gives_onnx_runtimes_detections(ctde
                 sys.modules.pop(k)
             else:
                 sys.modules[k] = v
-    assert om.capabilities == Capabilities(input_size=(512, 512), static_batch=1)
+    # An .om records no facts (the predictor takes COCO DLA-34's)
+    assert om.capabilities == Capabilities(input_size=(512, 512), static_batch=1, facts=None)
     ort = OrtSession(make_session(ctdet_onnx, threads=2))
     images = [cv2.imread(str(p)) for p in sorted(synthetic_coco["images_dir"].iterdir())[:2]]
     a, _ = Predictor(ort).detect(images)
