@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from pose_dla_dcn import DLA, BasicBlock  # the same backbone
+from pose_dla_dcn import DLA, BasicBlock, fill_fc_weights, fill_up_weights  # the same backbone and inits
 
 DEFAULT_HEADS = {"hm": 80, "wh": 2, "reg": 2}
 
@@ -46,26 +46,6 @@ def dla34():
     backbone = DLA([1, 1, 1, 2, 2, 1], [16, 32, 64, 128, 256, 512], block=BasicBlock)
     _init_convs_and_bns(backbone)
     return backbone
-
-
-def fill_up_weights(up):
-    """Initialise a depthwise transposed conv as bilinear upsampling (upstream's init)."""
-    w = up.weight.data
-    f = math.ceil(w.size(2) / 2)
-    c = (2 * f - 1 - f % 2) / (2.0 * f)
-    for i in range(w.size(2)):
-        for j in range(w.size(3)):
-            w[0, 0, i, j] = (1 - math.fabs(i / f - c)) * (1 - math.fabs(j / f - c))
-    w[1:, 0] = w[0, 0]
-
-
-def fill_fc_weights(layers):
-    """Upstream's init of the non-hm heads: small weights, zero biases."""
-    for m in layers.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.normal_(m.weight, std=0.001)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 class IDAUp(nn.Module):

@@ -145,7 +145,9 @@ def dla34():
 
 
 def fill_up_weights(up):
-    """Initialise a depthwise transposed conv as bilinear upsampling (upstream's init)."""
+    """Initialise a transposed conv as bilinear upsampling (upstream's init):
+    the [c, 0] kernels, which is all a depthwise one has (for a full one, as
+    in resnet_dcn, the other kernels keep their random init)."""
     w = up.weight.data
     f = math.ceil(w.size(2) / 2)
     c = (2 * f - 1 - f % 2) / (2.0 * f)
@@ -153,6 +155,15 @@ def fill_up_weights(up):
         for j in range(w.size(3)):
             w[0, 0, i, j] = (1 - math.fabs(i / f - c)) * (1 - math.fabs(j / f - c))
     w[1:, 0] = w[0, 0]
+
+
+def fill_fc_weights(layers):
+    """Upstream's init of the heads other than hm: small weights, zero biases."""
+    for m in layers.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, std=0.001)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 class DeformConv(nn.Module):

@@ -8,40 +8,17 @@ output on 64 channels. Module and parameter names match upstream's
 checkpoints exactly, e.g. layer1.0.conv3.weight,
 deconv_layers.0.conv_offset_mask.weight, deconv_layers.3.weight, hm.2.bias.
 The forward returns the raw head outputs (no sigmoid), in the order of
-`heads`. Needs torch, dcn_v2.py and msra_resnet.py (beside it: the ResNet
-blocks are the same).
+`heads`. Needs torch, dcn_v2.py, msra_resnet.py and pose_dla_dcn.py (beside
+it: the ResNet blocks and the weight inits are the same).
 """
-import math
 
 from torch import nn
 
 from dcn_v2 import DCN
 from msra_resnet import RESNET_SPEC, _bn, _downsample  # the same ResNet
+from pose_dla_dcn import fill_fc_weights, fill_up_weights  # upstream's inits
 
 DEFAULT_HEADS = {"hm": 80, "wh": 2, "reg": 2}
-
-
-def fill_up_weights(up):
-    """Initialise a transposed conv as bilinear upsampling (upstream's init).
-
-    As upstream, only the [c, 0] kernels are set: for these full (not
-    depthwise) transposed convs the other kernels keep their random init."""
-    w = up.weight.data
-    f = math.ceil(w.size(2) / 2)
-    c = (2 * f - 1 - f % 2) / (2.0 * f)
-    for i in range(w.size(2)):
-        for j in range(w.size(3)):
-            w[0, 0, i, j] = (1 - math.fabs(i / f - c)) * (1 - math.fabs(j / f - c))
-    w[1:, 0] = w[0, 0]
-
-
-def fill_fc_weights(layers):
-    """Upstream's init of the non-hm heads: small weights, zero biases."""
-    for m in layers.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.normal_(m.weight, std=0.001)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 class PoseResNet(nn.Module):
