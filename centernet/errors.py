@@ -93,16 +93,28 @@ def sigint_blocked():
     # it starts (on the first queue or lock): start it first.
     from multiprocessing import resource_tracker
     resource_tracker.ensure_running()
+    with sigint_deferred():
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def sigint_deferred():
+    """In the main thread, a Ctrl-C inside the block is only noted, and
+    raised (by the handler it would have met) when the block ends: for a
+    few steps that must not be split, such as starting a thread and
+    registering it where the interpreter's exit stops it."""
     handler, noted = None, []
     if threading.current_thread() is threading.main_thread():
         handler = signal.getsignal(signal.SIGINT)
         if callable(handler):
             signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
         if callable(handler):
             signal.signal(signal.SIGINT, handler)
             if noted:

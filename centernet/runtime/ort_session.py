@@ -9,7 +9,7 @@ import numpy as np
 
 from centernet.constants import FLIP_KEY, RANDOM_WEIGHTS_KEY
 from centernet.core.model_facts import ModelFacts
-from centernet.errors import UserError
+from centernet.errors import UserError, sigint_deferred
 from centernet.runtime.session import Capabilities, Session, heads_from_channels
 
 PROVIDERS = {
@@ -138,7 +138,13 @@ def run_interruptible(session, feed):
     import onnxruntime as ort
     global _runner
     if _runner is None:
-        _runner = ThreadPoolExecutor(1, thread_name_prefix="onnxruntime-run")
+        runner = ThreadPoolExecutor(1, thread_name_prefix="onnxruntime-run")
+        # The executor starts its thread on the first submit, then registers it
+        # for the interpreter's exit to stop; a Ctrl-C between the two would
+        # leave a thread that nothing stops and that the exit waits for forever.
+        with sigint_deferred():
+            runner.submit(int).result()
+        _runner = runner
     options = ort.RunOptions()
     future = _runner.submit(session.run, None, feed, options)
     try:
