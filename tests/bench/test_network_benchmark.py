@@ -157,8 +157,12 @@ def test_networks_share_one_run_setting(network_result):
     for e in result["networks"]:
         r = e["result"]
         assert r["sgemm_gflops"] == sgemm and r["input_size"] == list(TINY) and r["threads"] == 1
-        assert [row["of_sgemm"] for row in r["rows"]] == [round(row["gflops"] / sgemm["ceiling"], 3)
-                                                          for row in r["rows"]]
+        for row in r["rows"]:
+            # of_sgemm is the unrounded GFLOP/s over the shared ceiling, rounded to 3
+            # places; gflops is rounded to 2, so recomputing from it can move the
+            # third place: allow exactly the two roundings.
+            bound = 0.0005 + 0.005 / sgemm["ceiling"]
+            assert abs(row["of_sgemm"] - row["gflops"] / sgemm["ceiling"]) <= bound + 1e-12
     weights = {e["network"]: e["weights"] for e in result["networks"]}
     assert weights["dla_34"] == str(checkpoint)
     assert weights["res_18"].startswith("random") and weights["resdcn_18"].startswith("random")
