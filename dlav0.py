@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from pose_dla_dcn import DLA, BasicBlock, fill_fc_weights, fill_up_weights  # the same backbone and inits
+from pose_dla_dcn import DLA, BasicBlock, fill_up_weights, head_layers, make_head  # the same backbone, inits, heads
 
 DEFAULT_HEADS = {"hm": 80, "wh": 2, "reg": 2}
 
@@ -130,25 +130,11 @@ class DLASeg(nn.Module):
         out_channel = channels[self.first_level]
         self.heads = dict(heads)
         for name, classes in self.heads.items():
-            if head_conv > 0:
-                fc = nn.Sequential(nn.Conv2d(out_channel, head_conv, 3, padding=1, bias=True),
-                                   nn.ReLU(inplace=True),
-                                   nn.Conv2d(head_conv, classes, 1, stride=1, padding=0, bias=True))
-                final = fc[-1]
-            else:
-                fc = final = nn.Conv2d(out_channel, classes, 1, stride=1, padding=0, bias=True)
-            if "hm" in name:
-                final.bias.data.fill_(-2.19)  # focal-loss prior, as upstream
-            else:
-                fill_fc_weights(fc)
-            setattr(self, name, fc)
+            setattr(self, name, make_head(name, out_channel, classes, head_conv))
 
     def head(self, name):
-        """The layers run for head `name`; `[-1]` is its final Conv2d.
-        With head_conv=0 upstream's head is a bare Conv2d (keys hm.weight,
-        hm.bias), which is returned wrapped in a Sequential."""
-        fc = getattr(self, name)
-        return fc if isinstance(fc, nn.Sequential) else nn.Sequential(fc)
+        """The layers run for head `name`; `[-1]` is its final Conv2d."""
+        return head_layers(getattr(self, name))
 
     def forward(self, x):
         x = self.dla_up(self.base(x)[self.first_level:])
@@ -159,7 +145,7 @@ def get_pose_net(num_layers=34, heads=None, head_conv=256, down_ratio=4):
     """Upstream's factory: ctdet DLA-34 without DCN (`heads` defaults to hm 80, wh 2, reg 2).
 
     Randomly initialised (upstream's ImageNet download is not done); load
-    weights with `centernet.model.checkpoint.load_checkpoint`.
+    weights with `centernet.model.checkpoint.load_model`.
     """
     if num_layers != 34:
         raise ValueError(f"no dlav0_{num_layers}: only DLA-34 (num_layers=34) is implemented")

@@ -6,9 +6,12 @@ ResNet (conv1, bn1, layer1..layer4), three 4x4 stride-2 transposed convs of
 output. Module and parameter names match upstream's checkpoints exactly, e.g.
 layer1.0.conv1.weight, layer3.0.downsample.1.running_var,
 deconv_layers.3.weight, hm.2.bias. The forward returns the raw head outputs
-(no sigmoid), in the order of `heads`. Needs torch only.
+(no sigmoid), in the order of `heads`. Needs torch and pose_dla_dcn.py
+(beside it: the heads' form).
 """
 from torch import nn
+
+from pose_dla_dcn import head_layers
 
 BN_MOMENTUM = 0.1
 DEFAULT_HEADS = {"hm": 80, "wh": 2, "reg": 2}
@@ -77,7 +80,11 @@ RESNET_SPEC = {18: (BasicBlock, [2, 2, 2, 2]),
 
 
 class PoseResNet(nn.Module):
-    """ResNet backbone, 3 transposed convs to stride 4 (256 channels), one head per output."""
+    """ResNet backbone, 3 transposed convs to stride 4 (256 channels), one head per output.
+    resnet_dcn.PoseResNet changes the upsampling and the heads (_make_deconv_layers,
+    _make_head, sorted_heads)."""
+
+    sorted_heads = True
 
     def __init__(self, block, layers, heads, head_conv):
         super().__init__()
@@ -91,10 +98,10 @@ class PoseResNet(nn.Module):
         self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
         self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
         self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
-        self.deconv_layers = self._make_deconv_layers(3, 256)
+        self.deconv_layers = self._make_deconv_layers()
         # Upstream registers the heads in sorted order (its state_dict lists
         # them so) but runs them in the order of `heads`; we do the same.
-        for name in sorted(self.heads):
+        for name in (sorted(self.heads) if self.sorted_heads else self.heads):
             setattr(self, name, self._make_head(name, self.heads[name], head_conv))
 
     def _make_layer(self, block, planes, blocks, stride=1):
@@ -106,7 +113,7 @@ class PoseResNet(nn.Module):
         layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    def _make_deconv_layers(self, num_layers, planes):
+    def _make_deconv_layers(self, num_layers=3, planes=256):
         # Each 4x4, stride 2, padding 1 transposed conv doubles the size exactly.
         layers = []
         for _ in range(num_layers):
@@ -136,11 +143,8 @@ class PoseResNet(nn.Module):
         return fc
 
     def head(self, name):
-        """The layers run for head `name`; `[-1]` is its final Conv2d.
-        With head_conv=0 upstream's head is a bare Conv2d (keys hm.weight,
-        hm.bias), which is returned wrapped in a Sequential."""
-        fc = getattr(self, name)
-        return fc if isinstance(fc, nn.Sequential) else nn.Sequential(fc)
+        """The layers run for head `name`; `[-1]` is its final Conv2d."""
+        return head_layers(getattr(self, name))
 
     def forward(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -153,7 +157,7 @@ def get_pose_net(num_layers=18, heads=None, head_conv=64):
     """Upstream's factory: ResNet-`num_layers` + deconvs (`heads` defaults to hm 80, wh 2, reg 2).
 
     Randomly initialised (upstream's ImageNet download is not done); load
-    weights with `centernet.model.checkpoint.load_checkpoint`.
+    weights with `centernet.model.checkpoint.load_model`.
     """
     if num_layers not in RESNET_SPEC:
         raise ValueError(f"no ResNet-{num_layers}; supported depths: {sorted(RESNET_SPEC)}")

@@ -166,6 +166,32 @@ def fill_fc_weights(layers):
                 nn.init.zeros_(m.bias)
 
 
+def make_head(name, in_channels, classes, head_conv):
+    """One output head as upstream's dlav0 and resnet_dcn build it: 3x3 conv
+    (head_conv channels) + ReLU + 1x1 conv, or with head_conv=0 a bare 1x1
+    conv; hm's final bias is the focal-loss prior, the other heads get
+    fill_fc_weights."""
+    if head_conv > 0:
+        fc = nn.Sequential(nn.Conv2d(in_channels, head_conv, 3, padding=1, bias=True),
+                           nn.ReLU(inplace=True),
+                           nn.Conv2d(head_conv, classes, 1, stride=1, padding=0, bias=True))
+        final = fc[-1]
+    else:
+        fc = final = nn.Conv2d(in_channels, classes, 1, stride=1, padding=0, bias=True)
+    if "hm" in name:
+        final.bias.data.fill_(-2.19)  # focal-loss prior, as upstream
+    else:
+        fill_fc_weights(fc)
+    return fc
+
+
+def head_layers(fc):
+    """A head as a Sequential whose [-1] is its final conv: with head_conv=0
+    upstream's head is a bare Conv2d (keys hm.weight, hm.bias), which is
+    wrapped here without changing its keys."""
+    return fc if isinstance(fc, nn.Sequential) else nn.Sequential(fc)
+
+
 class DeformConv(nn.Module):
     """DCN 3x3 followed by BN + ReLU (upstream's name; `actf` holds BN + ReLU)."""
 
