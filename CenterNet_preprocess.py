@@ -44,24 +44,15 @@ def model_settings(args):
     """(ModelFacts whose mean, std and padding the bins follow, (H, W)): the
     --model's record, or the dataset settings' flags (COCO's by default)."""
     from centernet.core.model_facts import ModelFacts
-    given = [f"--{k.replace('_', '-')}" for k in ("dataset_preset", "mean", "std") if getattr(args, k) is not None]
     if args.model is None:
         settings = dataset_settings_from_args(args)
         return ModelFacts(mean=settings["mean"], std=settings["std"]), settings["input_size"]
+    given = [flag for dest, flag in (("dataset_preset", "--dataset"), ("mean", "--mean"), ("std", "--std"))
+             if getattr(args, dest) is not None]
     if given:
-        flag = given[0].replace("--dataset-preset", "--dataset")
-        raise UserError(f"{flag}: the settings come from --model {args.model}; give one or the other")
-    from centernet.convert.provenance import read_metadata
-    from pathlib import Path
-    if not Path(args.model).is_file():
-        raise UserError(f"{args.model}: model file not found")
-    meta = read_metadata(args.model)
-    if meta is None:
-        raise UserError(f"{args.model}: not a readable ONNX file")
-    try:
-        facts = ModelFacts.from_metadata(meta)
-    except ValueError as e:
-        raise UserError(f"{args.model}: {e}") from None
+        raise UserError(f"{given[0]}: the settings come from --model {args.model}; give one or the other")
+    from centernet.convert.provenance import read_facts
+    facts = read_facts(args.model)
     return facts, tuple(args.input_size or facts.input_size)
 
 

@@ -73,13 +73,11 @@ def build_parser():
 
 
 def recorded_facts(path):
-    """The ModelFacts an existing ONNX file records, or None (no file, or not readable)."""
-    from centernet.convert.provenance import read_metadata
-    from centernet.core.model_facts import ModelFacts
-    meta = read_metadata(path) if Path(path).is_file() else None
+    """The ModelFacts an existing ONNX file records, or None (no file, not readable, malformed)."""
+    from centernet.convert.provenance import read_facts
     try:
-        return ModelFacts.from_metadata(meta) if meta is not None else None
-    except ValueError:
+        return read_facts(path)
+    except UserError:
         return None
 
 

@@ -322,21 +322,16 @@ def dataset_settings_from_args(args, num_classes=None, source="the model"):
     settings = DATASET_SETTINGS[preset or "coco"]
     names = None
     names_file = getattr(args, "class_names", None)
-    if num_classes is None:
-        pass
-    elif preset is not None and settings["num_classes"] != num_classes and names_file is None:
-        raise UserError(f"--dataset {preset}: {settings['num_classes']} classes, but {source} has {num_classes}; "
-                        "give --mean, --std and --class-names for a model of other classes")
-    elif names_file:
+    if num_classes is not None and names_file:
         names = load_names(names_file)
         if len(names) != num_classes:
             raise UserError(f"{names_file}: {len(names)} class names, but {source} has {num_classes} classes")
-    elif preset == "coco" and num_classes == len(COCO_CATEGORIES):
-        names = [name for _, name, _ in COCO_CATEGORIES]
-    elif preset == "pascal":
-        names = list(PASCAL_CLASSES)
-    elif preset == "coco_hp":
-        names = ["person"]
+    elif num_classes is not None and preset is not None:
+        if settings["num_classes"] != num_classes:
+            raise UserError(f"--dataset {preset}: {settings['num_classes']} classes, but {source} has {num_classes}; "
+                            "give --mean, --std and --class-names for a model of other classes")
+        names = {"coco": [name for _, name, _ in COCO_CATEGORIES], "pascal": list(PASCAL_CLASSES),
+                 "coco_hp": ["person"]}[preset]
     side = settings["input_side"] if preset else INPUT_SIZE
     size = tuple(getattr(args, "input_size", None) or (side, side))
     if min(size) <= 0:

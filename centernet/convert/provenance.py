@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from centernet.constants import COCO_MEAN, COCO_STD, DCN_FORMS, FLIP_KEY, INPUT_SIZE, TARGETS
-from centernet.core.model_facts import CLASS_NAMES_KEY, INPUT_SIZE_KEY, MEAN_KEY, STD_KEY, names_text, numbers_text
+from centernet.core.model_facts import (CLASS_NAMES_KEY, INPUT_SIZE_KEY, MEAN_KEY, STD_KEY, ModelFacts, names_text,
+                                        numbers_text)
 from centernet.errors import UserError
 
 CHECKPOINT_SHA256_KEY = "centernet.checkpoint_sha256"
@@ -106,6 +107,21 @@ def read_metadata(path):
     except Exception:  # a truncated or foreign file is simply not current
         return None
     return {p.key: p.value for p in proto.metadata_props}
+
+
+def read_facts(path):
+    """The ModelFacts an ONNX file records; a one-line UserError naming
+    `path` when it is missing, not readable as ONNX, or its record malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: model file not found")
+    meta = read_metadata(path)
+    if meta is None:
+        raise UserError(f"{path}: not a readable ONNX file")
+    try:
+        return ModelFacts.from_metadata(meta)
+    except ValueError as e:
+        raise UserError(f"{path}: {e}") from None
 
 
 @dataclass(frozen=True)
