@@ -82,8 +82,11 @@ test_geometry.__test__ = False  # not a pytest test, despite the name
 # does per pixel (float32 mean and std, float64 arithmetic, then cast to
 # float32), so a table lookup gives the same float32 bits at a fraction of
 # the cost.
+_COCO = (tuple(float(v) for v in MEAN), tuple(float(v) for v in STD))
+
+
 @functools.lru_cache(maxsize=8)
-def normalise_lut(mean=tuple(float(v) for v in MEAN), std=tuple(float(v) for v in STD)):
+def normalise_lut(mean=_COCO[0], std=_COCO[1]):
     """(3, 256) float32 table: B, G, R value -> network input, for upstream's
     mean and std numbers (B, G, R order)."""
     m = np.asarray(mean, np.float32).astype(np.float64)
@@ -96,16 +99,25 @@ def normalise_lut(mean=tuple(float(v) for v in MEAN), std=tuple(float(v) for v i
 NORMALISE_LUT = normalise_lut()  # COCO's
 
 
+@functools.lru_cache(maxsize=8)
+def _lut_rows(mean, std):
+    """normalise_lut's rows as cv2.LUT takes them, (1, 256) each, made once per mean/std."""
+    return tuple(row.reshape(1, 256) for row in normalise_lut(mean, std))
+
+
+_COCO_ROWS = _lut_rows(*_COCO)
+
+
 def normalise_to_chw(warped, out=None, mean=None, std=None):
     """uint8 HxWx3 BGR -> float32 1x3xHxW, (x/255 - mean)/std per channel
     (COCO's mean and std unless given)."""
     if out is None:
         out = np.empty((1, 3) + warped.shape[:2], np.float32)
-    table = NORMALISE_LUT if mean is None else normalise_lut(tuple(mean), tuple(std))
+    rows = _COCO_ROWS if mean is None else _lut_rows(tuple(mean), tuple(std))
     # cv2.LUT with a float32 table gives float32: a vectorised lookup
     # written straight into the CHW planes.
     for ch, plane in enumerate(cv2.split(warped)):
-        cv2.LUT(plane, np.ascontiguousarray(table[ch]).reshape(1, 256), dst=out[0, ch])
+        cv2.LUT(plane, rows[ch], dst=out[0, ch])
     return out
 
 
