@@ -97,10 +97,12 @@ def main(argv=None):
     if not checkpoint.is_file():
         raise UserError(f"{checkpoint}: {'is a folder, not a checkpoint file' if checkpoint.is_dir() else 'checkpoint not found'}")
     digest = file_sha256(checkpoint)
+    from centernet.model.checkpoint import checkpoint_facts
+    recorded_settings = checkpoint_facts(checkpoint)  # a checkpoint of ours records its settings; upstream's: COCO's
 
     def export_options(num_classes):
         return ExportOptions(target=args.target, dcn=args.dcn, dynamic_size=args.dynamic_size, flip=args.flip,
-                             **dataset_settings_from_args(args, num_classes, str(checkpoint)))
+                             **dataset_settings_from_args(args, num_classes, str(checkpoint), recorded_settings))
 
     if args.if_changed:
         # A file exported from this very checkpoint (same SHA-256) records its class count.

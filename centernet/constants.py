@@ -58,6 +58,14 @@ DCN_FORMS = ("deformconv", "decompose")
 # summary (RANDOM_WEIGHTS_NOTE) made with it, and a "random_weights" field in
 # detections.json, metrics.json and the other JSON files that describe a run.
 RANDOM_WEIGHTS_FIELD = "random_weights"
+# A checkpoint may carry its ModelFacts (ModelFacts.to_metadata's entries) under
+# FACTS_FIELD beside 'epoch' and 'state_dict' (upstream's loader ignores it), and
+# the stand-in detector its record of how it was made under STANDIN_FIELD.
+FACTS_FIELD = "centernet_facts"
+STANDIN_FIELD = "centernet_standin"
+# The stand-in detector shipped with the toolkit (train/standin.py): ResNet-18 + DCN
+# trained on generated shapes; it detects shapes, not COCO objects.
+STANDIN_CHECKPOINT = "models/ctdet_shapes_resdcn18.pth"
 RANDOM_WEIGHTS_KEY = "centernet.random_weights"
 RANDOM_WEIGHTS_LABEL = "RANDOM WEIGHTS - boxes mean nothing"
 RANDOM_WEIGHTS_NOTE = (f"note: {RANDOM_WEIGHTS_LABEL}: the model's weights are random (the demo's), so its "

@@ -7,7 +7,7 @@ from conftest import ROOT
 
 # lower number = lower layer; each layer may import the ones below it
 LAYERS = {"constants": 0, "errors": 0, "environment": 0, "core": 1, "io": 1, "model": 2, "report": 2, "runtime": 3,
-          "convert": 4, "pipeline": 5, "bench": 6, "cli": 7}
+          "convert": 4, "pipeline": 5, "bench": 6, "train": 6, "cli": 7}
 PACKAGE = ROOT / "centernet"
 
 

@@ -293,28 +293,33 @@ def add_dataset_settings_arguments(parser, preset_flag="--dataset", input_size=T
     g.add_argument(preset_flag, dest="dataset_preset", choices=list(DATASET_SETTINGS), default=None,
                    help="upstream's settings for its own datasets: mean/std, input size and class names "
                         "(coco: 512, pascal: 384 with ImageNet's mean/std, coco_hp: 512, one class); --mean, "
-                        "--std, --input-size and --class-names override (default: coco's mean/std and size)")
+                        "--std, --input-size and --class-names override (default: the settings the checkpoint "
+                        "records, as the stand-in detector's do, else coco's mean/std and size)")
     g.add_argument("--mean", type=float, nargs=3, metavar=("M1", "M2", "M3"), default=None,
                    help="per-channel mean of the training images, in the order the model's dataset class lists "
                         "them; applied, as upstream does, to the B, G, R channels in that order (default: the "
-                        "--dataset preset's, else COCO's)")
+                        "--dataset preset's, else the checkpoint's record, else COCO's)")
     g.add_argument("--std", type=float, nargs=3, metavar=("S1", "S2", "S3"), default=None,
                    help="per-channel std, listed and applied like --mean (default: the --dataset preset's, "
-                        "else COCO's)")
+                        "else the checkpoint's record, else COCO's)")
     if class_names:
         g.add_argument("--class-names", default=None, metavar="FILE",
                        help="class names, one per line in the model's class order (default: the --dataset "
-                            "preset's; none recorded otherwise, and an 80-class model is named with COCO's)")
+                            "preset's, else the checkpoint's record; none recorded otherwise, and an 80-class model is "
+                            "named with COCO's)")
     if input_size:
         g.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                       help="fixed input height and width (default: the --dataset preset's, else 512 512)")
+                       help="fixed input height and width (default: the --dataset preset's, else the checkpoint's "
+                            "record, else 512 512)")
 
 
-def dataset_settings_from_args(args, num_classes=None, source="the model"):
+def dataset_settings_from_args(args, num_classes=None, source="the model", defaults=None):
     """{mean, std, input_size, class_names} for a model of `num_classes`
     classes (None: not known here, and no names) from
     add_dataset_settings_arguments' options; one-line errors when a preset or
-    names file does not fit the model."""
+    names file does not fit the model. defaults: the ModelFacts the checkpoint
+    records (checkpoint.checkpoint_facts), which stand where no --dataset
+    preset or option is given; COCO's where None."""
     from centernet.constants import DATASET_SETTINGS, INPUT_SIZE, PASCAL_CLASSES
     from centernet.io.coco import COCO_CATEGORIES
     from centernet.io.media import load_names
@@ -332,8 +337,15 @@ def dataset_settings_from_args(args, num_classes=None, source="the model"):
                             "give --mean, --std and --class-names for a model of other classes")
         names = {"coco": [name for _, name, _ in COCO_CATEGORIES], "pascal": list(PASCAL_CLASSES),
                  "coco_hp": ["person"]}[preset]
-    side = settings["input_side"] if preset else INPUT_SIZE
-    size = tuple(getattr(args, "input_size", None) or (side, side))
+    elif preset is None and defaults is not None and defaults.num_classes == num_classes:
+        names = defaults.class_names
+    if preset is None and defaults is not None:  # the checkpoint's own settings
+        settings = {"mean": defaults.mean, "std": defaults.std}
+        default_size = tuple(defaults.input_size)
+    else:
+        side = settings["input_side"] if preset else INPUT_SIZE
+        default_size = (side, side)
+    size = tuple(getattr(args, "input_size", None) or default_size)
     if min(size) <= 0:
         raise UserError(f"--input-size {size[0]} {size[1]}: must be positive")
     std = tuple(args.std or settings["std"])

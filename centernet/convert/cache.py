@@ -31,7 +31,7 @@ def export_cache_path(checkpoint, dynamic_size, input_size=(INPUT_SIZE, INPUT_SI
     return Path(folder or checkpoint.parent) / f"{checkpoint.stem}.cache-{form}.onnx"
 
 
-def cached_export(checkpoint, dynamic_size=False, input_size=(INPUT_SIZE, INPUT_SIZE), threads=0,
+def cached_export(checkpoint, dynamic_size=False, input_size=None, threads=0,
                   fallback_folder=None):
     """ONNX export of an upstream checkpoint for ONNX Runtime, made once and
     reused while the checkpoint's contents (SHA-256) are unchanged.
@@ -40,7 +40,9 @@ def cached_export(checkpoint, dynamic_size=False, input_size=(INPUT_SIZE, INPUT_
     self-check and tolerance) before it is put in place; the checkpoint's
     hash and the input form are stored in the ONNX file's metadata. The
     cache goes next to the checkpoint, or into `fallback_folder` where that
-    is not writable. Returns the ONNX path."""
+    is not writable. input_size: the fixed input (None: the checkpoint's
+    own, 512x512 for upstream's files). The export records the test settings
+    the checkpoint carries (checkpoint.checkpoint_facts). Returns the ONNX path."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise UserError(f"{checkpoint}: checkpoint not found")
@@ -51,8 +53,12 @@ def cached_export(checkpoint, dynamic_size=False, input_size=(INPUT_SIZE, INPUT_
                             f"next to {checkpoint.name}")
         folder = fallback_folder
         logger.info(f"model: {checkpoint.parent} is not writable; caching the export in {folder}")
+    from centernet.model.checkpoint import checkpoint_facts
+    facts = checkpoint_facts(checkpoint)  # the settings it records (the stand-in's), else COCO's
+    input_size = tuple(input_size or facts.input_size)
     path = export_cache_path(checkpoint, dynamic_size, input_size, folder)
-    options = ExportOptions(input_size=tuple(input_size), dynamic_size=dynamic_size)
+    options = ExportOptions(input_size=input_size, dynamic_size=dynamic_size, mean=facts.mean, std=facts.std,
+                            class_names=facts.class_names)
     digest = file_sha256(checkpoint)
     status = export_status(path, digest, options)
     if status.current:

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from centernet.constants import RANDOM_WEIGHTS_FIELD
+from centernet.constants import FACTS_FIELD, RANDOM_WEIGHTS_FIELD
+from centernet.core.model_facts import ModelFacts
 from centernet.io.binio import write_atomic
 from centernet.errors import UserError
 from centernet.model.networks import LayoutError, build_network, detect_network
@@ -147,18 +148,45 @@ def load_state_dict(model, path, state=None, obj=None, network=None):
     return mark_random(model, isinstance(obj, dict) and obj.get(RANDOM_WEIGHTS_FIELD) is True)
 
 
-def load_model(path):
-    """Build the upstream network an upstream checkpoint holds (found from
-    its keys: networks.detect_network), in eval mode, with its weights; the
-    model carries its ModelFacts (`facts`: network, heads, head width, with
-    COCO's test settings) and is_random. Logs what was found."""
-    state, obj = read_state_dict(path)
+def _spec_and_facts(path, state, obj):
+    """(NetworkSpec, ModelFacts) of a read checkpoint: the network its keys
+    hold, with the test settings it records under FACTS_FIELD (class names,
+    mean/std, input size: a checkpoint made by this toolkit, e.g. the
+    stand-in) or else COCO's, as upstream's files have none."""
     try:
         spec = detect_network(state)
     except LayoutError as e:
         raise UserError(f"{path}: not a ctdet checkpoint: {e}") from None
+    recorded = obj.get(FACTS_FIELD) if isinstance(obj, dict) else None
+    if recorded is None:
+        return spec, spec.facts()
+    try:
+        facts = ModelFacts.from_metadata(dict(recorded))
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{path}: its {FACTS_FIELD} entry is malformed ({e})") from None
+    if (facts.network, dict(facts.heads), facts.head_conv) != (spec.network, spec.heads, spec.head_conv):
+        raise UserError(f"{path}: its {FACTS_FIELD} entry says {facts.describe()}, but its weights are "
+                        f"{spec.describe()}")
+    return spec, facts
+
+
+def checkpoint_facts(path):
+    """The ModelFacts of the checkpoint at `path` (see _spec_and_facts), without building the network."""
+    state, obj = read_state_dict(path)
+    return _spec_and_facts(path, state, obj)[1]
+
+
+def load_model(path):
+    """Build the upstream network an upstream checkpoint holds (found from
+    its keys: networks.detect_network), in eval mode, with its weights; the
+    model carries its ModelFacts (`facts`: network, heads, head width, and
+    the test settings the checkpoint records, else COCO's) and is_random.
+    Logs what was found."""
+    state, obj = read_state_dict(path)
+    spec, facts = _spec_and_facts(path, state, obj)
     logger.info(f"{path}: {spec.describe()}")
     model = build_network(spec.network, spec.heads, spec.head_conv)
+    model.facts = facts
     return load_state_dict(model, path, state, obj, network=spec.network).eval()
 
 
