@@ -24,8 +24,9 @@ def build_parser():
     parser.add_argument("src_dir", help="folder of images (jpg, jpeg, png, bmp)")
     parser.add_argument("dst_dir", help="output folder for <stem>.bin and meta.json")
     parser.add_argument("--model", default=None,
-                        help="the ONNX model the bins are for: its recorded mean/std, input size and "
-                             "keep-resolution padding are used (default: none; the dataset settings below)")
+                        help="the model the bins are for, an ONNX file or a checkpoint: its recorded mean/std, "
+                             "input size and keep-resolution padding are used (default: none; the dataset "
+                             "settings below)")
     add_dataset_settings_arguments(parser, class_names=False)
     add_keep_res_argument(parser, "each image is placed unscaled in an input of its own size rounded up to a "
                                   "multiple of 32; the model needs a dynamic input size "
@@ -51,8 +52,8 @@ def model_settings(args):
              if getattr(args, dest) is not None]
     if given:
         raise UserError(f"{given[0]}: the settings come from --model {args.model}; give one or the other")
-    from centernet.convert.provenance import read_facts
-    facts = read_facts(args.model)
+    from centernet.convert.provenance import model_file_facts
+    facts = model_file_facts(args.model)
     return facts, tuple(args.input_size or facts.input_size)
 
 

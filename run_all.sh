@@ -3,7 +3,7 @@
 # then boxes drawn on a few of the evaluated images (CenterNet_demo.py).
 #
 #   bash run_all.sh                       # real weights + COCO if present, else the demo
-#   bash run_all.sh --demo                # generated data + random weights (smoke test)
+#   bash run_all.sh --demo                # the stand-in detector on generated shapes (a real AP, not COCO's)
 #   bash run_all.sh --limit 500           # the first 500 val2017 images, for a quick real run
 #   bash run_all.sh --backend ascend      # ATC + ais_bench on an Ascend NPU
 #   bash run_all.sh --keep-res --flip     # upstream's test modes (also --scales, streaming only)
@@ -21,8 +21,10 @@ usage: bash run_all.sh [options]
   --weights PATH     upstream ctdet checkpoint, any of its COCO networks (default: ./ctdet_coco_dla_2x.pth)
   --data DIR         dataset root with coco/val2017 and coco/annotations/instances_val2017.json
                      (default: ./data)
-  --demo             run on generated data and random weights instead (AP means nothing)
-  --demo-images N    number of generated images for the demo (default: 24)
+  --demo             run the stand-in detector (ResNet-18 + DCN trained on generated shapes; it
+                     detects shapes, not COCO objects) on its held-out generated images instead
+  --demo-images N    the first N held-out images for the demo (default: all 200, on which the
+                     stand-in's AP was recorded)
   --batchsize B      inference batch size (default: 1)
   --backend NAME     onnxruntime | ascend | torch (default: onnxruntime); torch runs the
                      checkpoint in PyTorch (CPU or CUDA) with no export
@@ -51,7 +53,7 @@ USAGE
 die() { echo "error: $*" >&2; exit 2; }
 source "$here/tools/options.sh"  # unknown_option: the one line for a mistyped option
 
-weights=""; data=""; weights_given=""; data_given=""; demo=0; demo_images=24; batchsize=1; backend=onnxruntime; device=cpu; threads=0
+weights=""; data=""; weights_given=""; data_given=""; demo=0; demo_images=""; batchsize=1; backend=onnxruntime; device=cpu; threads=0
 workdir=""; limit=""; stream=0; soc=""; keep=0; keep_res=0; flip=0; scales=1; rounding=0; precision=fp32
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -120,10 +122,10 @@ if [ "$demo" = 0 ]; then
   if [ ${#missing[@]} -gt 0 ]; then
     echo "The real run needs files that are not here:"
     printf '  - %s\n' "${missing[@]}"
-    echo "Running the demo instead (generated data, random weights)."
+    echo "Running the demo instead: the stand-in detector on generated shapes (it detects shapes, not COCO objects)."
     # Say which of the given inputs the demo leaves aside, so nobody reads its numbers as theirs.
     [ -z "$weights_given" ] || [ ! -f "$weights" ] || \
-      echo "note: --weights $weights is not used: the real run needs COCO val2017 as well, and the demo runs on its own random weights."
+      echo "note: --weights $weights is not used: the real run needs COCO val2017 as well, and the demo runs the stand-in detector."
     [ -z "$data_given" ] || [ ! -d "$images" ] || [ ! -f "$ann" ] || \
       echo "note: --data $data is not used: the real run needs the checkpoint as well, and the demo runs on its own generated images."
     echo
@@ -132,9 +134,9 @@ if [ "$demo" = 0 ]; then
 fi
 if [ "$demo" = 1 ]; then
   workdir="${workdir:-./work/demo}"
-  echo "== DEMO: a smoke test on generated images with random weights; its AP means nothing =="
-  "$PY" -m centernet.cli.make_demo "$workdir" --num-images "$demo_images"
-  data="$workdir/data"; weights="$workdir/ctdet_demo.pth"
+  echo "== DEMO: the stand-in detector (ResNet-18 + DCN trained on generated shapes) on held-out generated images; it detects shapes, not COCO objects, and its AP says the pipeline works, not what a COCO checkpoint scores =="
+  "$PY" -m centernet.cli.make_demo "$workdir" ${demo_images:+--num-images "$demo_images"}
+  data="$workdir/data"; weights="$workdir/ctdet_shapes_resdcn18.pth"
   ann="$data/coco/annotations/instances_val2017.json"; images="$data/coco/val2017"
 fi
 workdir="${workdir:-./work}"
@@ -199,7 +201,8 @@ else
   # Load the weights before any heavy stage: preprocessing val2017 writes 15.7 GB.
   # (The demo's weights were just made by the demo itself.)
   [ "$demo" = 1 ] || stage check-weights "$PY" -m centernet.cli.check_weights "$weights"
-  stage preprocess "$PY" CenterNet_preprocess.py "$images" "$prep" "${limit_args[@]}" "${prep_args[@]}"
+  # --model: the bins follow the settings the checkpoint holds (the stand-in's own mean/std and size; COCO's for upstream's)
+  stage preprocess "$PY" CenterNet_preprocess.py "$images" "$prep" --model "$weights" "${limit_args[@]}" "${prep_args[@]}"
   if [ "$backend" = torch ]; then
     stage infer bash run_infer.sh --model "$weights" --input "$prep" --output "$workdir/result" \
       --output_dirname "$dump" --batchsize "$batchsize" --device "$device" --threads "$threads" --skip-existing \
@@ -248,11 +251,12 @@ stage --optional annotate "$PY" CenterNet_demo.py --model "$demo_model" "$images
   --device "$device" --threads "$threads" --no-progress "${demo_args[@]}" "${torch_args[@]}"
 
 echo
-echo "== summary ($([ "$demo" = 1 ] && echo "DEMO, AP means nothing" || echo "$weights on $data"))"
+echo "== summary ($([ "$demo" = 1 ] && echo "DEMO: the stand-in detector on generated shapes" || echo "$weights on $data"))"
 printf '  %-16s %8.1f s\n' setup "$setup_secs"
 for i in "${!stage_names[@]}"; do printf '  %-16s %8.1f s\n' "${stage_names[$i]}" "${stage_secs[$i]}"; done
 printf '  %-16s %8.1f s\n' total "$(awk -v a="$run_t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }')"
-"$PY" -m centernet.cli.report "$evaldir/metrics.json" "${mode_args[@]}"
+report_args=(); [ "$demo" = 0 ] || report_args=(--standin-record "$here/models/ctdet_shapes_resdcn18.json")
+"$PY" -m centernet.cli.report "$evaldir/metrics.json" "${mode_args[@]}" "${report_args[@]}"
 echo
 echo "pictures:"
 echo "  annotated images: $annotated/ (detections.json beside them)"

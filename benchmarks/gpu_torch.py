@@ -26,7 +26,13 @@ what it finished; a step that would overrun --budget is skipped and says so):
 5. torch.compile (Inductor), in a child process with a time limit;
 6. the streaming evaluation end to end (JPEG decode and warp on CPU workers,
    inference, decoding on the device or by numpy), without and with the flip
-   test, on synthetic COCO-format images, against inference alone.
+   test, on synthetic COCO-format images, against inference alone;
+7. the stand-in detector (models/ctdet_shapes_resdcn18.pth, ResNet-18 + DCN
+   trained on generated shapes) on its held-out split in each precision: the
+   AP change per precision, which top-100 agreement on random weights cannot
+   say. Scored by pycocotools where it is installed; elsewhere the detections
+   stay in the JSON and `--score gpu_torch.json` scores them on any machine
+   with the toolkit's requirements.
 
 Needs only torch, numpy, onnx, opencv and tqdm (no pycocotools, no network).
 """
@@ -63,9 +69,11 @@ from centernet.io.synthetic import synthetic_input_batch  # noqa: E402
 from centernet.runtime.torch_session import TorchOptions, TorchSession  # noqa: E402
 
 FULL = {"size": 512, "parity_images": 8, "batches": [1, 8, 32, 128], "precisions": ["fp32", "tf32", "fp16", "bf16"],
-        "images_per_row": 256, "technique_batch": 32, "pipeline_images": 512, "matmul_n": 8192, "budget": 450}
+        "images_per_row": 256, "technique_batch": 32, "pipeline_images": 512, "matmul_n": 8192, "budget": 450,
+        "standin_images": 200}
 QUICK_CPU = {"size": 128, "parity_images": 2, "batches": [1, 2], "precisions": ["fp32", "bf16"],
-             "images_per_row": 2, "technique_batch": 2, "pipeline_images": 4, "matmul_n": 256, "budget": 300}
+             "images_per_row": 2, "technique_batch": 2, "pipeline_images": 4, "matmul_n": 256, "budget": 300,
+             "standin_images": 4}
 
 
 def parse_args(argv=None):
@@ -89,6 +97,9 @@ def parse_args(argv=None):
     p.add_argument("--batches", type=int, nargs="+", default=None, help="speed table batch sizes")
     p.add_argument("--precisions", nargs="+", default=None, choices=["fp32", "tf32", "fp16", "bf16"],
                    help="speed table precisions")
+    p.add_argument("--score", default=None, metavar="JSON",
+                   help="score the stand-in step's detections kept in JSON (a run where pycocotools was "
+                        "missing) with pycocotools, write them into it and print the table (default: off)")
     p.add_argument("--compile-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     preset = dict(QUICK_CPU if args.quick else FULL)
@@ -423,6 +434,59 @@ def pipeline(model, device, preset, run):
     return {"precision": precision, "batch": batch, "workers": workers, "rows": rows}
 
 
+def score_standin(step):
+    """AP and AP50 of each row's detections against the step's annotations
+    (pycocotools), and each precision's AP change from fp32; the detections
+    are then dropped from the rows. Without pycocotools, the rows keep them."""
+    import importlib.util
+    if importlib.util.find_spec("pycocotools") is None:
+        return step
+    from centernet.io.coco import evaluate_coco
+    for row in step["rows"]:
+        if "results" in row:
+            metrics = evaluate_coco(step["annotations"], row.pop("results"), verbose=False)
+            row["AP"], row["AP50"] = round(metrics["AP"], 4), round(metrics["AP50"], 4)
+    base = next((r.get("AP") for r in step["rows"] if r["precision"] == "fp32"), None)
+    for row in step["rows"]:
+        if base is not None and row.get("AP") is not None:
+            row["AP_change_points"] = round(100 * (row["AP"] - base), 2)
+    step.pop("annotations", None)
+    return step
+
+
+def standin(device, preset, run):
+    """The stand-in on its held-out split through the streaming evaluation,
+    in each precision of the speed table: images/s of inference and its AP."""
+    import tempfile as _tempfile
+    from centernet.io.shapes import make_shapes_coco
+    from centernet.model.checkpoint import load_model as load
+    from centernet.model.demo_data import standin_checkpoint, standin_record
+    from centernet.pipeline.stream import stream_detections
+    checkpoint = standin_checkpoint()
+    record = standin_record(checkpoint)
+    model = load(checkpoint).eval()
+    workers = max(1, min(16, (os.cpu_count() or 2) - 1))
+    rows = []
+    with _tempfile.TemporaryDirectory() as tmp:
+        images_dir, ann = make_shapes_coco(Path(tmp) / "data", "val", preset["standin_images"],
+                                           seed=record["recipe"]["seed"])
+        annotations = json.loads(Path(ann).read_text())
+        for precision in preset["precisions"]:
+            if run.left() < 15:
+                rows.append({"precision": precision, "skipped": "out of time"})
+                continue
+            s = TorchSession(model, TorchOptions(device=device, precision=precision), input_size=model.facts.input_size)
+            results, ids, errors, stats = stream_detections("torch", images_dir, ann, batchsize=preset["technique_batch"],
+                                                            workers=workers, progress=False, session=s)
+            rows.append({"precision": precision, "images": len(ids), "inference_fps": stats["fps"],
+                         "results": results})
+            print(f"  stand-in, {precision}: {stats['fps']} images/s (inference)", flush=True)
+            del s
+            free(device)
+    return score_standin({"checkpoint": str(checkpoint), "recorded_AP": record["val_AP"],
+                          "input_size": list(model.facts.input_size), "annotations": annotations, "rows": rows})
+
+
 def markdown(result):
     env = result.get("environment", {})
     card = env.get("gpu") or env.get("cpu")
@@ -492,6 +556,17 @@ def markdown(result):
                          f"images/s end to end, inference{' and decoding' if r['device_decode'] else ''} "
                          f"alone {r['inference_fps']:.1f} "
                          f"({r['end_to_end_of_inference']:.0%})")
+    st = result.get("standin", {})
+    if "rows" in st:
+        lines += ["", f"stand-in detector on {st['rows'][0].get('images', '?')} held-out generated images "
+                      f"(ResNet-18 + DCN, {st['input_size'][0]}x{st['input_size'][1]}; it detects shapes, not COCO "
+                      f"objects; recorded AP {st['recorded_AP']:.4f}):", "",
+                  "| precision | inference images/s | AP | AP change (points) |", "|---|---:|---:|---:|"]
+        for r in st["rows"]:
+            ap = r.get("AP")
+            lines.append(f"| {r['precision']} | {r.get('inference_fps', r.get('skipped', ''))} | "
+                         f"{'not scored: run --score' if ap is None else f'{ap:.4f}'} | "
+                         f"{r.get('AP_change_points', '')} |")
     return "\n".join(lines)
 
 
@@ -499,6 +574,13 @@ def main(argv=None):
     args = parse_args(argv)
     if args.compile_child:
         return compile_child(args.compile_child)
+    if args.score:
+        result = json.loads(Path(args.score).read_text())
+        result["standin"] = score_standin(result["standin"])
+        result["markdown"] = markdown(result)
+        write_atomic(Path(args.score), (json.dumps(result, indent=2, default=str) + "\n").encode())
+        print(result["markdown"])
+        return 0
     preset = args.preset
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda, but this PyTorch sees no CUDA GPU; use --device cpu --quick", file=sys.stderr)
@@ -520,6 +602,7 @@ def main(argv=None):
         timeout = min(args.compile_timeout, max(0.0, run.left() - 60))  # leave the pipeline its time
         run.step("compile", lambda: compile_step(model, x, args.device, preset, timeout), need=60)
     run.step("pipeline", lambda: pipeline(model, args.device, preset, run), need=30)
+    run.step("standin", lambda: standin(args.device, preset, run), need=30)
     text = markdown(run.result)
     run.result["markdown"] = text
     run.save()

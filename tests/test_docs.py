@@ -5,7 +5,6 @@ import ast
 import importlib
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 
@@ -158,13 +157,13 @@ def marked_block(marker):
     return found[0]
 
 
-def test_demo_recipe_runs(tmp_path, synthetic_coco, upstream_checkpoint):
+def test_demo_recipe_runs(tmp_path):
     """The "follow the recipe on the demo" commands (docs/recipe.md, the block
     marked `<!-- test: demo-recipe -->`), one by one, as written
     (in a temporary work/demo, and the export's self-check left to
-    test_export.py). The demo's data and weights are put there first, from
-    the test fixtures, so that its first command finds them instead of
-    spending time making them (test_run_all.py makes them)."""
+    test_export.py). The demo's data (3 images) and weights are put there
+    first, so that its first command finds them instead of making all 200
+    images (test_run_all.py makes the whole demo)."""
     block = marked_block("demo-recipe")
     commands = [ln.split("#")[0].strip() for ln in block.splitlines()]
     commands = [c for c in commands if c and not c.startswith("source ")]
@@ -172,12 +171,14 @@ def test_demo_recipe_runs(tmp_path, synthetic_coco, upstream_checkpoint):
         "-m", "CenterNet_preprocess.py", "CenterNet_pth2onnx.py", "run_infer.sh", "CenterNet_postprocess_s1.py",
         "CenterNet_postprocess_s2.py", "CenterNet_eval.py", "CenterNet_eval.py"]
     work = str(tmp_path / "work" / "demo")
-    shutil.copytree(synthetic_coco["root"], tmp_path / "work" / "demo" / "data")
-    shutil.copy(upstream_checkpoint, tmp_path / "work" / "demo" / "ctdet_demo.pth")
+    from centernet.model.demo_data import make_demo
+    make_demo(tmp_path / "work" / "demo", num_images=3, progress=False)  # the first command finds them
     for command in commands:
         command = re.sub(r"(\./)?\bwork/demo", work, command)
         if "CenterNet_pth2onnx.py" in command:
             command += " --no-check"
+        if "centernet.cli.make_demo" in command:
+            command += " --num-images 3"  # what is already there
         argv = shlex.split(command)
         if argv[0] == "python":
             argv[0] = sys.executable
@@ -197,7 +198,8 @@ def test_default_outputs_of_the_scripts_are_ignored_by_git():
     """What a script writes into the current folder when no output is given
     (the recipe's defaults) stays out of `git status` in a clone."""
     defaults = ["demo_out/x.jpg", "save/results.json", "run_eval_result/metrics.json", "prep_dataset/x.bin",
-                "result/dumpout_bs1/x_0.bin", "work/demo/ctdet_demo.pth", "CenterNet.onnx", "CenterNet_bs1.om",
-                "ctdet_coco_dla_2x.pth", "data/coco/val2017/x.jpg"]
+                "result/dumpout_bs1/x_0.bin", "work/demo/ctdet_shapes_resdcn18.pth", "CenterNet.onnx", "CenterNet_bs1.om",
+                "ctdet_coco_dla_2x.pth", "data/coco/val2017/x.jpg", "models/ctdet_shapes_resdcn18.pth.partial",
+                "models/ctdet_shapes_resdcn18.cache-256x256.onnx"]
     r = subprocess.run(["git", "check-ignore", "--no-index", *defaults], cwd=ROOT, capture_output=True, text=True)
     assert sorted(r.stdout.split()) == sorted(defaults), r.stdout + r.stderr

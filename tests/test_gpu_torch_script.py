@@ -42,3 +42,13 @@ def test_cpu_quick_mode_end_to_end(upstream_checkpoint, tmp_path):
         (False, True, True), (False, True, False), (False, False, False), (True, True, True), (True, False, False)]
     assert all(r["images"] == 4 and r["end_to_end_fps"] > 0 for r in pipe)
     assert "| precision | batch | images/s |" in result["markdown"] and "top-100 recovered" in result["markdown"]
+    # the stand-in per precision; without pycocotools its detections wait for --score
+    rows = result["standin"]["rows"]
+    assert [r["precision"] for r in rows] == ["fp32", "bf16"] and all(r["images"] == 4 for r in rows)
+    assert all(r["results"] and "AP" not in r for r in rows) and "not scored: run --score" in result["markdown"]
+    r = subprocess.run([PYTHON, str(ROOT / "benchmarks" / "gpu_torch.py"), "--score", str(out)], capture_output=True,
+                       text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(out.read_text())["standin"]["rows"]
+    assert all(0 <= row["AP"] <= 1 and "results" not in row for row in rows)
+    assert rows[0]["AP_change_points"] == 0 and "| fp32 |" in r.stdout

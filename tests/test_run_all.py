@@ -18,6 +18,7 @@ from centernet.convert.provenance import ExportOptions, file_sha256
 from conftest import HANG, ROOT, ctrl_c, kill_group, start_command, wait_for
 
 N = 3
+STANDIN = "ctdet_shapes_resdcn18.pth"  # the demo's copy of the stand-in detector
 
 
 def run_all(*args, cwd):
@@ -42,12 +43,12 @@ def demo_run(tmp_path_factory):
 def test_given_weights_unused_by_the_demo_are_named(demo_run):
     _, r, mine = demo_run
     assert (f"note: --weights {mine} is not used: the real run needs COCO val2017 as well, and the demo runs "
-            "on its own random weights.") in r.stdout.splitlines()
+            "the stand-in detector.") in r.stdout.splitlines()
 
 
 def test_every_stage_reported(demo_run):
     _, r, _ = demo_run
-    assert "DEMO" in r.stdout and "AP means nothing" in r.stdout
+    assert "DEMO: the stand-in detector" in r.stdout and "it detects shapes, not COCO objects" in r.stdout
     for stage in ("preprocess", "export", "infer", "postprocess_s1", "postprocess_s2", "annotate"):
         assert f"== {stage} done in" in r.stdout
     assert "| AP |" in r.stdout  # the final table
@@ -61,11 +62,12 @@ def test_every_stage_reported(demo_run):
     tail = r.stdout[r.stdout.index("pictures:"):]
     for name in ("demo_out/", "pr_curves.png", "per_class_ap.png"):
         assert name in tail
-    # the demo's weights are random: the final table, s2's summary and the annotate stage say so
-    from centernet.constants import RANDOM_WEIGHTS_NOTE
+    # the final table sets this run's AP beside the stand-in's record, not upstream's COCO figure
     table = r.stdout[r.stdout.index("| metric | value |"):r.stdout.index("pictures:")]
-    assert RANDOM_WEIGHTS_NOTE in table
-    assert r.stdout.count(RANDOM_WEIGHTS_NOTE) >= 4  # infer, s1, s2, the annotate stage (twice), the table
+    assert f"| this run, fixed | {N} |" in table and "| the stand-in at training time, fixed 256x256 | 200 |" in table
+    assert "published AP" not in table
+    from centernet.constants import RANDOM_WEIGHTS_NOTE
+    assert RANDOM_WEIGHTS_NOTE not in r.stdout  # trained weights
 
 
 def test_annotate_stage_shows_a_runnable_command(demo_run, tmp_path):
@@ -87,12 +89,12 @@ def test_every_stage_output(demo_run):
     assert len(stems) == N
     prep = work / "prep_dataset"
     assert sorted(p.stem for p in prep.glob("*.bin")) == stems
-    assert all(p.stat().st_size == 3 * 512 * 512 * 4 for p in prep.glob("*.bin"))
+    assert all(p.stat().st_size == 3 * 256 * 256 * 4 for p in prep.glob("*.bin"))  # the stand-in's own size
     assert set(json.loads((prep / "meta.json").read_text())["images"]) == {i["file_name"] for i in ann["images"]}
     dump = work / "result" / "dumpout_bs2"
     for stem in stems:
         sizes = [(dump / f"{stem}_{i}.bin").stat().st_size for i in range(3)]
-        assert sizes == [80 * 128 * 128 * 4, 2 * 128 * 128 * 4, 2 * 128 * 128 * 4]
+        assert sizes == [4 * 64 * 64 * 4, 2 * 64 * 64 * 4, 2 * 64 * 64 * 4]
     results = json.loads((work / "save" / "results.json").read_text())
     per_image = np.bincount([d["image_id"] for d in results])
     assert sorted(per_image[per_image > 0].tolist()) == [100] * N
@@ -104,11 +106,14 @@ def test_every_stage_output(demo_run):
     annotated = json.loads((work / "demo_out" / "detections.json").read_text())["images"]
     assert sorted(e["file"].rsplit("/", 1)[1] for e in annotated) == [f"{s}.jpg" for s in stems]
     assert all((work / "demo_out" / f"{s}.jpg").is_file() for s in stems)
-    # the demo's weights are random, and every file that describes the run says so
-    assert metrics["random_weights"] is True
-    assert json.loads((work / "demo_out" / "detections.json").read_text())["random_weights"] is True
-    assert json.loads((work / "save" / "results.model.json").read_text())["random_weights"] is True
-    assert json.loads((work / "result" / "dumpout_bs2_summary.json").read_text())["random_weights"] is True
+    # the stand-in's weights are trained, and every file that describes the run says they are not random
+    assert metrics["random_weights"] is False
+    assert json.loads((work / "demo_out" / "detections.json").read_text())["random_weights"] is False
+    assert json.loads((work / "save" / "results.model.json").read_text())["random_weights"] is False
+    assert json.loads((work / "result" / "dumpout_bs2_summary.json").read_text())["random_weights"] is False
+    # the pictures name the shapes
+    labels = {d["class"] for e in annotated for d in e["detections"]}
+    assert labels and labels <= {"rectangle", "ellipse", "triangle", "cross"}
 
 
 def test_rerun_resumes(demo_run):
@@ -135,7 +140,7 @@ def test_other_weights_with_an_older_date_are_exported_again(demo_run, tmp_path)
     # The state after a run with the demo's weights (w1): its data and export.
     shutil.copytree(demo_run[0] / "data", work / "data")
     shutil.copy(demo_run[0] / "CenterNet.onnx", work)
-    state = torch.load(demo_run[0] / "ctdet_demo.pth", weights_only=True)
+    state = torch.load(demo_run[0] / STANDIN, weights_only=True)
     state["state_dict"]["module.hm.2.bias"] += 0.5  # other weights: every score changes
     w2 = tmp_path / "w2.pth"
     torch.save(state, w2)
@@ -167,7 +172,7 @@ def test_missing_weights_says_what_to_fetch_then_runs_demo(demo_run, tmp_path):
     work = tmp_path / "w"
     work.mkdir()
     shutil.copytree(demo_run[0] / "data", work / "data")
-    for name in ("ctdet_demo.pth", "CenterNet.onnx"):  # the export records these weights: it is kept
+    for name in (STANDIN, "CenterNet.onnx"):  # the export records these weights: it is kept
         shutil.copy(demo_run[0] / name, work)
     r = run_all("--weights", tmp_path / "none.pth", "--data", tmp_path / "nodata", "--workdir", work,
                 "--threads", 2, cwd=ROOT)
@@ -199,13 +204,16 @@ def test_keep_res_flip_staged(demo_run, tmp_path):
     # 512x512 (a dynamic-size export is the same graph whatever size it was
     # traced at): run_all finds it up to date.
     shutil.copytree(demo_run[0] / "data", work / "data")
-    shutil.copy(demo_run[0] / "ctdet_demo.pth", work)
-    export_checked(load_model(work / "ctdet_demo.pth"), work / "CenterNet_dynamic_flip.onnx",
-                   ExportOptions(dynamic_size=True, flip=True),
-                   file_sha256(work / "ctdet_demo.pth"), "ctdet_demo.pth", batch=1, threads=2, trace_size=(64, 64))
+    shutil.copy(demo_run[0] / STANDIN, work)
+    model = load_model(work / STANDIN)
+    facts = model.facts  # the stand-in's settings, as CenterNet_pth2onnx.py takes them from the checkpoint
+    export_checked(model, work / "CenterNet_dynamic_flip.onnx",
+                   ExportOptions(dynamic_size=True, flip=True, input_size=facts.input_size, mean=facts.mean,
+                                 std=facts.std, class_names=facts.class_names),
+                   file_sha256(work / STANDIN), STANDIN, batch=1, threads=2, trace_size=(64, 64))
     r = run_all("--demo", "--workdir", work, "--keep-res", "--flip", "--keep", "--threads", 2, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "| keep-res + flip |" in r.stdout and "| 39.2 |" in r.stdout
+    assert "| this run, keep-res + flip |" in r.stdout
     assert "CenterNet_dynamic_flip.onnx is up to date" in r.stdout
     meta = json.loads((work / "prep_dataset" / "meta.json").read_text())
     assert meta["keep_res"] and meta["flip_test"]
@@ -214,7 +222,7 @@ def test_keep_res_flip_staged(demo_run, tmp_path):
     for name, entry in meta["images"].items():
         h, w = entry["input_size"]
         assert (h, w) == ((entry["height"] | 31) + 1, (entry["width"] | 31) + 1)
-        assert (dump / f"{name.rsplit('.', 1)[0]}_0.bin").stat().st_size == 80 * (h // 4) * (w // 4) * 4
+        assert (dump / f"{name.rsplit('.', 1)[0]}_0.bin").stat().st_size == 4 * (h // 4) * (w // 4) * 4
     assert "hm as flip-averaged heatmap" in r.stdout
     assert len(json.loads((work / "save" / "results.json").read_text())) == 100 * N
 
@@ -260,7 +268,7 @@ def test_torch_backend_runs_the_checkpoint_without_an_export(demo_run, tmp_path)
     work = tmp_path / "work"
     work.mkdir()
     shutil.copytree(demo_run[0] / "data", work / "data")
-    shutil.copy(demo_run[0] / "ctdet_demo.pth", work)
+    shutil.copy(demo_run[0] / STANDIN, work)
     r = run_all("--demo", "--workdir", work, "--backend", "torch", "--keep-res", "--threads", 1, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "== export" not in r.stdout and not list(work.glob("*.onnx"))

@@ -16,7 +16,7 @@ from centernet.constants import RANDOM_WEIGHTS_FIELD, RANDOM_WEIGHTS_NOTE
 from centernet.core.modes import TestMode, parse_scales
 from centernet.errors import cli
 from centernet.io.binio import load_json
-from centernet.report.summary import format_metrics, format_mode
+from centernet.report.summary import format_metrics, format_mode, format_standin
 
 
 def build_parser():
@@ -25,6 +25,9 @@ def build_parser():
     add_keep_res_argument(p, "the run used it")
     add_flip_argument(p, "the run used it")
     add_scales_argument(p, "the run's scales")
+    p.add_argument("--standin-record", default=None, metavar="JSON",
+                   help="a run of the stand-in detector (the demo's): compare with the AP its record says it "
+                        "scored on the held-out images, instead of upstream's published AP (default: none)")
     return p
 
 
@@ -35,7 +38,11 @@ def main(argv=None):
     metrics = load_json(Path(args.metrics), "metrics file")
     print(format_metrics(metrics))
     print()
-    print(format_mode(metrics, TestMode(args.keep_res, args.flip, parse_scales(args.scales))))
+    mode = TestMode(args.keep_res, args.flip, parse_scales(args.scales))
+    if args.standin_record:
+        print(format_standin(metrics, load_json(Path(args.standin_record), "stand-in record"), mode))
+    else:
+        print(format_mode(metrics, mode))
     if isinstance(metrics, dict) and metrics.get(RANDOM_WEIGHTS_FIELD):
         print()
         print(RANDOM_WEIGHTS_NOTE)

@@ -124,6 +124,16 @@ def read_facts(path):
         raise UserError(f"{path}: {e}") from None
 
 
+def model_file_facts(path):
+    """The ModelFacts of a model file: an ONNX file's record (read_facts), or
+    for a checkpoint (.pth, .pt, .tar) what it records or holds
+    (checkpoint.checkpoint_facts; needs torch)."""
+    if Path(path).suffix.lower() in (".pth", ".pt", ".tar"):
+        from centernet.model.checkpoint import checkpoint_facts
+        return checkpoint_facts(path)
+    return read_facts(path)
+
+
 @dataclass(frozen=True)
 class ExportStatus:
     """Whether an existing ONNX file is current: `reason` says why not, as a

@@ -168,4 +168,8 @@ def make_shapes_coco(root, split="val", num_images=200, seed=0, progress=False):
     dataset = {"info": {"description": description, "version": "1.0"}, "licenses": [], "images": images,
                "annotations": annotations, "categories": shapes_categories()}
     write_atomic(ann_file, json.dumps(dataset).encode("utf-8"))
+    kept = {img["file_name"] for img in images}
+    for stale in images_dir.glob("*.jpg"):  # left over from a larger earlier set
+        if stale.name not in kept:
+            stale.unlink(missing_ok=True)
     return images_dir, ann_file

@@ -15,6 +15,7 @@ them back to float32), its ModelFacts (class names, mean/std, input size)
 and a record of how it was made and the AP it scored on the held-out split.
 """
 import io
+import json
 import logging
 import math
 import platform
@@ -221,14 +222,26 @@ def make_standin(output, recipe=StandinRecipe(), data_root=None, command=None):
     t0 = time.perf_counter()
     metrics = evaluate_standin(model, facts, data_root, recipe)
     record = {"recipe": asdict(recipe), "training_seconds": round(seconds, 1), "machine": machine_text(),
-              "torch": torch.__version__, "python": platform.python_version(), "command": command,
+              "torch": str(torch.__version__), "python": platform.python_version(), "command": command,
               "val_AP": round(metrics["AP"], 4), "val_AP50": round(metrics["AP50"], 4),
               "val_images": recipe.val_images, "per_class_AP": {k: (None if v is None else round(v, 4))
                                                                 for k, v in metrics["per_class"].items()}}
     logger.info(f"held-out AP {metrics['AP']:.4f} (AP50 {metrics['AP50']:.4f}) on {recipe.val_images} images "
                 f"in {time.perf_counter() - t0:.0f}s")
     save_standin(model, facts, record, output)
+    write_standin_record(output)
     Path(f"{output}.partial").unlink(missing_ok=True)
     return record
+
+
+def write_standin_record(checkpoint):
+    """The record a stand-in checkpoint holds, as JSON beside it (<name>.json),
+    readable without torch: the demo's report and the docs quote it."""
+    checkpoint = Path(checkpoint)
+    obj = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    record = {**obj[STANDIN_FIELD], "facts": obj[FACTS_FIELD]}
+    path = checkpoint.with_suffix(".json")
+    write_atomic(path, (json.dumps(record, indent=1) + "\n").encode("utf-8"))
+    return path
 
 

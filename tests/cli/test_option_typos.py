@@ -22,7 +22,7 @@ from centernet.cli.args import ArgumentParser, closest_option, parse_args
     ("CenterNet_benchmark", ["--warm-up", "2"], "--warm-up", "--warmup"),
     ("CenterNet_demo", ["--model", "m.onnx", "img.jpg", "--vis_thresh", "0.5"], "--vis_thresh", "--vis-thresh"),
     ("centernet.cli.check_weights", ["w.pth", "--hlep"], "--hlep", "--help"),
-    ("centernet.cli.make_demo", ["work", "--seeds", "1"], "--seeds", "--seed"),
+    ("centernet.cli.make_demo", ["work", "--num_images", "1"], "--num_images", "--num-images"),
     ("centernet.cli.plots", ["m.json", "--outptu", "pics"], "--outptu", "--output"),
     ("centernet.cli.report", ["m.json", "--Flip"], "--Flip", "--flip"),
 ])

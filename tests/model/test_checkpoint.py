@@ -148,3 +148,38 @@ def test_cli_check(upstream_checkpoint):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout == f"{upstream_checkpoint}: ctdet DLA-34 with DCN, 80 classes, head width 256\n"
+
+
+def _with_facts(upstream_checkpoint, tmp_path, facts):
+    from centernet.constants import FACTS_FIELD
+    raw = torch.load(upstream_checkpoint, weights_only=True)
+    raw[FACTS_FIELD] = facts
+    path = tmp_path / "with_facts.pth"
+    torch.save(raw, path)
+    return path
+
+
+def test_a_checkpoint_that_records_its_settings_loads_with_them(upstream_checkpoint, tmp_path):
+    """A checkpoint made here (the stand-in's) carries its ModelFacts beside
+    upstream's entries; the model, the export cache and CenterNet_pth2onnx.py
+    take its settings from there instead of COCO's."""
+    from centernet.core.model_facts import ModelFacts
+    from centernet.model.checkpoint import checkpoint_facts
+    names = tuple(f"class{i}" for i in range(80))
+    recorded = ModelFacts(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_size=(256, 320), class_names=names)
+    path = _with_facts(upstream_checkpoint, tmp_path, recorded.to_metadata())
+    assert checkpoint_facts(path) == recorded
+    assert load_model(path).facts == recorded
+    assert checkpoint_facts(upstream_checkpoint) == ModelFacts()  # upstream's files: COCO's settings
+
+
+def test_recorded_settings_that_contradict_the_weights_are_one_line(upstream_checkpoint, tmp_path):
+    from centernet.core.model_facts import ModelFacts
+    wrong = ModelFacts(heads=(("hm", 3), ("wh", 2), ("reg", 2))).to_metadata()
+    path = _with_facts(upstream_checkpoint, tmp_path, wrong)
+    with pytest.raises(UserError, match=r"with_facts.pth: its centernet_facts entry says DLA-34 with DCN, 3 classes, "
+                                        r"head width 256, but its weights are DLA-34 with DCN, 80 classes"):
+        load_model(path)
+    path = _with_facts(upstream_checkpoint, tmp_path, {"centernet.mean": "1,2"})
+    with pytest.raises(UserError, match="its centernet_facts entry is malformed"):
+        load_model(path)
