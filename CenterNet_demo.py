@@ -41,7 +41,8 @@ def build_parser():
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders of images, video files")
     p.add_argument("--model", default=None,
                    help="ONNX model or upstream .pth checkpoint (default: ./CenterNet.onnx if present, "
-                        "else ./ctdet_coco_dla_2x.pth)")
+                        "else ./ctdet_coco_dla_2x.pth, else the stand-in detector that ships with the toolkit, "
+                        "models/ctdet_shapes_resdcn18.pth, which detects shapes, not COCO objects)")
     p.add_argument("--output", default="demo_out",
                    help="folder for the annotated copies and detections.json (default: %(default)s)")
     p.add_argument("--vis-thresh", type=float, default=VIS_THRESH,
@@ -50,7 +51,8 @@ def build_parser():
                              ".pth or an ONNX model exported with --dynamic-size")
     add_flip_argument(p, "run it here (twice the work)")
     add_input_size_argument(p, None, what="fixed-mode input height and width, multiples of 32",
-                            default_text="the ONNX model's own, 512 512 for a .pth")
+                            default_text="the model's own: recorded in the ONNX file or the checkpoint, 512 512 "
+                                         "for upstream's checkpoints")
     add_device_arguments(p, PROVIDERS)
     add_scales_argument(p, "each image resized by each, detections merged with soft-NMS")
     add_batchsize_argument(p, what="images of one input size per inference batch")
@@ -68,8 +70,8 @@ def parse_args(argv=None):
 
 
 # What a user who followed the quick start has, and where the real checkpoint comes from.
-MODEL_HINT = ("the demo's model is work/demo/CenterNet.onnx (made by bash run_all.sh; its weights are random); "
-              "upstream's ctdet_coco_dla_2x.pth is in its model zoo, "
+MODEL_HINT = ("the demo's model is work/demo/CenterNet.onnx (made by bash run_all.sh: the stand-in detector, which "
+              "detects shapes, not COCO objects); upstream's ctdet_coco_dla_2x.pth is in its model zoo, "
               "https://github.com/xingyizhou/CenterNet/blob/master/readme/MODEL_ZOO.md")
 
 
@@ -77,8 +79,15 @@ def default_model():
     for name in DEFAULT_MODELS:
         if Path(name).is_file():
             return name
-    raise UserError(f"no model given and neither {' nor '.join(DEFAULT_MODELS)} is here; pass --model "
-                    f"(an .onnx file or a .pth checkpoint): {MODEL_HINT}")
+    from centernet.model.demo_data import STANDIN_LABEL, standin_checkpoint
+    try:
+        standin = standin_checkpoint()
+    except UserError:
+        raise UserError(f"no model given and neither {' nor '.join(DEFAULT_MODELS)} is here; pass --model "
+                        f"(an .onnx file or a .pth checkpoint): {MODEL_HINT}") from None
+    print(f"no model given and neither {' nor '.join(DEFAULT_MODELS)} is here: running {STANDIN_LABEL}, "
+          f"{standin}")
+    return str(standin)
 
 
 @cli(interrupted="the annotated copies finished so far are kept, and detections.json lists them",
