@@ -412,3 +412,32 @@ def test_a_missing_model_says_where_models_come_from(synthetic_coco, run_script,
     r = run_script("CenterNet_demo.py", "--model", "ctdet_coco_dla_2x.pth", images_of(synthetic_coco)[0],
                    cwd=tmp_path)
     assert_one_line_error(r, "ctdet_coco_dla_2x.pth: model not found", "work/demo/CenterNet.onnx", "MODEL_ZOO")
+
+
+STANDIN_RECALL = 0.7  # of the shapes, found at --vis-thresh 0.3 with the right class and IoU >= 0.5
+
+
+def test_without_a_model_the_stand_in_draws_boxes_on_the_shapes(run_script, tmp_path):
+    """No --model and none of the default files here: the stand-in detector
+    that ships with the toolkit runs (PyTorch: no export cached in the
+    repository), and its boxes sit on the generated shapes, labelled with
+    their names."""
+    from centernet.io.shapes import make_shapes_coco
+    from centernet.core.compare import box_iou
+    images_dir, ann_file = make_shapes_coco(tmp_path / "data", "val", num_images=6, seed=0)
+    out = tmp_path / "out"
+    r = run_script("CenterNet_demo.py", images_dir, "--backend", "torch", "--output", out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "running the stand-in detector" in r.stdout and "it detects shapes, not COCO objects" in r.stdout
+    truth = json.loads(ann_file.read_text())
+    names = {c["id"]: c["name"] for c in truth["categories"]}
+    drawn = {e["file"].rsplit("/", 1)[1]: e["detections"] for e in json.loads((out / "detections.json").read_text())["images"]}
+    found = total = 0
+    for image in truth["images"]:
+        dets = drawn[image["file_name"]]
+        for a in (a for a in truth["annotations"] if a["image_id"] == image["id"]):
+            x, y, w, h = a["bbox"]
+            total += 1
+            found += any(d["class"] == names[a["category_id"]] and box_iou([d["box"]], [[x, y, x + w, y + h]])[0, 0] >= 0.5
+                         for d in dets)
+    assert total and found / total >= STANDIN_RECALL, (found, total)
