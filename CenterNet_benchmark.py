@@ -9,6 +9,7 @@
     python CenterNet_benchmark.py --modes              # upstream's test modes side by side, with FLOP ratios
     python CenterNet_benchmark.py --networks dla_34 resdcn_18 res_18 --backends onnxruntime-cpu --batchsize 1 --quick
     python CenterNet_benchmark.py --backends torch-cuda --precision fp32 fp16 bf16 --batchsize 1 8 32 128
+    python CenterNet_benchmark.py --precisions         # fp32 / fp16 / int8 / bf16: speed and AP of the stand-in
 
 Backends: ONNX Runtime CPU (CUDA and TensorRT when onnxruntime-gpu is
 installed), our PyTorch model in eager mode, the PyTorch backend
@@ -24,6 +25,12 @@ the same way in the same run (same backends, batch sizes, input, threads,
 and one sgemm ceiling) and the table has a row per network: its parameters,
 the GFLOP per image the benchmark counts, and per backend its fps, fraction
 of the sgemm ceiling and speed relative to dla_34 when dla_34 is listed.
+
+With --precisions, one run makes the fp16 and int8 (static QDQ, calibrated
+on the train split) ONNX models of a checkpoint trained on the generated
+shapes (the stand-in by default) and prints, per precision, images/s and the
+AP on the held-out split side by side; bf16 runs by PyTorch autocast where the
+CPU has AVX512_BF16 or AMX-BF16.
 
 Every row needs at least a warm-up and a timed batch, so the default run
 (five batch sizes up to 32) takes many times longer than --quick;
@@ -49,10 +56,15 @@ with quiet_interrupt():  # torch loads here
     from centernet.bench.network_benchmark import format_network_table, run_network_benchmark
     from centernet.model.networks import NETWORKS
     from centernet.bench.mode_benchmark import DEFAULT_MODES, MODES, format_mode_table, run_mode_benchmark, write_mode_json
+    from centernet.bench.precision_benchmark import (DEFAULT_INT8_FLOAT, INT8_GROUPS, PRECISIONS,
+                                                     format_precision_table, run_precision_benchmark,
+                                                     write_precision_json)
+    from centernet.constants import STANDIN_CHECKPOINT
 
 DEFAULT_WEIGHTS = "ctdet_coco_dla_2x.pth"
 QUICK = {"batchsizes": [1, 4], "loop": 4}
 FULL = {"batchsizes": [1, 4, 8, 16, 32], "loop": 8}
+PRECISION_LOOP = 20
 
 
 def build_parser():
@@ -60,7 +72,8 @@ def build_parser():
     p.add_argument("--weights", default=None,
                    help=f"upstream checkpoint; without it {DEFAULT_WEIGHTS} is used if present, else "
                         "deterministic random weights (speed barely depends on the values) "
-                        f"(default: {DEFAULT_WEIGHTS} or random)")
+                        f"(default: {DEFAULT_WEIGHTS} or random; with --precisions: the stand-in detector "
+                        f"{STANDIN_CHECKPOINT}, trained on generated shapes)")
     p.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(DEFAULT_BACKENDS),
                    help="backends to measure; those not installed are skipped; onnxruntime-cpu-decompose "
                         "(ONNX Runtime on the decomposed-DCN graph) only runs when named "
@@ -115,10 +128,26 @@ def build_parser():
     p.add_argument("--mode-dataset", default=None,
                    help="dataset root with coco/val2017 and coco/annotations for --modes, its first "
                         "--mode-images images (default: generated images of COCO-like sizes)")
+    p.add_argument("--precisions", nargs="*", choices=PRECISIONS, default=None,
+                   help="instead of the backend table: images/s and held-out AP per precision of a checkpoint "
+                        "trained on the generated shapes (--weights, default the stand-in): ONNX Runtime fp32, "
+                        "fp16 and int8 (static QDQ), and bf16 by PyTorch autocast where the CPU has "
+                        f"AVX512_BF16 / AMX-BF16; batch = first --batchsize value or 1, --loop timed batches "
+                        f"(default {PRECISION_LOOP}); no names = {' '.join(PRECISIONS)} (default: off)")
+    p.add_argument("--precision-images", type=int, default=200,
+                   help="held-out images of the generated shapes the AP of --precisions is measured on "
+                        "(default: %(default)s)")
+    p.add_argument("--calibration-images", type=int, default=64,
+                   help="train images the int8 model of --precisions is calibrated on (default: %(default)s)")
+    p.add_argument("--int8-float", nargs="*", choices=list(INT8_GROUPS), default=list(DEFAULT_INT8_FLOAT),
+                   help="layer groups the int8 model of --precisions keeps in float, besides DeformConv and "
+                        "BatchNormalization (no int8 kernels): "
+                        + "; ".join(f"{k}: {v}" for k, v in INT8_GROUPS.items())
+                        + " (default: %(default)s)")
     p.add_argument("--json", default=None,
                    help="where to write the results as JSON (default: WORKDIR/benchmark.json, "
                         "WORKDIR/benchmark_modes.json with --modes, WORKDIR/benchmark_networks.json "
-                        "with --networks)")
+                        "with --networks, WORKDIR/benchmark_precisions.json with --precisions)")
     p.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
                    help="also draw images/s against batch size, a line per backend, with this run's sgemm "
                         "ceiling dashed, to PNG (default: off; without PNG: WORKDIR/benchmark.png)")
@@ -130,15 +159,25 @@ def parse_args(argv=None):
     args = build_parser().parse_args(argv)
     args.mode_batch = args.batchsizes[0] if args.batchsizes else 1
     preset = QUICK if args.quick else FULL
+    args.loop_given = args.loop
     args.batchsizes = args.batchsizes or preset["batchsizes"]
     args.loop = args.loop or preset["loop"]
+    if args.precisions is not None:
+        for option, value in [("--networks", args.networks is not None), ("--modes", args.modes is not None),
+                              ("--onnx", args.onnx), ("--onnx-decompose", args.onnx_decompose),
+                              ("--profile", args.profile), ("--ort-sweep", args.ort_sweep),
+                              ("--plot", args.plot is not None)]:
+            if value:
+                raise UserError(f"{option} does not go with --precisions (it is a benchmark of its own)")
+        args.precisions = args.precisions or list(PRECISIONS)
     if args.networks is not None:
         for option, value in [("--modes", args.modes is not None), ("--onnx", args.onnx),
                               ("--onnx-decompose", args.onnx_decompose), ("--profile", args.profile),
                               ("--ort-sweep", args.ort_sweep), ("--plot", args.plot is not None)]:
             if value:
                 raise UserError(f"{option} does not go with --networks (it is about one network's export)")
-    name = ("benchmark_modes.json" if args.modes is not None
+    name = ("benchmark_precisions.json" if args.precisions is not None
+            else "benchmark_modes.json" if args.modes is not None
             else "benchmark_networks.json" if args.networks is not None else "benchmark.json")
     args.json = args.json or str(Path(args.workdir) / name)
     if args.plot == "":
@@ -167,6 +206,18 @@ def main(argv=None):
     args = parse_args(argv)
     setup_logging(info_stream="stdout")
     start = time.perf_counter()
+    if args.precisions is not None:
+        weights = args.weights or STANDIN_CHECKPOINT
+        result = run_precision_benchmark(weights, workdir=Path(args.workdir) / "precisions",
+                                         val_images=args.precision_images,
+                                         calibration_images=args.calibration_images, threads=args.threads,
+                                         batchsize=args.mode_batch, loop=args.loop_given or PRECISION_LOOP,
+                                         precisions=args.precisions, int8_float=args.int8_float)
+        print()
+        print(format_precision_table(result))
+        write_precision_json(result, args.json)
+        print(f"\nwrote {args.json} ({time.perf_counter() - start:.0f}s in all)")
+        return 0
     if args.networks is not None:
         checkpoint = args.weights
         if checkpoint is None and "dla_34" in args.networks and Path(DEFAULT_WEIGHTS).is_file():

@@ -36,6 +36,17 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def cpu_flags():
+    """The CPU's feature flags (/proc/cpuinfo's first "flags" line) as a set; empty where unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def usable_cores():
     try:
         return len(os.sched_getaffinity(0))
