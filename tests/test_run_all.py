@@ -211,7 +211,8 @@ def test_keep_res_flip_staged(demo_run, tmp_path):
                    ExportOptions(dynamic_size=True, flip=True, input_size=facts.input_size, mean=facts.mean,
                                  std=facts.std, class_names=facts.class_names),
                    file_sha256(work / STANDIN), STANDIN, batch=1, threads=2, trace_size=(64, 64))
-    r = run_all("--demo", "--workdir", work, "--keep-res", "--flip", "--keep", "--threads", 2, cwd=ROOT)
+    r = run_all("--demo", "--demo-images", N, "--workdir", work, "--keep-res", "--flip", "--keep", "--threads", 2,
+                cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "| this run, keep-res + flip |" in r.stdout
     assert "CenterNet_dynamic_flip.onnx is up to date" in r.stdout
@@ -269,10 +270,11 @@ def test_torch_backend_runs_the_checkpoint_without_an_export(demo_run, tmp_path)
     work.mkdir()
     shutil.copytree(demo_run[0] / "data", work / "data")
     shutil.copy(demo_run[0] / STANDIN, work)
-    r = run_all("--demo", "--workdir", work, "--backend", "torch", "--keep-res", "--threads", 1, cwd=ROOT)
+    r = run_all("--demo", "--demo-images", N, "--workdir", work, "--backend", "torch", "--keep-res", "--threads", 1,
+                cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "== export" not in r.stdout and not list(work.glob("*.onnx"))
-    assert "torch backend: cpu, fp32" in r.stdout and "| AP |" in r.stdout and "| keep-res |" in r.stdout
+    assert "torch backend: cpu, fp32" in r.stdout and "| AP |" in r.stdout and "| this run, keep-res |" in r.stdout
     assert len(json.loads((work / "save" / "results.json").read_text())) == 100 * N
     assert "warning: CenterNet_demo.py" not in r.stdout
     assert len(list((work / "demo_out").glob("*.jpg"))) == N

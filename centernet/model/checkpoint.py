@@ -107,16 +107,17 @@ def mark_random(model, random=True):
     return model
 
 
-def read_state_dict(path):
+def read_state_dict(path, log=True):
     """(state_dict without the `module.` prefix and the ignored entries, the
-    whole checkpoint object) of an upstream-layout checkpoint file."""
+    whole checkpoint object) of an upstream-layout checkpoint file; `log`:
+    say which entries were ignored."""
     obj = _read(path)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise UserError(f"{path}: not a ctdet checkpoint (no state_dict of tensors inside; {UPSTREAM_LAYOUT})")
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     ignored = [k for k in state if k.startswith(IGNORED_PREFIXES)]
-    if ignored:
+    if ignored and log:
         logger.info(f"{path}: ignoring {len(ignored)} backbone classifier entries ({_clip(ignored, 2)}), unused by the detector")
     return {k: v for k, v in state.items() if k not in ignored}, obj
 
@@ -172,7 +173,7 @@ def _spec_and_facts(path, state, obj):
 
 def checkpoint_facts(path):
     """The ModelFacts of the checkpoint at `path` (see _spec_and_facts), without building the network."""
-    state, obj = read_state_dict(path)
+    state, obj = read_state_dict(path, log=False)
     return _spec_and_facts(path, state, obj)[1]
 
 
