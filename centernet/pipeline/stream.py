@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,27 @@ def _init_worker():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+# How long an interrupted run waits for the pool's own shutdown before killing its workers.
+TERMINATE_WAIT_S = 10.0
+
+
+def _terminate(pool, wait_s=TERMINATE_WAIT_S):
+    """pool.terminate(), which after a Ctrl-C can deadlock: its task-handler
+    thread waits forever for a queue lock left held when the workers were
+    killed, and terminate() joins that thread. So it runs on a daemon thread;
+    if it has not finished within wait_s, the workers are killed and the run
+    goes on (the pool's own threads are daemons too, and its finaliser has
+    already been taken: nothing waits for them at exit)."""
+    done = threading.Thread(target=pool.terminate, name="pool-terminate", daemon=True)
+    done.start()
+    done.join(wait_s)
+    if done.is_alive():
+        logger.debug("the preprocessing pool did not shut down in %.0fs; killing its workers", wait_s)
+        for process in list(getattr(pool, "_pool", [])):
+            if process.exitcode is None:
+                process.kill()
+
+
 @contextlib.contextmanager
 def _worker_pool(ctx, workers):
     """A Pool of preprocessing processes that Ctrl-C cannot break (see
@@ -52,7 +74,7 @@ def _worker_pool(ctx, workers):
         yield pool
     finally:
         if pool is not None:
-            pool.terminate()
+            _terminate(pool)
 
 
 def _load(spec, location, scale_index):

@@ -351,3 +351,40 @@ def test_eval_of_random_weights_says_so_in_every_output(synthetic_coco, ctdet_on
         assert r.returncode == 0, r.stderr
         assert (RANDOM_WEIGHTS_NOTE in r.stdout) is random_weights
         assert json.loads((out / "detections.json").read_text())["random_weights"] is random_weights
+
+
+def test_a_pool_whose_shutdown_deadlocks_has_its_workers_killed_and_the_run_goes_on():
+    """After a Ctrl-C, multiprocessing's Pool.terminate() can wait forever on
+    its task-handler thread (a queue lock left held when the workers died).
+    _terminate gives it a bounded wait, then kills the workers itself."""
+    import threading
+    from centernet.pipeline.stream import _terminate
+
+    class Worker:
+        exitcode = None
+        killed = False
+
+        def kill(self):
+            self.killed = True
+
+    class DeadlockedPool:
+        def __init__(self):
+            self._pool = [Worker(), Worker()]
+            self.never = threading.Event()
+
+        def terminate(self):
+            self.never.wait()  # what the real one does in that state
+
+    pool = DeadlockedPool()
+    _terminate(pool, wait_s=0.5)  # returns: the wait is bounded
+    assert all(w.killed for w in pool._pool)
+    pool.never.set()
+
+
+def test_a_pool_that_shuts_down_is_left_to_do_so():
+    import multiprocessing
+    from centernet.pipeline.stream import _init_worker, _terminate
+    pool = multiprocessing.get_context("spawn").Pool(1, initializer=_init_worker)
+    workers = list(pool._pool)
+    _terminate(pool)
+    assert all(w.exitcode is not None for w in workers)  # terminate() ended them, and joined them
