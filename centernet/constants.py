@@ -61,6 +61,7 @@ RANDOM_WEIGHTS_FIELD = "random_weights"
 # A checkpoint may carry its ModelFacts (ModelFacts.to_metadata's entries) under
 # FACTS_FIELD beside 'epoch' and 'state_dict' (upstream's loader ignores it), and
 # the stand-in detector its record of how it was made under STANDIN_FIELD.
+CHECKPOINT_EXTENSIONS = (".pth", ".pt", ".tar")  # what a file name ending says is a PyTorch checkpoint
 FACTS_FIELD = "centernet_facts"
 STANDIN_FIELD = "centernet_standin"
 # The stand-in detector shipped with the toolkit (train/standin.py): ResNet-18 + DCN

@@ -35,7 +35,6 @@ and AP / AP50 on the held-out split through the streaming evaluation
 (stream.stream_detections), the path every runner's AP comes from.
 """
 import dataclasses
-import hashlib
 import itertools
 import json
 import logging
@@ -48,6 +47,7 @@ import numpy as np
 from centernet.bench.machine import BUSY_FLAG, CpuShare, cpu_flags, machine_info, usable_cores
 from centernet.core.modes import TestMode
 from centernet.errors import UserError
+from centernet.convert.provenance import file_sha256
 from centernet.io.binio import make_dirs, write_atomic
 
 logger = logging.getLogger(__name__)
@@ -77,14 +77,6 @@ def bf16_support():
 
 
 # --- the derived models -----------------------------------------------------------------------------
-
-def sha256_of(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def _metadata(proto):
     return {p.key: p.value for p in proto.metadata_props}
@@ -152,7 +144,7 @@ def make_fp16(fp32_path, workdir, op_block=DEFAULT_FP16_BLOCK):
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
     path = Path(workdir) / Path(fp32_path).name.replace(".fp32.onnx", ".fp16.onnx")
-    source_sha = sha256_of(fp32_path)
+    source_sha = file_sha256(fp32_path)
     recipe = json.dumps({"precision": "fp16", "op_block_list": sorted(op_block), "keep_io_types": True})
     if not _current(path, source_sha, recipe):
         logger.info(f"fp16: converting to {path} (kept float32: {', '.join(sorted(op_block)) or 'none'}) ...")
@@ -243,7 +235,7 @@ def make_int8(fp32_path, workdir, calibration_images=64, groups=DEFAULT_INT8_FLO
     source = onnx.load(str(fp32_path))
     meta = _metadata(source)
     keep = int8_float_nodes(source, groups)
-    source_sha = sha256_of(fp32_path)
+    source_sha = file_sha256(fp32_path)
     recipe = json.dumps({"precision": "int8", "format": "QDQ", "calibration": f"train split seed {seed}",
                          "calibration_images": calibration_images, "per_channel": per_channel,
                          "reduce_range": reduce_range, "activations": "uint8", "weights": "int8",

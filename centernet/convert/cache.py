@@ -5,7 +5,7 @@ import os
 import time
 from pathlib import Path
 
-from centernet.constants import INPUT_SIZE
+from centernet.constants import CHECKPOINT_EXTENSIONS, INPUT_SIZE
 from centernet.errors import UserError
 from centernet.io.binio import make_dirs
 from centernet.convert.provenance import (CHECKPOINT_SHA256_KEY, INPUT_KEY, ExportOptions, export_status,
@@ -14,7 +14,6 @@ from centernet.convert.provenance import (CHECKPOINT_SHA256_KEY, INPUT_KEY, Expo
 logger = logging.getLogger(__name__)
 
 
-CHECKPOINT_EXTENSIONS = (".pth", ".pt", ".tar")
 
 
 # The cache's record in the ONNX metadata (convert/provenance.py writes and compares all of it).

@@ -15,7 +15,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from centernet.constants import COCO_MEAN, COCO_STD, DCN_FORMS, FLIP_KEY, INPUT_SIZE, TARGETS
+from centernet.constants import CHECKPOINT_EXTENSIONS, COCO_MEAN, COCO_STD, DCN_FORMS, FLIP_KEY, INPUT_SIZE, TARGETS
 from centernet.core.model_facts import (CLASS_NAMES_KEY, INPUT_SIZE_KEY, MEAN_KEY, STD_KEY, ModelFacts, names_text,
                                         numbers_text)
 from centernet.errors import UserError
@@ -128,7 +128,7 @@ def model_file_facts(path):
     """The ModelFacts of a model file: an ONNX file's record (read_facts), or
     for a checkpoint (.pth, .pt, .tar) what it records or holds
     (checkpoint.checkpoint_facts; needs torch)."""
-    if Path(path).suffix.lower() in (".pth", ".pt", ".tar"):
+    if Path(path).suffix.lower() in CHECKPOINT_EXTENSIONS:
         from centernet.model.checkpoint import checkpoint_facts
         return checkpoint_facts(path)
     return read_facts(path)

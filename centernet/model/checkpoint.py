@@ -208,10 +208,11 @@ def save_upstream_checkpoint(model, path, epoch=140, seed=0):
     checkpoint = {"epoch": epoch, "state_dict": state}
     if is_random(model):
         checkpoint[RANDOM_WEIGHTS_FIELD] = True
-    _write(path, checkpoint)
+    write_checkpoint(path, checkpoint)
 
 
-def _write(path, checkpoint):
+def write_checkpoint(path, checkpoint):
+    """torch.save of `checkpoint` serialised in memory, then written whole under a temp name (binio.write_atomic)."""
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     write_atomic(path, buffer.getbuffer())
@@ -226,5 +227,5 @@ def mark_checkpoint_random(path):
         raise UserError(f"{path}: not a ctdet checkpoint ({UPSTREAM_LAYOUT})")
     if obj.get(RANDOM_WEIGHTS_FIELD) is True:
         return False
-    _write(path, {**obj, RANDOM_WEIGHTS_FIELD: True})
+    write_checkpoint(path, {**obj, RANDOM_WEIGHTS_FIELD: True})
     return True

@@ -14,7 +14,6 @@ upstream's checkpoint layout with float16 tensors (upstream's loader takes
 them back to float32), its ModelFacts (class names, mean/std, input size)
 and a record of how it was made and the AP it scored on the held-out split.
 """
-import io
 import json
 import logging
 import math
@@ -32,6 +31,7 @@ from centernet.core.transforms import preprocess_image
 from centernet.errors import UserError
 from centernet.io.binio import check_writable, make_dirs, write_atomic
 from centernet.io.shapes import SHAPE_CLASSES, make_shapes_coco, shapes_image
+from centernet.model.checkpoint import write_checkpoint
 from centernet.model.networks import build_network
 from centernet.train.losses import ctdet_loss
 from centernet.train.targets import ctdet_targets
@@ -124,10 +124,8 @@ def learning_rate(recipe, step):
 
 
 def _save_partial(path, model, optimizer, step, recipe, elapsed):
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "recipe": asdict(recipe), "elapsed_s": elapsed, "rng": torch.get_rng_state()}, buffer)
-    write_atomic(path, buffer.getbuffer())
+    write_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                            "recipe": asdict(recipe), "elapsed_s": elapsed, "rng": torch.get_rng_state()})
 
 
 def train_standin(recipe, output, save_every_s=300, log_every=10):
@@ -213,9 +211,7 @@ def save_standin(model, facts, record, path):
              for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     checkpoint = {"epoch": record["recipe"]["steps"], "state_dict": state, FACTS_FIELD: facts.to_metadata(),
                   STANDIN_FIELD: record}
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    write_atomic(path, buffer.getbuffer())
+    write_checkpoint(path, checkpoint)
 
 
 def make_standin(output, recipe=StandinRecipe(), data_root=None, command=None):

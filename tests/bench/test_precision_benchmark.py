@@ -8,6 +8,7 @@ import pytest
 
 import CenterNet_benchmark
 from centernet.bench import precision_benchmark as pb
+from centernet.convert.provenance import file_sha256
 from centernet.errors import UserError
 
 SIZE = (128, 128)
@@ -156,7 +157,7 @@ def test_derived_files_are_reused_until_the_recipe_changes(no_bf16):
     path, _ = pb.make_int8(fp32, workdir, calibration_images=2)
     assert str(path) == int8 and onnx.load(int8) == before
     meta = {p.key: p.value for p in before.metadata_props}
-    assert meta[pb.SOURCE_KEY] == pb.sha256_of(fp32)
+    assert meta[pb.SOURCE_KEY] == file_sha256(fp32)
     pb.make_int8(fp32, workdir, calibration_images=2, groups=())
     after = {p.key: p.value for p in onnx.load(int8).metadata_props}
     assert json.loads(after[pb.RECIPE_KEY])["float_nodes"] != json.loads(meta[pb.RECIPE_KEY])["float_nodes"]
