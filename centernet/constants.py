@@ -34,6 +34,20 @@ PASCAL_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car"
                   "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                   "tvmonitor")
 K = 100            # detections decoded per image (upstream's --K)
+
+# multi_pose (human pose, upstream's coco_hp): the heads in output order, and
+# COCO's 17 person keypoints.
+POSE_HEADS = ("hm", "wh", "hps", "reg", "hm_hp", "hp_offset")
+NUM_JOINTS = 17
+KEYPOINT_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+                  "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+                  "right_knee", "left_ankle", "right_ankle")
+# Left/right joint pairs a mirror swaps (upstream's flip_idx, 0-based joints).
+FLIP_IDX = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
+# COCO's 19 limbs (the person category's "skeleton", made 0-based).
+SKELETON = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8), (7, 9),
+            (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6))
+POSE_THRESH = 0.1  # multi_pose_decode: joint peaks scoring at or below it are not snapped to
 VIS_THRESH = 0.3   # upstream's --vis_thresh: the demo draws detections at or above it
 
 # The exported graph's input and outputs (output i is <stem>_i.bin in ais_bench's layout).
