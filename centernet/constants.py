@@ -54,6 +54,12 @@ VIS_THRESH = 0.3   # upstream's --vis_thresh: the demo draws detections at or ab
 INPUT_NAME = "actual_input"
 OUTPUT_NAMES = ("output1", "output2", "output3")
 HEADS = ("hm", "wh", "reg")
+TASKS = ("ctdet", "multi_pose")  # upstream's --task values the toolkit serves; the heads say which (hps: multi_pose)
+
+
+def output_names(count):
+    """The graph's output names for a model of `count` heads: output1 .. outputN."""
+    return tuple(f"output{i + 1}" for i in range(count))
 
 # ONNX metadata (metadata_props) of an exported file saying what output1 holds.
 FLIP_KEY = "centernet.flip_test"  # "1": the flip test is in the graph (export --flip), "0": it is not

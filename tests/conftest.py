@@ -376,6 +376,19 @@ def calibrated_network(network, num_classes=3, seed=0):
     return _NETWORKS[key]
 
 
+POSE = {"hm": 1, "wh": 2, "hps": 34, "reg": 2, "hm_hp": 17, "hp_offset": 2}  # upstream's multi_pose heads
+
+
+def calibrated_pose_network(network="resdcn_18", seed=0):
+    """random_model of upstream's multi_pose `network` (COCO's 17 keypoints),
+    calibrated like a trained one, made once per test session and shared."""
+    from centernet.model.random_weights import random_model
+    key = (network, "multi_pose", seed)
+    if key not in _NETWORKS:
+        _NETWORKS[key] = random_model(seed, network, POSE, calibration_size=(128, 128))
+    return _NETWORKS[key]
+
+
 SMALL_MODEL_INPUT = (128, 128)  # three_class_models' fixed input: 32x32 output maps
 # three_category_coco's categories, in the file out of id order on purpose: class j is the j-th smallest id.
 CATEGORIES = [{"id": 12, "name": "kayak"}, {"id": 3, "name": "heron"}, {"id": 7, "name": "buoy"}]

@@ -1,4 +1,4 @@
-"""Export a ctdet network (any of upstream's) to ONNX for ONNX Runtime or
+"""Export a CenterNet network (any of upstream's, ctdet or multi_pose) to ONNX for ONNX Runtime or
 Ascend ATC, and check it.
 
 Targets:
@@ -7,7 +7,8 @@ Targets:
   without DCN (res, dlav0, hourglass) are plain convolutions.
 - ascend: opset 11, each DCN one `DeformableConv2D` node in ATC's layout.
 The graph input is `actual_input` (batch, 3, H, W) with a dynamic batch; the
-outputs are `output1` (hm), `output2` (wh), `output3` (reg), raw logits.
+outputs are `output1` (hm), `output2` (wh), `output3` (reg), raw logits; a
+multi_pose network's are output1..6: hm, wh, hps, reg, hm_hp, hp_offset.
 
 With flip=True the graph holds upstream's flip test (detectors/ctdet.py):
 the batch runs together with its mirror, and output1 is the average of the
@@ -39,10 +40,11 @@ from centernet.errors import Interrupted, UserError, write_error
 from centernet.convert.provenance import ExportOptions, provenance_metadata
 from centernet.constants import (DCN_FORMS, FLIP_KEY, HM_KEY, INPUT_NAME, OUTPUT_NAMES,  # noqa: F401 (re-exported)
                                  TARGETS)
-from centernet.constants import RANDOM_WEIGHTS_KEY
+from centernet.constants import POSE_HEADS, RANDOM_WEIGHTS_KEY, output_names
 from centernet.model.checkpoint import is_random
 from centernet.model.networks import model_facts
 from centernet.runtime.ort_session import make_session, run_session
+from centernet.runtime.torch_decode import combine_flip_pose_torch
 
 # deformconv is the default because it is the fast one in ONNX Runtime: the
 # decomposed graph ran at 0.83x on the CPU (batch 1, 2 threads); its GridSample,
@@ -56,9 +58,11 @@ logger = logging.getLogger(__name__)
 
 
 class FlipTest(nn.Module):
-    """ctdet with upstream's flip test in the forward pass: the batch and its
-    mirror along the width in one pass; hm = (sigmoid(hm0) + flip(sigmoid(hm1))) / 2,
-    wh = (wh0 + flip(wh1)) / 2, reg = reg0."""
+    """A network with upstream's flip test in the forward pass: the batch and
+    its mirror along the width in one pass. ctdet: hm = (sigmoid(hm0) +
+    flip(sigmoid(hm1))) / 2, wh = (wh0 + flip(wh1)) / 2, reg = reg0;
+    multi_pose: combine_flip_pose_torch (hps and hm_hp mirrored with their
+    left and right joints swapped)."""
 
     def __init__(self, model):
         super().__init__()
@@ -66,7 +70,10 @@ class FlipTest(nn.Module):
 
     def forward(self, x):
         n = x.shape[0]
-        hm, wh, reg = self.model(torch.cat([x, x.flip(3)]))
+        outputs = self.model(torch.cat([x, x.flip(3)]))
+        if len(outputs) == len(POSE_HEADS):
+            return combine_flip_pose_torch(*outputs)
+        hm, wh, reg = outputs
         hm = hm.sigmoid()
         hm = (hm[:n] + hm[n:].flip(3)) / 2
         wh = (wh[:n] + wh[n:].flip(3)) / 2
@@ -98,6 +105,7 @@ def export_onnx(model, path, target="onnxruntime", dcn="deformconv", input_size=
     random_weights = is_random(model)
     if facts is None:  # a dynamic export's trace size is no fact about the model
         facts = model_facts(model) if dynamic_size else model_facts(model).with_settings(input_size=(h, w))
+    names = output_names(len(facts.heads))
     model = (FlipTest(model) if flip else model).eval()
     with torch.no_grad(), export_flavour(flavour, static_size=not dynamic_size), warnings.catch_warnings():
         # The TorchScript exporter is the one that maps autograd Functions to
@@ -106,8 +114,8 @@ def export_onnx(model, path, target="onnxruntime", dcn="deformconv", input_size=
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model, (dummy,), buf, dynamo=False, opset_version=OPSET[target],
-            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-            dynamic_axes={INPUT_NAME: axes, **{n: out_axes for n in OUTPUT_NAMES}},
+            input_names=[INPUT_NAME], output_names=list(names),
+            dynamic_axes={INPUT_NAME: axes, **{n: out_axes for n in names}},
             do_constant_folding=True)
     proto = onnx.load_from_string(buf.getvalue())
     proto.ir_version = min(proto.ir_version, ORT_MAX_IR_VERSION)
@@ -234,7 +242,7 @@ def check_export(model, proto, target="onnxruntime", input_size=(512, 512), batc
         exact = [t.numpy() for t in copy.deepcopy(model).double()(torch.from_numpy(x).double())]
         float32 = [t.numpy() for t in model(torch.from_numpy(x))]
     checks = []
-    for name, got, ref, f32 in zip(OUTPUT_NAMES, ours, exact, float32):
+    for name, got, ref, f32 in zip(output_names(len(exact)), ours, exact, float32):
         if got.shape != ref.shape:
             checks.append(OutputCheck(name, math.inf, 0.0, math.nan, 0.0,
                                       problem=f"shape {got.shape} instead of {ref.shape}"))

@@ -11,9 +11,11 @@ DLA-34 on COCO, the only model such files could hold.
 import json
 from dataclasses import dataclass, replace
 
-from centernet.constants import (COCO_MEAN, COCO_STD, DOWN_RATIO, HOURGLASS_PAD, INPUT_SIZE, KEEP_RES_PAD)
+from centernet.constants import (COCO_MEAN, COCO_STD, DOWN_RATIO, HOURGLASS_PAD, INPUT_SIZE, KEEP_RES_PAD, NUM_JOINTS,
+                                 POSE_HEADS)
 
 NETWORK_KEY = "centernet.network"
+TASK_KEY = "centernet.task"              # "ctdet" or "multi_pose" (from the heads; recorded for readers of the file)
 HEADS_KEY = "centernet.heads"            # "hm:80,wh:2,reg:2", in output order
 HEAD_CONV_KEY = "centernet.head_conv"
 CLASS_NAMES_KEY = "centernet.class_names"  # a JSON list, absent when the names are not known
@@ -86,6 +88,10 @@ class ModelFacts:
             raise ValueError(f"input size {self.input_size}: not a height and width")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError("mean and std need 3 numbers each (B, G, R)")
+        names = tuple(n for n, _ in self.heads)
+        if "hps" in names and (names != POSE_HEADS or dict(self.heads)["hps"] != 2 * NUM_JOINTS):
+            raise ValueError(f"heads {self.heads}: a multi_pose model has {', '.join(POSE_HEADS)} in that "
+                             f"order, hps of {2 * NUM_JOINTS} channels")
         if any(v <= 0 for v in self.std):
             raise ValueError(f"std must be positive, got {', '.join(f'{v:g}' for v in self.std)}")
 
@@ -102,6 +108,19 @@ class ModelFacts:
         return dict(self.heads)["hm"]
 
     @property
+    def task(self):
+        """Upstream's task: "multi_pose" for a model with the human-pose heads (hps ...), else "ctdet"."""
+        return "multi_pose" if "hps" in dict(self.heads) else "ctdet"
+
+    @property
+    def is_pose(self):
+        return self.task == "multi_pose"
+
+    @property
+    def num_joints(self):
+        return dict(self.heads).get("hps", 0) // 2
+
+    @property
     def input_multiple(self):
         """Keep-resolution inputs (and any dynamic input) are multiples of this."""
         return self.pad + 1
@@ -112,6 +131,9 @@ class ModelFacts:
     def describe(self):
         """'ResNet-18 with DCN, 80 classes, head width 64'."""
         n = self.num_classes
+        if self.is_pose:
+            return (f"{describe_network(self.network)}, human pose ({self.num_joints} keypoints), "
+                    f"head width {self.head_conv}")
         return f"{describe_network(self.network)}, {n} class{'es' if n != 1 else ''}, head width {self.head_conv}"
 
     def describe_settings(self):
@@ -121,7 +143,7 @@ class ModelFacts:
 
     def to_metadata(self):
         """The facts as ONNX metadata_props entries."""
-        meta = {NETWORK_KEY: self.network, HEADS_KEY: ",".join(f"{n}:{c}" for n, c in self.heads),
+        meta = {NETWORK_KEY: self.network, TASK_KEY: self.task, HEADS_KEY: ",".join(f"{n}:{c}" for n, c in self.heads),
                 HEAD_CONV_KEY: str(self.head_conv), MEAN_KEY: numbers_text(self.mean), STD_KEY: numbers_text(self.std),
                 INPUT_SIZE_KEY: f"{self.input_size[0]}x{self.input_size[1]}",
                 DOWN_RATIO_KEY: str(self.down_ratio), PAD_KEY: str(self.pad)}

@@ -114,7 +114,7 @@ def read_state_dict(path, log=True):
     obj = _read(path)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise UserError(f"{path}: not a ctdet checkpoint (no state_dict of tensors inside; {UPSTREAM_LAYOUT})")
+        raise UserError(f"{path}: not a CenterNet checkpoint (no state_dict of tensors inside; {UPSTREAM_LAYOUT})")
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     ignored = [k for k in state if k.startswith(IGNORED_PREFIXES)]
     if ignored and log:
@@ -142,7 +142,7 @@ def load_state_dict(model, path, state=None, obj=None, network=None):
     if misshaped:
         problems.append(f"wrong shape {len(misshaped)}: {_clip(misshaped, 3)}")
     if problems:
-        raise UserError(f"{path}: not a ctdet checkpoint of any upstream network; as {network or 'dla_34'}: "
+        raise UserError(f"{path}: not a CenterNet checkpoint of any upstream network; as {network or 'dla_34'}: "
                         + "; ".join(problems))
     # num_batches_tracked only matters for training; keep the model's own.
     model.load_state_dict(state, strict=False)
@@ -157,7 +157,7 @@ def _spec_and_facts(path, state, obj):
     try:
         spec = detect_network(state)
     except LayoutError as e:
-        raise UserError(f"{path}: not a ctdet checkpoint: {e}") from None
+        raise UserError(f"{path}: not a CenterNet checkpoint: {e}") from None
     recorded = obj.get(FACTS_FIELD) if isinstance(obj, dict) else None
     if recorded is None:
         return spec, spec.facts()
@@ -224,7 +224,7 @@ def mark_checkpoint_random(path):
     Returns whether the file was changed."""
     obj = _read(path)
     if not isinstance(obj, dict) or "state_dict" not in obj:
-        raise UserError(f"{path}: not a ctdet checkpoint ({UPSTREAM_LAYOUT})")
+        raise UserError(f"{path}: not a CenterNet checkpoint ({UPSTREAM_LAYOUT})")
     if obj.get(RANDOM_WEIGHTS_FIELD) is True:
         return False
     write_checkpoint(path, {**obj, RANDOM_WEIGHTS_FIELD: True})

@@ -1,4 +1,4 @@
-"""Upstream's ctdet networks, and which one a checkpoint holds.
+"""Upstream's networks (ctdet and multi_pose), and which one a checkpoint holds.
 
 Upstream names a network `arch_layers` (opts.py --arch): dla_34 (DLA-34 with
 DCN, pose_dla_dcn.py), dlav0_34 (DLA-34 without DCN, dlav0.py), res_N (ResNet
@@ -13,12 +13,13 @@ shapes tell them apart, so no --arch flag is needed:
 - every other top-level name is a head: `NAME.0.weight` (3x3 conv, its
   output channels the head width) ... `NAME.2.weight` (1x1 conv, its output
   channels the head's), or for hourglass the same per stack
-  (`NAME.S.0.conv.weight`, `NAME.S.1.weight`).
+  (`NAME.S.0.conv.weight`, `NAME.S.1.weight`). The heads say the task:
+  hm, wh, reg for ctdet; hm, wh, hps, reg, hm_hp, hp_offset for multi_pose.
 """
 import re
 from dataclasses import dataclass
 
-from centernet.constants import HEADS
+from centernet.constants import HEADS, NUM_JOINTS, POSE_HEADS
 from centernet.core.model_facts import ModelFacts, describe_network
 
 # Upstream's ResNet depths (msra_resnet.resnet_spec): (Bottleneck?, blocks per stage).
@@ -42,7 +43,7 @@ class LayoutError(ValueError):
 @dataclass(frozen=True)
 class NetworkSpec:
     """Which network a checkpoint holds: upstream's arch name (e.g. resdcn_18),
-    its heads {name: channels} in ctdet's output order, and the head width."""
+    its heads {name: channels} in upstream's output order, and the head width."""
     network: str
     heads: dict
     head_conv: int
@@ -95,19 +96,23 @@ def _heads(state, names, hourglass):
     heads = {name: int(last(name).shape[0]) for name in names
              if state.get(first(name)) is not None and state[first(name)].dim() == 4
              and last(name) is not None and last(name).dim() >= 1}
-    if not set(HEADS) <= set(heads):
-        absent = [h for h in HEADS if h not in heads]
-        hint = " (a multi_pose checkpoint? those are not supported yet)" if "hps" in heads else ""
-        raise LayoutError(f"no {', '.join(absent)} head (heads found: {', '.join(heads) or 'none'}; a ctdet "
-                          f"detector has {', '.join(HEADS)}, each a 3x3 conv, ReLU and 1x1 conv){hint}")
-    widths = {int(state[first(name)].shape[0]) for name in HEADS}
+    pose = "hps" in heads
+    expected, task = (POSE_HEADS, "multi_pose model") if pose else (HEADS, "ctdet detector")
+    if not set(expected) <= set(heads):
+        absent = [h for h in expected if h not in heads]
+        raise LayoutError(f"no {', '.join(absent)} head (heads found: {', '.join(heads) or 'none'}; a {task} "
+                          f"has {', '.join(expected)}, each a 3x3 conv, ReLU and 1x1 conv)")
+    if pose and (heads["hps"] != 2 * NUM_JOINTS or heads["hm_hp"] != NUM_JOINTS):
+        raise LayoutError(f"hps of {heads['hps']} and hm_hp of {heads['hm_hp']} channels; upstream's multi_pose "
+                          f"has COCO's {NUM_JOINTS} keypoints (hps {2 * NUM_JOINTS}, hm_hp {NUM_JOINTS})")
+    widths = {int(state[first(name)].shape[0]) for name in expected}
     if len(widths) != 1:
         raise LayoutError(f"heads of different widths ({', '.join(map(str, sorted(widths)))})")
-    return {name: heads[name] for name in HEADS}, widths.pop()
+    return {name: heads[name] for name in expected}, widths.pop()
 
 
 def detect_network(state):
-    """The NetworkSpec of an upstream ctdet state_dict (keys without the
+    """The NetworkSpec of an upstream ctdet or multi_pose state_dict (keys without the
     `module.` prefix); a LayoutError naming the keys that fit no network."""
     top = {k.split(".", 1)[0] for k in state}
     family = _family(top)

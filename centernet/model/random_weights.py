@@ -1,4 +1,4 @@
-"""Random ctdet weights, for any of upstream's networks, that behave like a
+"""Random weights (ctdet or multi_pose heads), for any of upstream's networks, that behave like a
 trained network, for tests, the demo and the benchmark (the real checkpoint
 is the user's to supply).
 
@@ -41,6 +41,11 @@ HEAD_TARGETS = {
     "hm": ((-4.5, -3.5), (3.0, 4.0), (0.01, 0.5, 0.99)),    # logits mostly -6..-1, peaks above 0
     "wh": ((16.0, 32.0), (8.0, 12.0), (0.05, 0.5, 0.95)),  # tens of output pixels
     "reg": ((0.45, 0.55), (0.4, 0.6), (0.05, 0.5, 0.95)),   # sub-pixel centre offsets
+    # multi_pose: joints tens of output pixels from the centre either way,
+    # joint heatmaps like hm's, sub-pixel joint offsets.
+    "hps": ((-12.0, 12.0), (8.0, 16.0), (0.05, 0.5, 0.95)),
+    "hm_hp": ((-4.5, -3.5), (3.0, 4.0), (0.01, 0.5, 0.99)),
+    "hp_offset": ((0.45, 0.55), (0.4, 0.6), (0.05, 0.5, 0.95)),
 }
 
 
@@ -128,7 +133,7 @@ def calibrate(model, images, gen):
 
 def random_model(seed=0, network="dla_34", heads=None, head_conv=None, calibration_size=None,
                  calibration_images=CALIBRATION_IMAGES):
-    """A deterministic ctdet network (upstream's `network`, e.g. resdcn_18;
+    """A deterministic network (upstream's `network`, e.g. resdcn_18;
     `heads` default COCO's) with random weights calibrated on synthetic photos
     (see the module docstring), marked as random weights (checkpoint.is_random).
     Upstream's parameter names and shapes; it carries its ModelFacts (`facts`).

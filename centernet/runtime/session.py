@@ -7,7 +7,7 @@ predictor, the staged inference, the benchmarks) reads only this.
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from centernet.constants import DOWN_RATIO, HEADS
+from centernet.constants import DOWN_RATIO, HEADS, NUM_JOINTS, POSE_HEADS
 from centernet.core.model_facts import ModelFacts
 
 
@@ -56,17 +56,26 @@ class Capabilities:
         return [(c, h, w) for _, c in self.heads]
 
 
+POSE_CHANNELS = {"hm": 1, "wh": 2, "hps": 2 * NUM_JOINTS, "reg": 2, "hm_hp": NUM_JOINTS, "hp_offset": 2}
+
+
 def heads_from_channels(channels):
-    """Capabilities.heads from the outputs' channel counts (None: unknown)."""
-    if len(channels) != len(HEADS):
-        raise ValueError(f"{len(channels)} outputs; a ctdet model has {len(HEADS)} ({', '.join(HEADS)})")
-    defaults = dict(Capabilities.heads)
-    return tuple((name, c if isinstance(c, int) else defaults[name]) for name, c in zip(HEADS, channels))
+    """Capabilities.heads from the outputs' channel counts (None: unknown):
+    3 outputs are ctdet's heads, 6 multi_pose's."""
+    if len(channels) == len(HEADS):
+        names, defaults = HEADS, dict(Capabilities.heads)
+    elif len(channels) == len(POSE_HEADS):
+        names, defaults = POSE_HEADS, POSE_CHANNELS
+    else:
+        raise ValueError(f"{len(channels)} outputs; a ctdet model has {len(HEADS)} ({', '.join(HEADS)}), "
+                         f"a multi_pose model {len(POSE_HEADS)} ({', '.join(POSE_HEADS)})")
+    return tuple((name, c if isinstance(c, int) else defaults[name]) for name, c in zip(names, channels))
 
 
 class Session(ABC):
     """A loaded model. run() takes a float32 (N, 3, H, W) batch and returns
-    the outputs (hm, wh, reg) as float32 numpy arrays; run_warped and
+    the outputs (hm, wh, reg; multi_pose: hm, wh, hps, reg, hm_hp, hp_offset)
+    as float32 numpy arrays; run_warped and
     run_decoded exist where the capabilities say so."""
 
     name = "model"

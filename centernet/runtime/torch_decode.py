@@ -1,10 +1,13 @@
 """Decoding on the PyTorch device (decode_ctdet_torch: decode_ctdet's
 detections and tie order bit for bit given the same heat) and the flip
-test's average there (combine_flip_torch), so that only the top K per input
+test's average there (combine_flip_torch; multi_pose's: combine_flip_pose_torch,
+which the exported flip graph holds), so that only the top K per input
 cross back to the host."""
 
 import torch
 import torch.nn.functional as F
+
+from centernet.constants import FLIP_IDX, NUM_JOINTS
 
 
 
@@ -50,3 +53,38 @@ def combine_flip_torch(hm, wh, reg):
     n = len(hm) // 2
     heat = torch.sigmoid(hm.float())
     return (heat[:n] + heat[n:].flip(3)) / 2, (wh[:n].float() + wh[n:].float().flip(3)) / 2, reg[:n].float()
+
+
+def _joint_order():
+    """Joint j of a mirrored image is joint order[j] of the original (FLIP_IDX's pairs swapped)."""
+    order = list(range(NUM_JOINTS))
+    for a, b in FLIP_IDX:
+        order[a], order[b] = b, a
+    return order
+
+
+def flip_lr_torch(x):
+    """Upstream's flip_lr on torch tensors (N, J, H, W): mirrored along the width, left and right joints swapped."""
+    return x.flip(3)[:, _joint_order()]
+
+
+def flip_lr_off_torch(x):
+    """Upstream's flip_lr_off on torch tensors (N, 2J, H, W): mirrored, the x
+    offsets negated, left and right joints swapped (both channels of each)."""
+    n, c, h, w = x.shape
+    y = x.flip(3).reshape(n, c // 2, 2, h, w)[:, _joint_order()]
+    sign = torch.tensor([-1.0, 1.0], dtype=x.dtype, device=x.device).view(1, 1, 2, 1, 1)
+    return (y * sign).reshape(n, c, h, w)
+
+
+def combine_flip_pose_torch(hm, wh, hps, reg, hm_hp, hp_offset):
+    """multi_pose's flip test on torch tensors (upstream detectors/multi_pose.py):
+    outputs of a batch followed by its mirror (2N) -> the N inputs' (heat,
+    wh, hps, reg, hm_hp heat, hp_offset); hm and hm_hp after their sigmoid.
+    Keeps the inputs' dtype (the export check runs it in float64). The
+    batch size comes from a shape (not len()), so an ONNX trace keeps it dynamic."""
+    n = hm.shape[0] // 2
+    heat, joint_heat = hm.sigmoid(), hm_hp.sigmoid()
+    return ((heat[:n] + heat[n:].flip(3)) / 2, (wh[:n] + wh[n:].flip(3)) / 2,
+            (hps[:n] + flip_lr_off_torch(hps[n:])) / 2, reg[:n],
+            (joint_heat[:n] + flip_lr_torch(joint_heat[n:])) / 2, hp_offset[:n])

@@ -34,6 +34,7 @@ Each technique that makes the network fast on a GPU is a switch of
 - dcn: the deformable convolution's kernel (dcn_kernels: ours, torchvision, auto).
 """
 import contextlib
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -48,6 +49,8 @@ from centernet.errors import UserError
 from centernet.runtime.session import Capabilities, Session, heads_from_channels
 from centernet.runtime.torch_decode import combine_flip_torch, decode_ctdet_torch
 from centernet.runtime.torch_model import TorchOptions, prepare_model
+
+logger = logging.getLogger(__name__)
 
 
 class TorchSession(Session):
@@ -77,8 +80,12 @@ class TorchSession(Session):
         self._mean_std = None
         self._compute_dtype = self.options.low_dtype if self.options.cast == "model" else None
         # The flip test is never in this graph: the predictor mirrors around it.
+        # Decoding on the device is ctdet's; a multi_pose model is decoded on the host.
+        device_decode = self.options.device_decode and not self.facts.is_pose
+        if self.options.device_decode and not device_decode:
+            logger.info(f"{self.name}: a multi_pose model is decoded on the host (device_decode is for ctdet)")
         self._caps = Capabilities(input_size=self.input_size, accepts_warped=self.options.warped_input,
-                                  decodes_on_device=self.options.device_decode,
+                                  decodes_on_device=device_decode,
                                   heads=heads_from_channels(list(self.heads.values())),
                                   random_weights=random_weights, facts=self.facts)
 

@@ -123,7 +123,7 @@ def test_cli_wrong_architecture(tmp_path):
     torch.save({"state_dict": {"conv.weight": torch.zeros(3)}}, path)
     r = run_script(path, tmp_path / "x.onnx")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and "not a ctdet checkpoint: its keys fit no upstream" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "not a CenterNet checkpoint: its keys fit no upstream" in r.stderr
 
 
 def test_cli_output_path_and_checkpoint_errors_are_one_line(tmp_path):

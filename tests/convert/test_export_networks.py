@@ -11,7 +11,7 @@ import torch
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
-from conftest import assert_parity, calibrated_network, photo_inputs
+from conftest import POSE, assert_parity, calibrated_network, calibrated_pose_network, photo_inputs
 from centernet.convert.export import REL_TOL, check_export, export_onnx, require_passed
 from centernet.core.model_facts import ModelFacts
 from centernet.runtime.ort_session import make_session, open_ort_session
@@ -41,6 +41,33 @@ def test_each_network_exports_and_matches_its_float64_model(network, target, dcn
     assert all(c.rel_diff <= REL_TOL for c in checks), [c.describe() for c in checks]
     facts = ModelFacts.from_metadata({p.key: p.value for p in proto.metadata_props})
     assert facts == model.facts.with_settings(input_size=SIZE)
+
+
+@pytest.mark.parametrize("network,target,dcn,flip", [
+    ("dla_34", "onnxruntime", "deformconv", False),
+    ("resdcn_18", "onnxruntime", "deformconv", True),
+    ("resdcn_18", "onnxruntime", "decompose", False),
+    ("resdcn_18", "ascend", "deformconv", True),
+])
+def test_a_multi_pose_network_exports_its_six_heads_and_matches_its_float64_model(network, target, dcn, flip,
+                                                                                  tmp_path):
+    from centernet.convert.export import FlipTest
+    model = calibrated_pose_network(network)
+    proto = export_onnx(model, tmp_path / "m.onnx", target=target, dcn=dcn, input_size=SIZE, flip=flip)
+    assert [o.name for o in proto.graph.output] == [f"output{i}" for i in range(1, 7)]
+    reference = FlipTest(model) if flip else model
+    checks = check_export(reference, proto, target=target, input_size=SIZE, batch=2)
+    require_passed(checks, network)
+    assert len(checks) == 6 and all(c.rel_diff <= REL_TOL for c in checks), [c.describe() for c in checks]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["centernet.task"] == "multi_pose"
+    assert meta["centernet.heads"] == "hm:1,wh:2,hps:34,reg:2,hm_hp:17,hp_offset:2"
+    facts = ModelFacts.from_metadata(meta)
+    assert facts == model.facts.with_settings(input_size=SIZE) and facts.task == "multi_pose"
+    if target == "onnxruntime":
+        session = open_ort_session(proto.SerializeToString())
+        caps = session.capabilities
+        assert caps.heads == tuple(POSE.items()) and caps.flip_in_graph == flip and caps.facts.task == "multi_pose"
 
 
 def _dcn_inputs_and_outputs(proto):

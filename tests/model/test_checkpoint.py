@@ -109,7 +109,7 @@ def test_wrong_architecture(random_ctdet, tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"state_dict": state}, path)
     msg = _error(path)
-    assert "not a ctdet checkpoint of any upstream network; as dla_34:" in msg
+    assert "not a CenterNet checkpoint of any upstream network; as dla_34:" in msg
     assert "missing 1: hm.2.weight" in msg and "unexpected 1: extra.layer.weight" in msg
     assert "wh.2.weight (4, 256, 1, 1) != (2, 256, 1, 1)" in msg
 

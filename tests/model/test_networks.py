@@ -8,6 +8,7 @@ from centernet.model.networks import LayoutError, build_network, detect_network
 
 COCO = {"hm": 80, "wh": 2, "reg": 2}
 THREE = {"hm": 3, "wh": 2, "reg": 2}
+POSE = {"hm": 1, "wh": 2, "hps": 34, "reg": 2, "hm_hp": 17, "hp_offset": 2}  # upstream's multi_pose heads
 
 
 def _state(network, heads=COCO, head_conv=None):
@@ -48,12 +49,34 @@ def test_a_checkpoint_of_another_network_loads_with_no_flag(tmp_path, caplog):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("network", ["dla_34", "res_18", "hourglass"])
+def test_a_multi_pose_checkpoint_is_found_from_its_heads_in_upstreams_order(network):
+    # the keys' order (sorted, as a state_dict may come) is not the output order
+    state = dict(sorted(_state(network, POSE).items()))
+    spec = detect_network(state)
+    assert spec.network == network and list(spec.heads.items()) == list(POSE.items())
+    facts = spec.facts()
+    assert facts.task == "multi_pose" and facts.num_joints == 17 and facts.num_classes == 1
+    assert "human pose (17 keypoints)" in facts.describe()
+    assert facts.to_metadata()["centernet.task"] == "multi_pose"
+
+
+def test_a_pose_model_with_other_keypoints_is_named():
+    state = _state("res_18", POSE)
+    for head, channels in (("hps", 28), ("hm_hp", 14)):  # 14 keypoints, as another dataset might have
+        state[f"{head}.2.weight"] = state[f"{head}.2.weight"][:channels]
+        state[f"{head}.2.bias"] = state[f"{head}.2.bias"][:channels]
+    with pytest.raises(LayoutError, match="hps of 28 and hm_hp of 14 channels; upstream's multi_pose has COCO's 17"):
+        detect_network(state)
+
+
 def test_layouts_that_fit_no_network_name_their_keys():
     with pytest.raises(LayoutError, match=r"fit no upstream ctdet network .*top-level names conv, fc"):
         detect_network({"conv.weight": torch.zeros(1), "fc.weight": torch.zeros(1)})
-    pose = _state("res_18", {"hm": 1, "wh": 2, "hps": 34, "reg": 2})
-    pose = {k: v for k, v in pose.items() if not k.startswith("wh.")}
-    with pytest.raises(LayoutError, match="no wh head .*a multi_pose checkpoint"):
+    pose = _state("res_18", POSE)
+    pose = {k: v for k, v in pose.items() if not k.startswith(("wh.", "hm_hp."))}
+    with pytest.raises(LayoutError, match="no wh, hm_hp head .*a multi_pose model has hm, wh, hps, reg, hm_hp, "
+                                          "hp_offset"):
         detect_network(pose)
     odd_depth = {k: v for k, v in _state("res_18").items() if not k.startswith("layer3.1.")}
     with pytest.raises(LayoutError, match=r"BasicBlock blocks \(2, 2, 1, 2\) per stage, which is none of upstream"):
@@ -68,5 +91,5 @@ def test_a_misfit_of_the_found_network_is_one_line_naming_the_keys(tmp_path):
     with pytest.raises(UserError) as e:
         load_model(path)
     msg = str(e.value)
-    assert "\n" not in msg and msg.startswith(f"{path}: not a ctdet checkpoint of any upstream network; as res_18:")
+    assert "\n" not in msg and msg.startswith(f"{path}: not a CenterNet checkpoint of any upstream network; as res_18:")
     assert "layer1.0.conv1.weight (64, 64, 1, 1) != (64, 64, 3, 3)" in msg
