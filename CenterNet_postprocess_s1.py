@@ -4,7 +4,9 @@
 
 For every image of the annotation file reads <stem>_0.bin (hm), _1 (wh),
 _2 (reg), decodes the top 100 detections and maps them back onto the image;
-writes them as COCO results JSON (default save/results.json). With --meta
+writes them as COCO results JSON (default save/results.json). Bins of a
+multi_pose model (six per image: hm, wh, hps, reg, hm_hp, hp_offset) give
+COCO keypoint results, scored against person_keypoints_val2017.json. With --meta
 (prep_dataset/meta.json) each image is decoded with its own geometry and
 output size, as keep-resolution preprocessing (--keep-res) needs, and as a
 flip-test model (exported with --flip, preprocessed with --flip) needs.
@@ -24,7 +26,7 @@ from centernet.constants import RANDOM_WEIGHTS_FIELD, RANDOM_WEIGHTS_NOTE
 from centernet.io.coco import (class_category_ids, default_annotation_file, default_category_ids, load_annotations,
                             write_results)
 from centernet.io.binio import output_bin_path
-from centernet.pipeline.staged_decode import (decode_bins_to_coco, hm_channels, images_from_annotations,
+from centernet.pipeline.staged_decode import (bins_task, decode_bins_to_coco, hm_channels, images_from_annotations,
                                              images_from_meta, split_missing)
 from centernet.errors import UserError, cli
 from centernet.io.meta import load_meta
@@ -86,7 +88,8 @@ def build_parser():
     parser.add_argument("--dataset", default="./data",
                         help="dataset root holding coco/annotations/ (default: %(default)s)")
     parser.add_argument("--annotations", default=None,
-                        help="annotation file (default: DATASET/coco/annotations/instances_val2017.json)")
+                        help="annotation file (default: DATASET/coco/annotations/instances_val2017.json, or "
+                             "person_keypoints_val2017.json for a multi_pose model's bins)")
     parser.add_argument("--meta", default=None,
                         help="prep_dataset/meta.json: take the images and their geometry from it instead of "
                              "the annotation file (which then only supplies image ids, if present) "
@@ -122,7 +125,8 @@ def main(argv=None):
     bin_dir = Path(args.bin_data_path)
     if not bin_dir.is_dir():
         raise UserError(f"{bin_dir}: output bin folder not found")
-    ann_path = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset)
+    task = bins_task(bin_dir)  # six outputs per image: a multi_pose model's
+    ann_path = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset, task)
 
     flip = args.flip
     if args.meta:
@@ -136,7 +140,7 @@ def main(argv=None):
         if not images:
             raise UserError(f"{ann_path}: no images listed")
 
-    present, missing = split_missing(bin_dir, images)
+    present, missing = split_missing(bin_dir, images, task)
     if missing:
         names = ", ".join(f"{im.stem}_*.bin" for im in missing[:3])
         what = f"{bin_dir}: no output bins for {len(missing)} of {len(images)} images (e.g. {names})"
@@ -156,12 +160,13 @@ def main(argv=None):
     category_ids = class_ids(annotations, ann_path, bin_dir, present[0], summary.get("model"))
     results = decode_bins_to_coco(bin_dir, present, category_ids, K=args.K, batch_size=args.batch_size,
                                   progress=progress_enabled(args), hm_is_heat=flip,
-                                  upstream_rounding=args.upstream_rounding)
+                                  upstream_rounding=args.upstream_rounding, task=task)
     random_weights = summary.get(RANDOM_WEIGHTS_FIELD) is True
     write_results(args.output, results, facts={"model": summary.get("model"), RANDOM_WEIGHTS_FIELD: random_weights})
     hm = "flip-averaged heatmap" if flip else "logits"
     rounding = ", rounded to 2 decimals as upstream" if args.upstream_rounding else ""
-    print(f"{len(results)} detections of {len(present)} images (hm as {hm}{rounding}) -> {args.output}")
+    what = "people with keypoints" if task == "multi_pose" else "detections"
+    print(f"{len(results)} {what} of {len(present)} images (hm as {hm}{rounding}) -> {args.output}")
     if random_weights:
         print(RANDOM_WEIGHTS_NOTE)
     return 0

@@ -2,7 +2,8 @@
 
     python CenterNet_postprocess_s2.py --dataset=./data
 
-Prints COCOeval's 12-line bbox summary and the best and worst 5 classes, and
+Prints COCOeval's 12-line bbox summary and the best and worst 5 classes (for
+keypoint results, a multi_pose model's, the 10-line keypoint summary), and
 writes the numbers to run_eval_result/metrics.json (fractions 0..1), the
 whole per-class AP table to run_eval_result/per_class_ap.txt, and the
 pictures pr_curves.png (precision-recall) and per_class_ap.png beside them.
@@ -33,7 +34,8 @@ def build_parser():
     parser.add_argument("--dataset", default="./data",
                         help="dataset root holding coco/annotations/ (default: %(default)s)")
     parser.add_argument("--annotations", default=None,
-                        help="annotation file (default: DATASET/coco/annotations/instances_val2017.json)")
+                        help="annotation file (default: DATASET/coco/annotations/instances_val2017.json, or "
+                             "person_keypoints_val2017.json for keypoint results)")
     parser.add_argument("--results", default="save/results.json",
                         help="COCO results JSON to evaluate (default: %(default)s)")
     parser.add_argument("--resultfolder", default="run_eval_result",
@@ -49,7 +51,10 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging(info_stream="stdout")
-    ann_path = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset)
+    results = load_results(args.results)
+    # Keypoint results (a multi_pose model's) are scored on the keypoint annotations.
+    task = "multi_pose" if any(isinstance(r, dict) and "keypoints" in r for r in results[:1]) else "ctdet"
+    ann_path = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset, task)
 
     annotations = load_annotations(ann_path, require_annotations=True)
     img_ids = None
@@ -58,7 +63,6 @@ def main(argv=None):
         img_ids = [img["id"] for img in annotations["images"] if Path(img["file_name"]).name in listed]
         if not img_ids:
             raise UserError(f"{args.meta}: none of its images are in {ann_path}")
-    results = load_results(args.results)
     covered = {r.get("image_id") for r in results if isinstance(r, dict)}
     wanted = set(img_ids) if img_ids is not None else {img["id"] for img in annotations["images"]}
     metrics = evaluate_coco(coco_from_dataset(annotations), results, img_ids=img_ids, results_source=args.results)

@@ -60,9 +60,11 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
               "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
-def default_annotation_file(dataset_dir):
-    """The recipe's layout: DATA/coco/annotations/instances_val2017.json."""
-    return Path(dataset_dir) / "coco" / "annotations" / "instances_val2017.json"
+def default_annotation_file(dataset_dir, task="ctdet"):
+    """The recipe's layout: DATA/coco/annotations/instances_val2017.json, and
+    for a multi_pose model person_keypoints_val2017.json beside it."""
+    name = "person_keypoints_val2017.json" if task == "multi_pose" else "instances_val2017.json"
+    return Path(dataset_dir) / "coco" / "annotations" / name
 
 
 def _is_number(x):

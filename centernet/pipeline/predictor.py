@@ -25,6 +25,8 @@ from centernet.constants import COCO_MEAN, COCO_STD, DOWN_RATIO, INPUT_SIZE, K, 
 from centernet.core.decode import decode_ctdet, detections_to_coco, map_boxes_to_image
 from centernet.core.model_facts import ModelFacts
 from centernet.core.modes import TestMode, combine_flip, flip_batch
+from centernet.core.pose import (combine_flip_pose, decode_multi_pose, map_joints_to_image, merge_pose, pose_rows,
+                                 pose_to_coco)
 from centernet.core.soft_nms import detections_by_class, merge_detections
 from centernet.core.transforms import prepare_input, test_geometry, warp_input
 from centernet.errors import UserError
@@ -116,15 +118,22 @@ def batches_by_shape(items, shape_of, batch_size):
 
 # --- decoding ------------------------------------------------------------------
 
+ROW_WIDTH = 6  # to_rows: x1, y1, x2, y2, score, class; a multi_pose row adds the joints' x, y
+
+
 @dataclass
 class Detections:
     """One image's detections: scores (N,) float32, class indices (N,) int64
     and boxes (N, 4) x1, y1, x2, y2 in image pixels. Decoded at one scale
     they are best first (boxes float64 from the inverse affine); merged
-    across scales, class by class as upstream lists them (boxes float32)."""
+    across scales, class by class as upstream lists them (boxes float32).
+    joints: a multi_pose model's (N, 17, 2) keypoints x, y in image pixels
+    (None for ctdet); its merged detections are upstream's float32 rows, in
+    its order."""
     scores: np.ndarray
     classes: np.ndarray
     boxes: np.ndarray
+    joints: np.ndarray = None
 
     def __len__(self):
         return len(self.scores)
@@ -134,19 +143,34 @@ class Detections:
 
     def best_first(self):
         order = np.argsort(-self.scores, kind="stable")
-        return Detections(self.scores[order], self.classes[order], self.boxes[order])
+        joints = None if self.joints is None else self.joints[order]
+        return Detections(self.scores[order], self.classes[order], self.boxes[order], joints)
 
     def to_coco(self, image_id, category_ids, upstream_rounding=False):
-        """COCO results entries (see core.decode.detections_to_coco)."""
+        """COCO results entries (see core.decode.detections_to_coco); with
+        joints, keypoint results (core.pose.pose_to_coco) of the first category."""
+        if self.joints is not None:
+            return pose_to_coco(image_id, pose_rows(self.scores, self.boxes, self.joints),
+                                int(np.asarray(category_ids)[0]), upstream_rounding)
         return detections_to_coco(image_id, self.scores, self.classes, self.boxes, category_ids, upstream_rounding)
 
     def to_rows(self):
-        """(N, 6) float64 [x1, y1, x2, y2, score, class]: every value exact, for transport."""
-        return np.column_stack([self.boxes, self.scores, self.classes]).astype(np.float64).reshape(-1, 6)
+        """(N, 6) float64 [x1, y1, x2, y2, score, class], and with joints the
+        34 joint coordinates after them: every value exact, for transport."""
+        parts = [self.boxes, self.scores, self.classes]
+        if self.joints is not None:
+            parts.append(np.reshape(self.joints, (len(self.scores), -1)))
+        width = ROW_WIDTH + (0 if self.joints is None else parts[-1].shape[1])
+        return np.column_stack(parts).astype(np.float64).reshape(-1, width)
 
     @classmethod
     def from_rows(cls, rows, merged=False):
-        rows = np.asarray(rows, dtype=np.float64).reshape(-1, 6)
+        rows = np.asarray(rows, dtype=np.float64)
+        rows = rows.reshape(-1, rows.shape[-1] if rows.ndim == 2 else ROW_WIDTH)
+        if rows.shape[1] > ROW_WIDTH:  # multi_pose: upstream's float32 rows
+            joints = rows[:, ROW_WIDTH:].astype(np.float32).reshape(len(rows), -1, 2)
+            return cls(rows[:, 4].astype(np.float32), rows[:, 5].astype(np.int64), rows[:, :4].astype(np.float32),
+                       joints)
         boxes = rows[:, :4].astype(np.float32) if merged else rows[:, :4]
         return cls(rows[:, 4].astype(np.float32), rows[:, 5].astype(np.int64), boxes)
 
@@ -155,22 +179,36 @@ class Detections:
 class Decoder:
     """Raw outputs of a batch -> Detections per input, and an image's scales
     merged. numpy_flip: the batch ran as flip_batch (its mirror is averaged
-    in here); hm_is_heat: a flip test, whose heatmap has had its sigmoid."""
+    in here); hm_is_heat: a flip test, whose heatmap has had its sigmoid
+    (multi_pose: hm_hp too). task: "ctdet", or "multi_pose" (upstream's
+    multi_pose_decode, post-process and merge; core.pose)."""
     num_classes: int
     K: int = K
     numpy_flip: bool = False
     hm_is_heat: bool = False
     scales: tuple = (1.0,)
+    task: str = "ctdet"
 
     def decode(self, outputs, geometries, decoded=False):
         """outputs of one batch (or, decoded, decode_ctdet's result from the
         device) -> [Detections] per input; geometries[i] = (center, scale, (out_h, out_w))."""
+        if self.task == "multi_pose":
+            return self._decode_pose(outputs, geometries)
         if decoded:
             scores, classes, boxes = outputs
         else:
             hm, wh, reg = combine_flip(*outputs) if self.numpy_flip else outputs
             scores, classes, boxes = decode_ctdet(hm, wh, reg, K=self.k_for(hm.shape[2:]), hm_is_heat=self.hm_is_heat)
         return [Detections(scores[i], classes[i], map_boxes_to_image(boxes[i], center, scale, (out_w, out_h)))
+                for i, (center, scale, (out_h, out_w)) in enumerate(geometries)]
+
+    def _decode_pose(self, outputs, geometries):
+        heads = combine_flip_pose(*outputs) if self.numpy_flip else outputs
+        scores, boxes, joints = decode_multi_pose(*heads, K=self.k_for(heads[0].shape[2:]),
+                                                  hm_is_heat=self.hm_is_heat)
+        none = np.zeros(scores.shape[1], np.int64)
+        return [Detections(scores[i], none, map_boxes_to_image(boxes[i], center, scale, (out_w, out_h)),
+                           map_joints_to_image(joints[i], center, scale, (out_w, out_h)))
                 for i, (center, scale, (out_h, out_w)) in enumerate(geometries)]
 
     def k_for(self, out_hw):
@@ -181,7 +219,13 @@ class Decoder:
     def merge(self, per_scale):
         """One image's Detections at each test scale (scale order) -> its
         result: the one scale as it is, or upstream's multi-scale merge
-        (soft-NMS per class, top 100 overall), class by class."""
+        (soft-NMS per class, top 100 overall), class by class. multi_pose:
+        upstream's rows (float32, divided by the scale), soft_nms_39 over all
+        scales' rows when there are several, every row kept."""
+        if self.task == "multi_pose":
+            rows = merge_pose([pose_rows(d.scores, d.boxes, d.joints) for d in per_scale], self.scales)
+            return Detections(rows[:, 4], np.zeros(len(rows), np.int64), rows[:, :4],
+                              rows[:, 5:].reshape(len(rows), -1, 2))
         if len(self.scales) == 1:
             return per_scale[0]
         merged = merge_detections([detections_by_class(d.scores, d.classes, d.boxes, self.num_classes, scale=t)
@@ -237,7 +281,8 @@ class Predictor:
         self.numpy_flip = numpy_flip
         warped = caps.accepts_warped and (self.device_decode or not numpy_flip)
         self.spec = InputSpec.for_model(caps.facts or ModelFacts(), self.mode, warped)
-        self.decoder = Decoder(caps.num_classes, K, numpy_flip, self.mode.flip, tuple(self.mode.scales))
+        task = "multi_pose" if "hps" in dict(caps.heads) else "ctdet"  # an .om records no facts, only its outputs
+        self.decoder = Decoder(caps.num_classes, K, numpy_flip, self.mode.flip, tuple(self.mode.scales), task)
 
     @property
     def num_classes(self):

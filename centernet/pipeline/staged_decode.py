@@ -1,6 +1,7 @@
 """The staged recipe's decoding (CenterNet_postprocess_s1.py): ais_bench's
 output bins of every image -> COCO results entries, through the predictor's
-Decoder, the one the streaming and Ray paths use.
+Decoder, the one the streaming and Ray paths use. A multi_pose model's six
+outputs (<stem>_0 .. _5.bin) give COCO keypoint results.
 """
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -10,13 +11,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from centernet.constants import DOWN_RATIO, HEADS, INPUT_SIZE, K
+from centernet.constants import DOWN_RATIO, HEADS, INPUT_SIZE, K, POSE_HEADS
 from centernet.core.transforms import test_geometry
 from centernet.errors import UserError
 from centernet.io.binio import output_bin_path, read_bin
 from centernet.io.coco import stable_image_id
 from centernet.io.meta import meta_entries
 from centernet.pipeline.predictor import Decoder, batches_by_shape
+from centernet.runtime.session import POSE_CHANNELS
 
 NUM_OUTPUTS = len(HEADS)  # hm, wh, reg
 
@@ -59,11 +61,21 @@ def images_from_meta(meta, annotations=None, source="meta.json"):
     return out
 
 
-def split_missing(bin_dir, images):
-    """(images whose three output bins all exist, images missing any)."""
+def bins_task(bin_dir):
+    """"multi_pose" where the folder holds a model's sixth output
+    (<stem>_5.bin: hp_offset), else "ctdet" (three outputs)."""
+    return "multi_pose" if next(Path(bin_dir).glob(f"*_{len(POSE_HEADS) - 1}.bin"), None) else "ctdet"
+
+
+def num_outputs(task):
+    return len(POSE_HEADS) if task == "multi_pose" else NUM_OUTPUTS
+
+
+def split_missing(bin_dir, images, task="ctdet"):
+    """(images whose output bins all exist, images missing any)."""
     present, missing = [], []
     for im in images:
-        ok = all(output_bin_path(bin_dir, im.stem, i).is_file() for i in range(NUM_OUTPUTS))
+        ok = all(output_bin_path(bin_dir, im.stem, i).is_file() for i in range(num_outputs(task)))
         (present if ok else missing).append(im)
     return present, missing
 
@@ -99,8 +111,9 @@ def _read_into(path, out):
 
 
 def _read_batch(bin_dir, batch, buffers):
-    """Read hm, wh, reg of each image of `batch` into the first len(batch)
-    rows of `buffers` ((B,C,H,W), (B,2,H,W), (B,2,H,W)); returns those rows."""
+    """Read the outputs (hm, wh, reg; multi_pose's six) of each image of
+    `batch` into the first len(batch) rows of `buffers` ((B,C,H,W) each);
+    returns those rows."""
     views = [buf[:len(batch)] for buf in buffers]
     for j, im in enumerate(batch):
         for i, view in enumerate(views):
@@ -124,18 +137,22 @@ def check_hm_kind(hm, hm_is_heat, source):
 
 
 def decode_bins_to_coco(bin_dir, images, category_ids, K=K, batch_size=8, progress=True,
-                        hm_is_heat=False, upstream_rounding=False):
+                        hm_is_heat=False, upstream_rounding=False, task="ctdet"):
     """Decode `<stem>_0/1/2.bin` of every ImageToDecode in bin_dir into COCO
     results entries (K per image, full-precision scores unless
-    upstream_rounding). hm_is_heat: the bins come from a model exported with
-    the flip test (hm already averaged after the sigmoid). Images of equal
-    output size are decoded together; the next batch is read in a background
-    thread while this one decodes."""
+    upstream_rounding); task "multi_pose": `<stem>_0 .. _5.bin` into COCO
+    keypoint results (category_ids: the person category's id). hm_is_heat:
+    the bins come from a model exported with the flip test (hm, and hm_hp,
+    already averaged after the sigmoid). Images of equal output size are
+    decoded together; the next batch is read in a background thread while
+    this one decodes."""
     num_classes = len(category_ids)
+    pose = task == "multi_pose"
+    channels = [POSE_CHANNELS[h] for h in POSE_HEADS] if pose else [num_classes, 2, 2]
     # Images of one size decode together; the results keep the given order.
     order = sorted(range(len(images)), key=lambda n: images[n].out_hw)
     batches = list(batches_by_shape([images[n] for n in order], lambda im: im.out_hw, batch_size))
-    decoder = Decoder(num_classes, K, numpy_flip=False, hm_is_heat=hm_is_heat)
+    decoder = Decoder(num_classes, K, numpy_flip=False, hm_is_heat=hm_is_heat, task=task)
     # Two sets of batch buffers: the reader thread fills one while the
     # other is decoded. Reused, because fresh arrays of this size cost more
     # in page faults than reading the files does.
@@ -146,7 +163,7 @@ def decode_bins_to_coco(bin_dir, images, category_ids, K=K, batch_size=8, progre
         h, w = batch[0].out_hw
         if (h, w) not in slot:
             slot.clear()
-            slot[(h, w)] = [np.empty((batch_size, ch, h, w), np.float32) for ch in (num_classes, 2, 2)]
+            slot[(h, w)] = [np.empty((batch_size, ch, h, w), np.float32) for ch in channels]
         return _read_batch(bin_dir, batch, slot[(h, w)])
 
     per_image = []  # in `order`
@@ -154,12 +171,12 @@ def decode_bins_to_coco(bin_dir, images, category_ids, K=K, batch_size=8, progre
             tqdm(total=len(images), desc="decode", unit="img", disable=not progress, file=sys.stderr) as bar:
         pending = reader.submit(read, 0) if batches else None
         for b, batch in enumerate(batches):
-            hm, wh, reg = pending.result()
+            outputs = pending.result()
             if b + 1 < len(batches):  # into the other buffer set, whose batch b - 1 is done
                 pending = reader.submit(read, b + 1)
             for i, im in enumerate(batch):
-                check_hm_kind(hm[i], hm_is_heat, output_bin_path(bin_dir, im.stem, 0))
-            found = decoder.decode([hm, wh, reg], [(im.center, im.scale, im.out_hw) for im in batch])
+                check_hm_kind(outputs[0][i], hm_is_heat, output_bin_path(bin_dir, im.stem, 0))
+            found = decoder.decode(outputs, [(im.center, im.scale, im.out_hw) for im in batch])
             per_image += [dets.to_coco(im.image_id, category_ids, upstream_rounding) for im, dets in zip(batch, found)]
             bar.update(len(batch))
     results = [None] * len(images)
