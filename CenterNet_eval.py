@@ -57,7 +57,8 @@ def build_parser():
     p.add_argument("--dataset", default="./data",
                    help="dataset root with coco/val2017 and coco/annotations (default: %(default)s)")
     p.add_argument("--annotations", default=None,
-                   help="annotation file (default: DATASET/coco/annotations/instances_val2017.json)")
+                   help="annotation file (default: DATASET/coco/annotations/instances_val2017.json, or "
+                        "person_keypoints_val2017.json for a multi_pose model)")
     p.add_argument("--images", default=None, help="image folder (default: DATASET/coco/val2017)")
     add_keep_res_argument(p, "each image at its own size rounded up to a multiple of 32, unscaled; needs a "
                              "model exported with --dynamic-size")
@@ -113,12 +114,14 @@ def main(argv=None):
     from centernet.cli.logs import setup_logging
     setup_logging(info_stream="stdout")
     from centernet.io.coco import default_annotation_file
+    from centernet.convert.provenance import model_task
     from centernet.io.media import load_names
     from centernet.core.modes import TestMode, parse_scales
     from centernet.pipeline.jobs import AnnotationJob, EvaluationJob
     if args.batchsize < 1 or args.workers < 1:
         raise UserError("--batchsize and --workers must be >= 1")
-    ann = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset)
+    ann = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset,
+                                                                                    model_task(args.model))
     images = args.images or Path(args.dataset) / "coco" / "val2017"
     mode = TestMode(keep_res=args.keep_res, flip=args.flip, scales=parse_scales(args.scales))
     check_backend_args(args)

@@ -134,6 +134,17 @@ def model_file_facts(path):
     return read_facts(path)
 
 
+def model_task(path):
+    """The task ("ctdet" or "multi_pose") a model file records or holds, for
+    choosing defaults (the annotation file) before the model is opened;
+    "ctdet" where the file does not say (an .om) or cannot be read (opening
+    it will say why)."""
+    try:
+        return model_file_facts(path).task
+    except UserError:
+        return "ctdet"
+
+
 @dataclass(frozen=True)
 class ExportStatus:
     """Whether an existing ONNX file is current: `reason` says why not, as a

@@ -92,6 +92,8 @@ class ModelFacts:
         if "hps" in names and (names != POSE_HEADS or dict(self.heads)["hps"] != 2 * NUM_JOINTS):
             raise ValueError(f"heads {self.heads}: a multi_pose model has {', '.join(POSE_HEADS)} in that "
                              f"order, hps of {2 * NUM_JOINTS} channels")
+        if "hps" in names and self.class_names is None:
+            set_(self, "class_names", ("person",))  # upstream's multi_pose detects people
         if any(v <= 0 for v in self.std):
             raise ValueError(f"std must be positive, got {', '.join(f'{v:g}' for v in self.std)}")
 

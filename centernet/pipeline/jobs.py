@@ -61,15 +61,19 @@ class Labels:
 
 def detections_entry(detections, labels, thresh, height, width):
     """The detections at or above `thresh` as JSON-ready dicts, in the given
-    order; boxes x1, y1, x2, y2 in pixels, clipped to the image. Also
-    returns the indices kept."""
+    order; boxes x1, y1, x2, y2 in pixels, clipped to the image; a
+    multi_pose model's 17 keypoints [x, y] each (as decoded, not clipped).
+    Also returns the indices kept."""
     keep = np.flatnonzero(detections.scores >= thresh)
     out = []
     for i in keep:
         c = int(detections.classes[i])
-        out.append({"box": [round(v, 2) for v in clip_box(detections.boxes[i], height, width)],
-                    "class": labels.names[c], "category_id": labels.category_ids[c],
-                    "score": round(float(detections.scores[i]), 4)})
+        entry = {"box": [round(v, 2) for v in clip_box(detections.boxes[i], height, width)],
+                 "class": labels.names[c], "category_id": labels.category_ids[c],
+                 "score": round(float(detections.scores[i]), 4)}
+        if detections.joints is not None:
+            entry["keypoints"] = [[round(float(x), 2), round(float(y), 2)] for x, y in detections.joints[i]]
+        out.append(entry)
     return out, keep
 
 
