@@ -20,6 +20,7 @@ usage() {
 usage: bash run_all.sh [options]
   --weights PATH     upstream ctdet checkpoint, any of its COCO networks (default: ./ctdet_coco_dla_2x.pth)
   --data DIR         dataset root with coco/val2017 and coco/annotations/instances_val2017.json
+                     (person_keypoints_val2017.json for a multi_pose checkpoint)
                      (default: ./data)
   --demo             run the stand-in detector (ResNet-18 + DCN trained on generated shapes; it
                      detects shapes, not COCO objects) on its held-out generated images instead
@@ -114,6 +115,10 @@ weights="${weights:-./ctdet_coco_dla_2x.pth}"
 data="${data:-./data}"
 ann="$data/coco/annotations/instances_val2017.json"
 images="$data/coco/val2017"
+# A multi_pose checkpoint (its heads say so) is scored on COCO's keypoint annotations.
+if [ "$demo" = 0 ] && [ -f "$weights" ] && [ "$("$PY" -m centernet.cli.check_weights --task "$weights" 2>/dev/null)" = multi_pose ]; then
+  ann="$data/coco/annotations/person_keypoints_val2017.json"
+fi
 if [ "$demo" = 0 ]; then
   missing=()
   [ -f "$weights" ] || missing+=("weights: $weights not found. Download ctdet_coco_dla_2x.pth from the upstream model zoo (https://github.com/xingyizhou/CenterNet/blob/master/readme/MODEL_ZOO.md, COCO ctdet DLA-34 2x) or the recipe's link, and put it there or pass --weights.")

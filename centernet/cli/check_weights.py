@@ -1,5 +1,6 @@
-"""Check that a file loads as an upstream ctdet checkpoint and say which
-network it holds (run_all.sh does this before its first stage).
+"""Check that a file loads as an upstream CenterNet checkpoint (ctdet or
+multi_pose) and say which network it holds (run_all.sh does this before its
+first stage; with --task it prints only the task, for scripts).
 
     python -m centernet.cli.check_weights ctdet_coco_dla_2x.pth
 """
@@ -20,7 +21,9 @@ with quiet_interrupt():  # torch loads here
 
 def build_parser():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="upstream ctdet checkpoint (.pth) of any of its networks")
+    p.add_argument("checkpoint", help="upstream checkpoint (.pth) of any of its networks")
+    p.add_argument("--task", action="store_true",
+                   help="print only the task the checkpoint holds: ctdet or multi_pose (default: off)")
     return p
 
 
@@ -28,8 +31,12 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging()
+    if args.task:
+        from centernet.model.checkpoint import checkpoint_facts
+        print(checkpoint_facts(args.checkpoint).task)
+        return 0
     model = load_model(args.checkpoint)
-    print(f"{args.checkpoint}: ctdet {model.facts.describe()}")
+    print(f"{args.checkpoint}: {model.facts.task} {model.facts.describe()}")
     return 0
 
 
