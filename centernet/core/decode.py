@@ -158,14 +158,30 @@ def decode_ctdet(hm, wh, reg, K=100, hm_is_heat=False):
         raise ValueError(f"wh {wh.shape} and reg {reg.shape} must be {(n, 2, h, w)} to match hm {hm.shape}")
     if not 0 < K <= h * w:
         raise ValueError(f"K={K} must be between 1 and H*W={h * w}")
-    act = as_heat if hm_is_heat else sigmoid
+    top, scores = top_k_peaks(hm, K, as_heat if hm_is_heat else sigmoid)
+    classes, pix = np.divmod(top, h * w)
+    return scores, classes, boxes_at(wh, reg, pix)
+
+
+def top_k_peaks(hm, K, act=sigmoid):
+    """Top K peaks of each image of a batch hm (N,C,H,W) after heat = act(hm)
+    and the 3x3 peak test, over all C*H*W positions (upstream's _topk):
+    flat indices (N,K) int64 into C*H*W and scores (N,K) float32, score
+    descending, lower index first among equal scores, padded with zero
+    scores at the lowest other indices when an image has fewer than K peaks."""
+    n, c, h, w = hm.shape
     top = np.empty((n, K), np.int64)
     scores = np.empty((n, K), np.float32)
     for i in range(n):
         found = _top_k_thresholded(hm[i], K, act)
         top[i], scores[i] = found if found is not None else _top_k(*_peaks(hm[i], act), K, c * h * w)
+    return top, scores
 
-    classes, pix = np.divmod(top, h * w)
+
+def boxes_at(wh, reg, pix):
+    """Boxes (N,K,4) float32 on the output map of the centres at flat pixel
+    indices pix (N,K) into H*W: centre = (x, y) + reg there, sides wh there."""
+    n, _, h, w = wh.shape
     ys, xs = np.divmod(pix, w)
     batch = np.arange(n)[:, None]
     off = reg.reshape(n, 2, -1)
@@ -174,8 +190,7 @@ def decode_ctdet(hm, wh, reg, K=100, hm_is_heat=False):
     cy = ys.astype(np.float32) + off[batch, 1, pix]
     half_w = size[batch, 0, pix] / 2
     half_h = size[batch, 1, pix] / 2
-    boxes = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=-1)
-    return scores, classes, boxes
+    return np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=-1)
 
 
 def map_boxes_to_image(boxes, center, scale, out_size):

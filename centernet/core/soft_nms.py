@@ -5,6 +5,8 @@ src/lib/detectors/ctdet.py): per class, the rows of every scale are
 concatenated, rescored by soft-NMS, and the image keeps its top 100 scores.
 soft_nms restates soft_nms(..., method=2) of upstream's Cython
 src/lib/external/nms.pyx bit for bit, quirks included (see soft_nms).
+Its loop, gaussian_soft_nms, also serves pose.soft_nms_39 (39-column pose
+rows, whose joint columns nms.pyx swaps rather than overwrites).
 detections_by_class groups the decoder's detections per class the way
 upstream's ctdet_post_process and CtdetDetector.post_process do.
 """
@@ -15,10 +17,10 @@ THRESHOLD = 0.001
 MAX_PER_IMAGE = 100
 
 
-def _check_rows(rows, name="rows"):
-    if not isinstance(rows, np.ndarray) or rows.dtype != np.float32 or rows.ndim != 2 or rows.shape[1] != 5:
+def _check_rows(rows, name="rows", width=5, what="[x1, y1, x2, y2, score]"):
+    if not isinstance(rows, np.ndarray) or rows.dtype != np.float32 or rows.ndim != 2 or rows.shape[1] != width:
         got = f"{type(rows).__name__} {getattr(rows, 'dtype', '')} {getattr(rows, 'shape', '')}"
-        raise ValueError(f"{name} must be a float32 (N, 5) numpy array of [x1, y1, x2, y2, score], got {got}")
+        raise ValueError(f"{name} must be a float32 (N, {width}) numpy array of {what}, got {got}")
     if not np.isfinite(rows).all():
         # Upstream's strict '<' comparisons and numpy's argmax disagree on NaN.
         raise ValueError(f"{name} contains NaN or infinite values")
@@ -61,6 +63,16 @@ def soft_nms(rows, sigma=SIGMA, threshold=THRESHOLD):
     them (threshold 0.001 is float32(0.001)). Rows must be finite.
     """
     _check_rows(rows)
+    return gaussian_soft_nms(rows, sigma, threshold)
+
+
+def gaussian_soft_nms(rows, sigma=SIGMA, threshold=THRESHOLD):
+    """The loop shared by soft_nms (5 columns) and pose.soft_nms_39 (39):
+    in place on checked float32 rows whose columns 0-4 are [x1, y1, x2, y2,
+    score]; returns the final N. The max row is swapped with row i whole.
+    On discard, columns 0-4 follow soft_nms's overwrite; columns 5 and up
+    (if any) are SWAPPED with row N-1's, as nms.pyx's soft_nms_39 does (see
+    _swap_extra)."""
     sigma, threshold, one = np.float32(sigma), np.float32(threshold), np.float32(1)
     n = rows.shape[0]
     # Upstream loops i over the starting N; once i reaches the shrunken N its
@@ -80,6 +92,8 @@ def soft_nms(rows, sigma=SIGMA, threshold=THRESHOLD):
         if not dead.any():
             rest[:, 4] = scores
             continue
+        if rows.shape[1] > 5:
+            _swap_extra(rest, dead)
         n = i + 1 + _discard(rest, scores, dead)
     return n
 
@@ -117,6 +131,38 @@ def _discard(rest, scores, dead):
         rest[kept, :4] = rest[last, :4]
         rest[kept, 4] = scores[last]
     return kept
+
+
+def _swap_extra(rest, dead):
+    """Columns 5 and up of the rows `rest` after one pass of nms.pyx's
+    soft_nms_39 walk (see _discard for the walk), given which rows fall
+    below threshold. There a discard at pos SWAPS these columns of rows pos
+    and N-1 (columns 0-4 are overwritten), so they are a permutation of the
+    rows' own: positions below the final count L hold the row whose box is
+    there (kept rows travel whole); position m-1-k, past L, holds the k-th
+    row discarded. The walk discards, in order: each hole h_k (a discarded
+    row below L, ascending), followed by the discarded rows at or above L
+    that the descending scan from the end passes before it reaches the k-th
+    surviving row at or above L; then, once the holes are filled, row L
+    and the discarded rows above it that are left, descending.
+    tests/core/test_pose.py checks this against a per-row transcription."""
+    m = len(rest)
+    kept = m - int(dead.sum())
+    holes = np.flatnonzero(dead[:kept])
+    back = kept + np.arange(m - kept)
+    alive_back = back[~dead[kept:]]
+    dead_back = back[dead[kept:]]
+    # surviving rows at or above L that lie above each discarded one: the
+    # hole after which the descending scan discards it (len(holes): the tail)
+    above = alive_back.size - np.searchsorted(alive_back, dead_back, side="right")
+    group = np.concatenate([np.arange(holes.size), above])
+    second = np.concatenate([np.zeros(holes.size, np.int64), np.where(dead_back == kept, 0, 1)])
+    row = np.concatenate([holes, dead_back])
+    order = np.lexsort((-row, second, group))
+    discarded = row[order]
+    extra = rest[:, 5:].copy()
+    rest[holes, 5:] = extra[alive_back[::-1]]
+    rest[m - 1 - np.arange(discarded.size), 5:] = extra[discarded]
 
 
 def merge_detections(per_scale, max_per_image=MAX_PER_IMAGE, run_soft_nms=None):
