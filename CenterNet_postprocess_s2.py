@@ -2,8 +2,8 @@
 
     python CenterNet_postprocess_s2.py --dataset=./data
 
-Prints COCOeval's 12-line bbox summary and the best and worst 5 classes (for
-keypoint results, a multi_pose model's, the 10-line keypoint summary), and
+Prints COCOeval's summary (12 lines for boxes; 10 for keypoint results,
+scored by OKS against a person_keypoints file) and the best and worst 5 classes, and
 writes the numbers to run_eval_result/metrics.json (fractions 0..1), the
 whole per-class AP table to run_eval_result/per_class_ap.txt, and the
 pictures pr_curves.png (precision-recall) and per_class_ap.png beside them.
@@ -65,7 +65,8 @@ def main(argv=None):
             raise UserError(f"{args.meta}: none of its images are in {ann_path}")
     covered = {r.get("image_id") for r in results if isinstance(r, dict)}
     wanted = set(img_ids) if img_ids is not None else {img["id"] for img in annotations["images"]}
-    metrics = evaluate_coco(coco_from_dataset(annotations), results, img_ids=img_ids, results_source=args.results)
+    metrics = evaluate_coco(coco_from_dataset(annotations), results, img_ids=img_ids, results_source=args.results,
+                            annotations_source=ann_path)
     if len(covered & wanted) < len(wanted):
         print(f"warning: {args.results} has detections for {len(covered & wanted)} of the {len(wanted)} evaluated "
               f"images; the others count as missed", file=sys.stderr)

@@ -4,6 +4,10 @@
 Class index j of the network's 80 heatmap channels is the j-th smallest
 category id of the annotation file (ids 1..90 with gaps). Every problem with a
 user's file is a UserError naming the file and what is wrong with it.
+
+Keypoint results (multi_pose, upstream's datasets/dataset/coco_hp.py: each
+entry with "keypoints", NUM_JOINTS x [x, y, 1]) are scored with COCOeval's
+"keypoints" (OKS) evaluation against a person_keypoints file.
 """
 import contextlib
 import hashlib
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from centernet.constants import NUM_JOINTS
 from centernet.io.binio import load_json, make_dirs, write_atomic
 from centernet.errors import UserError
 
@@ -55,9 +60,32 @@ COCO_CATEGORIES = [
     (88, "teddy bear", "indoor"), (89, "hair drier", "indoor"), (90, "toothbrush", "indoor"),
 ]
 
-# The 12 numbers of COCOeval.summarize(), in its order.
+# The 12 numbers of COCOeval.summarize() for boxes (iouType "bbox"), in its order.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
               "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+# The 10 numbers of COCOeval.summarize() for keypoints (iouType "keypoints",
+# OKS in place of IoU, up to 20 detections per image, no "small" range), in its order.
+KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl",
+                       "AR", "AR50", "AR75", "ARm", "ARl")
+# Numbers per keypoint result or annotation: NUM_JOINTS x (x, y, visibility).
+KEYPOINT_VALUES = 3 * NUM_JOINTS
+
+
+def stat_names(iou_type):
+    """The names of COCOeval's stats for "bbox" or "keypoints", in its order."""
+    return KEYPOINT_STAT_NAMES if iou_type == "keypoints" else STAT_NAMES
+
+
+def is_keypoint_metrics(metrics):
+    """Whether an evaluate_coco metrics dict (or a metrics.json) scores keypoints."""
+    return isinstance(metrics, dict) and metrics.get("iou_type") == "keypoints"
+
+
+def overlap_measure(metrics):
+    """What the metrics' thresholds measure: "OKS" (object keypoint
+    similarity) for keypoints, "IoU" for boxes (and a metrics.json without
+    "iou_type", written before keypoints were scored)."""
+    return "OKS" if is_keypoint_metrics(metrics) else "IoU"
 
 
 def default_annotation_file(dataset_dir, task="ctdet"):
@@ -129,6 +157,49 @@ def validate_annotations(data, source, require_annotations=False):
             if ann["category_id"] not in cat_ids:
                 raise UserError(f"{source}: annotations[{i}] names category id {ann['category_id']}, "
                                 f"not in 'categories'")
+
+
+def _keypoint_categories(data):
+    """Ids of the categories that name keypoints (COCO's person_keypoints files: person)."""
+    return [c["id"] for c in data.get("categories") or []
+            if isinstance(c, dict) and isinstance(c.get("keypoints"), list) and c["keypoints"]]
+
+
+def is_keypoint_dataset(data):
+    """Whether a loaded COCO dict is a keypoint file (person_keypoints_val2017.json
+    style): a category names its keypoints, or an annotation carries them."""
+    if not isinstance(data, dict):
+        return False
+    anns = data.get("annotations")
+    return bool(_keypoint_categories(data)) or (
+        isinstance(anns, list) and any(isinstance(a, dict) and "keypoints" in a for a in anns))
+
+
+def validate_keypoint_annotations(data, source):
+    """Raise UserError (naming `source`) unless `data` can score keypoint
+    results: a category with NUM_JOINTS named keypoints, and on every
+    annotation of such a category NUM_JOINTS x (x, y, v) numbers and an
+    integer 'num_keypoints'. Returns the keypoint categories' ids."""
+    cats = _keypoint_categories(data)
+    if not cats:
+        raise UserError(f"{source}: no keypoint annotations (no category lists its 'keypoints'), but the results "
+                        f"carry keypoints; score them against a person_keypoints file such as "
+                        f"person_keypoints_val2017.json, not instances_val2017.json")
+    for c in data["categories"]:
+        if c["id"] in cats and len(c["keypoints"]) != NUM_JOINTS:
+            raise UserError(f"{source}: category {c['id']} lists {len(c['keypoints'])} keypoints, "
+                            f"COCO's keypoint evaluation needs {NUM_JOINTS}")
+    for i, ann in enumerate(data["annotations"]):
+        if ann["category_id"] not in cats:
+            continue
+        kps = ann.get("keypoints")
+        if not (isinstance(kps, list) and len(kps) == KEYPOINT_VALUES and all(map(_is_number, kps))):
+            raise UserError(f"{source}: annotations[{i}] has a missing or invalid 'keypoints' "
+                            f"(want {KEYPOINT_VALUES} numbers, {NUM_JOINTS} x [x, y, v]); is it a keypoint file?")
+        if not _is_int(ann.get("num_keypoints")):
+            raise UserError(f"{source}: annotations[{i}] has a missing or invalid 'num_keypoints' "
+                            f"({ann.get('num_keypoints')!r})")
+    return cats
 
 
 def class_category_ids(data, num_classes=NUM_CLASSES, source="annotations"):
@@ -221,12 +292,27 @@ def load_results(path):
     return data
 
 
+def results_iou_type(results):
+    """"keypoints" where the results carry keypoints (any entry has a
+    'keypoints' field), else "bbox"."""
+    return "keypoints" if any(isinstance(r, dict) and "keypoints" in r for r in results or ()) else "bbox"
+
+
 def validate_results(results, source, image_ids, category_ids):
     """Raise UserError (naming `source`) unless every entry is a well-formed
-    bbox detection of a known image and category."""
+    detection of a known image and category: a bbox detection, or, where any
+    entry carries 'keypoints', a keypoint result (every entry then with
+    NUM_JOINTS x [x, y, v] finite numbers, and a 'bbox' on every entry
+    where the first has one, as pycocotools then uses them; with none on the
+    first, COCOeval makes the boxes from the joints).
+    Returns results_iou_type(results)."""
     if not results:
         raise UserError(f"{source}: no detections (empty results)")
     image_ids, category_ids = set(image_ids), set(category_ids)
+    keypoints = results_iou_type(results) == "keypoints"
+    # pycocotools' loadRes takes the boxes as given where the first entry has
+    # one (upstream's files: all have), else makes every box from the joints.
+    need_bbox = not keypoints or (isinstance(results[0], dict) and "bbox" in results[0])
     unknown_images = set()
     for i, det in enumerate(results):
         if not isinstance(det, dict):
@@ -235,10 +321,17 @@ def validate_results(results, source, image_ids, category_ids):
             raise UserError(f"{source}: entry {i} has a missing or invalid 'image_id' ({det.get('image_id')!r})")
         if not _is_int(det.get("category_id")):
             raise UserError(f"{source}: entry {i} has a missing or invalid 'category_id' ({det.get('category_id')!r})")
+        if keypoints:
+            kps = det.get("keypoints")
+            if not (isinstance(kps, list) and len(kps) == KEYPOINT_VALUES and all(map(_is_number, kps))):
+                got = f"{len(kps)} values" if isinstance(kps, list) else repr(kps)
+                raise UserError(f"{source}: entry {i} has a missing or invalid 'keypoints' ({got}; want "
+                                f"{KEYPOINT_VALUES} finite numbers, {NUM_JOINTS} x [x, y, v])")
         bbox = det.get("bbox")
         # A negative width or height is legal: upstream does not clamp the
         # size head, and such a box simply overlaps nothing.
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
+        if (bbox is not None or need_bbox) and not (
+                isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
             raise UserError(f"{source}: entry {i} has a missing or invalid 'bbox' "
                             f"({bbox!r}; want [x, y, width, height] numbers)")
         if not _is_number(det.get("score")):
@@ -252,6 +345,7 @@ def validate_results(results, source, image_ids, category_ids):
         first = ", ".join(map(str, sorted(unknown_images)[:5]))
         raise UserError(f"{source}: {len(unknown_images)} image id(s) not in the annotation file "
                         f"(e.g. {first}); results from another dataset or annotation file?")
+    return "keypoints" if keypoints else "bbox"
 
 
 def coco_from_dataset(data):
@@ -265,8 +359,9 @@ def coco_from_dataset(data):
 
 
 def per_class_ap(coco_eval):
-    """AP (IoU .50:.95, all areas, 100 dets) of each category id; NaN where the
-    category has no ground truth in the evaluated images."""
+    """AP (IoU, or for keypoints OKS, .50:.95, all areas, the most detections:
+    100, keypoints 20) of each category id; NaN where the category has no
+    ground truth in the evaluated images."""
     precision = coco_eval.eval["precision"]  # [iou, recall, class, area, maxdets]
     out = {}
     for k, cat_id in enumerate(coco_eval.params.catIds):
@@ -277,9 +372,11 @@ def per_class_ap(coco_eval):
 
 
 def precision_recall_curves(coco_eval):
-    """Precision at COCOeval's 101 recall points (all areas, 100 detections),
-    averaged over the categories with ground truth, at IoU 0.5, at IoU 0.75
-    and averaged over IoU 0.50:0.95, from its accumulated precision array.
+    """Precision at COCOeval's 101 recall points (all areas, the most
+    detections: 100, keypoints 20), averaged over the categories with ground
+    truth, at IoU 0.5, at IoU 0.75 and averaged over IoU 0.50:0.95 (for
+    keypoints: the same OKS thresholds, under the same keys), from its
+    accumulated precision array.
     Their means are AP50, AP75 and AP. Empty lists when no category has
     ground truth."""
     precision = coco_eval.eval["precision"][:, :, :, 0, -1]  # [iou, recall, class]
@@ -296,44 +393,63 @@ def precision_recall_curves(coco_eval):
             "iou50_95": curve(p)}
 
 
-def evaluate_coco(annotations, results, img_ids=None, verbose=True, results_source="results"):
-    """COCOeval(gt, dt, "bbox") of detections against ground truth.
+def evaluate_coco(annotations, results, img_ids=None, verbose=True, results_source="results",
+                  annotations_source=None):
+    """COCOeval of detections against ground truth: "bbox", or "keypoints"
+    (OKS) where the results carry keypoints (results_iou_type).
 
-    annotations: path of an instances JSON, a loaded dict, or a pycocotools
-    COCO. results: path of a results JSON or a list of entries (not modified).
+    annotations: path of an instances (or, for keypoint results, a
+    person_keypoints) JSON, a loaded dict, or a pycocotools COCO.
+    results: path of a results JSON or a list of entries (not modified).
     img_ids: evaluate only these images (default: every annotated image, as
     upstream; images without detections count as missed). verbose logs
-    pycocotools' 12-line summary (its progress chatter is never shown).
+    pycocotools' summary, 12 lines for boxes, 10 for keypoints (its progress
+    chatter is never shown). annotations_source, results_source: what errors
+    call them (default: the path where one is given).
 
-    Returns {"AP": .., ..., "ARl": .. (fractions 0..1; -1, as pycocotools
+    Returns {"iou_type": "bbox" or "keypoints", the stats of
+    stat_names(iou_type): "AP", ... (fractions 0..1; -1, as pycocotools
     reports it, where no ground truth falls in that area range),
     "per_class": {name: AP, or None where the class has no ground truth},
-    "pr_curves": precision_recall_curves(...), "num_images": n}.
+    "pr_curves": precision_recall_curves(...), "num_images": n,
+    "max_dets": the detections per image COCOeval counts (100; keypoints 20)}.
+    For keypoints the stats are AP, AP50, AP75, APm, APl, AR, AR50, AR75,
+    ARm, ARl over OKS thresholds, and only the categories that list
+    keypoints (person) are scored; the annotations must then carry keypoints
+    (validate_keypoint_annotations), else a UserError naming the file.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     if isinstance(annotations, COCO):
         gt = annotations
-        validate_annotations(gt.dataset, "annotations", require_annotations=True)
+        annotations_source = annotations_source or "annotations"
+        validate_annotations(gt.dataset, annotations_source, require_annotations=True)
     else:
         if isinstance(annotations, dict):
             data = annotations
-            validate_annotations(data, "annotations", require_annotations=True)
+            annotations_source = annotations_source or "annotations"
+            validate_annotations(data, annotations_source, require_annotations=True)
         else:
+            annotations_source = annotations_source or str(annotations)
             data = load_annotations(annotations, require_annotations=True)
         gt = coco_from_dataset(data)
     if isinstance(results, (str, Path)):
         results_source = str(results)
         results = load_results(results)
-    validate_results(results, results_source, gt.getImgIds(), gt.getCatIds())
+    iou_type = validate_results(results, results_source, gt.getImgIds(), gt.getCatIds())
+    cat_ids = None
+    if iou_type == "keypoints":
+        cat_ids = validate_keypoint_annotations(gt.dataset, annotations_source)
 
     with contextlib.redirect_stdout(io.StringIO()):
         # loadRes adds fields to the entries it is given: hand it copies.
         dt = gt.loadRes([dict(r) for r in results])
-        coco_eval = COCOeval(gt, dt, "bbox")
+        coco_eval = COCOeval(gt, dt, iou_type)
         if img_ids is not None:
             coco_eval.params.imgIds = sorted(img_ids)
+        if cat_ids is not None:
+            coco_eval.params.catIds = sorted(cat_ids)
         coco_eval.evaluate()
         coco_eval.accumulate()
     summary = io.StringIO()
@@ -341,37 +457,42 @@ def evaluate_coco(annotations, results, img_ids=None, verbose=True, results_sour
         coco_eval.summarize()
     if verbose:
         logger.info(summary.getvalue().rstrip("\n"))
-    metrics = {name: float(v) for name, v in zip(STAT_NAMES, coco_eval.stats)}
+    metrics = {"iou_type": iou_type}
+    metrics.update({name: float(v) for name, v in zip(stat_names(iou_type), coco_eval.stats)})
     names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
     metrics["per_class"] = {names[cid]: (None if np.isnan(ap) else ap)
                             for cid, ap in per_class_ap(coco_eval).items()}
     metrics["pr_curves"] = precision_recall_curves(coco_eval)
     metrics["num_images"] = len(coco_eval.params.imgIds)
+    metrics["max_dets"] = int(coco_eval.params.maxDets[-1])
     return metrics
 
 
 PER_CLASS_TABLE = "per_class_ap.txt"
 
 
-def write_per_class_table(per_class, folder):
-    """The whole per-class AP table as FOLDER/per_class_ap.txt; returns its path."""
+def write_per_class_table(per_class, folder, measure="IoU"):
+    """The whole per-class AP table as FOLDER/per_class_ap.txt; returns its
+    path. measure: "IoU", or "OKS" for keypoint AP."""
     path = Path(folder) / PER_CLASS_TABLE
-    write_atomic(path, (format_per_class_table(per_class) + "\n").encode("utf-8"))
+    write_atomic(path, (format_per_class_table(per_class, measure) + "\n").encode("utf-8"))
     return path
 
 
-def format_best_worst(per_class, n=5):
+def format_best_worst(per_class, n=5, measure="IoU"):
     """The n best and n worst classes by AP (all of them if there are at most
-    2n), and how many have no ground truth in the evaluated images."""
+    2n), and how many have no ground truth in the evaluated images. measure:
+    "IoU", or "OKS" for keypoint AP."""
+    kind = "keypoint AP" if measure == "OKS" else "AP"
     scored = sorted(((ap, name) for name, ap in per_class.items() if ap is not None), key=lambda t: (-t[0], t[1]))
     if not scored:
-        return "AP per class: no class has ground truth in the evaluated images"
+        return f"{kind} per class: no class has ground truth in the evaluated images"
     width = max(len(name) for _, name in scored)
     rows = lambda part: [f"  {name:<{width}}  {100 * ap:6.2f}" for ap, name in part]  # noqa: E731
     if len(scored) <= 2 * n:
-        lines = [f"AP per class (IoU .50:.95), the {len(scored)} classes with ground truth:"] + rows(scored)
+        lines = [f"{kind} per class ({measure} .50:.95), the {len(scored)} classes with ground truth:"] + rows(scored)
     else:
-        lines = ([f"AP per class (IoU .50:.95), best {n} of the {len(scored)} classes with ground truth:"]
+        lines = ([f"{kind} per class ({measure} .50:.95), best {n} of the {len(scored)} classes with ground truth:"]
                  + rows(scored[:n]) + [f"worst {n}:"] + rows(scored[-n:]))
     missing = len(per_class) - len(scored)
     if missing:
@@ -379,11 +500,13 @@ def format_best_worst(per_class, n=5):
     return "\n".join(lines)
 
 
-def format_per_class_table(per_class):
-    """Per-class AP table, best first; classes without ground truth listed last."""
+def format_per_class_table(per_class, measure="IoU"):
+    """Per-class AP table, best first; classes without ground truth listed
+    last. measure: "IoU", or "OKS" for keypoint AP."""
     scored = sorted(((ap, name) for name, ap in per_class.items() if ap is not None), key=lambda t: (-t[0], t[1]))
     width = max([len(n) for _, n in scored] + [5])
-    lines = [f"{'class':<{width}}  AP (IoU .50:.95)"]
+    kind = "keypoint AP" if measure == "OKS" else "AP"
+    lines = [f"{'class':<{width}}  {kind} ({measure} .50:.95)"]
     lines += [f"{name:<{width}}  {100 * ap:6.2f}" for ap, name in scored]
     missing = sorted(name for name, ap in per_class.items() if ap is None)
     if missing:

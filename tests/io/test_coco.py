@@ -1,12 +1,16 @@
 """centernet.io.coco and CenterNet_postprocess_s2.py: class mapping, results
 files, COCOeval wrapper against hand-worked cases, and one-line errors."""
 import json
+import logging
 import shutil
 
+import numpy as np
 import pytest
 
-from centernet.io.coco import (COCO_CATEGORIES, PER_CLASS_TABLE, STAT_NAMES, class_category_ids, class_names,
-                            evaluate_coco, format_best_worst, load_annotations, stable_image_id, write_results)
+from centernet.constants import NUM_JOINTS
+from centernet.io.coco import (COCO_CATEGORIES, KEYPOINT_STAT_NAMES, PER_CLASS_TABLE, STAT_NAMES, class_category_ids,
+                               class_names, evaluate_coco, format_best_worst, is_keypoint_dataset, load_annotations,
+                               stable_image_id, write_results)
 from centernet.errors import UserError
 from conftest import assert_one_line_error
 
@@ -210,3 +214,163 @@ def test_precision_recall_curves_average_to_the_summary_aps():
         assert sum(pr[key]) / 101 == pytest.approx(m[stat], abs=1e-5)
     # IoU .75: person 2/3 everywhere, car 0 everywhere (two classes with ground truth)
     assert pr["iou75"] == pytest.approx([1 / 3] * 101, abs=1e-5)
+
+
+# --- keypoint results (multi_pose) -------------------------------------------
+
+def tiny_kp_gt():
+    """Two images of COCO's person_keypoints kind: image 1 two people, image 2
+    one, with a few joints unlabelled (0, 0, 0)."""
+    from centernet.io.synthetic import person_keypoint_category
+    rng = np.random.default_rng(3)
+    anns = []
+    for k, (img, x, y) in enumerate(((1, 10, 10), (1, 70, 12), (2, 8, 6))):
+        kps = []
+        for j in range(NUM_JOINTS):
+            if j in (3, 4, 15) and k != 1:
+                kps += [0, 0, 0]
+            else:
+                kps += [float(x + rng.uniform(0, 40)), float(y + rng.uniform(0, 90)), 2]
+        anns.append({"id": k + 1, "image_id": img, "category_id": 1, "bbox": [x, y, 40, 90], "area": 3600.0,
+                     "iscrowd": 0, "keypoints": kps, "num_keypoints": sum(v > 0 for v in kps[2::3])})
+    images = [{"id": 1, "file_name": "a.jpg", "width": 128, "height": 128},
+              {"id": 2, "file_name": "b.jpg", "width": 64, "height": 112}]
+    return {"images": images, "annotations": anns, "categories": [person_keypoint_category()]}
+
+
+def as_kp_results(gt, score=0.9):
+    """The ground truth as upstream writes keypoint results: [x, y, 1] per joint."""
+    out = []
+    for a in gt["annotations"]:
+        kps = list(a["keypoints"])
+        kps[2::3] = [1] * NUM_JOINTS
+        out.append({"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": score, "keypoints": kps})
+    return out
+
+
+def test_is_keypoint_dataset():
+    assert is_keypoint_dataset(tiny_kp_gt())
+    assert not is_keypoint_dataset(tiny_gt())
+    assert not is_keypoint_dataset([])
+
+
+def test_keypoint_ap_of_the_ground_truth_is_one():
+    gt = tiny_kp_gt()
+    results = as_kp_results(gt)
+    m = evaluate_coco(gt, results, verbose=False)
+    assert m["iou_type"] == "keypoints" and m["max_dets"] == 20 and m["num_images"] == 2
+    assert KEYPOINT_STAT_NAMES == ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+    for key in ("AP", "AP50", "AP75", "AR", "AR50", "AR75"):
+        assert m[key] == pytest.approx(1.0), key
+    assert not {"APs", "AR1", "AR10", "AR100", "ARs"} & set(m)  # the box-only stats
+    assert m["per_class"] == {"person": pytest.approx(1.0)}
+    pr = m["pr_curves"]
+    for key, stat in (("iou50", "AP50"), ("iou75", "AP75"), ("iou50_95", "AP")):
+        assert len(pr[key]) == 101 and sum(pr[key]) / 101 == pytest.approx(m[stat], abs=1e-5)
+    assert results == as_kp_results(gt)  # the caller's list is not modified
+    assert evaluate_coco(tiny_gt(), [det(1, 1, [10, 10, 40, 80], 0.9)], verbose=False)["iou_type"] == "bbox"
+
+
+def test_keypoint_ap_drops_when_joints_move():
+    """A person whose joints are all 30 px off scores nothing at OKS .5 and
+    above, whatever its box: the keypoints, not the box, are scored."""
+    gt = tiny_kp_gt()
+    results = as_kp_results(gt)
+    results[0]["keypoints"] = [v + 30 if k % 3 != 2 else v for k, v in enumerate(results[0]["keypoints"])]
+    m = evaluate_coco(gt, results, verbose=False)
+    assert m["AR"] == pytest.approx(2 / 3)
+
+
+def test_keypoint_summary_is_logged(caplog):
+    gt = tiny_kp_gt()
+    with caplog.at_level(logging.INFO, logger="centernet.io.coco"):
+        evaluate_coco(gt, as_kp_results(gt))
+    lines = "\n".join(r.getMessage() for r in caplog.records).splitlines()
+    assert [ln.split("(")[0].strip() for ln in lines] == ["Average Precision"] * 5 + ["Average Recall"] * 5
+    assert all("maxDets= 20" in ln for ln in lines)
+
+
+def test_keypoint_results_against_a_detection_file_are_a_user_error(tmp_path):
+    path = tmp_path / "instances_val2017.json"
+    path.write_text(json.dumps(tiny_gt()))
+    with pytest.raises(UserError, match=r"instances_val2017.json: no keypoint annotations .*person_keypoints"):
+        evaluate_coco(path, as_kp_results(tiny_kp_gt()), verbose=False)
+    bad = tiny_kp_gt()
+    bad["annotations"][1]["keypoints"] = bad["annotations"][1]["keypoints"][:-3]
+    with pytest.raises(UserError, match=r"annotations: annotations\[1\] has a missing or invalid 'keypoints'"):
+        evaluate_coco(bad, as_kp_results(tiny_kp_gt()), verbose=False)
+
+
+KP_ANNOTATIONS = "data/coco/annotations/person_keypoints_val2017.json"
+
+
+@pytest.fixture
+def kp_eval_dir(tmp_path, synthetic_person_coco):
+    """data/ from the synthetic person set and save/results.json = its ground truth."""
+    shutil.copytree(synthetic_person_coco["root"], tmp_path / "data")
+    write_results(tmp_path / "save" / "results.json", as_kp_results(synthetic_person_coco["dataset"], 0.5))
+    return tmp_path
+
+
+def test_s2_scores_keypoints(kp_eval_dir, run_script):
+    proc = run_script("CenterNet_postprocess_s2.py", f"--annotations={KP_ANNOTATIONS}", cwd=kp_eval_dir)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [ln.split("(")[0].strip() for ln in lines[:10]] == ["Average Precision"] * 5 + ["Average Recall"] * 5
+    assert lines[10:16] == ["", "keypoint AP per class (OKS .50:.95), the 1 classes with ground truth:",
+                            "  person  100.00", f"every class: run_eval_result/{PER_CLASS_TABLE}", "",
+                            "keypoint AP 100.0 (OKS .50:.95), keypoint AP50 100.0 (OKS .50) -> "
+                            "run_eval_result/metrics.json"]
+    metrics = json.loads((kp_eval_dir / "run_eval_result" / "metrics.json").read_text())
+    assert metrics["iou_type"] == "keypoints" and metrics["AP"] == pytest.approx(1.0)
+    assert set(KEYPOINT_STAT_NAMES) <= set(metrics) and metrics["per_class"] == {"person": pytest.approx(1.0)}
+    assert "keypoint AP (OKS .50:.95)" in (kp_eval_dir / "run_eval_result" / PER_CLASS_TABLE).read_text()
+
+
+def test_s2_keypoint_results_against_instances_file_is_one_line_error(kp_eval_dir, run_script, synthetic_coco):
+    # the detection set's annotation file, whose images the results name
+    shutil.copytree(synthetic_coco["root"], kp_eval_dir / "det")
+    dataset = synthetic_coco["dataset"]
+    results = as_kp_results({"annotations": [{**a, "keypoints": [5.0, 6.0, 2] * NUM_JOINTS}
+                                              for a in dataset["annotations"]]})
+    write_results(kp_eval_dir / "save" / "results.json", results)
+    proc = run_script("CenterNet_postprocess_s2.py", "--dataset=./det", cwd=kp_eval_dir)
+    assert_one_line_error(proc, "det/coco/annotations/instances_val2017.json", "no keypoint annotations",
+                          "person_keypoints_val2017.json")
+    assert not (kp_eval_dir / "run_eval_result" / "metrics.json").exists()
+
+
+KP = "[" + ", ".join(["1.5, 2.5, 1"] * NUM_JOINTS) + "]"
+
+
+@pytest.mark.parametrize("keypoints,fragments", [
+    ("[1, 2, 1]", ["entry 0", "'keypoints'", "(3 values", "51 finite numbers"]),
+    (KP.replace("2.5", "NaN", 1), ["entry 0", "'keypoints'", "51 finite numbers"]),
+    (KP.replace("2.5", "\"x\"", 1), ["entry 0", "'keypoints'"]),
+    ("null", ["entry 0", "'keypoints' (None"]),
+], ids=["3-values", "nan", "string", "null"])
+def test_s2_malformed_keypoints_are_one_line_errors(kp_eval_dir, run_script, synthetic_person_coco, keypoints,
+                                                   fragments):
+    img = synthetic_person_coco["dataset"]["images"][0]["id"]
+    (kp_eval_dir / "save" / "results.json").write_text(
+        f'[{{"image_id": {img}, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5, "keypoints": {keypoints}}}]')
+    proc = run_script("CenterNet_postprocess_s2.py", f"--annotations={KP_ANNOTATIONS}", cwd=kp_eval_dir)
+    assert_one_line_error(proc, "save/results.json", *fragments)
+
+
+def test_keypoint_results_must_all_carry_keypoints():
+    gt = tiny_kp_gt()
+    results = as_kp_results(gt)
+    del results[2]["keypoints"]
+    with pytest.raises(UserError, match=r"kp.json: entry 2 has a missing or invalid 'keypoints' \(None"):
+        evaluate_coco(gt, results, verbose=False, results_source="kp.json")
+    results = as_kp_results(gt)
+    del results[1]["bbox"]  # pycocotools uses the boxes as given where the first entry has one: all must
+    with pytest.raises(UserError, match=r"entry 1 has a missing or invalid 'bbox'"):
+        evaluate_coco(gt, results, verbose=False)
+    for r in results:  # none: COCOeval makes them from the joints
+        r.pop("bbox", None)
+    assert evaluate_coco(gt, results, verbose=False)["AP"] == pytest.approx(1.0)
+    results[2]["bbox"] = [1, 2]  # a box, where given, is still checked
+    with pytest.raises(UserError, match=r"entry 2 has a missing or invalid 'bbox'"):
+        evaluate_coco(gt, results, verbose=False)
