@@ -38,6 +38,18 @@ def synthetic_coco(tmp_path_factory):
     return info
 
 
+@pytest.fixture(scope="session")
+def synthetic_person_coco(tmp_path_factory):
+    """A 6-image synthetic person-keypoints dataset (make_synthetic_person_coco)
+    in the recipe layout, read-only for tests. Returns its dict plus the
+    loaded annotations under "dataset"."""
+    from centernet.io.synthetic import make_synthetic_person_coco
+    info = make_synthetic_person_coco(tmp_path_factory.mktemp("persons") / "data", num_images=6, seed=0,
+                                      image_sizes=SMALL_SIZES)
+    info["dataset"] = json.loads(Path(info["annotation_file"]).read_text())
+    return info
+
+
 def _run_script(script, *args, cwd, env=None):
     """Run a top-level script in a fresh interpreter; returns CompletedProcess."""
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, env=env,
