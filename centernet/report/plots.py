@@ -2,8 +2,9 @@
 renderer (no display needed).
 
 - pr_curves.png: precision against recall at IoU 0.5, 0.75 and 0.50:0.95,
-  from COCOeval's accumulated precision (metrics["pr_curves"]);
-- per_class_ap.png: every class's AP as a horizontal bar, best first;
+  from COCOeval's accumulated precision (metrics["pr_curves"]); for keypoint
+  metrics (metrics["iou_type"] == "keypoints") at the same OKS thresholds;
+- per_class_ap.png: every class's AP (or keypoint AP) as a horizontal bar, best first;
 - benchmark.png: images/s against batch size, a line per backend, with the
   fp32 sgemm ceiling measured in the same run as a dashed line.
 
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from centernet.constants import RANDOM_WEIGHTS_FIELD, RANDOM_WEIGHTS_LABEL
 from centernet.errors import UserError
+from centernet.io.coco import is_keypoint_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -69,19 +71,29 @@ def _pct(v):
     return "n/a" if v is None or v < 0 else f"{100 * v:.1f}"
 
 
+def _kind(metrics):
+    """(threshold measure, what the AP is called, detections counted per
+    image): ("IoU", "AP", 100) for boxes, ("OKS", "keypoint AP", 20) for
+    keypoint metrics (metrics["max_dets"] where it says)."""
+    if is_keypoint_metrics(metrics):
+        return "OKS", "keypoint AP", metrics.get("max_dets") or 20
+    return "IoU", "AP", metrics.get("max_dets") or 100
+
+
 def plot_pr_curves(metrics, path):
     """pr_curves.png from an evaluate_coco metrics dict."""
     pr = metrics.get("pr_curves") or {}
+    measure, kind, dets = _kind(metrics)
     fig = _figure(7.0, 5.4)
     ax = fig.add_subplot()
-    lines = (("iou50", "IoU 0.50", "AP50", "-"), ("iou75", "IoU 0.75", "AP75", "-"),
-             ("iou50_95", "IoU 0.50:0.95 (mean)", "AP", "-"))
+    lines = (("iou50", f"{measure} 0.50", "AP50", "-"), ("iou75", f"{measure} 0.75", "AP75", "-"),
+             ("iou50_95", f"{measure} 0.50:0.95 (mean)", "AP", "-"))
     colours = ("#1f77b4", "#ff7f0e", "#2ca02c")
     drawn = False
     for (key, label, stat, style), colour in zip(lines, colours):
         if pr.get(key):
             ax.plot(pr["recall"], pr[key], style, color=colour, linewidth=2,
-                    label=f"{label}: {stat} {_pct(metrics.get(stat))}")
+                    label=f"{label}: {kind}{stat[2:]} {_pct(metrics.get(stat))}")
             drawn = True
     if not drawn:
         ax.text(0.5, 0.5, "no ground truth in the evaluated images", ha="center", va="center",
@@ -93,7 +105,8 @@ def plot_pr_curves(metrics, path):
     ax.set_xlabel("recall")
     ax.set_ylabel("precision (interpolated, mean over classes)")
     n = metrics.get("num_images")
-    ax.set_title("Precision-recall, all object sizes, up to 100 detections per image"
+    ax.set_title(("Keypoint precision-recall (OKS), all sizes" if measure == "OKS"
+                  else "Precision-recall, all object sizes") + f", up to {dets} detections per image"
                  + (f"\n{n} images" if n else ""), fontsize=11)
     ax.grid(True, alpha=0.3)
     if drawn:
@@ -108,6 +121,7 @@ def plot_per_class_ap(metrics, path):
     classes without ground truth in the evaluated images are listed below
     the bars rather than drawn as zeros."""
     per_class = metrics.get("per_class") or {}
+    measure, kind, _ = _kind(metrics)
     scored = sorted(((ap, name) for name, ap in per_class.items() if ap is not None), key=lambda t: (-t[0], t[1]))
     missing = sorted(name for name, ap in per_class.items() if ap is None)
     n = max(1, len(scored))
@@ -134,19 +148,19 @@ def plot_per_class_ap(metrics, path):
         mean = metrics.get("AP")
         if mean is not None and mean >= 0:
             ax.axvline(100 * mean, color="#d62728", linestyle="--", linewidth=1.2, zorder=3,
-                       label=f"AP {100 * mean:.1f} (mean over these classes)")
+                       label=f"{kind} {100 * mean:.1f} (mean over these classes)")
             ax.legend(loc="lower right", fontsize=8)
         ax.set_xlim(0, right * 1.12)
     else:
         ax.text(0.5, 0.5, "no class has ground truth in the evaluated images", ha="center", va="center",
                 transform=ax.transAxes)
         ax.set_yticks([])
-    ax.set_xlabel("AP (IoU 0.50:0.95), %")
+    ax.set_xlabel(f"{kind} ({measure} 0.50:0.95), %")
     ax.xaxis.set_ticks_position("both")
     ax.tick_params(axis="x", labeltop=True)
     ax.grid(True, axis="x", alpha=0.3, zorder=0)
     images = metrics.get("num_images")
-    ax.set_title(f"AP per class, {len(scored)} classes" + (f", {images} images" if images else ""),
+    ax.set_title(f"{kind} per class, {len(scored)} classes" + (f", {images} images" if images else ""),
                  fontsize=11)
     if note:
         fig.text(0.01, 0.05 / height, note, fontsize=7, va="bottom", ha="left", color="#555555")

@@ -4,7 +4,11 @@ them with
 
     python -m centernet.cli.report run_eval_result/metrics.json
     python -m centernet.cli.report run_eval_result/metrics.json --keep-res --flip
+
+Keypoint metrics (multi_pose: metrics["iou_type"] == "keypoints") get the
+10 keypoint stats, scored by OKS, and the keypoint AP beside upstream's.
 """
+from centernet.io.coco import is_keypoint_metrics
 
 STATS = [("AP", "AP @[IoU=0.50:0.95 | area=all | maxDets=100]"),
          ("AP50", "AP @[IoU=0.50 | area=all | maxDets=100]"),
@@ -20,10 +24,29 @@ STATS = [("AP", "AP @[IoU=0.50:0.95 | area=all | maxDets=100]"),
          ("ARl", "AR @[IoU=0.50:0.95 | area=large | maxDets=100]")]
 
 
+# The 10 keypoint stats of COCOeval (iouType "keypoints"): OKS in place of
+# IoU, up to 20 people per image, no "small" range.
+KEYPOINT_STATS = [("AP", "keypoint AP @[OKS=0.50:0.95 | area=all | maxDets=20]"),
+                  ("AP50", "keypoint AP @[OKS=0.50 | area=all | maxDets=20]"),
+                  ("AP75", "keypoint AP @[OKS=0.75 | area=all | maxDets=20]"),
+                  ("APm", "keypoint AP @[OKS=0.50:0.95 | area=medium | maxDets=20]"),
+                  ("APl", "keypoint AP @[OKS=0.50:0.95 | area=large | maxDets=20]"),
+                  ("AR", "keypoint AR @[OKS=0.50:0.95 | area=all | maxDets=20]"),
+                  ("AR50", "keypoint AR @[OKS=0.50 | area=all | maxDets=20]"),
+                  ("AR75", "keypoint AR @[OKS=0.75 | area=all | maxDets=20]"),
+                  ("ARm", "keypoint AR @[OKS=0.50:0.95 | area=medium | maxDets=20]"),
+                  ("ARl", "keypoint AR @[OKS=0.50:0.95 | area=large | maxDets=20]")]
+
+# multi_pose_dla_3x's keypoint AP on COCO val2017 as upstream's MODEL_ZOO
+# publishes it, by mode (keep_res, flip, multi-scale): flip + keep-res only.
+PUBLISHED_KEYPOINT_AP = {(True, True, False): 58.9}
+
+
 def format_metrics(metrics):
-    """The 12 COCO stats as a markdown table, in percent."""
+    """The COCO stats as a markdown table, in percent: the 12 box stats, or
+    the 10 keypoint stats (OKS) for keypoint metrics."""
     lines = ["| metric | value | meaning |", "|---|---:|---|"]
-    for key, meaning in STATS:
+    for key, meaning in (KEYPOINT_STATS if is_keypoint_metrics(metrics) else STATS):
         v = metrics.get(key)
         lines.append(f"| {key} | {'n/a' if v is None or v < 0 else f'{100 * v:.1f}'} | {meaning} |")
     return "\n".join(lines)
@@ -37,9 +60,18 @@ def percent(value):
 
 def format_mode(metrics, mode):
     """Our AP and AP50 (IoU 0.5, as Pascal VOC users quote it) beside
-    upstream's published AP for this test mode."""
-    published = mode.published_ap
-    lines = ["| test mode | AP here | AP50 here | ctdet_coco_dla_2x's published AP (COCO val2017) |", "|---|---:|---:|---:|",
+    upstream's published AP for this test mode; for keypoint metrics the
+    keypoint AP (OKS) beside multi_pose_dla_3x's published one."""
+    if is_keypoint_metrics(metrics):
+        published = None
+        if not mode.multi_scale and mode.keep_res:
+            published = PUBLISHED_KEYPOINT_AP.get((mode.keep_res, mode.flip, False))
+        head = ("| test mode | keypoint AP here (OKS) | keypoint AP50 here | multi_pose_dla_3x's published "
+                "keypoint AP (COCO val2017) |")
+    else:
+        published = mode.published_ap
+        head = "| test mode | AP here | AP50 here | ctdet_coco_dla_2x's published AP (COCO val2017) |"
+    lines = [head, "|---|---:|---:|---:|",
              f"| {mode.name} | {percent(metrics.get('AP'))} | {percent(metrics.get('AP50'))} | "
              f"{'none published for this mode' if published is None else f'{published:.1f}'} |"]
     return "\n".join(lines)

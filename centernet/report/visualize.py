@@ -9,6 +9,10 @@ is kept inside the image: a box is clipped to it and its stroke drawn inward
 from the box's edge; a label goes above its box, or just inside the box's top
 edge where there is no room above.
 
+A multi_pose detection also gets its skeleton (draw_skeleton): COCO's 19
+limbs as lines, blue on the body's left side, red on its right, magenta in
+between, and the 17 joints as dots.
+
 A picture made with random weights (the demo's) gets a banner across its top
 (draw_banner: RANDOM_WEIGHTS_LABEL, yellow on red), drawn last, over any box.
 """
@@ -17,13 +21,19 @@ from dataclasses import dataclass
 
 import cv2
 
-from centernet.constants import RANDOM_WEIGHTS_LABEL
+from centernet.constants import KEYPOINT_NAMES, NUM_JOINTS, RANDOM_WEIGHTS_LABEL, SKELETON
 from centernet.core.transforms import clip_box  # noqa: F401 (re-exported)
 import numpy as np
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 # cv2's height of FONT's capital letters at scale 1, thickness 1 (pixels).
 _FONT_CAP_HEIGHT = cv2.getTextSize("H", FONT, 1.0, 1)[0][1]
+
+# Skeletons (multi_pose), BGR: limbs of the body's left side, its right side,
+# and the rest (head, shoulders, hips), as upstream's debugger colours them.
+LEFT_COLOUR = (255, 0, 0)      # blue
+RIGHT_COLOUR = (0, 0, 255)     # red
+CENTRE_COLOUR = (255, 0, 255)  # magenta
 
 BANNER_COLOUR = (0, 0, 220)         # BGR: red
 BANNER_TEXT_COLOUR = (0, 255, 255)  # BGR: yellow
@@ -122,10 +132,73 @@ def draw_box(image, box_px, colour, thickness):
         cv2.rectangle(image, a, b, colour, -1)
 
 
-def draw_detections(image, boxes, scores, classes, names, colours=None, style=None):
+def joint_side(j):
+    """"left", "right" or "centre": the side of the body joint j (an index
+    into KEYPOINT_NAMES) is on, from its name."""
+    name = KEYPOINT_NAMES[j]
+    return "left" if name.startswith("left_") else "right" if name.startswith("right_") else "centre"
+
+
+def limb_side(a, b):
+    """"left" where both joints of the limb (a, b) are left_* joints,
+    "right" where both are right_*, else "centre" (the head, and the limbs
+    across the body: shoulders, hips)."""
+    sides = {joint_side(a), joint_side(b)}
+    return sides.pop() if len(sides) == 1 and "centre" not in sides else "centre"
+
+
+def skeleton_sizes(style):
+    """(limb line width, joint dot radius) in pixels for a Style."""
+    return style.thickness + 1, style.thickness + 2
+
+
+def _skeleton_onto(out, joints, colours, style, visible=None):
+    """Draw one person's limbs, then joints, into `out` (in place); joints
+    (NUM_JOINTS, 2) image pixels, colours {"left", "right", "centre": BGR}."""
+    width_px, radius = skeleton_sizes(style)
+    shift = 4  # cv2's fixed-point bits: joints at sub-pixel positions
+    ok = np.all(np.isfinite(joints), axis=1) & (np.abs(joints) < 1e6).all(axis=1)
+    if visible is not None:
+        ok &= np.asarray(visible, bool).reshape(-1)
+    pts = [(int(round(x * (1 << shift))), int(round(y * (1 << shift)))) if good else None
+           for (x, y), good in zip(joints, ok)]
+    for a, b in SKELETON:
+        if pts[a] is not None and pts[b] is not None:
+            cv2.line(out, pts[a], pts[b], colours[limb_side(a, b)], width_px, cv2.LINE_AA, shift)
+    for j, p in enumerate(pts):
+        if p is not None:
+            cv2.circle(out, p, radius << shift, colours[joint_side(j)], -1, cv2.LINE_AA, shift)
+
+
+def draw_skeleton(image, joints, colour_left=LEFT_COLOUR, colour_right=RIGHT_COLOUR, colour_centre=CENTRE_COLOUR,
+                  visible=None, style=None):
+    """A copy of the BGR image with each person's skeleton drawn: joints
+    (N, 17, 2) (or one person's (17, 2)) x, y in image pixels, COCO's 19
+    limbs (SKELETON) as lines, colour_left for limbs between two left_*
+    joints, colour_right for two right_*, colour_centre for the others (head,
+    shoulders, hips); then the joints as filled dots in their side's colour.
+    visible: optional (N, 17) booleans, False joints (and their limbs) not
+    drawn; joints that are not finite are never drawn."""
+    out = np.ascontiguousarray(image).copy()
+    style = style or style_for(*out.shape[:2])
+    joints = np.asarray(joints, dtype=np.float64).reshape(-1, NUM_JOINTS, 2)
+    vis = None if visible is None else np.asarray(visible, bool).reshape(-1, NUM_JOINTS)
+    colours = {"left": colour_left, "right": colour_right, "centre": colour_centre}
+    for n in range(len(joints)):
+        _skeleton_onto(out, joints[n], colours, style, None if vis is None else vis[n])
+    return out
+
+
+def draw_detections(image, boxes, scores, classes, names, colours=None, style=None, keypoints=None, thresh=None,
+                    skeleton_colours=(LEFT_COLOUR, RIGHT_COLOUR, CENTRE_COLOUR)):
     """A copy of the BGR image with each detection drawn; boxes (N, 4) x1, y1,
     x2, y2 in image pixels, scores (N,), classes (N,) indices into `names`.
-    Drawn in ascending score order, so the best ones end up on top."""
+    Drawn in ascending score order, so the best ones end up on top.
+    keypoints: optional (N, 17, 2) joints in image pixels (multi_pose), each
+    detection's skeleton drawn (draw_skeleton's way, in skeleton_colours:
+    left, right, centre) over its box and under its label. thresh: where
+    given, detections scoring below it are not drawn at all (upstream's
+    --vis_thresh)."""
     out = np.ascontiguousarray(image).copy()
     height, width = out.shape[:2]
     colours = colours or class_colours(len(names))
@@ -133,12 +206,22 @@ def draw_detections(image, boxes, scores, classes, names, colours=None, style=No
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     classes = np.asarray(classes).reshape(-1)
+    if keypoints is not None:
+        keypoints = np.asarray(keypoints, dtype=np.float64).reshape(-1, NUM_JOINTS, 2)
+        if len(keypoints) != len(boxes):
+            raise ValueError(f"{len(keypoints)} keypoint sets for {len(boxes)} boxes")
+    sides = dict(zip(("left", "right", "centre"), skeleton_colours))
     for i in np.argsort(scores, kind="stable"):
+        if thresh is not None and not scores[i] >= thresh:
+            continue
         px = box_pixels(boxes[i], height, width)
+        colour = colours[int(classes[i])]
+        if px is not None:
+            draw_box(out, px, colour, style.thickness)
+        if keypoints is not None:  # joints may lie outside a box that is outside the image
+            _skeleton_onto(out, keypoints[i], sides, style)
         if px is None:
             continue
-        colour = colours[int(classes[i])]
-        draw_box(out, px, colour, style.thickness)
         text = ascii_label(f"{names[int(classes[i])]} {scores[i]:.2f}")
         (lx1, ly1, lx2, ly2), origin = label_rect(text, px, height, width, style)
         cv2.rectangle(out, (lx1, ly1), (lx2, ly2), colour, -1)

@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -140,3 +141,80 @@ def test_scripts_that_do_not_plot_do_not_import_matplotlib():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+def keypoint_metrics():
+    """evaluate_coco of keypoint results: 4 people, one found exactly, one a
+    little off, one far off, one missed, and a false positive."""
+    from centernet.io.synthetic import person_keypoint_category
+    rng = np.random.default_rng(2)
+    images = [{"id": i + 1, "file_name": f"{i}.jpg", "width": 200, "height": 200} for i in range(2)]
+    anns, results = [], []
+    for k, shift in enumerate((0.0, 2.0, 25.0, None)):
+        x, y = 20.0 + 90 * (k % 2), 30.0
+        kps = np.column_stack([x + rng.uniform(0, 60, 17), y + rng.uniform(0, 140, 17), np.full(17, 2.0)])
+        anns.append({"id": k + 1, "image_id": k // 2 + 1, "category_id": 1, "bbox": [x, y, 60.0, 140.0],
+                     "area": 8400.0, "iscrowd": 0, "keypoints": kps.ravel().tolist(), "num_keypoints": 17})
+        if shift is not None:
+            found = kps.copy()
+            found[:, :2] += shift
+            found[:, 2] = 1
+            results.append({"image_id": k // 2 + 1, "category_id": 1, "bbox": [x, y, 60.0, 140.0],
+                            "score": 0.9 - 0.1 * k, "keypoints": found.ravel().tolist()})
+    results.append({"image_id": 1, "category_id": 1, "bbox": [0.0, 0.0, 10.0, 10.0], "score": 0.3,
+                    "keypoints": [5.0, 5.0, 1] * 17})
+    gt = {"images": images, "annotations": anns, "categories": [person_keypoint_category()]}
+    return evaluate_coco(gt, results, verbose=False)
+
+
+def figure_texts(monkeypatch):
+    """Collect every text of the figures plots draws (titles, labels, legends)."""
+    from centernet.report import plots
+    texts = {}
+    real_save = plots._save
+
+    def save(fig, path):
+        found = []
+        for artist in fig.findobj():
+            if hasattr(artist, "get_text") and artist.get_text():
+                found.append(artist.get_text())
+        texts[Path(path).name] = "\n".join(found)
+        return real_save(fig, path)
+    monkeypatch.setattr(plots, "_save", save)
+    return texts
+
+
+def test_keypoint_plots_say_keypoint_ap_and_oks(tmp_path, monkeypatch):
+    metrics = keypoint_metrics()
+    assert metrics["iou_type"] == "keypoints" and 0 < metrics["AP"] < 1
+    texts = figure_texts(monkeypatch)
+    pr, per_class = write_eval_plots(metrics, tmp_path / "kp")
+    assert png_size(pr) == (round(7.0 * DPI), round(5.4 * DPI)) and png_size(per_class)[0] == 8 * DPI
+    assert f"OKS 0.50: keypoint AP50 {100 * metrics['AP50']:.1f}" in texts["pr_curves.png"]
+    assert f"OKS 0.50:0.95 (mean): keypoint AP {100 * metrics['AP']:.1f}" in texts["pr_curves.png"]
+    assert "up to 20 detections per image" in texts["pr_curves.png"] and "IoU" not in texts["pr_curves.png"]
+    assert "keypoint AP (OKS 0.50:0.95), %" in texts["per_class_ap.png"]
+    assert "keypoint AP per class, 1 classes" in texts["per_class_ap.png"]
+    assert "person" in texts["per_class_ap.png"] and "IoU" not in texts["per_class_ap.png"]
+    # and boxes still say IoU
+    write_eval_plots(metrics_for(3)[2], tmp_path / "box")
+    assert "IoU 0.50: AP50" in texts["pr_curves.png"] and "up to 100 detections" in texts["pr_curves.png"]
+    assert "AP (IoU 0.50:0.95), %" in texts["per_class_ap.png"] and "keypoint" not in texts["per_class_ap.png"]
+
+
+def test_write_evaluation_of_keypoint_metrics(tmp_path, caplog):
+    import logging
+    from centernet.report.evaluation import write_evaluation
+    metrics = keypoint_metrics()
+    with caplog.at_level(logging.INFO, logger="centernet.report.evaluation"):
+        path = write_evaluation(metrics, tmp_path / "ev", mode="fixed 512")
+    saved = json.loads(path.read_text())
+    assert saved["iou_type"] == "keypoints" and saved["AP"] == pytest.approx(metrics["AP"])
+    assert saved["mode"] == "fixed 512" and saved["random_weights"] is False
+    assert len(saved["pr_curves"]["iou50_95"]) == 101
+    log = "\n".join(r.getMessage() for r in caplog.records)
+    assert "keypoint AP per class (OKS .50:.95), the 1 classes with ground truth:" in log
+    assert (f"keypoint AP {100 * metrics['AP']:.1f} (OKS .50:.95), keypoint AP50 {100 * metrics['AP50']:.1f} "
+            f"(OKS .50); fixed 512 -> {path}") in log
+    assert (tmp_path / "ev" / "pr_curves.png").is_file() and (tmp_path / "ev" / "per_class_ap.png").is_file()
+    assert "keypoint AP (OKS .50:.95)" in (tmp_path / "ev" / "per_class_ap.txt").read_text()

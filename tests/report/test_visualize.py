@@ -1,13 +1,15 @@
 """centernet.report.visualize: boxes land on their outlines and nowhere far from any
-box, stay inside the image, and labels stay readable at any size."""
+box, stay inside the image, and labels stay readable at any size; skeletons
+(multi_pose) in their sides' colours, only for detections at or above the threshold."""
 import cv2
 import numpy as np
 import pytest
 
-from centernet.constants import RANDOM_WEIGHTS_LABEL
-from centernet.report.visualize import (BANNER_COLOUR, BANNER_TEXT_COLOUR, FONT, ascii_label, banner_height, box_pixels,
-                                        class_colours, draw_banner, draw_detections, label_rect, style_for,
-                                        text_colour)
+from centernet.constants import KEYPOINT_NAMES, RANDOM_WEIGHTS_LABEL, SKELETON, VIS_THRESH
+from centernet.report.visualize import (BANNER_COLOUR, BANNER_TEXT_COLOUR, CENTRE_COLOUR, FONT, LEFT_COLOUR,
+                                        RIGHT_COLOUR, ascii_label, banner_height, box_pixels, class_colours,
+                                        draw_banner, draw_detections, draw_skeleton, label_rect, limb_side,
+                                        style_for, text_colour)
 
 NAMES = ["cat", "dog", "car"]
 
@@ -138,3 +140,93 @@ def test_banner_across_the_top_in_its_colours_and_nothing_else_changed(h, w):
     columns = np.flatnonzero(text.any(0))
     assert len(columns) and 0 < columns[0] and columns[-1] < w - 1  # the text fits inside the picture
     assert draw_banner(image, RANDOM_WEIGHTS_LABEL).tobytes() == drawn.tobytes()  # the label is the default
+
+
+# --- skeletons (multi_pose) ----------------------------------------------------
+
+def person(x0, y0, scale=1.0):
+    """17 joints of a standing person facing the camera (left_* on the image's right)."""
+    from centernet.io.synthetic import POSE_TEMPLATE
+    return np.asarray(POSE_TEMPLATE, np.float64) * (80 * scale, 180 * scale) + (x0, y0)
+
+
+def is_colour(pixels, bgr, tol=30):
+    return np.abs(np.asarray(pixels, int) - bgr).max(-1) <= tol
+
+
+def test_limb_sides_follow_the_joint_names():
+    sides = {(KEYPOINT_NAMES[a], KEYPOINT_NAMES[b]): limb_side(a, b) for a, b in SKELETON}
+    assert len(sides) == 19
+    assert sides["left_ankle", "left_knee"] == "left" and sides["right_elbow", "right_wrist"] == "right"
+    assert sides["left_hip", "right_hip"] == "centre" and sides["left_shoulder", "right_shoulder"] == "centre"
+    assert sides["nose", "left_eye"] == "centre" and sides["left_ear", "left_shoulder"] == "left"
+    assert sorted(sides.values()).count("left") == sorted(sides.values()).count("right") == 7
+
+
+def test_skeleton_limbs_drawn_in_their_side_colour():
+    image = np.full((240, 320, 3), 128, np.uint8)
+    joints = person(100, 30)
+    drawn = draw_skeleton(image, joints[None])
+    assert not np.shares_memory(drawn, image) and (image == 128).all()
+    colours = {"left": LEFT_COLOUR, "right": RIGHT_COLOUR, "centre": CENTRE_COLOUR}
+    for a, b in SKELETON:
+        colour = colours[limb_side(a, b)]
+        # pixels of the limb's colour on the line between its two joints, away from the dots
+        for t in (0.4, 0.5, 0.6):
+            x, y = joints[a] + t * (joints[b] - joints[a])
+            around = drawn[int(round(y)) - 1:int(round(y)) + 2, int(round(x)) - 1:int(round(x)) + 2]
+            if np.hypot(*(joints[b] - joints[a])) > 12:
+                assert is_colour(around, colour).any(), (KEYPOINT_NAMES[a], KEYPOINT_NAMES[b], t)
+    # joints as filled dots in their side's colour
+    for j in range(17):
+        x, y = np.round(joints[j]).astype(int)
+        side = "left" if KEYPOINT_NAMES[j].startswith("left_") else "right" if KEYPOINT_NAMES[j].startswith(
+            "right_") else "centre"
+        assert is_colour(drawn[y, x], colours[side], tol=60)
+    # nothing far from the skeleton
+    changed_px = np.argwhere(changed(drawn, image))
+    assert changed_px[:, 1].min() >= joints[:, 0].min() - 6 and changed_px[:, 1].max() <= joints[:, 0].max() + 6
+    # custom colours, and one person's (17, 2) joints
+    green = draw_skeleton(image, joints, colour_left=(0, 255, 0), colour_right=(0, 255, 0),
+                          colour_centre=(0, 255, 0))
+    assert is_colour(green[changed(green, image)], (0, 255, 0), tol=130).all()
+
+
+def test_detections_with_keypoints_at_or_above_the_threshold():
+    image = np.full((240, 320, 3), 128, np.uint8)
+    boxes = np.array([[90, 25, 190, 215], [200, 25, 300, 215]], float)
+    joints = np.stack([person(100, 30), person(210, 30)])
+    # the demo's call: keypoints beside the boxes, the threshold upstream's vis_thresh
+    drawn = draw_detections(image, boxes, [0.9, 0.2], [0, 0], ["person"], keypoints=joints, thresh=VIS_THRESH)
+    left_half, right_half = changed(drawn, image)[:, :195], changed(drawn, image)[:, 198:]
+    assert left_half.any() and not right_half.any()  # nothing of the detection below the threshold
+    assert is_colour(drawn, LEFT_COLOUR).any() and is_colour(drawn, RIGHT_COLOUR).any()
+    # below the threshold with thresh=None (the old call): drawn; box-only call unchanged by the new arguments
+    old_call = draw_detections(image, boxes, [0.9, 0.2], [0, 0], ["person"], keypoints=joints)
+    assert changed(old_call, image)[:, 198:].any()
+    plain = draw_detections(image, boxes, [0.9, 0.2], [0, 0], ["person"])
+    assert not is_colour(plain, LEFT_COLOUR, tol=10).any()
+    assert np.array_equal(plain, draw_detections(image, boxes, [0.9, 0.2], [0, 0], ["person"], thresh=0.1))
+    # all the detections below the threshold: the image unchanged
+    assert np.array_equal(draw_detections(image, boxes, [0.25, 0.2], [0, 0], ["person"], keypoints=joints,
+                                          thresh=VIS_THRESH), image)
+    with pytest.raises(ValueError, match="1 keypoint sets for 2 boxes"):
+        draw_detections(image, boxes, [0.9, 0.2], [0, 0], ["person"], keypoints=joints[:1])
+
+
+def test_skeleton_skips_joints_it_cannot_place():
+    image = np.zeros((400, 400, 3), np.uint8)
+    full = person(100, 20, 2.0)
+    joints = full.copy()
+    joints[9] = np.nan                      # left_wrist unknown
+    drawn = draw_skeleton(image, joints, visible=np.arange(17) != 0)  # nose hidden
+    def untouched(x, y):
+        return not changed(drawn[y - 1:y + 2, x - 1:x + 2], image[y - 1:y + 2, x - 1:x + 2]).any()
+
+    nose = np.round(full[0]).astype(int)
+    assert untouched(*nose)                                              # no dot
+    elbow_wrist = np.round((full[7] + full[9]) / 2).astype(int)
+    assert untouched(*elbow_wrist)                                       # no limb to the unknown joint
+    assert not untouched(*np.round(full[7]).astype(int))                 # the elbow is drawn
+    far = draw_skeleton(image, np.full((1, 17, 2), -10000.0))  # upstream's "no peak" position
+    assert np.array_equal(far, image)
