@@ -113,8 +113,9 @@ class DemoRun:
         """(detections.json entries, the annotated picture, the best (name, score))."""
         height, width = image.shape[:2]
         dets, keep = detections_entry(found, self.detector.labels, self.thresh, height, width)
+        joints = None if found.joints is None else found.joints[keep]  # a multi_pose model's: skeletons
         drawn = draw_detections(image, found.boxes[keep], found.scores[keep], found.classes[keep],
-                                self.detector.names, self.detector.colours)
+                                self.detector.names, self.detector.colours, keypoints=joints)
         if self.detector.random_weights:
             drawn = draw_banner(drawn)
         best = (self.detector.names[int(found.classes[0])], float(found.scores[0])) if len(found) else None
