@@ -117,3 +117,13 @@ def test_the_demo_draws_skeletons(pose_checkpoint, synthetic_person_coco, tmp_pa
     assert people and all(len(d["keypoints"]) == 17 and d["class"] == "person" for d in people)
     assert len(list((tmp_path / "out").glob("*.jpg"))) == 2
     assert np.isfinite(np.array([d["keypoints"] for d in people])).all()
+
+
+def test_a_pose_model_on_box_annotations_is_refused_before_inference(pose_checkpoint, synthetic_coco, tmp_path,
+                                                                     run_script):
+    r = run_script("CenterNet_eval.py", "--model", pose_checkpoint["flip_onnx"], "--annotations",
+                   synthetic_coco["annotation_file"], "--images", synthetic_coco["images_dir"], "--keep-res",
+                   "--output", tmp_path / "r.json", "--no-progress", cwd=tmp_path)
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "a multi_pose (human pose) model, but" in r.stderr and "no keypoint annotations" in r.stderr
+    assert not (tmp_path / "r.json").exists()

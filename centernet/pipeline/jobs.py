@@ -16,7 +16,7 @@ from centernet.constants import RANDOM_WEIGHTS_FIELD, VIS_THRESH
 from centernet.core.transforms import clip_box
 from centernet.errors import UserError
 from centernet.io.binio import make_dirs, write_atomic_chunks
-from centernet.io.coco import (COCO_CATEGORIES, class_category_ids, load_annotations,
+from centernet.io.coco import (COCO_CATEGORIES, class_category_ids, is_keypoint_dataset, load_annotations,
                                stable_image_id, write_results_facts)
 from centernet.io.media import detections_header, join_location, list_image_files, write_detections_json
 
@@ -87,12 +87,14 @@ class EvaluationJob:
     upstream_rounding: bool = False
     images: list = field(init=False)
     category_ids: list = field(init=False)
+    keypoints: bool = field(init=False)  # the annotations carry keypoints (a multi_pose model's ground truth)
 
     def __post_init__(self):
         data = load_annotations(self.annotation_file)
         # Class j is the j-th smallest category id of the file, whatever the
         # ids and however many; fit_model checks the count against the model.
         self.category_ids = class_category_ids(data, num_classes=None, source=str(self.annotation_file))
+        self.keypoints = is_keypoint_dataset(data)
         chosen = sorted(data["images"], key=lambda img: Path(img["file_name"]).stem)[:self.limit]
         if not chosen:
             raise UserError(f"{self.annotation_file}: no images to evaluate")
@@ -103,9 +105,13 @@ class EvaluationJob:
     def num_classes(self):
         return len(self.category_ids)
 
-    def fit_model(self, model_name, num_classes, model_names=None):
+    def fit_model(self, model_name, num_classes, model_names=None, task="ctdet"):
         """Before any inference: one line naming the model and the file when
-        the model's classes are not the file's categories, one for one."""
+        the model's classes are not the file's categories, one for one, or
+        a multi_pose model's file has no keypoints to score."""
+        if task == "multi_pose" and not self.keypoints:
+            raise UserError(f"{model_name}: a multi_pose (human pose) model, but {self.annotation_file} has no "
+                            "keypoint annotations; evaluate it on person_keypoints_val2017.json")
         if num_classes != self.num_classes:
             raise UserError(f"{model_name}: the model has {num_classes} classes, but {self.annotation_file} has "
                             f"{self.num_classes} categories; evaluate it on an annotation file of its own classes")
@@ -167,7 +173,7 @@ class AnnotationJob:
         self.images = [PlannedImage(name, location, stable_image_id(Path(name).stem))
                        for name, location in list_image_files(self.images_dir, self.limit)]
 
-    def fit_model(self, model_name, num_classes, model_names=None):
+    def fit_model(self, model_name, num_classes, model_names=None, task="ctdet"):
         """Before any inference: the labels of the model's classes, named by
         --names, else by the model itself, else COCO's (Labels.for_model)."""
         if self.num_classes is not None and num_classes != self.num_classes:
@@ -200,7 +206,7 @@ class AnnotationJob:
 def fit_job(job, predictor, model_name):
     """Fit a job to the predictor's model before any inference: its class
     count checked (an evaluation) or its labels settled (an annotation)."""
-    job.fit_model(model_name, predictor.num_classes, predictor.facts.class_names)
+    job.fit_model(model_name, predictor.num_classes, predictor.facts.class_names, predictor.decoder.task)
 
 
 def mode_text(mode):
