@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Pure-inference throughput of a ctdet network (DLA-34 by default) on every backend present, in one run.
+"""Pure-inference throughput of a CenterNet network (ctdet DLA-34 by default) on every backend present, in one run.
 
     python CenterNet_benchmark.py                      # batch 1 4 8 16 32, all backends present
     python CenterNet_benchmark.py --quick              # batch 1 4, fewer loops

@@ -22,7 +22,9 @@ from centernet.convert.export import export_onnx
 from centernet.core.modes import UPSTREAM_SCALES, TestMode
 from centernet.runtime.ort_session import make_session
 from centernet.pipeline.stream import stream_detections
-from centernet.io.synthetic import COCO_LIKE_SIZES, make_synthetic_coco
+from centernet.io.synthetic import COCO_LIKE_SIZES, make_synthetic_coco, make_synthetic_person_coco
+from centernet.io.coco import default_annotation_file
+from centernet.model.networks import model_facts
 from centernet.core.transforms import INPUT_SIZE, test_geometry
 
 logger = logging.getLogger(__name__)
@@ -52,17 +54,18 @@ def flop_ratio(images, mode, input_size=(INPUT_SIZE, INPUT_SIZE)):
     return total / base / len(images)
 
 
-def benchmark_data(workdir, num_images, dataset=None):
+def benchmark_data(workdir, num_images, dataset=None, task="ctdet"):
     """(images folder, annotation file): the first num_images of a COCO
-    dataset root, or generated images of COCO-like sizes."""
+    dataset root, or generated images of COCO-like sizes; a multi_pose
+    model's are person keypoint annotations (generated: stick figures)."""
     if dataset is not None:
         root = Path(dataset) / "coco"
-        ann, images_dir = root / "annotations" / "instances_val2017.json", root / "val2017"
+        ann, images_dir = default_annotation_file(dataset, task), root / "val2017"
         if not ann.is_file():
             raise UserError(f"{ann}: annotation file not found")
         return images_dir, ann
-    info = make_synthetic_coco(Path(workdir) / "mode_data", num_images=num_images, seed=0,
-                               image_sizes=COCO_LIKE_SIZES)
+    make = make_synthetic_person_coco if task == "multi_pose" else make_synthetic_coco
+    info = make(Path(workdir) / f"mode_data_{task}", num_images=num_images, seed=0, image_sizes=COCO_LIKE_SIZES)
     return info["images_dir"], info["annotation_file"]
 
 
@@ -77,13 +80,14 @@ def run_mode_benchmark(model, weights, modes=DEFAULT_MODES, num_images=8, datase
     if num_images < 1 or batchsize < 1 or warmup < 0:
         raise UserError("--mode-images and --batchsize must be >= 1, --warmup >= 0")
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    images_dir, ann = benchmark_data(workdir, num_images, dataset)
+    task = model_facts(model).task
+    images_dir, ann = benchmark_data(workdir, num_images, dataset, task)
     annotated = sorted(json.loads(Path(ann).read_text())["images"], key=lambda i: Path(i["file_name"]).stem)
     annotated = annotated[:num_images]
 
     sessions = {}
     for form in dict.fromkeys(MODES[m][1] for m in modes):
-        path = Path(workdir) / f"ctdet_{form}.onnx"
+        path = Path(workdir) / f"{task}_{form}.onnx"
         t0 = time.perf_counter()
         # The dynamic export is traced at a small size (faster); any size runs.
         export_onnx(model, path, input_size=(INPUT_SIZE, INPUT_SIZE) if form == "static" else (64, 64),
