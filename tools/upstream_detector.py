@@ -96,6 +96,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 OUR_DCN = REPO_ROOT / "dcn_v2.py"
 IMAGE_EXT = ("jpg", "jpeg", "png", "webp")  # upstream's src/demo.py image_ext
 OPTIONS_KEY = "__options__"
+TIME_STATS = ("tot", "load", "pre", "net", "dec", "post", "merge")  # upstream's src/demo.py time_stats
 TASK_DATASET = {"multi_pose": "coco_hp", "ctdet": "coco"}
 SUBSTITUTIONS = [
     "models/networks/DCNv2/dcn_v2.py re-exports DCN, DCNv2 of our pure-PyTorch dcn_v2.py",
@@ -351,7 +352,9 @@ def export_upstream(upstream, dest):
         shutil.copytree(upstream / "src" / "lib", src / "lib",
                         ignore=shutil.ignore_patterns("*.so", "build", "__pycache__"))
         shutil.copy2(upstream / "src" / "_init_paths.py", src / "_init_paths.py")
-        commit = _git(["rev-parse", "HEAD"], upstream)
+        top = _git(["rev-parse", "--show-toplevel"], upstream)
+        same = top is not None and Path(top.decode().strip()).resolve() == upstream.resolve()
+        commit = _git(["rev-parse", "HEAD"], upstream) if same else None  # not another repository's
     elif _git(["rev-parse", "--is-bare-repository"], upstream) == b"true\n":
         tar = _git(["archive", "HEAD", "src/lib", "src/_init_paths.py"], upstream)
         if tar is None:
@@ -528,8 +531,9 @@ def run(args):
         for path in images:
             ret = detector.run(str(path))
             arrays[path.stem] = rows_of(opt.task, ret["results"])
-            seconds[path.stem] = round(ret["tot"], 3)
-            print(f"upstream_detector: {path.name}: {len(arrays[path.stem])} rows, {ret['tot']:.2f} s",
+            seconds[path.stem] = {k: round(ret[k], 3) for k in TIME_STATS}
+            stages = ", ".join(f"{k} {ret[k]:.2f}" for k in TIME_STATS[1:])
+            print(f"upstream_detector: {path.name}: {len(arrays[path.stem])} rows, {ret['tot']:.2f} s ({stages})",
                   file=sys.stderr)
         elapsed = time.perf_counter() - start
     sha = hashlib.sha256(Path(args.checkpoint).read_bytes()).hexdigest()
@@ -540,7 +544,8 @@ def run(args):
         "images": [p.name for p in images], "upstream": str(Path(args.upstream).resolve()),
         "upstream_commit": commit, "opts_argv": argv,
         "opt": {k: v for k, v in sorted(vars(opt).items()) if _json_able(v)},
-        "seconds_per_image": seconds, "substitutions": SUBSTITUTIONS,
+        "seconds_per_image": seconds,  # upstream run()'s own timings
+        "substitutions": SUBSTITUTIONS,
         "row_layout": ("(N, 39) [x1, y1, x2, y2, score, 17 x (x, y)]" if args.task == "multi_pose"
                        else "(N, 6) [x1, y1, x2, y2, score, class]"),
     }
