@@ -11,6 +11,8 @@ src/test.py does, image by image with `detector.run(path)`, and saves what
     python tools/upstream_detector.py --upstream DIR --checkpoint X.pth \
         --images PHOTOS --task multi_pose --arch dla_34 [--flip] [--keep-res] \
         [--scales 0.5,1,1.5] [--nms] --out OUT.npz
+    python tools/upstream_detector.py ours --checkpoint X.pth --images PHOTOS \
+        [--backend torch|onnxruntime] [--flip] [--keep-res] [--scales ...] --out OURS.npz
     python tools/upstream_detector.py compare OURS.npz UPSTREAM.npz [OURS2.npz UPSTREAM2.npz ...]
 
 --upstream is a checkout of the upstream repository (the folder holding
@@ -611,6 +613,46 @@ def random_checkpoint(args):
 
 
 # --------------------------------------------------------------------------
+# ours: the toolkit's predictor on the same checkpoint and photos, in this layout
+
+def run_ours(args):
+    """Our one path (centernet.pipeline.predictor) on the photos, written in
+    upstream's layout and order: multi_pose rows as our Decoder merges them
+    (upstream's order already); ctdet rows sorted by class, stably (upstream
+    groups its results by class, each class in top-K order)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import cv2
+    from centernet.core.modes import TestMode, parse_scales
+    from centernet.core.pose import pose_rows
+    from centernet.pipeline.predictor import open_predictor
+    from centernet.runtime.torch_model import TorchOptions
+    photos = list_images(args.images)
+    mode = TestMode(keep_res=args.keep_res, flip=args.flip, scales=parse_scales(args.scales),
+                    input_size=None if args.keep_res else (512, 512))
+    # fuse_bn off: upstream runs BatchNorm as it is, and so the network's float32 arithmetic is the same
+    options = TorchOptions(fuse_bn=False, warped_input=False, dcn=args.dcn, channels_last=args.channels_last)
+    predictor = open_predictor(args.checkpoint, mode, backend=args.backend, torch_options=options)
+    arrays = {}
+    for path in photos:
+        found, errors = predictor.detect([cv2.imread(str(path))], sources=[str(path)])
+        if errors:
+            raise ToolError(errors[0])
+        d = found[0]
+        if d.joints is not None:
+            arrays[path.stem] = pose_rows(d.scores, d.boxes, d.joints)
+        else:
+            order = np.argsort(d.classes, kind="stable")
+            arrays[path.stem] = np.column_stack([d.boxes[order], d.scores[order],
+                                                 d.classes[order] + 1]).astype(np.float32)
+    options_record = {"task": predictor.decoder.task, "keep_res": args.keep_res, "flip_test": args.flip,
+                      "test_scales": list(mode.scales), "backend": args.backend, "ours": True}
+    out = Path(args.out)
+    with open(out, "wb") as f:
+        np.savez(f, **arrays, **{OPTIONS_KEY: np.array(json.dumps(options_record))})
+    print(f"upstream_detector: our predictor ({args.backend}) on {len(photos)} photos -> {out}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------
 # compare
 
 def _load(path):
@@ -703,6 +745,26 @@ def parse_compare_args(argv):
     return args
 
 
+def parse_ours_args(argv):
+    p = argparse.ArgumentParser(prog="upstream_detector.py ours",
+                                description="Run the toolkit's own predictor on a checkpoint and photos and write "
+                                            "the results in this tool's layout, for compare.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint in upstream's layout (.pth)")
+    p.add_argument("--images", required=True, help="folder of photos, run in sorted name order")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"),
+                   help="torch: the checkpoint in PyTorch; onnxruntime: its cached ONNX export (default torch)")
+    p.add_argument("--dcn", default="ours", help="the torch backend's DCN kernel (default ours)")
+    p.add_argument("--flip", action="store_true", help="the flip test")
+    p.add_argument("--keep-res", action="store_true", help="keep resolution")
+    p.add_argument("--scales", default="1", help="test scales, e.g. 0.5,1,1.5 (default 1)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="the torch backend in channels-last memory: upstream's flip test feeds its network such "
+                        "a tensor (np.concatenate of the image and its mirror keeps the HWC layout), whose "
+                        "convolutions round differently (default off)")
+    p.add_argument("--out", required=True, help="output .npz")
+    return p.parse_args(argv)
+
+
 def parse_random_args(argv):
     p = argparse.ArgumentParser(prog="upstream_detector.py random-checkpoint",
                                 description="Write a random checkpoint in upstream's layout with upstream's "
@@ -721,6 +783,8 @@ def main(argv=None):
     try:
         if argv[:1] == ["random-checkpoint"]:
             random_checkpoint(parse_random_args(argv[1:]))
+        elif argv[:1] == ["ours"]:
+            run_ours(parse_ours_args(argv[1:]))
         elif argv[:1] == ["compare"]:
             args = parse_compare_args(argv[1:])
             for ours, theirs in zip(args.files[::2], args.files[1::2]):
