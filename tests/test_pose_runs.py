@@ -127,3 +127,24 @@ def test_a_pose_model_on_box_annotations_is_refused_before_inference(pose_checkp
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "a multi_pose (human pose) model, but" in r.stderr and "no keypoint annotations" in r.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def test_run_all_scores_a_pose_checkpoint_on_the_keypoint_annotations(pose_checkpoint, synthetic_person_coco,
+                                                                      tmp_path):
+    import os
+    import subprocess
+    from conftest import ROOT
+    shutil.copytree(synthetic_person_coco["root"], tmp_path / "data")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run(["bash", str(ROOT / "run_all.sh"), "--weights", str(pose_checkpoint["pth"]), "--data",
+                        str(tmp_path / "data"), "--workdir", str(tmp_path / "work"), "--keep-res", "--flip",
+                        "--limit", "2", "--threads", "2"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "DEMO" not in r.stdout  # the keypoint annotation file is the one it looks for
+    assert "keypoint AP" in r.stdout
+    metrics = json.loads((tmp_path / "work" / "run_eval_result" / "metrics.json").read_text())
+    assert metrics["iou_type"] == "keypoints" and metrics["num_images"] == 2
+    _keypoint_results(tmp_path / "work" / "save" / "results.json")
+    doc = json.loads((tmp_path / "work" / "demo_out" / "detections.json").read_text())
+    assert all("keypoints" in d for entry in doc["images"] for d in entry["detections"])
