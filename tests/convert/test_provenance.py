@@ -144,7 +144,8 @@ def test_export_checked_records_what_it_was_made_from(random_ctdet, tmp_path):
                             "centernet.input": "64x64", CHECKED_KEY: "yes",
                             "centernet.random_weights": "1",  # random_model's weights say so
                             # the model's facts (core/model_facts.py)
-                            "centernet.network": "dla_34", "centernet.heads": "hm:80,wh:2,reg:2",
+                            "centernet.network": "dla_34", "centernet.task": "ctdet",
+                            "centernet.heads": "hm:80,wh:2,reg:2",
                             "centernet.head_conv": "256", "centernet.mean": "0.40789654,0.44719302,0.47026115",
                             "centernet.std": "0.28863828,0.27408164,0.27809835", "centernet.input_size": "64x64",
                             "centernet.down_ratio": "4", "centernet.pad": "31"}
