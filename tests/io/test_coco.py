@@ -334,9 +334,14 @@ def test_s2_keypoint_results_against_instances_file_is_one_line_error(kp_eval_di
     results = as_kp_results({"annotations": [{**a, "keypoints": [5.0, 6.0, 2] * NUM_JOINTS}
                                               for a in dataset["annotations"]]})
     write_results(kp_eval_dir / "save" / "results.json", results)
-    proc = run_script("CenterNet_postprocess_s2.py", "--dataset=./det", cwd=kp_eval_dir)
+    proc = run_script("CenterNet_postprocess_s2.py", "--dataset=./det", "--annotations",
+                      "det/coco/annotations/instances_val2017.json", cwd=kp_eval_dir)
     assert_one_line_error(proc, "det/coco/annotations/instances_val2017.json", "no keypoint annotations",
                           "person_keypoints_val2017.json")
+    assert not (kp_eval_dir / "run_eval_result" / "metrics.json").exists()
+    # without --annotations, keypoint results look for the keypoint file of the dataset
+    proc = run_script("CenterNet_postprocess_s2.py", "--dataset=./det", cwd=kp_eval_dir)
+    assert_one_line_error(proc, "det/coco/annotations/person_keypoints_val2017.json", "not found")
     assert not (kp_eval_dir / "run_eval_result" / "metrics.json").exists()
 
 
