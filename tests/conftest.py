@@ -388,6 +388,45 @@ def calibrated_network(network, num_classes=3, seed=0):
     return _NETWORKS[key]
 
 
+def stand_in_om_session(onnx_path, input_shape, output_shapes, flip_in_graph=False, threads=2):
+    """An AisBenchSession on `onnx_path` as an .om of it would be: ais_bench's
+    InferSession interface (input_shape, output_shapes as ais_bench reports
+    them) stood in by ONNX Runtime on the same file, the stand-in module
+    present only while the session is opened."""
+    import types
+    from centernet.runtime.ort_session import make_session
+
+    class InferSession:  # ais_bench.infer.interface.InferSession's interface
+        def __init__(self, device_id, model_path):
+            self.session = make_session(str(model_path).replace(".om", ".onnx"), threads=threads)
+
+        def get_inputs(self):
+            return [types.SimpleNamespace(shape=list(input_shape))]
+
+        def get_outputs(self):
+            return [types.SimpleNamespace(shape=list(shape)) for shape in output_shapes]
+
+        def infer(self, feeds, mode="static"):
+            assert mode == "static"
+            return self.session.run(None, {self.session.get_inputs()[0].name: feeds[0]})
+
+    fake = types.ModuleType("ais_bench.infer.interface")
+    fake.InferSession = InferSession
+    modules = {"ais_bench": types.ModuleType("ais_bench"), "ais_bench.infer": types.ModuleType("ais_bench.infer"),
+               "ais_bench.infer.interface": fake}
+    from centernet.runtime.ais_bench_session import AisBenchSession
+    old = {k: sys.modules.get(k) for k in modules}
+    sys.modules.update(modules)
+    try:
+        return AisBenchSession(str(onnx_path).replace(".onnx", ".om"), flip_in_graph=flip_in_graph)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                sys.modules.pop(k)
+            else:
+                sys.modules[k] = v
+
+
 POSE = {"hm": 1, "wh": 2, "hps": 34, "reg": 2, "hm_hp": 17, "hp_offset": 2}  # upstream's multi_pose heads
 
 

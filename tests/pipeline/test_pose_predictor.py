@@ -4,7 +4,7 @@ on every backend and test mode."""
 import numpy as np
 import pytest
 
-from conftest import calibrated_pose_network
+from conftest import calibrated_pose_network, stand_in_om_session
 from centernet.convert.export import export_onnx
 from centernet.core.decode import map_boxes_to_image
 from centernet.core.modes import TestMode
@@ -114,3 +114,20 @@ def test_onnx_runtime_and_pytorch_give_the_same_people_in_every_mode(pose_onnx, 
         for a, c in zip(ort, in_graph):
             assert np.abs(a.scores - c.scores).max() <= 1e-6
             assert np.abs(a.boxes - c.boxes).max() <= 1e-3 and np.abs(a.joints - c.joints).max() <= 1e-3
+
+
+def test_an_om_of_a_pose_export_needs_no_flag(pose_onnx, tmp_path):
+    """An .om keeps no metadata: its six outputs say multi_pose. A fixed-size
+    Ascend-style compile of the flip export (ais_bench's interface stood in by
+    ONNX Runtime on the same file) gives ONNX Runtime's people."""
+    model = calibrated_pose_network("resdcn_18")
+    fixed = tmp_path / "pose_flip_128.onnx"
+    export_onnx(model, fixed, input_size=(128, 128), flip=True)
+    om = stand_in_om_session(fixed, (1, 3, 128, 128), [(1, c, 32, 32) for c in POSE_CHANNELS], flip_in_graph=True)
+    assert om.capabilities.facts is None and dict(om.capabilities.heads)["hps"] == 34
+    images = _photos()
+    got, _ = Predictor(om, TestMode(flip=True)).detect(images)
+    expected, _ = Predictor(open_ort_session(fixed), TestMode(flip=True)).detect(images)
+    for a, b in zip(got, expected):
+        assert a.joints is not None and a.scores.tobytes() == b.scores.tobytes()
+        assert a.joints.tobytes() == b.joints.tobytes() and a.boxes.tobytes() == b.boxes.tobytes()

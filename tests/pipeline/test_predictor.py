@@ -1,13 +1,12 @@
 """centernet.pipeline.predictor: the one path from pixels to detections, and
 the Session interface every backend implements (ONNX Runtime, PyTorch,
 ais_bench) as the predictor reads it."""
-import sys
-import types
 
 import cv2
 import numpy as np
 import pytest
 
+from conftest import stand_in_om_session
 from centernet.core.decode import decode_ctdet, map_boxes_to_image
 from centernet.core.modes import TestMode, combine_flip, flip_batch
 from centernet.core.soft_nms import detections_by_class, merge_detections
@@ -154,35 +153,7 @@ def test_every_backend_through_the_predictor_gives_onnx_runtimes_detections(ctde
     """ONNX Runtime's session, and ais_bench's interface (here a stand-in
     module over the same ONNX file, as an .om of it would be), give the same
     detections through the predictor."""
-    class InferSession:  # ais_bench.infer.interface.InferSession's interface
-        def __init__(self, device_id, model_path):
-            self.session = make_session(str(model_path).replace(".om", ".onnx"), threads=2)
-
-        def get_inputs(self):
-            return [types.SimpleNamespace(shape=[1, 3, 512, 512])]
-
-        def get_outputs(self):
-            return [types.SimpleNamespace(shape=[1, c, 128, 128]) for c in (80, 2, 2)]
-
-        def infer(self, feeds, mode="static"):
-            assert mode == "static"
-            return self.session.run(None, {self.session.get_inputs()[0].name: feeds[0]})
-
-    fake = types.ModuleType("ais_bench.infer.interface")
-    fake.InferSession = InferSession
-    modules = {"ais_bench": types.ModuleType("ais_bench"), "ais_bench.infer": types.ModuleType("ais_bench.infer"),
-               "ais_bench.infer.interface": fake}
-    from centernet.runtime.ais_bench_session import AisBenchSession
-    old = {k: sys.modules.get(k) for k in modules}
-    sys.modules.update(modules)
-    try:
-        om = AisBenchSession(str(ctdet_onnx).replace(".onnx", ".om"))
-    finally:
-        for k, v in old.items():
-            if v is None:
-                sys.modules.pop(k)
-            else:
-                sys.modules[k] = v
+    om = stand_in_om_session(ctdet_onnx, (1, 3, 512, 512), [(1, c, 128, 128) for c in (80, 2, 2)])
     # An .om records no facts (the predictor takes COCO DLA-34's)
     assert om.capabilities == Capabilities(input_size=(512, 512), static_batch=1, facts=None)
     ort = OrtSession(make_session(ctdet_onnx, threads=2))
