@@ -39,6 +39,7 @@ K = 100            # detections decoded per image (upstream's --K)
 # COCO's 17 person keypoints.
 POSE_HEADS = ("hm", "wh", "hps", "reg", "hm_hp", "hp_offset")
 NUM_JOINTS = 17
+POSE_CHANNELS = {"hm": 1, "wh": 2, "hps": 2 * NUM_JOINTS, "reg": 2, "hm_hp": NUM_JOINTS, "hp_offset": 2}
 KEYPOINT_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
                   "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
                   "right_knee", "left_ankle", "right_ankle")

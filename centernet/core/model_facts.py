@@ -26,6 +26,13 @@ DOWN_RATIO_KEY = "centernet.down_ratio"
 PAD_KEY = "centernet.pad"                # keep resolution: each side becomes (side | pad) + 1
 
 
+def heads_task(heads):
+    """Upstream's task of a model with these heads ((name, channels) pairs,
+    a dict, or names): "multi_pose" with the human-pose heads (hps ...), else "ctdet"."""
+    names = heads.keys() if isinstance(heads, dict) else [h if isinstance(h, str) else h[0] for h in heads]
+    return "multi_pose" if "hps" in names else "ctdet"
+
+
 def network_pad(network):
     """Upstream's keep-resolution `pad` for a network (opts.py): inputs of
     Hourglass-104 are multiples of 128, the others' of 32."""
@@ -112,7 +119,7 @@ class ModelFacts:
     @property
     def task(self):
         """Upstream's task: "multi_pose" for a model with the human-pose heads (hps ...), else "ctdet"."""
-        return "multi_pose" if "hps" in dict(self.heads) else "ctdet"
+        return heads_task(self.heads)
 
     @property
     def is_pose(self):

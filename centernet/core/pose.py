@@ -24,8 +24,9 @@ FAR = np.float32(0.3)          # a peak farther than this x the box's longer sid
 NO_PEAK = np.float32(-10000)   # where upstream moves the joint peaks scoring <= POSE_THRESH
 
 
-def _joint_order(num_joints):
-    """The joint permutation of a mirror: FLIP_IDX's pairs swapped."""
+def mirror_joint_order(num_joints=NUM_JOINTS):
+    """The joint permutation of a mirror: joint j of a mirrored image is joint
+    order[j] of the original (FLIP_IDX's pairs swapped)."""
     perm = np.arange(num_joints)
     for a, b in FLIP_IDX:
         perm[a], perm[b] = b, a
@@ -36,7 +37,7 @@ def flip_lr(x):
     """(B, J, H, W) joint heatmaps of a mirrored image -> those of the image:
     mirror along the width, then swap the left/right joint channels."""
     x = np.asarray(x)
-    return np.ascontiguousarray(x[:, _joint_order(x.shape[1])][..., ::-1])
+    return np.ascontiguousarray(x[:, mirror_joint_order(x.shape[1])][..., ::-1])
 
 
 def flip_lr_off(x):
@@ -45,7 +46,7 @@ def flip_lr_off(x):
     the left/right joints (both channels of each)."""
     x = np.asarray(x)
     b, c, h, w = x.shape
-    out = x.reshape(b, c // 2, 2, h, w)[:, _joint_order(c // 2)][..., ::-1].copy()
+    out = x.reshape(b, c // 2, 2, h, w)[:, mirror_joint_order(c // 2)][..., ::-1].copy()
     np.negative(out[:, :, 0], out=out[:, :, 0])
     return out.reshape(b, c, h, w)
 

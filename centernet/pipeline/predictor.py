@@ -281,8 +281,7 @@ class Predictor:
         self.numpy_flip = numpy_flip
         warped = caps.accepts_warped and (self.device_decode or not numpy_flip)
         self.spec = InputSpec.for_model(caps.facts or ModelFacts(), self.mode, warped)
-        task = "multi_pose" if "hps" in dict(caps.heads) else "ctdet"  # an .om records no facts, only its outputs
-        self.decoder = Decoder(caps.num_classes, K, numpy_flip, self.mode.flip, tuple(self.mode.scales), task)
+        self.decoder = Decoder(caps.num_classes, K, numpy_flip, self.mode.flip, tuple(self.mode.scales), caps.task)
 
     @property
     def num_classes(self):

@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from centernet.constants import DOWN_RATIO, HEADS, INPUT_SIZE, K, POSE_HEADS
+from centernet.constants import DOWN_RATIO, HEADS, INPUT_SIZE, K, POSE_CHANNELS, POSE_HEADS
 from centernet.core.transforms import test_geometry
 from centernet.errors import UserError
 from centernet.io.binio import output_bin_path, read_bin
 from centernet.io.coco import stable_image_id
 from centernet.io.meta import meta_entries
 from centernet.pipeline.predictor import Decoder, batches_by_shape
-from centernet.runtime.session import POSE_CHANNELS
 
 NUM_OUTPUTS = len(HEADS)  # hm, wh, reg
 

@@ -7,8 +7,8 @@ predictor, the staged inference, the benchmarks) reads only this.
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from centernet.constants import DOWN_RATIO, HEADS, NUM_JOINTS, POSE_HEADS
-from centernet.core.model_facts import ModelFacts
+from centernet.constants import DOWN_RATIO, HEADS, POSE_CHANNELS, POSE_HEADS
+from centernet.core.model_facts import ModelFacts, heads_task
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,11 @@ class Capabilities:
         return dict(self.heads)["hm"]
 
     @property
+    def task(self):
+        """ctdet or multi_pose, from the outputs (an .om records no facts, only its outputs)."""
+        return heads_task(self.heads)
+
+    @property
     def fixed_size(self):
         return self.input_size is not None
 
@@ -54,9 +59,6 @@ class Capabilities:
         """(C, h, w) of each output for one input of (H, W)."""
         h, w = (v // DOWN_RATIO for v in input_hw)
         return [(c, h, w) for _, c in self.heads]
-
-
-POSE_CHANNELS = {"hm": 1, "wh": 2, "hps": 2 * NUM_JOINTS, "reg": 2, "hm_hp": NUM_JOINTS, "hp_offset": 2}
 
 
 def heads_from_channels(channels):

@@ -7,7 +7,7 @@ cross back to the host."""
 import torch
 import torch.nn.functional as F
 
-from centernet.constants import FLIP_IDX, NUM_JOINTS
+from centernet.core.pose import mirror_joint_order
 
 
 
@@ -55,24 +55,16 @@ def combine_flip_torch(hm, wh, reg):
     return (heat[:n] + heat[n:].flip(3)) / 2, (wh[:n].float() + wh[n:].float().flip(3)) / 2, reg[:n].float()
 
 
-def _joint_order():
-    """Joint j of a mirrored image is joint order[j] of the original (FLIP_IDX's pairs swapped)."""
-    order = list(range(NUM_JOINTS))
-    for a, b in FLIP_IDX:
-        order[a], order[b] = b, a
-    return order
-
-
 def flip_lr_torch(x):
     """Upstream's flip_lr on torch tensors (N, J, H, W): mirrored along the width, left and right joints swapped."""
-    return x.flip(3)[:, _joint_order()]
+    return x.flip(3)[:, mirror_joint_order().tolist()]
 
 
 def flip_lr_off_torch(x):
     """Upstream's flip_lr_off on torch tensors (N, 2J, H, W): mirrored, the x
     offsets negated, left and right joints swapped (both channels of each)."""
     n, c, h, w = x.shape
-    y = x.flip(3).reshape(n, c // 2, 2, h, w)[:, _joint_order()]
+    y = x.flip(3).reshape(n, c // 2, 2, h, w)[:, mirror_joint_order().tolist()]
     sign = torch.tensor([-1.0, 1.0], dtype=x.dtype, device=x.device).view(1, 1, 2, 1, 1)
     return (y * sign).reshape(n, c, h, w)
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import calibrated_pose_network, stand_in_om_session
+from centernet.constants import POSE_CHANNELS as CHANNELS, POSE_HEADS
 from centernet.convert.export import export_onnx
 from centernet.core.decode import map_boxes_to_image
 from centernet.core.modes import TestMode
@@ -15,7 +16,7 @@ from centernet.pipeline.predictor import Decoder, Detections, Predictor
 from centernet.runtime.ort_session import open_ort_session
 from centernet.runtime.torch_session import TorchSession
 
-POSE_CHANNELS = (1, 2, 34, 2, 17, 2)
+POSE_CHANNELS = tuple(CHANNELS[h] for h in POSE_HEADS)
 
 
 def _raw_outputs(rng, n, h, w):
