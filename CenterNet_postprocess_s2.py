@@ -23,7 +23,7 @@ from centernet.cli.args import ArgumentParser
 from centernet.cli.logs import setup_logging
 from centernet.constants import RANDOM_WEIGHTS_FIELD
 from centernet.io.coco import (coco_from_dataset, default_annotation_file, evaluate_coco,
-                               load_annotations, load_results, read_results_facts)
+                               load_annotations, load_results, read_results_facts, results_iou_type)
 from centernet.report.evaluation import write_evaluation
 from centernet.io.meta import load_meta
 from centernet.errors import UserError, cli
@@ -53,7 +53,7 @@ def main(argv=None):
     setup_logging(info_stream="stdout")
     results = load_results(args.results)
     # Keypoint results (a multi_pose model's) are scored on the keypoint annotations.
-    task = "multi_pose" if any(isinstance(r, dict) and "keypoints" in r for r in results[:1]) else "ctdet"
+    task = "multi_pose" if results_iou_type(results) == "keypoints" else "ctdet"
     ann_path = Path(args.annotations) if args.annotations else default_annotation_file(args.dataset, task)
 
     annotations = load_annotations(ann_path, require_annotations=True)

@@ -88,6 +88,11 @@ def overlap_measure(metrics):
     return "OKS" if is_keypoint_metrics(metrics) else "IoU"
 
 
+def ap_name(measure):
+    """What the AP over a measure's thresholds is called: "keypoint AP" for OKS, "AP" for IoU."""
+    return "keypoint AP" if measure == "OKS" else "AP"
+
+
 def default_annotation_file(dataset_dir, task="ctdet"):
     """The recipe's layout: DATA/coco/annotations/instances_val2017.json, and
     for a multi_pose model person_keypoints_val2017.json beside it."""
@@ -165,6 +170,11 @@ def _keypoint_categories(data):
             if isinstance(c, dict) and isinstance(c.get("keypoints"), list) and c["keypoints"]]
 
 
+def _is_keypoint_list(kps):
+    """NUM_JOINTS x (x, y, v) numbers, as a keypoint annotation or result holds them."""
+    return isinstance(kps, list) and len(kps) == KEYPOINT_VALUES and all(map(_is_number, kps))
+
+
 def is_keypoint_dataset(data):
     """Whether a loaded COCO dict is a keypoint file (person_keypoints_val2017.json
     style): a category names its keypoints, or an annotation carries them."""
@@ -192,8 +202,7 @@ def validate_keypoint_annotations(data, source):
     for i, ann in enumerate(data["annotations"]):
         if ann["category_id"] not in cats:
             continue
-        kps = ann.get("keypoints")
-        if not (isinstance(kps, list) and len(kps) == KEYPOINT_VALUES and all(map(_is_number, kps))):
+        if not _is_keypoint_list(ann.get("keypoints")):
             raise UserError(f"{source}: annotations[{i}] has a missing or invalid 'keypoints' "
                             f"(want {KEYPOINT_VALUES} numbers, {NUM_JOINTS} x [x, y, v]); is it a keypoint file?")
         if not _is_int(ann.get("num_keypoints")):
@@ -323,7 +332,7 @@ def validate_results(results, source, image_ids, category_ids):
             raise UserError(f"{source}: entry {i} has a missing or invalid 'category_id' ({det.get('category_id')!r})")
         if keypoints:
             kps = det.get("keypoints")
-            if not (isinstance(kps, list) and len(kps) == KEYPOINT_VALUES and all(map(_is_number, kps))):
+            if not _is_keypoint_list(kps):
                 got = f"{len(kps)} values" if isinstance(kps, list) else repr(kps)
                 raise UserError(f"{source}: entry {i} has a missing or invalid 'keypoints' ({got}; want "
                                 f"{KEYPOINT_VALUES} finite numbers, {NUM_JOINTS} x [x, y, v])")
@@ -483,7 +492,7 @@ def format_best_worst(per_class, n=5, measure="IoU"):
     """The n best and n worst classes by AP (all of them if there are at most
     2n), and how many have no ground truth in the evaluated images. measure:
     "IoU", or "OKS" for keypoint AP."""
-    kind = "keypoint AP" if measure == "OKS" else "AP"
+    kind = ap_name(measure)
     scored = sorted(((ap, name) for name, ap in per_class.items() if ap is not None), key=lambda t: (-t[0], t[1]))
     if not scored:
         return f"{kind} per class: no class has ground truth in the evaluated images"
@@ -505,7 +514,7 @@ def format_per_class_table(per_class, measure="IoU"):
     last. measure: "IoU", or "OKS" for keypoint AP."""
     scored = sorted(((ap, name) for name, ap in per_class.items() if ap is not None), key=lambda t: (-t[0], t[1]))
     width = max([len(n) for _, n in scored] + [5])
-    kind = "keypoint AP" if measure == "OKS" else "AP"
+    kind = ap_name(measure)
     lines = [f"{'class':<{width}}  {kind} ({measure} .50:.95)"]
     lines += [f"{name:<{width}}  {100 * ap:6.2f}" for ap, name in scored]
     missing = sorted(name for name, ap in per_class.items() if ap is None)

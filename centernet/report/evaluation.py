@@ -7,7 +7,7 @@ import logging
 
 from centernet.constants import RANDOM_WEIGHTS_FIELD, RANDOM_WEIGHTS_NOTE
 from centernet.io.binio import make_dirs, write_atomic
-from centernet.io.coco import format_best_worst, is_keypoint_metrics, overlap_measure, write_per_class_table
+from centernet.io.coco import ap_name, format_best_worst, overlap_measure, write_per_class_table
 from centernet.report.plots import write_eval_plots
 from centernet.report.summary import percent
 
@@ -19,7 +19,7 @@ def ap_line(metrics, mode=None):
     AP and, beside it, the AP at IoU 0.5 that Pascal VOC users quote. For
     keypoint metrics 'keypoint AP 58.9 (OKS .50:.95), keypoint AP50 .. (OKS .50)'."""
     measure = overlap_measure(metrics)
-    kind = "keypoint AP" if is_keypoint_metrics(metrics) else "AP"
+    kind = ap_name(measure)
     return (f"{kind} {percent(metrics['AP'])} ({measure} .50:.95), {kind}50 {percent(metrics.get('AP50'))} "
             f"({measure} .50)" + (f"; {mode}" if mode else ""))
 
