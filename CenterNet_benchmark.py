@@ -155,6 +155,13 @@ def build_parser():
     return p
 
 
+def _refuse_beside(given, benchmark, why):
+    """One line for the first (option, given) pair given with `benchmark`."""
+    for option, value in given:
+        if value:
+            raise UserError(f"{option} does not go with {benchmark} ({why})")
+
+
 def parse_args(argv=None):
     args = build_parser().parse_args(argv)
     args.mode_batch = args.batchsizes[0] if args.batchsizes else 1
@@ -162,20 +169,15 @@ def parse_args(argv=None):
     args.loop_given = args.loop
     args.batchsizes = args.batchsizes or preset["batchsizes"]
     args.loop = args.loop or preset["loop"]
+    # Options of the backend table, which the other benchmarks do not take.
+    given = [("--networks", args.networks is not None), ("--modes", args.modes is not None),
+             ("--onnx", args.onnx), ("--onnx-decompose", args.onnx_decompose), ("--profile", args.profile),
+             ("--ort-sweep", args.ort_sweep), ("--plot", args.plot is not None)]
     if args.precisions is not None:
-        for option, value in [("--networks", args.networks is not None), ("--modes", args.modes is not None),
-                              ("--onnx", args.onnx), ("--onnx-decompose", args.onnx_decompose),
-                              ("--profile", args.profile), ("--ort-sweep", args.ort_sweep),
-                              ("--plot", args.plot is not None)]:
-            if value:
-                raise UserError(f"{option} does not go with --precisions (it is a benchmark of its own)")
+        _refuse_beside(given, "--precisions", "it is a benchmark of its own")
         args.precisions = args.precisions or list(PRECISIONS)
     if args.networks is not None:
-        for option, value in [("--modes", args.modes is not None), ("--onnx", args.onnx),
-                              ("--onnx-decompose", args.onnx_decompose), ("--profile", args.profile),
-                              ("--ort-sweep", args.ort_sweep), ("--plot", args.plot is not None)]:
-            if value:
-                raise UserError(f"{option} does not go with --networks (it is about one network's export)")
+        _refuse_beside(given[1:], "--networks", "it is about one network's export")
     name = ("benchmark_precisions.json" if args.precisions is not None
             else "benchmark_modes.json" if args.modes is not None
             else "benchmark_networks.json" if args.networks is not None else "benchmark.json")

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from centernet.constants import KEYPOINT_NAMES, NUM_JOINTS, POSE_HEADS, SKELETON
+from centernet.constants import KEYPOINT_NAMES, NUM_JOINTS, SKELETON
 from centernet.io.binio import make_dirs, output_bin_path, write_atomic, write_bin
 from centernet.io.coco import COCO_CATEGORIES
 from centernet.errors import UserError
@@ -299,10 +299,16 @@ def perfect_model_outputs(dataset, image, input_size=(INPUT_SIZE, INPUT_SIZE),
 def write_perfect_model_bins(dataset, out_dir, input_size=(INPUT_SIZE, INPUT_SIZE), **kwargs):
     """Write perfect_model_outputs of every image as ais_bench output bins
     (<stem>_0.bin hm, _1 wh, _2 reg) into out_dir."""
+    return _write_output_bins(dataset, out_dir, lambda image: perfect_model_outputs(dataset, image, input_size,
+                                                                                    **kwargs))
+
+
+def _write_output_bins(dataset, out_dir, outputs_of):
+    """Each image's outputs_of(image), in order, as ais_bench's <stem>_<i>.bin in out_dir."""
     out_dir = make_dirs(out_dir)
     for image in dataset["images"]:
         stem = Path(image["file_name"]).stem
-        for i, arr in enumerate(perfect_model_outputs(dataset, image, input_size, **kwargs)):
+        for i, arr in enumerate(outputs_of(image)):
             write_bin(output_bin_path(out_dir, stem, i), arr)
     return out_dir
 
@@ -362,11 +368,5 @@ def write_perfect_pose_bins(dataset, out_dir, input_size=(INPUT_SIZE, INPUT_SIZE
     """Write perfect_pose_outputs of every image as ais_bench output bins
     (<stem>_<i>.bin, i = 0..5 in POSE_HEADS' order: hm, wh, hps, reg, hm_hp,
     hp_offset) into out_dir."""
-    out_dir = make_dirs(out_dir)
-    for image in dataset["images"]:
-        stem = Path(image["file_name"]).stem
-        outputs = perfect_pose_outputs(dataset, image, input_size, **kwargs)
-        assert len(outputs) == len(POSE_HEADS)
-        for i, arr in enumerate(outputs):
-            write_bin(output_bin_path(out_dir, stem, i), arr)
-    return out_dir
+    return _write_output_bins(dataset, out_dir, lambda image: perfect_pose_outputs(dataset, image, input_size,
+                                                                                   **kwargs))
