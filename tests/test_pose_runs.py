@@ -3,12 +3,14 @@ export, the staged recipe (preprocess, infer, s1, s2), the streaming
 evaluation with and without Ray, the demo. The heads say it is a pose
 model; no stage takes a flag for that."""
 import json
+import os
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
 
-from conftest import _run_script, calibrated_pose_network
+from conftest import ROOT, _run_script, calibrated_pose_network
 from centernet.io.synthetic import write_perfect_pose_bins
 from centernet.model.checkpoint import save_upstream_checkpoint
 
@@ -131,9 +133,6 @@ def test_a_pose_model_on_box_annotations_is_refused_before_inference(pose_checkp
 
 def test_run_all_scores_a_pose_checkpoint_on_the_keypoint_annotations(pose_checkpoint, synthetic_person_coco,
                                                                       tmp_path):
-    import os
-    import subprocess
-    from conftest import ROOT
     shutil.copytree(synthetic_person_coco["root"], tmp_path / "data")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     r = subprocess.run(["bash", str(ROOT / "run_all.sh"), "--weights", str(pose_checkpoint["pth"]), "--data",
