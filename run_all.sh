@@ -18,7 +18,8 @@ run_t0="$EPOCHREALTIME"
 usage() {
   cat <<'USAGE'
 usage: bash run_all.sh [options]
-  --weights PATH     upstream ctdet checkpoint, any of its COCO networks (default: ./ctdet_coco_dla_2x.pth)
+  --weights PATH     upstream checkpoint, ctdet or multi_pose, any of its COCO networks
+                     (default: ./ctdet_coco_dla_2x.pth)
   --data DIR         dataset root with coco/val2017 and coco/annotations/instances_val2017.json
                      (person_keypoints_val2017.json for a multi_pose checkpoint)
                      (default: ./data)
